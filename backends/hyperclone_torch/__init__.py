@@ -1,0 +1,1 @@
+"""hyperclone_torch: the PyTorch backend (filled by the torch issue)."""

@@ -1,0 +1,1 @@
+"""hyperclone_conformance: the shared suite (filled by the conformance issue)."""

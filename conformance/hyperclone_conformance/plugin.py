@@ -1,0 +1,1 @@
+"""pytest plugin: --hyperclone-backend (filled by the conformance issue)."""

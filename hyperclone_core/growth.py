@@ -1,0 +1,146 @@
+"""Growth of named dims by replication maps, and the index maps of composite axes.
+
+A dim grows from m to M by an onto map ``src: [0, M) -> [0, m)``.  Every new index
+is a *copy* of one old index; ``copy_id`` numbers the copies of each old index
+0, 1, ... in order of appearance.  A composite axis (a concatenation of segments,
+each an ordered product of dims and constants) inherits a map from its dims.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+
+from .errors import PlanError
+
+Factor = Union[str, int]
+Segment = tuple  # tuple[Factor, ...]
+
+LAYOUTS = ("tile", "interleave")
+
+
+@dataclass(frozen=True)
+class ReplicationMap:
+    """How one dim grows: ``src[j]`` is the old index that new index ``j`` copies."""
+
+    old: int
+    new: int
+    layout: str = "tile"
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise PlanError(f"unknown layout {self.layout!r}; use one of {LAYOUTS}")
+        if self.new < self.old:
+            raise PlanError(
+                f"cannot shrink a dim from {self.old} to {self.new}: HyperCloning only grows"
+            )
+        if self.old < 1:
+            raise PlanError(f"a dim of size {self.old} cannot be grown")
+
+    @property
+    def uniform(self) -> bool:
+        return self.new % self.old == 0
+
+    @property
+    def identity(self) -> bool:
+        return self.new == self.old
+
+    def src(self) -> np.ndarray:
+        j = np.arange(self.new)
+        if self.layout == "tile":
+            return j % self.old
+        # interleave: copies of an old index sit side by side; uneven growth gives
+        # the first (new mod old) old indices one extra copy.
+        base, extra = divmod(self.new, self.old)
+        counts = np.full(self.old, base) + (np.arange(self.old) < extra)
+        return np.repeat(np.arange(self.old), counts)
+
+    def copies(self) -> np.ndarray:
+        """Number of copies of each old index, shape (old,)."""
+        return np.bincount(self.src(), minlength=self.old)
+
+
+def copy_ids(src: np.ndarray) -> np.ndarray:
+    """Number the copies of each old index 0, 1, ... in order of appearance."""
+    order = np.argsort(src, kind="stable")
+    sorted_src = src[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_src)) + 1]
+    run_start = np.repeat(starts, np.diff(np.r_[starts, len(src)]))
+    ids = np.empty(len(src), dtype=np.int64)
+    ids[order] = np.arange(len(src)) - run_start
+    return ids
+
+
+@dataclass(frozen=True)
+class AxisMap:
+    """The index map of one tensor axis: new flat index -> old flat index.
+
+    ``src`` gathers the axis; ``copy`` numbers the copies of each old index;
+    ``counts[src]`` is how many copies the old index of each new index has.
+    """
+
+    src: np.ndarray
+    copy: np.ndarray
+    old_size: int
+
+    @property
+    def new_size(self) -> int:
+        return len(self.src)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.src, minlength=self.old_size)
+
+    @property
+    def max_copies(self) -> int:
+        return int(self.counts.max()) if self.old_size else 1
+
+    @property
+    def grown(self) -> bool:
+        return self.new_size != self.old_size
+
+    @property
+    def uniform(self) -> bool:
+        c = self.counts
+        return bool((c == c[0]).all())
+
+
+def segment_size(segment: Segment, sizes: Mapping[str, int]) -> int:
+    return math.prod(f if isinstance(f, int) else sizes[f] for f in segment)
+
+
+def axis_map(
+    segments: Sequence[Segment],
+    growth: Mapping[str, ReplicationMap],
+    old_sizes: Mapping[str, int],
+) -> AxisMap:
+    """Compose per-dim replication maps into one flat map for a composite axis."""
+    srcs, copies = [], []
+    offset = 0
+    for segment in segments:
+        grids_src, grids_copy, old_dims, copy_radix = [], [], [], []
+        for f in segment:
+            if isinstance(f, int):
+                rmap = ReplicationMap(f, f)
+            else:
+                rmap = growth.get(f) or ReplicationMap(old_sizes[f], old_sizes[f])
+            s = rmap.src()
+            grids_src.append(s)
+            grids_copy.append(copy_ids(s))
+            old_dims.append(rmap.old)
+            copy_radix.append(int(np.bincount(s).max()))
+        mesh_src = np.meshgrid(*grids_src, indexing="ij")
+        mesh_copy = np.meshgrid(*grids_copy, indexing="ij")
+        flat_src = np.ravel_multi_index([m.ravel() for m in mesh_src], old_dims) if old_dims else np.zeros(1, int)
+        flat_copy = np.ravel_multi_index([m.ravel() for m in mesh_copy], copy_radix) if copy_radix else np.zeros(1, int)
+        srcs.append(flat_src + offset)
+        copies.append(flat_copy)
+        offset += math.prod(old_dims)
+    return AxisMap(
+        src=np.concatenate(srcs).astype(np.int64),
+        copy=np.concatenate(copies).astype(np.int64),
+        old_size=offset,
+    )

@@ -1,0 +1,614 @@
+"""The planner: growth + family + strategy -> a certified, pure-data Plan.
+
+Each destination tensor gets a short program over five primitives (``reshape``,
+``take``, ``scale``, ``add_noise``, ``cast``) that any backend executes.  Before a
+plan is returned, ``certify`` proves it preserves the function:
+
+* on every grown ``in`` axis, the mixing coefficients of each output sum to 1 over
+  the input copies of every old index (the rule ``coefficients``);
+* noise is projected to sum 0 over those same copies (``zero-sum noise``);
+* every axis some norm normalizes over grows uniformly (``uniform norm``);
+* every config scalar that depends on a grown dim is compensated
+  (``compensation``), and inserted layers are exact for the stack (``depth``).
+A plan that fails is refused with the tensor, the dim and the rule named.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from . import strategy as strategies
+from .errors import CertificateError, PlanError
+from .growth import AxisMap, ReplicationMap, axis_map
+from .spec import DecoderConfig, Family, Role, expand_pattern, tensor_names
+
+# ---------------------------------------------------------------- primitives
+
+
+@dataclass(frozen=True)
+class Reshape:
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class Take:
+    """Gather ``axis`` through the plan's index array ``map``."""
+
+    axis: int
+    map: str
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Multiply by the plan's array ``coeffs``, whose dims line up with ``axes``
+    (``axes=()``: a scalar)."""
+
+    axes: tuple
+    coeffs: str
+
+
+@dataclass(frozen=True)
+class AddNoise:
+    """Add Gaussian noise projected to sum 0 over the copies named by the plan's
+    index array ``groups`` along ``axis`` (one group per old index), scaled so that
+    mean(W**2) / mean(noise**2) = 10**(snr_db/10).  Drawn by the backend's RNG from
+    ``seed``: noisy plans agree across backends in their invariants, not bits."""
+
+    axis: int
+    groups: str
+    snr_db: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Cast:
+    dtype: str
+
+
+OPS = {"reshape": Reshape, "take": Take, "scale": Scale, "add_noise": AddNoise, "cast": Cast}
+_OP_NAMES = {v: k for k, v in OPS.items()}
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    source: str
+    kind: str
+    source_shape: tuple
+    shape: tuple
+    ops: tuple
+    strategy: str = ""
+    notes: tuple = ()
+
+    def describe(self) -> str:
+        def fmt(op):
+            body = ", ".join(f"{k}={v}" for k, v in asdict(op).items())
+            return f"{_OP_NAMES[type(op)]}({body})"
+
+        src = "" if self.source == self.name else f" <- {self.source}"
+        head = f"{self.name}{src}  {list(self.source_shape)} -> {list(self.shape)}"
+        if self.strategy:
+            head += f"  [{self.strategy}]"
+        lines = [head] + [f"    {fmt(op)}" for op in self.ops]
+        lines += [f"    # {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What was proven, tensor by tensor, and the plan-wide rules checked."""
+
+    exact: bool
+    checks: tuple  # (rule, subject, detail)
+    inexact: tuple = ()  # reasons the plan is not exact (only with allow_inexact)
+    max_coefficient_error: float = 0.0
+
+    def summary(self) -> str:
+        status = "EXACT" if self.exact else "INEXACT"
+        lines = [f"certificate: {status}; {len(self.checks)} checks passed; "
+                 f"max coefficient-sum error {self.max_coefficient_error:.1e}"]
+        by_rule: dict = {}
+        for rule, _, _ in self.checks:
+            by_rule[rule] = by_rule.get(rule, 0) + 1
+        lines += [f"  {rule}: {n}" for rule, n in sorted(by_rule.items())]
+        lines += [f"  not exact: {r}" for r in self.inexact]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A pure-data expansion: new config, one program per tensor, shared arrays."""
+
+    family: str
+    source_config: Mapping[str, Any]
+    config: Mapping[str, Any]
+    source_decoder: DecoderConfig
+    decoder: DecoderConfig
+    growth: Mapping[str, Any]
+    strategy: str
+    seed: int
+    tensors: tuple
+    arrays: Mapping[str, np.ndarray] = field(repr=False)
+    certificate: Optional[Certificate] = None
+
+    @property
+    def exact(self) -> bool:
+        return self.certificate is not None and self.certificate.exact
+
+    def tensor(self, name: str) -> TensorPlan:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def sources(self) -> set:
+        return {t.source for t in self.tensors}
+
+    def __str__(self) -> str:
+        head = [
+            f"plan: {self.family}  growth {format_growth(self.growth)}  strategy {self.strategy}  seed {self.seed}",
+            f"  {self.source_decoder.hidden=} -> {self.decoder.hidden}; ffn {self.source_decoder.ffn} -> "
+            f"{self.decoder.ffn}; heads {self.source_decoder.heads}/{self.source_decoder.kv_heads} kv -> "
+            f"{self.decoder.heads}/{self.decoder.kv_heads} kv; layers {self.source_decoder.layers} -> "
+            f"{self.decoder.layers}",
+        ]
+        head = [h.replace("self.source_decoder.hidden=", "hidden ") for h in head]
+        body = [t.describe() for t in self.tensors]
+        cert = [self.certificate.summary()] if self.certificate else []
+        return "\n".join(head + body + cert)
+
+    # --------------------------------------------------------------- JSON
+    def to_json(self, indent: Optional[int] = 1) -> str:
+        def arr(a: np.ndarray):
+            a = np.ascontiguousarray(a)
+            if a.size <= 64:
+                return {"dtype": str(a.dtype), "shape": list(a.shape), "values": a.ravel().tolist()}
+            return {"dtype": str(a.dtype), "shape": list(a.shape),
+                    "base64": base64.b64encode(a.tobytes()).decode()}
+
+        doc = {
+            "format": "hyperclone.plan/1",
+            "family": self.family,
+            "growth": self.growth,
+            "strategy": self.strategy,
+            "seed": self.seed,
+            "source_config": self.source_config,
+            "config": self.config,
+            "source_decoder": self.source_decoder.to_dict(),
+            "decoder": self.decoder.to_dict(),
+            "tensors": [
+                {
+                    "name": t.name, "source": t.source, "kind": t.kind,
+                    "source_shape": list(t.source_shape), "shape": list(t.shape),
+                    "strategy": t.strategy, "notes": list(t.notes),
+                    "ops": [dict(op=_OP_NAMES[type(o)], **_jsonable(asdict(o))) for o in t.ops],
+                }
+                for t in self.tensors
+            ],
+            "arrays": {k: arr(v) for k, v in self.arrays.items()},
+            "certificate": None if self.certificate is None else {
+                "exact": self.certificate.exact,
+                "checks": [list(c) for c in self.certificate.checks],
+                "inexact": list(self.certificate.inexact),
+                "max_coefficient_error": self.certificate.max_coefficient_error,
+            },
+        }
+        return json.dumps(doc, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        doc = json.loads(text)
+        if doc.get("format") != "hyperclone.plan/1":
+            raise PlanError("not a hyperclone plan (format key missing or unknown)")
+
+        def arr(d):
+            if "values" in d:
+                return np.asarray(d["values"], dtype=d["dtype"]).reshape(d["shape"])
+            return np.frombuffer(base64.b64decode(d["base64"]), dtype=d["dtype"]).reshape(d["shape"]).copy()
+
+        def op(d):
+            d = dict(d)
+            kind = OPS[d.pop("op")]
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+        tensors = tuple(
+            TensorPlan(
+                name=t["name"], source=t["source"], kind=t["kind"],
+                source_shape=tuple(t["source_shape"]), shape=tuple(t["shape"]),
+                ops=tuple(op(o) for o in t["ops"]), strategy=t["strategy"], notes=tuple(t["notes"]),
+            )
+            for t in doc["tensors"]
+        )
+        c = doc["certificate"]
+        cert = None if c is None else Certificate(
+            exact=c["exact"], checks=tuple(tuple(x) for x in c["checks"]),
+            inexact=tuple(c["inexact"]), max_coefficient_error=c["max_coefficient_error"],
+        )
+
+        def dec(d):
+            d = dict(d)
+            d["layer_types"] = tuple(d.get("layer_types") or ())
+            return DecoderConfig(**d)
+
+        return cls(
+            family=doc["family"], source_config=doc["source_config"], config=doc["config"],
+            source_decoder=dec(doc["source_decoder"]), decoder=dec(doc["decoder"]),
+            growth=doc["growth"], strategy=doc["strategy"], seed=doc["seed"], tensors=tensors,
+            arrays={k: arr(v) for k, v in doc["arrays"].items()}, certificate=cert,
+        )
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def format_growth(g: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in g.items())
+
+
+# ---------------------------------------------------------------- growth
+
+
+@dataclass(frozen=True)
+class Growth:
+    """Target sizes of the grown dims; dims not named keep their size.
+
+    ``sizes`` may name hidden, ffn, kv_heads, q_per_kv, head_dim, experts, embed,
+    layers, vocab, positions.  ``layout`` is ``tile`` (the paper's: copies in
+    blocks) or ``interleave`` (copies side by side).
+    """
+
+    sizes: Mapping[str, int]
+    layout: str = "tile"
+
+    @classmethod
+    def of(
+        cls,
+        cfg: DecoderConfig,
+        width: float = 2,
+        ffn: Optional[float] = None,
+        ffn_size: Optional[int] = None,
+        heads: Optional[float] = None,
+        kv_heads: Optional[float] = None,
+        layers: Optional[int] = None,
+        layout: str = "tile",
+    ) -> "Growth":
+        """The CLI's growth options: ratios for width, ffn, heads, kv heads; ``layers``
+        is the new total depth.  Defaults: ffn and heads grow with the width
+        (head_dim fixed); kv heads grow with the heads unless there is one (MQA)."""
+        sizes = {"hidden": _scaled("--width", cfg.hidden, width)}
+        if ffn_size is not None:
+            sizes["ffn"] = int(ffn_size)
+        else:
+            sizes["ffn"] = _scaled("--ffn", cfg.ffn, width if ffn is None else ffn)
+        h = width if heads is None else heads
+        new_heads = _scaled("--heads", cfg.heads, h)
+        if kv_heads is None:
+            kv_new = cfg.kv_heads if cfg.kv_heads == 1 else _scaled("--heads", cfg.kv_heads, h)
+        else:
+            kv_new = _scaled("--kv-heads", cfg.kv_heads, kv_heads)
+        if new_heads % kv_new:
+            raise PlanError(
+                f"--heads gives {new_heads} heads, not a multiple of the {kv_new} kv heads that "
+                "--kv-heads gives; choose ratios whose head counts divide"
+            )
+        sizes["kv_heads"] = kv_new
+        sizes["q_per_kv"] = new_heads // kv_new
+        if layers is not None:
+            sizes["layers"] = int(layers)
+        if cfg.embed and "hidden" in sizes:
+            pass  # a separate token-embedding width (OPT-350m) keeps its size
+        return cls(sizes, layout)
+
+    def to_dict(self) -> dict:
+        return dict(self.sizes, layout=self.layout)
+
+
+def _scaled(option: str, size: int, ratio: float) -> int:
+    new = size * ratio
+    if ratio < 1:
+        raise PlanError(f"{option} {ratio:g} would shrink a dim of {size}: HyperCloning only grows (use >= 1)")
+    if abs(new - round(new)) > 1e-9:
+        raise PlanError(f"{option} {ratio:g} of a dim of size {size} gives {new:g}, not an integer size")
+    return int(round(new))
+
+
+# ---------------------------------------------------------------- planner
+
+
+def layer_map(old: int, new: int) -> list:
+    """New layer j -> (source layer, is_inserted_copy).  Copies are spread evenly
+    and sit right after their source layer."""
+    if new < old:
+        raise PlanError(f"--layers {new} would remove layers from a {old}-layer model; depth only grows")
+    extra = new - old
+    after = [min(old - 1, max(0, round((k + 1) * old / (extra + 1)) - 1)) for k in range(extra)]
+    out = []
+    for i in range(old):
+        out.append((i, False))
+        out += [(i, True)] * after.count(i)
+    return out
+
+
+class _Arrays:
+    """Deduplicating store of the plan's index and coefficient arrays."""
+
+    def __init__(self):
+        self.arrays: dict = {}
+
+    def put(self, key: str, value: np.ndarray) -> str:
+        if key not in self.arrays:
+            self.arrays[key] = np.ascontiguousarray(value)
+        return key
+
+
+def _coefficients(mixing, omap: Optional[AxisMap], imap: AxisMap, rng) -> tuple:
+    """The coefficient array over (out, in) (or (in,) when it does not depend on out)."""
+    k_out = omap.max_copies if omap is not None else 1
+    k_in = imap.max_copies
+    table, normalize = mixing.table(k_out, k_in, rng)
+    table = np.asarray(table, dtype=np.float64)
+    cout = omap.copy if omap is not None else np.zeros(1, dtype=np.int64)
+    coeff = table[cout[:, None], imap.copy[None, :]]  # (M_out, M_in)
+    if normalize:
+        # divide each row by its sum over the copies each old index actually has
+        counts = imap.counts
+        valid = np.arange(k_in)[None, :] < counts[:, None]  # (m_in, k_in)
+        rowsum = (table[:, None, :] * valid[None]).sum(-1)  # (k_out, m_in)
+        coeff = coeff / rowsum[cout[:, None], imap.src[None, :]]
+    if np.allclose(coeff, coeff[:1]):
+        return coeff[0], False
+    return coeff, True
+
+
+def plan(
+    family: Family,
+    hf_config: Mapping[str, Any],
+    growth: Growth,
+    strategy: Any = None,
+    seed: int = 0,
+    allow_inexact: bool = False,
+    dtype: Optional[str] = None,
+) -> Plan:
+    """Plan the expansion of a checkpoint of ``family`` with config ``hf_config``."""
+    rules = strategies.parse(strategy)
+    src_cfg = family.read(hf_config)
+    old_sizes = src_cfg.sizes()
+    unknown = set(growth.sizes) - set(old_sizes)
+    if unknown:
+        raise PlanError(f"unknown dims {sorted(unknown)}; growable dims are {sorted(old_sizes)}")
+    new_sizes = dict(old_sizes)
+    new_sizes.update(growth.sizes)
+    new_sizes["heads"] = new_sizes["kv_heads"] * new_sizes["q_per_kv"]
+    if not src_cfg.embed:  # the token embedding is as wide as the hidden state
+        new_sizes["embed"] = new_sizes["hidden"]
+    maps = {}
+    for dim in growth.sizes:
+        if dim != "layers" and dim != "heads":
+            maps[dim] = ReplicationMap(old_sizes[dim], int(new_sizes[dim]), growth.layout)
+    if not src_cfg.embed and "hidden" in maps:
+        maps["embed"] = maps["hidden"]
+    if new_sizes["q_per_kv"] != old_sizes["q_per_kv"] and "kv_heads" not in family.config_keys.values():
+        raise PlanError(
+            f"{family.name} has no grouped-query attention (no num_key_value_heads): grow the heads "
+            "with --heads alone, not --kv-heads"
+        )
+    if new_sizes["experts"] != old_sizes["experts"]:
+        raise PlanError(
+            "growing experts is not exact: duplicated experts compete in the router's top-k; "
+            "keep the expert count"
+        )
+    for dim in ("vocab", "positions", "layers"):
+        if new_sizes[dim] < old_sizes[dim]:
+            raise PlanError(f"cannot shrink {dim} from {old_sizes[dim]} to {new_sizes[dim]}")
+    for dim in ("vocab", "positions"):
+        if new_sizes[dim] != old_sizes[dim]:
+            raise PlanError(f"growing {dim} is not supported: new rows would have no source to copy")
+    if src_cfg.experts == 0 and new_sizes["experts"] != 1:
+        raise PlanError(f"{family.name} has no experts to grow")
+
+    inexact: list = []
+    checks: list = []
+
+    # -- plan-wide rules --------------------------------------------------------
+    for what, dims in family.normalized_axes(src_cfg).items():
+        amap = axis_map([dims], maps, old_sizes)
+        if not amap.uniform:
+            counts = sorted(set(amap.counts.tolist()))
+            raise CertificateError(
+                f"rule 'uniform norm': {what} is normalized by a norm, so it must grow by an integer "
+                f"factor, but the growth gives old indices {counts} copies "
+                f"({old_sizes[dims[0]] if len(dims) == 1 else 'product'} -> {amap.new_size}); "
+                "use an integer ratio"
+            )
+        checks.append(("uniform norm", what, f"{amap.old_size} -> {amap.new_size}, {amap.counts[0]} copies each"))
+
+    head_ratio = 1.0
+    if new_sizes["head_dim"] != old_sizes["head_dim"]:
+        hmap = maps["head_dim"]
+        if src_cfg.pos == "rope":
+            raise CertificateError(
+                "rule 'compensation': head_dim cannot grow under RoPE (the rotation pairs and "
+                "frequencies depend on head_dim); grow heads instead (--heads)"
+            )
+        if not hmap.uniform:
+            raise CertificateError(
+                f"rule 'compensation': head_dim grows {hmap.old} -> {hmap.new}, not by an integer "
+                "factor; the attention scale can only be compensated for uniform growth"
+            )
+        r = hmap.new // hmap.old
+        # q.k sums r copies; the default scale head_dim**-0.5 shrinks by sqrt(r)
+        head_ratio = 1.0 / r if src_cfg.attn_scale else 1.0 / math.sqrt(r)
+        checks.append(("compensation", "attention scale", f"head_dim x{r}: q scaled by {head_ratio:g}"))
+
+    new_cfg = src_cfg.with_sizes(new_sizes)
+    lmap = layer_map(src_cfg.layers, new_sizes["layers"])
+    if new_sizes["layers"] != old_sizes["layers"]:
+        if not family.depth_exact(src_cfg):
+            msg = (f"rule 'depth': a {src_cfg.placement}-norm stack is not the identity with zeroed "
+                   "residual writers (LN(h + 0) != h)")
+            if not allow_inexact:
+                raise CertificateError(msg + "; pass --inexact to stack layers anyway")
+            inexact.append(msg)
+        checks.append(("depth", "layers", f"{old_sizes['layers']} -> {new_sizes['layers']}, inserted copies' writers zeroed"))
+    if new_cfg.layer_types:
+        new_cfg = _replace(new_cfg, layer_types=tuple(src_cfg.layer_types[s] for s, _ in lmap))
+
+    # tied embeddings: untie unless both ends expand identically
+    src_roles = {r.kind: r for r in family.roles_for(src_cfg)}
+    tie_kept = False
+    if src_cfg.tie_embeddings and "lm_head" in src_roles and "embed" in src_roles:
+        embed_grows = any(maps.get(d, ReplicationMap(1, 1)).new != maps.get(d, ReplicationMap(1, 1)).old
+                          for d in src_roles["lm_head"].axes[1].dims)
+        tie_kept = not embed_grows and not src_cfg.embed_scale
+    new_cfg = _replace(new_cfg, tie_embeddings=tie_kept)
+    if src_cfg.tie_embeddings:
+        checks.append(("compensation", "tied embeddings",
+                       "kept tied (the LM head's input does not grow)" if tie_kept
+                       else "untied: the embedding and the LM head need different scales"))
+
+    arrays = _Arrays()
+    rng = np.random.default_rng(seed)
+    tensors = []
+    max_err = 0.0
+    src_names = tensor_names(family, src_cfg)
+    by_role = {}
+    for name, (role, i, e) in src_names.items():
+        by_role.setdefault(id(role), {})[(i, e)] = name
+
+    dst_roles = family.roles_for(new_cfg)
+    if not tie_kept and src_cfg.tie_embeddings and "lm_head" not in {r.kind for r in dst_roles}:
+        raise PlanError(f"{family.name}: untying needs an lm_head role in the family table")
+    for role in dst_roles:
+        src_role = next((r for r in family.roles_for(src_cfg) if r.pattern == role.pattern), None)
+        if src_role is None:
+            raise PlanError(f"{family.name}: role {role.pattern} exists only in the grown config")
+        layers = list(enumerate(lmap)) if role.per_layer else [(None, (None, False))]
+        experts = range(new_cfg.experts) if role.per_expert else [None]
+        for j, (src_layer, inserted) in layers:
+            for e in experts:
+                name = expand_pattern(role.pattern, j, e)
+                src_e = None if e is None else e % src_cfg.experts
+                if role.kind == "lm_head" and src_cfg.tie_embeddings:
+                    source = src_names_by_kind(src_names, "embed")
+                else:
+                    source = expand_pattern(role.pattern, src_layer, src_e)
+                if role.kind == "lm_head" and tie_kept:
+                    continue
+                strat = rules.for_tensor(name, role.kind)
+                tp, err = _plan_tensor(
+                    name, source, role, maps, old_sizes, new_sizes, strat, arrays,
+                    np.random.default_rng(rng.integers(2**63)), seed_for(seed, name),
+                    zero_writer=inserted and role.writer, head_ratio=head_ratio, family=family,
+                    src_cfg=src_cfg, dtype=dtype,
+                )
+                max_err = max(max_err, err)
+                tensors.append(tp)
+                checks.append(("coefficients", name, f"max |sum - 1| = {err:.1e}"))
+
+    new_hf = family.write_config(hf_config, new_cfg, [s for s, _ in lmap])
+    cert = Certificate(exact=not inexact, checks=tuple(checks), inexact=tuple(inexact),
+                       max_coefficient_error=max_err)
+    return Plan(
+        family=family.name, source_config=dict(hf_config), config=new_hf,
+        source_decoder=src_cfg, decoder=new_cfg, growth=growth.to_dict(),
+        strategy=str(rules), seed=seed, tensors=tuple(tensors), arrays=arrays.arrays,
+        certificate=cert,
+    )
+
+
+def _replace(cfg, **kw):
+    from dataclasses import replace
+    return replace(cfg, **kw)
+
+
+def src_names_by_kind(names: Mapping[str, Any], kind: str) -> str:
+    for n, (role, _, _) in names.items():
+        if role.kind == kind:
+            return n
+    raise PlanError(f"no tensor of kind {kind!r}")
+
+
+def seed_for(seed: int, name: str) -> int:
+    """A per-tensor seed that depends only on the plan's seed and the tensor name."""
+    h = 1469598103934665603
+    for b in f"{seed}:{name}".encode():
+        h = ((h ^ b) * 1099511628211) % (1 << 64)
+    return h % (1 << 63)
+
+
+def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, arrays, rng, noise_seed,
+                 zero_writer, head_ratio, family, src_cfg, dtype) -> tuple:
+    ops: list = []
+    notes: list = []
+    amaps = [axis_map(ax.segments, maps, old_sizes) for ax in role.axes]
+    src_shape = tuple(m.old_size for m in amaps)
+    shape = tuple(m.new_size for m in amaps)
+    for k, m in enumerate(amaps):
+        if m.grown:
+            ops.append(Take(k, arrays.put(f"src:{role.axes[k].key()}", m.src)))
+    out_axes = [k for k, ax in enumerate(role.axes) if ax.direction == "out"]
+    in_axes = [k for k, ax in enumerate(role.axes) if ax.direction == "in" and amaps[k].grown]
+    err = 0.0
+    used = "copy"
+    if in_axes:
+        if len(in_axes) > 1:
+            raise PlanError(f"{name}: more than one grown 'in' axis is not supported")
+        ia = in_axes[0]
+        oa = next((k for k in out_axes if amaps[k].grown), None)
+        try:
+            coeff, two_d = _coefficients(strat.mixing, amaps[oa] if oa is not None else None, amaps[ia], rng)
+        except PlanError as exc:
+            raise PlanError(f"tensor {name} ({role.kind}), in-axis {role.axes[ia].key()}: {exc}") from None
+        err = certify_coefficients(name, role.axes[ia].key(), coeff if two_d else coeff[None, :], amaps[ia])
+        if two_d:
+            key = arrays.put(f"coef:{strat.mixing}:{role.axes[oa].key()}:{role.axes[ia].key()}:{_digest(coeff)}", coeff.astype(np.float32))
+            ops.append(Scale((oa, ia), key))
+        elif not np.all(coeff == 1.0):
+            key = arrays.put(f"coef:{strat.mixing}:{role.axes[ia].key()}:{_digest(coeff)}", coeff.astype(np.float32))
+            ops.append(Scale((ia,), key))
+        if strat.noise_db is not None and amaps[ia].max_copies > 1:
+            ops.append(AddNoise(ia, arrays.put(f"src:{role.axes[ia].key()}", amaps[ia].src), float(strat.noise_db), noise_seed))
+        used = str(strat)
+    if role.kind == "embed" and src_cfg.embed_scale and new_sizes["hidden"] != old_sizes["hidden"]:
+        c = math.sqrt(old_sizes["hidden"] / new_sizes["hidden"])
+        ops.append(Scale((), arrays.put(f"const:{c!r}", np.asarray(c, np.float32))))
+        notes.append(f"compensation: embeddings are scaled by sqrt(hidden); x{c:.6g} keeps sqrt({old_sizes['hidden']})")
+    if head_ratio != 1.0 and role.kind in ("attn.q", "attn.q.bias"):
+        ops.append(Scale((), arrays.put(f"const:{head_ratio!r}", np.asarray(head_ratio, np.float32))))
+        notes.append(f"compensation: head_dim grew; q x{head_ratio:g} keeps the attention logits")
+    if zero_writer:
+        ops.append(Scale((), arrays.put("const:0.0", np.asarray(0.0, np.float32))))
+        notes.append("depth: inserted layer's residual writer starts at zero")
+        used = "zero"
+    if dtype:
+        ops.append(Cast(dtype))
+    return TensorPlan(name, source, role.kind, src_shape, shape, tuple(ops), used, tuple(notes)), err
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+    return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:12]
+
+
+def certify_coefficients(name: str, axis_key: str, coeff: np.ndarray, imap: AxisMap, atol: float = 1e-6) -> float:
+    """Rule ``coefficients``: for every output row, the coefficients over the input
+    copies of each old index sum to 1.  Returns the max error; raises if broken."""
+    sums = np.zeros((coeff.shape[0], imap.old_size))
+    np.add.at(sums.T, imap.src, coeff.T)
+    err = float(np.abs(sums - 1.0).max()) if sums.size else 0.0
+    if err > atol:
+        row, old = np.unravel_index(np.abs(sums - 1.0).argmax(), sums.shape)
+        raise CertificateError(
+            f"rule 'coefficients' fails for tensor {name}, in-axis [{axis_key}]: the coefficients over "
+            f"the copies of old index {old} sum to {sums[row, old]:.6g} for output row {row}, not 1; "
+            "the expanded tensor would not preserve the function (fix the mixing matrix, or use "
+            "symmetric)"
+        )
+    return err

@@ -1,0 +1,283 @@
+"""The backend-neutral description of a decoder family: dims, axes, roles.
+
+A family is data: a table of tensor roles (parameter-name pattern -> axes with a
+direction) plus the neutral decoder flags read from its Hugging Face config.
+Nothing about a family is special-cased elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Optional
+
+from .errors import ConfigError
+from .growth import Segment, segment_size
+
+DIMS = (
+    "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",
+    "experts", "layers", "embed",
+)
+"""Named sizes.  ``heads`` = kv_heads * q_per_kv is derived; ``embed`` is the token
+embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``)."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One tensor axis: a direction and a concatenation of segments.
+
+    ``out``: the tensor writes activations along these dims; ``in``: it reads them.
+    Each segment is an ordered product of dims (names) and constants (ints).
+    """
+
+    direction: str
+    segments: tuple
+
+    def __post_init__(self):
+        if self.direction not in ("in", "out"):
+            raise ValueError(f"axis direction must be 'in' or 'out', not {self.direction!r}")
+
+    @property
+    def dims(self) -> frozenset:
+        return frozenset(f for s in self.segments for f in s if isinstance(f, str))
+
+    def size(self, sizes: Mapping[str, int]) -> int:
+        return sum(segment_size(s, sizes) for s in self.segments)
+
+    def key(self) -> str:
+        return "|".join("*".join(str(f) for f in s) for s in self.segments)
+
+    def __str__(self) -> str:
+        return f"{self.direction}[{self.key()}]"
+
+
+def _parse_axis(direction: str, text: str) -> Axis:
+    segments = []
+    for seg in text.split("|"):
+        factors: list = []
+        for f in seg.split("*"):
+            f = f.strip()
+            factors.append(int(f) if f.isdigit() else f)
+        segments.append(tuple(factors))
+    return Axis(direction, tuple(segments))
+
+
+def out(text: str) -> Axis:
+    """``out("kv_heads*q_per_kv*head_dim")``; segments separated by ``|``."""
+    return _parse_axis("out", text)
+
+
+def in_(text: str) -> Axis:
+    return _parse_axis("in", text)
+
+
+@dataclass(frozen=True)
+class Role:
+    """One parameter tensor of a family.
+
+    ``pattern`` is the checkpoint name with ``{i}`` for the layer (and ``{e}`` for
+    the expert); ``kind`` is the neutral slot the oracle and backends read it as
+    (``attn.q``, ``mlp.down``, ``norm.final`` ...); ``writer`` marks tensors that
+    write into the residual stream (zeroed in depth copies); ``when`` restricts the
+    role to configs that have it (bias flags, optional norms).
+    """
+
+    pattern: str
+    kind: str
+    axes: tuple
+    writer: bool = False
+    when: Optional[Callable[["DecoderConfig"], bool]] = field(default=None, compare=False)
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.pattern
+
+    @property
+    def per_expert(self) -> bool:
+        return "{e}" in self.pattern
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple:
+        return tuple(a.size(sizes) for a in self.axes)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """The neutral decoder: every flag the families differ in.
+
+    Backends implement this one decoder; a family is a config reader plus a role
+    table over it.
+    """
+
+    family: str
+    vocab: int
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    positions: int
+    embed: int = 0                    # token-embedding width; 0 = hidden
+    experts: int = 0
+    experts_per_tok: int = 0
+    norm: str = "rms"                 # rms | layer | layer_noparam
+    norm_eps: float = 1e-5
+    norm_unit_offset: bool = False    # gemma: gain is (1 + w)
+    placement: str = "pre"            # pre | post | sandwich | post_sublayer
+    parallel_residual: bool = False
+    final_norm: bool = True
+    mlp: str = "gated"                # gated | plain
+    act: str = "silu"
+    pos: str = "rope"                 # rope | learned
+    rope_theta: float = 10000.0
+    rotary_dim: int = 0               # 0 = head_dim
+    learned_pos_offset: int = 0
+    qk_norm: str = ""                 # "" | head | full
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    norm_bias: bool = False
+    tie_embeddings: bool = False
+    embed_scale: bool = False         # gemma: embeddings times sqrt(hidden)
+    attn_scale: float = 0.0           # 0 = head_dim ** -0.5
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    clip_qkv: float = 0.0
+    sliding_window: int = 0
+    layer_types: tuple = ()           # per layer: "full_attention" | "sliding_attention"
+
+    @property
+    def q_per_kv(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embed or self.hidden
+
+    def sizes(self) -> dict:
+        """The named dims of this config (``heads`` included for convenience)."""
+        return dict(
+            hidden=self.hidden, ffn=self.ffn, kv_heads=self.kv_heads, q_per_kv=self.q_per_kv,
+            heads=self.heads, head_dim=self.head_dim, vocab=self.vocab,
+            positions=self.positions + self.learned_pos_offset,
+            experts=max(self.experts, 1), layers=self.layers, embed=self.embed_dim,
+        )
+
+    def with_sizes(self, sizes: Mapping[str, int]) -> "DecoderConfig":
+        heads = sizes["kv_heads"] * sizes["q_per_kv"]
+        changes = dict(
+            hidden=sizes["hidden"], ffn=sizes["ffn"], kv_heads=sizes["kv_heads"], heads=heads,
+            head_dim=sizes["head_dim"], vocab=sizes["vocab"], layers=sizes["layers"],
+            positions=sizes["positions"] - self.learned_pos_offset,
+        )
+        if self.embed:
+            changes["embed"] = sizes["embed"]
+        if self.experts:
+            changes["experts"] = sizes["experts"]
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def rope_params(hf: Mapping[str, Any]) -> dict:
+    """RoPE settings from a transformers 5 ``rope_parameters`` or 4.x top-level keys."""
+    rp = dict(hf.get("rope_parameters") or {})
+    theta = rp.get("rope_theta", hf.get("rope_theta", 10000.0))
+    partial = rp.get("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+    rope_type = rp.get("rope_type", (hf.get("rope_scaling") or {}).get("rope_type", "default"))
+    return dict(theta=float(theta), partial=float(partial), rope_type=rope_type)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A decoder family: how to read its config, its roles, how to write a grown config.
+
+    ``config_keys`` maps each HF config key to the dim it stores (``heads`` means
+    kv_heads * q_per_kv); ``read`` turns an HF config dict into the neutral
+    ``DecoderConfig``.  ``depth_exact`` says whether zero-writer layer copies are
+    the identity (true for pre-norm, sandwich and parallel-residual stacks).
+    """
+
+    name: str
+    model_types: tuple
+    roles: tuple
+    read: Callable[[Mapping[str, Any]], DecoderConfig]
+    config_keys: Mapping[str, str]
+    architecture: str
+
+    def roles_for(self, cfg: DecoderConfig) -> tuple:
+        return tuple(r for r in self.roles if r.when is None or r.when(cfg))
+
+    def depth_exact(self, cfg: DecoderConfig) -> bool:
+        return cfg.placement != "post"
+
+    def normalized_axes(self, cfg: DecoderConfig) -> dict:
+        """Axes some norm normalizes over: they must grow uniformly."""
+        axes = {"hidden": ("hidden",)}
+        if cfg.qk_norm == "full":
+            axes["q (full-width qk-norm)"] = ("kv_heads", "q_per_kv", "head_dim")
+            axes["k (full-width qk-norm)"] = ("kv_heads", "head_dim")
+        elif cfg.qk_norm == "head":
+            axes["head_dim (qk-norm)"] = ("head_dim",)
+        return axes
+
+    def write_config(self, hf: Mapping[str, Any], new: DecoderConfig, layer_src) -> dict:
+        """The grown model's HF config: dims written back, scalars kept consistent."""
+        out = dict(hf)
+        sizes = dict(new.sizes(), positions=new.positions)
+        for key, dim in self.config_keys.items():
+            if key in out or dim in ("hidden", "ffn", "layers", "heads", "vocab"):
+                out[key] = sizes[dim]
+        if "head_dim" not in self.config_keys.values() and new.hidden != new.heads * new.head_dim:
+            raise ConfigError(
+                f"{self.name} configs have no head_dim key: hidden ({new.hidden}) must equal "
+                f"heads ({new.heads}) x head_dim ({new.head_dim}); grow heads with the width"
+            )
+        if "head_dim" in self.config_keys.values():
+            key = next(k for k, d in self.config_keys.items() if d == "head_dim")
+            implicit = new.hidden // new.heads
+            if out.get(key) is not None or implicit != new.head_dim or new.hidden % new.heads:
+                out[key] = new.head_dim
+        if isinstance(out.get("layer_types"), list) and layer_src is not None:
+            out["layer_types"] = [hf["layer_types"][s] for s in layer_src]
+        out["tie_word_embeddings"] = bool(new.tie_embeddings)
+        out["architectures"] = [self.architecture]
+        return out
+
+
+def expand_pattern(pattern: str, layer: Optional[int] = None, expert: Optional[int] = None) -> str:
+    name = pattern
+    if layer is not None:
+        name = name.replace("{i}", str(layer))
+    if expert is not None:
+        name = name.replace("{e}", str(expert))
+    return name
+
+
+def tensor_names(family: Family, cfg: DecoderConfig) -> dict:
+    """Every tensor the checkpoint of ``cfg`` holds: name -> (role, layer, expert)."""
+    names = {}
+    for role in family.roles_for(cfg):
+        layers = range(cfg.layers) if role.per_layer else [None]
+        experts = range(cfg.experts) if role.per_expert else [None]
+        for i in layers:
+            for e in experts:
+                names[expand_pattern(role.pattern, i, e)] = (role, i, e)
+    return names
+
+
+def implicit_head_dim(hf: Mapping[str, Any], hidden: int, heads: int) -> int:
+    hd = hf.get("head_dim")
+    return int(hd) if hd else hidden // heads
+
+
+def require(hf: Mapping[str, Any], *keys: str) -> None:
+    missing = [k for k in keys if hf.get(k) is None]
+    if missing:
+        raise ConfigError(f"config.json lacks {', '.join(missing)} (model_type {hf.get('model_type')!r})")
+
+
+__all__ = [
+    "Axis", "Role", "DecoderConfig", "Family", "out", "in_", "DIMS", "rope_params",
+    "tensor_names", "expand_pattern", "implicit_head_dim", "require",
+]
