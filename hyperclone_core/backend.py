@@ -41,7 +41,12 @@ class Backend(Protocol):
     the neutral decoder, weights given as numpy arrays by checkpoint name.
 
     ``train_steps(family, hf_config, weights, batches, lr) -> list[float]``
-    (``train``): losses of consecutive AdamW steps, one per batch of tokens.
+    (``train``): losses of consecutive AdamW steps, one per batch of tokens
+    (``batches``: a list of int arrays (batch, seq+1); loss = next-token cross-entropy).
+
+    ``save_checkpoint(folder, hf_config, weights)`` / ``load_checkpoint(folder) ->
+    (hf_config, weights)`` (``expand``): the HF layout, weights as the backend's
+    arrays by checkpoint name; a round trip must be bit for bit.
     """
 
     name: str
