@@ -100,13 +100,23 @@ class SafetensorsFile:
         code = self.header[name]["dtype"]
         return NAMES.get(code, code.lower())
 
-    def raw(self, name) -> np.ndarray:
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+    def raw(self, name, mmap: bool = False) -> np.ndarray:
+        """The stored array (BF16 as uint16 bits).  By default read into fresh memory,
+        so streaming a checkpoint keeps only the tensor at hand resident; ``mmap=True``
+        returns a read-only memory-mapped view instead."""
         info = self.header[name]
         a, b = info["data_offsets"]
-        buf = self._mmap[self.start + a: self.start + b]
-        return buf.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+        dt = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+        if mmap:
+            if self._mmap is None:
+                self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+            return self._mmap[self.start + a: self.start + b].view(dt).reshape(info["shape"])
+        with open(self.path, "rb") as f:
+            f.seek(self.start + a)
+            out = np.fromfile(f, dtype=dt, count=(b - a) // dt.itemsize)
+        if out.nbytes != b - a:
+            raise CheckpointError(f"{self.path}: tensor {name} is truncated")
+        return out.reshape(info["shape"])
 
 
 class Checkpoint:
@@ -156,8 +166,8 @@ class Checkpoint:
     def dtype(self, name) -> str:
         return self.where[name].dtype(name)
 
-    def raw(self, name) -> np.ndarray:
-        return self.where[name].raw(name)
+    def raw(self, name, mmap: bool = False) -> np.ndarray:
+        return self.where[name].raw(name, mmap)
 
     def read(self, name, dtype=np.float32, check_finite: bool = True) -> np.ndarray:
         """The tensor as ``dtype`` (bfloat16 widened exactly); non-finite values refused."""
@@ -165,10 +175,8 @@ class Checkpoint:
             raise CheckpointError(f"{self.folder}: tensor {name} is missing")
         raw = self.raw(name)
         if self.where[name].header[name]["dtype"] == "BF16":
-            arr = bf16_to_f32(np.asarray(raw))
-        else:
-            arr = np.asarray(raw)
-        arr = arr.astype(dtype, copy=True) if dtype is not None else np.array(arr)
+            raw = bf16_to_f32(raw)
+        arr = raw.astype(dtype, copy=False) if dtype is not None else raw
         if check_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             raise CheckpointError(

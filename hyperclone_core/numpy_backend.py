@@ -32,16 +32,19 @@ class NumpyBackend:
         return np.take(x, index, axis=axis)
 
     def scale(self, x, coeffs):
-        return x * coeffs.astype(x.dtype, copy=False)
+        return np.multiply(x, coeffs.astype(x.dtype, copy=False))
 
     def zero_sum_noise(self, shape, axis, groups, seed, like):
-        return reference.zero_sum_noise(shape, axis, groups, seed)
+        dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float32
+        return reference.zero_sum_noise(shape, axis, groups, seed, dtype)
 
     def mean_square(self, x):
-        return float(np.mean(np.square(x, dtype=np.float64)))
+        return reference.mean_square(x)
 
     def add_scaled(self, x, noise, factor):
-        return (x + noise * factor).astype(x.dtype, copy=False)
+        noise *= noise.dtype.type(factor)
+        x += noise.astype(x.dtype, copy=False)
+        return x
 
     def reshape(self, x, shape):
         return x.reshape(shape)

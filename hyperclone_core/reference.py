@@ -16,40 +16,40 @@ from .spec import DecoderConfig, Family, tensor_names
 # ---------------------------------------------------------------- plan execution
 
 
-def zero_sum_noise(shape, axis: int, groups: np.ndarray, seed: int) -> np.ndarray:
+def zero_sum_noise(shape, axis: int, groups: np.ndarray, seed: int, dtype=np.float32) -> np.ndarray:
     """Standard Gaussian noise projected to sum 0 over the copies of each group."""
     rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(shape)
-    return project_zero_sum(noise, axis, groups)
+    noise = rng.standard_normal(shape, dtype=np.dtype(dtype))
+    project_zero_sum(noise, axis, groups)
+    return noise
 
 
-def project_zero_sum(x: np.ndarray, axis: int, groups: np.ndarray) -> np.ndarray:
-    moved = np.moveaxis(x, axis, -1)
-    m = int(groups.max()) + 1
-    sums = np.zeros(moved.shape[:-1] + (m,), dtype=moved.dtype)
-    _group_add(sums, moved, groups)
-    counts = np.bincount(groups, minlength=m)
-    out = moved - (sums / counts)[..., groups]
-    return np.moveaxis(out, -1, axis)
-
-
-def _group_add(sums, moved, groups):
-    # within one copy number every old index appears at most once, so plain
-    # fancy-index addition is safe; loop over copy numbers (few).
+def project_zero_sum(x: np.ndarray, axis: int, groups: np.ndarray) -> None:
+    """In place: subtract from every element the mean of its group along ``axis``.
+    Within one copy number each old index appears once, so the loop over copy
+    numbers (few) needs no scatter."""
     from .growth import copy_ids
 
+    moved = np.moveaxis(x, axis, -1)
+    m = int(groups.max()) + 1
     cid = copy_ids(groups)
-    for c in range(int(cid.max()) + 1):
-        sel = cid == c
+    sels = [np.flatnonzero(cid == c) for c in range(int(cid.max()) + 1)]
+    sums = np.zeros(moved.shape[:-1] + (m,), dtype=np.float64)
+    for sel in sels:
         sums[..., groups[sel]] += moved[..., sel]
+    mean = (sums / np.bincount(groups, minlength=m)).astype(x.dtype)
+    for sel in sels:
+        moved[..., sel] -= mean[..., groups[sel]]
 
 
-def noise_scale(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> float:
-    p_sig = float(np.mean(np.square(signal, dtype=np.float64)))
-    p_noise = float(np.mean(np.square(noise, dtype=np.float64)))
-    if p_sig == 0.0 or p_noise == 0.0:
-        return 0.0
-    return math.sqrt(p_sig / p_noise / 10.0 ** (snr_db / 10.0))
+def mean_square(x: np.ndarray, chunk: int = 1 << 22) -> float:
+    """mean(x**2) accumulated in float64 without a float64 copy of x."""
+    flat = x.reshape(-1)
+    total = 0.0
+    for k in range(0, flat.size, chunk):
+        c = flat[k:k + chunk].astype(np.float64)
+        total += float(np.dot(c, c))
+    return total / max(flat.size, 1)
 
 
 def run_program(tp: TensorPlan, arrays: Mapping[str, np.ndarray], w: np.ndarray) -> np.ndarray:
