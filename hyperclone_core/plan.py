@@ -386,6 +386,14 @@ def plan(
     new_sizes = dict(old_sizes)
     new_sizes.update(growth.sizes)
     new_sizes["heads"] = new_sizes["kv_heads"] * new_sizes["q_per_kv"]
+    if "head_dim" not in family.config_keys.values() and new_sizes["head_dim"] == old_sizes["head_dim"] \
+            and new_sizes["hidden"] != new_sizes["heads"] * new_sizes["head_dim"]:
+        # head_dim is implicit (hidden / heads): growing hidden faster than heads grows it
+        if new_sizes["hidden"] % new_sizes["heads"]:
+            raise PlanError(f"{family.name} derives head_dim as hidden / heads, but {new_sizes['hidden']} is not "
+                            f"a multiple of {new_sizes['heads']} heads; choose --heads to divide the width")
+        new_sizes["head_dim"] = new_sizes["hidden"] // new_sizes["heads"]
+        growth = Growth(dict(growth.sizes, head_dim=new_sizes["head_dim"]), growth.layout)
     if not src_cfg.embed:  # the token embedding is as wide as the hidden state
         new_sizes["embed"] = new_sizes["hidden"]
     maps = {}
@@ -406,7 +414,7 @@ def plan(
         )
     for dim in ("vocab", "positions", "layers"):
         if new_sizes[dim] < old_sizes[dim]:
-            raise PlanError(f"cannot shrink {dim} from {old_sizes[dim]} to {new_sizes[dim]}")
+            raise PlanError(f"cannot shrink {dim} from {old_sizes[dim]} to {new_sizes[dim]}: HyperCloning only grows")
     for dim in ("vocab", "positions"):
         if new_sizes[dim] != old_sizes[dim]:
             raise PlanError(f"growing {dim} is not supported: new rows would have no source to copy")
