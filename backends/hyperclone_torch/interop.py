@@ -1,0 +1,212 @@
+"""``expand_model``: grow a live ``transformers`` model (or a ``Decoder``) in memory.
+
+The plan speaks checkpoint names (what ``save_pretrained`` writes); a live model's
+``state_dict`` may use other in-memory names.  Two differences exist in the
+families we support, and both are data here, not code paths:
+
+* renames: transformers 5 calls GPT-NeoX's ``embed_out.weight`` ``lm_head.weight``
+  and Mixtral's router ``block_sparse_moe.gate.weight`` ``mlp.gate.weight``;
+* fused experts: transformers 5 stacks Mixtral's experts into
+  ``mlp.experts.gate_up_proj`` [E, 2*ffn, hidden] (w1 rows, then w3 rows) and
+  ``mlp.experts.down_proj`` [E, hidden, ffn] (w2).
+
+Each checkpoint tensor is located in memory as (in-memory name, expert index,
+part of dim 0).  Sources are read as views of the live tensors; results go
+straight into the destination (a fused destination tensor is allocated once and
+its parts written in place), then the destination model -- built with its
+parameters on the meta device, so nothing is initialised for nothing -- takes
+them with ``load_state_dict(assign=True)``.  On transformers 4.x the in-memory
+names equal the checkpoint names and every location is the identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from hyperclone_core import Growth, family_for_config
+from hyperclone_core import plan as make_plan
+from hyperclone_core.backend import run_program
+from hyperclone_core.errors import HypercloneError
+
+from .backend import backend
+from .model import Decoder
+
+RENAMES = (
+    (re.compile(r"^embed_out\.weight$"), "lm_head.weight"),
+    (re.compile(r"\.block_sparse_moe\.gate\.weight$"), ".mlp.gate.weight"),
+)
+"""Checkpoint name -> transformers' in-memory name (regex, replacement)."""
+
+FUSED = (
+    (re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.w1\.weight$"), r"\1.mlp.experts.gate_up_proj", (0, 2)),
+    (re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.w3\.weight$"), r"\1.mlp.experts.gate_up_proj", (1, 2)),
+    (re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.w2\.weight$"), r"\1.mlp.experts.down_proj", None),
+)
+"""Checkpoint name -> (stacked in-memory name, expert = group 2, part (k of n) of the expert's dim 0)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a checkpoint tensor lives in a model's state_dict."""
+
+    name: str
+    expert: Optional[int] = None
+    part: Optional[tuple] = None
+
+    def view(self, t: torch.Tensor) -> torch.Tensor:
+        if self.expert is not None:
+            t = t[self.expert]
+        if self.part is not None:
+            k, n = self.part
+            size = t.shape[0] // n
+            t = t[k * size:(k + 1) * size]
+        return t
+
+
+def locate(checkpoint_names: Iterable[str], memory_names: Iterable[str], where: str = "model") -> dict:
+    """checkpoint name -> Location in a state_dict whose keys are ``memory_names``."""
+    mem = set(memory_names)
+    out = {}
+    for name in checkpoint_names:
+        if name in mem:
+            out[name] = Location(name)
+            continue
+        loc = None
+        for pattern, repl in RENAMES:
+            renamed = pattern.sub(repl, name)
+            if renamed != name and renamed in mem:
+                loc = Location(renamed)
+                break
+        if loc is None:
+            for pattern, repl, part in FUSED:
+                m = pattern.match(name)
+                if m and m.expand(repl) in mem:
+                    loc = Location(m.expand(repl), int(m.group(2)), part)
+                    break
+        if loc is None:
+            raise HypercloneError(
+                f"tensor {name} of the checkpoint layout has no counterpart in the {where}'s state_dict "
+                f"(keys like {sorted(mem)[:4]}); this transformers version stores it under a name "
+                "hyperclone_torch.interop does not know: add it to RENAMES or FUSED"
+            )
+        out[name] = loc
+    return out
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Build modules with their parameters on the meta device (buffers stay real:
+    rotary tables are cheap and must be right).  Works on transformers 4.x and 5.x."""
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            p = module._parameters[name]
+            module._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _hf_config(model) -> tuple:
+    if isinstance(model, Decoder):
+        return model.family, dict(model.config)
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_dict"):
+        raise HypercloneError(
+            f"expand_model takes a transformers PreTrainedModel or a hyperclone_torch.Decoder, "
+            f"not {type(model).__name__}"
+        )
+    hf = cfg.to_dict()
+    return family_for_config(hf), hf
+
+
+def _empty_like_class(model, plan) -> nn.Module:
+    """The destination, same class as ``model``, parameters on meta."""
+    if isinstance(model, Decoder):
+        return type(model)(model.family, plan.decoder, plan.config)
+    config = type(model.config).from_dict(dict(plan.config))
+    attn = getattr(model.config, "_attn_implementation", None)
+    if attn is not None:
+        with contextlib.suppress(Exception):
+            config._attn_implementation = attn
+    with parameters_on_meta():
+        new = type(model)(config)
+    return new
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+@torch.no_grad()
+def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads: Optional[float] = None,
+                 kv_heads: Optional[float] = None, layers: Optional[int] = None, strategy: Any = "noisy:10",
+                 seed: int = 0, layout: str = "tile", return_plan: bool = False):
+    """Grow ``model`` (transformers PreTrainedModel of a supported family, or a
+    Decoder) into a model of the same class whose logits equal the source's.
+
+    ``width`` grows hidden (and, unless given, ffn and heads) by that ratio;
+    ``layers`` is the new total depth.  Runs on the model's device and dtype; the
+    source is not modified and shares no storage with the result.
+    """
+    family, hf = _hf_config(model)
+    cfg = family.read(hf)
+    growth = Growth.of(cfg, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, layout=layout)
+    plan = make_plan(family, hf, growth, strategy, seed)
+
+    src_state = model.state_dict()
+    new = _empty_like_class(model, plan)
+    dst_names = list(new.state_dict().keys())
+    src_loc = locate(plan.sources(), src_state.keys(), "source model")
+    dst_loc = locate([t.name for t in plan.tensors], dst_names, "grown model")
+
+    meta = {n: p for n, p in new.named_parameters() if p.device.type == "meta"}
+    out: dict = {}
+    cache: dict = {}
+    for tp in plan.tensors:
+        loc = src_loc[tp.source]
+        src = loc.view(src_state[loc.name])
+        device = src.device
+        y = run_program(backend, tp, plan.arrays, src, device, cache)
+        loc = dst_loc[tp.name]
+        if loc.expert is None and loc.part is None:
+            if _shares_storage(y, src):
+                y = y.clone()
+            out[loc.name] = y.contiguous()
+        else:
+            if loc.name not in out:
+                ref = meta[loc.name]
+                out[loc.name] = torch.empty(ref.shape, dtype=y.dtype, device=device)
+            loc.view(out[loc.name]).copy_(y)
+        del y
+
+    missing = [n for n in meta if n not in out]
+    tied = plan.decoder.tie_embeddings
+    if missing and not (tied and all(_is_lm_head(n) for n in missing)):
+        raise HypercloneError(f"expand_model: the plan gives no values for {missing[:6]} of {type(new).__name__}")
+    new.load_state_dict(out, strict=False, assign=True)
+    if tied and hasattr(new, "tie_weights"):
+        new.tie_weights()
+    still = [n for n, p in new.named_parameters() if p.device.type == "meta"]
+    if still:
+        raise HypercloneError(f"expand_model: parameters {still[:6]} were left uninitialised")
+    new.train(model.training)
+    return (new, plan) if return_plan else new
+
+
+def _is_lm_head(name: str) -> bool:
+    return name in ("lm_head.weight", "embed_out.weight")
+
+
+__all__ = ["expand_model", "locate", "Location", "parameters_on_meta", "RENAMES", "FUSED"]
