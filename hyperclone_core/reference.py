@@ -25,13 +25,25 @@ def zero_sum_noise(shape, axis: int, groups: np.ndarray, seed: int, dtype=np.flo
 
 
 def project_zero_sum(x: np.ndarray, axis: int, groups: np.ndarray) -> None:
-    """In place: subtract from every element the mean of its group along ``axis``.
-    Within one copy number each old index appears once, so the loop over copy
-    numbers (few) needs no scatter."""
+    """In place: subtract from every element the mean of its group along ``axis``."""
     from .growth import copy_ids
 
+    n, m = len(groups), int(groups.max()) + 1
+    k = n // m
+    shape = x.shape[:axis] + (None,) + x.shape[axis + 1:]
+    if k * m == n and k > 1 and x.flags.c_contiguous:
+        j = np.arange(n)
+        if np.array_equal(groups, j % m):  # tile: k blocks of m
+            v = x.reshape(shape[:axis] + (k, m) + shape[axis + 1:])
+            v -= v.mean(axis=axis, keepdims=True, dtype=np.float64).astype(x.dtype)
+            return
+        if np.array_equal(groups, j // k):  # interleave: m runs of k
+            v = x.reshape(shape[:axis] + (m, k) + shape[axis + 1:])
+            v -= v.mean(axis=axis + 1, keepdims=True, dtype=np.float64).astype(x.dtype)
+            return
+    # uneven growth: within one copy number each old index appears once, so a
+    # loop over copy numbers (few) needs no scatter
     moved = np.moveaxis(x, axis, -1)
-    m = int(groups.max()) + 1
     cid = copy_ids(groups)
     sels = [np.flatnonzero(cid == c) for c in range(int(cid.max()) + 1)]
     sums = np.zeros(moved.shape[:-1] + (m,), dtype=np.float64)
@@ -42,13 +54,10 @@ def project_zero_sum(x: np.ndarray, axis: int, groups: np.ndarray) -> None:
         moved[..., sel] -= mean[..., groups[sel]]
 
 
-def mean_square(x: np.ndarray, chunk: int = 1 << 22) -> float:
-    """mean(x**2) accumulated in float64 without a float64 copy of x."""
-    flat = x.reshape(-1)
-    total = 0.0
-    for k in range(0, flat.size, chunk):
-        c = flat[k:k + chunk].astype(np.float64)
-        total += float(np.dot(c, c))
+def mean_square(x: np.ndarray, chunk: int = 1 << 20) -> float:
+    """mean(x**2) without a float64 copy of x (BLAS dot per chunk, summed in float64)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    total = sum(float(np.dot(flat[k:k + chunk], flat[k:k + chunk])) for k in range(0, flat.size, chunk))
     return total / max(flat.size, 1)
 
 

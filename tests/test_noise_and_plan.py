@@ -19,10 +19,11 @@ def _llama_plan(strategy="noisy:10", **kw):
 
 
 @pytest.mark.parametrize("snr_db", [0.0, 10.0, 20.0])
-@pytest.mark.parametrize("width", [2, 3])
-def test_noise_sums_to_zero_over_copies_and_hits_the_snr(snr_db, width):
-    cfg, fam, p_noisy = _llama_plan(f"noisy:{snr_db:g}", width=width)
-    _, _, p_clean = _llama_plan("symmetric", width=width)
+@pytest.mark.parametrize("width,ffn,layout", [(2, None, "tile"), (3, None, "tile"), (2, 1.5, "tile"),
+                                              (2, None, "interleave")])
+def test_noise_sums_to_zero_over_copies_and_hits_the_snr(snr_db, width, ffn, layout):
+    cfg, fam, p_noisy = _llama_plan(f"noisy:{snr_db:g}", width=width, ffn=ffn, layout=layout)
+    _, _, p_clean = _llama_plan("symmetric", width=width, ffn=ffn, layout=layout)
     w = testing.random_weights(cfg, seed=2)
     noisy, clean = execute(p_noisy, w), execute(p_clean, w)
     checked = 0

@@ -1,0 +1,162 @@
+"""Expansion speed and memory on a ~250M-parameter Llama-shaped checkpoint grown 2x.
+
+Prints one table: seconds, peak RSS, and the ratio of time to a plain copy of the
+destination's bytes measured in the same run.  Each measurement runs in its own
+process so its peak RSS is its own.  Columns that need a backend that is not
+installed are left out with a note.
+
+    python benchmarks/expand.py                 # the ~250M model (needs ~9 GB of disk)
+    python benchmarks/expand.py --small         # a ~20M model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LLAMA_250M = dict(
+    model_type="llama", vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+    num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
+    rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, tie_word_embeddings=False,
+    hidden_act="silu", torch_dtype="float32",
+)
+SMALL = dict(LLAMA_250M, vocab_size=8000, hidden_size=256, intermediate_size=704, num_hidden_layers=8,
+             num_attention_heads=8, num_key_value_heads=2)
+
+CHILD = r"""
+import json, resource, sys, time
+mode, src, dst = sys.argv[1:4]
+t0 = time.perf_counter()
+if mode == "baseline":
+    import numpy
+elif mode in ("numpy", "torch"):
+    from hyperclone_core.expand import expand_checkpoint
+    expand_checkpoint(src, dst, width=2, backend=mode, verify=False, progress=False)
+elif mode == "torch-live":
+    import torch, hyperclone_torch
+    from hyperclone_torch.model import Decoder
+    model = Decoder.from_pretrained(src)
+    t0 = time.perf_counter()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    grown = hyperclone_torch.expand_model(model, width=2)
+elif mode == "hf-live":
+    import torch, transformers, hyperclone_torch
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    t0 = time.perf_counter()
+    grown = hyperclone_torch.expand_model(model, width=2)
+print(json.dumps({"seconds": time.perf_counter() - t0,
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def make_source(folder: Path, cfg: dict, seed: int = 0) -> int:
+    from hyperclone_core import family_for_config, io
+    from hyperclone_core.spec import tensor_names
+
+    fam = family_for_config(cfg)
+    dec = fam.read(cfg)
+    sizes = dec.sizes()
+    rng = np.random.default_rng(seed)
+    layout = [(n, r.shape(sizes), "float32") for n, (r, _, _) in tensor_names(fam, dec).items()]
+    with io.AtomicDir(folder) as tmp:
+        w = io.ShardedWriter(tmp, layout, max_shard_bytes=2 * 2**30)
+        for name, shape, _ in layout:
+            w.write(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02))
+        w.close()
+        io.write_json(tmp / "config.json", cfg)
+    return sum(int(np.prod(s)) for _, s, _ in layout)
+
+
+def run_child(mode: str, src: Path, dst: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    res = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(dst)], capture_output=True, text=True,
+                         env=env)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def largest_tensor_bytes(folder: Path) -> int:
+    from hyperclone_core.io import Checkpoint
+    ck = Checkpoint(folder)
+    return max(int(np.prod(ck.shape(n))) * 4 for n in ck.names())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="a ~20M model instead of ~250M")
+    ap.add_argument("--workdir", help="where to write the checkpoints (default: a temp dir)")
+    ap.add_argument("--modes", default="numpy,torch,torch-live,hf-live")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    cfg = SMALL if args.small else LLAMA_250M
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="hyperclone-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src, copy_dst = work / "src", work / "copy"
+    for p in (src, copy_dst):
+        shutil.rmtree(p, ignore_errors=True)
+    n_params = make_source(src, cfg)
+    print(f"source: {n_params / 1e6:.1f}M parameters, {folder_bytes(src) / 2**30:.2f} GiB fp32 ({work})")
+    base = run_child("baseline", src, work / "unused")
+    rows = []
+    dst_bytes = largest = None
+    for mode in args.modes.split(","):
+        dst = work / f"dst-{mode}"
+        shutil.rmtree(dst, ignore_errors=True)
+        r = run_child(mode, src, dst)
+        if dst.exists():
+            dst_bytes = folder_bytes(dst)
+            largest = largest_tensor_bytes(dst)
+            if not copy_dst.exists():
+                t0 = time.perf_counter()
+                shutil.copytree(dst, copy_dst)
+                os.sync()
+                copy_seconds = time.perf_counter() - t0
+        rows.append((mode, r))
+        shutil.rmtree(dst, ignore_errors=True)
+    shutil.rmtree(copy_dst, ignore_errors=True)
+    if dst_bytes is None:
+        print("no checkpoint-to-checkpoint mode ran; cannot measure the copy baseline")
+        copy_seconds = float("nan")
+    print(f"destination: {dst_bytes / 2**30:.2f} GiB; largest tensor {largest / 2**20:.0f} MiB; "
+          f"interpreter + numpy RSS {base['peak_rss'] / 2**20:.0f} MiB")
+    print(f"plain copy of the destination bytes: {copy_seconds:.2f} s")
+    print()
+    print(f"{'mode':<12} {'seconds':>8} {'x copy':>7} {'peak RSS GiB':>13} {'RSS - interp':>13} {'bound':>7}")
+    bound = 2 * largest + 0  # streaming bound above the interpreter
+    results = {"params": n_params, "dest_bytes": dst_bytes, "largest_tensor": largest,
+               "copy_seconds": copy_seconds, "interpreter_rss": base["peak_rss"], "modes": {}}
+    for mode, r in rows:
+        if "error" in r:
+            print(f"{mode:<12} unavailable: {r['error'][:90]}")
+            continue
+        extra = r["peak_rss"] - base["peak_rss"]
+        ok = "ok" if mode in ("numpy", "torch") and extra < bound else ("-" if mode not in ("numpy", "torch") else "OVER")
+        print(f"{mode:<12} {r['seconds']:8.2f} {r['seconds'] / copy_seconds:7.2f} {r['peak_rss'] / 2**30:13.2f} "
+              f"{extra / 2**30:13.2f} {ok:>7}")
+        results["modes"][mode] = r
+    print("\nbound: streaming modes must stay under 2 x the largest destination tensor above the interpreter;"
+          "\ntorch-live / hf-live expand a model held in memory (source + destination are resident by design).")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
