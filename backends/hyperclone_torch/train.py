@@ -564,7 +564,8 @@ def _train(model, cfg: TrainConfig, par, train_data, val_data, plan, callback) -
     if cfg.resume and last_ckpt is not None:
         state = load_training_checkpoint(last_ckpt, model, optimizer, par)
         start = int(state["step"])
-        result.history = list(state["history"])
+        # a finished run's closing evaluation is redone at the start of its next step
+        result.history = [h for h in state["history"] if h["step"] < start or h.get("train_loss") is not None]
         result.checkpoint = str(last_ckpt)
     elif last_ckpt is not None and not cfg.resume:
         raise TrainError(f"{out} already holds {last_ckpt.name}; pass --resume to continue it, or choose a new --out")
