@@ -33,9 +33,12 @@ class Backend(Protocol):
     checks a backend does not claim.
 
     Array primitives (``expand``): ``asarray(np_array, device)`` and ``to_numpy(x)``;
-    ``take(x, axis, index)``, ``scale(x, coeffs)`` (``coeffs`` already broadcast to
-    x's rank), ``zero_sum_noise(shape, axis, groups, seed, like)``,
-    ``mean_square(x) -> float``, ``reshape(x, shape)``, ``cast(x, dtype_name)``.
+    ``shape(x)``, ``take(x, axis, index)``, ``scale(x, coeffs)`` (``coeffs`` already
+    broadcast to x's rank), ``zero_sum_noise(shape, axis, groups, seed, like)``,
+    ``mean_square(x) -> float``, ``add_scaled(x, noise, factor)`` (may reuse the noise
+    buffer, never x), ``reshape(x, shape)``, ``cast(x, dtype_name)``.  Optional:
+    ``scale_(x, coeffs)``, an in-place scale the interpreter uses on arrays it produced
+    itself (saves a destination-sized copy).
 
     ``forward(family, cfg, weights, tokens) -> np.ndarray`` (``forward``): logits of
     the neutral decoder, weights given as numpy arrays by checkpoint name.
@@ -86,6 +89,8 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
             cache[ck] = backend.asarray(arrays[key] if prepared is None else prepared, device)
         return cache[ck]
 
+    owned = False  # whether x was produced here (then in-place primitives may reuse it)
+    scale_inplace = getattr(backend, "scale_", None)
     shape = tuple(backend.shape(x))
     if shape != tuple(tp.source_shape):
         raise HypercloneError(
@@ -96,8 +101,8 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
             x = backend.take(x, op.axis, dev(op.map))
         elif isinstance(op, Scale):
             ndim = len(backend.shape(x))
-            c = broadcast_coeffs(arrays[op.coeffs], op.axes, ndim)
-            x = backend.scale(x, dev(op.coeffs, c, f"{op.axes}/{ndim}"))
+            c = dev(op.coeffs, broadcast_coeffs(arrays[op.coeffs], op.axes, ndim), f"{op.axes}/{ndim}")
+            x = scale_inplace(x, c) if owned and scale_inplace is not None else backend.scale(x, c)
         elif isinstance(op, AddNoise):
             noise = backend.zero_sum_noise(backend.shape(x), op.axis, dev(op.groups), op.seed, x)
             p_sig, p_noise = backend.mean_square(x), backend.mean_square(noise)
@@ -110,6 +115,7 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
             x = backend.cast(x, op.dtype)
         else:  # pragma: no cover
             raise TypeError(f"unknown op {op!r}")
+        owned = True
     return x
 
 

@@ -34,6 +34,9 @@ class NumpyBackend:
     def scale(self, x, coeffs):
         return np.multiply(x, coeffs.astype(x.dtype, copy=False))
 
+    def scale_(self, x, coeffs):
+        return np.multiply(x, coeffs.astype(x.dtype, copy=False), out=x)
+
     def zero_sum_noise(self, shape, axis, groups, seed, like):
         dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float32
         return reference.zero_sum_noise(shape, axis, groups, seed, dtype)
@@ -42,9 +45,9 @@ class NumpyBackend:
         return reference.mean_square(x)
 
     def add_scaled(self, x, noise, factor):
-        noise *= noise.dtype.type(factor)
-        x += noise.astype(x.dtype, copy=False)
-        return x
+        noise *= noise.dtype.type(factor)  # the noise buffer is ours: reuse it
+        noise += x
+        return noise.astype(x.dtype, copy=False)
 
     def reshape(self, x, shape):
         return x.reshape(shape)

@@ -1,0 +1,68 @@
+"""Sessions: one per backend, the conformance suite per backend, lint, bench, demo.
+
+    nox -s tests                 # everything CI runs, in one venv
+    nox -s core                  # hyperclone_core with numpy only (no framework installed)
+    nox -s conformance-numpy     # the conformance suite against one backend
+    nox -s demo -- --quick       # posargs are forwarded
+"""
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests"]
+TORCH = "torch>=2.4"  # 2.13.0 CPU is what the project's machines carry
+
+
+@nox.session
+def tests(session):
+    """The whole project suite (torch backend, transformers interop, conformance meta-tests)."""
+    session.install(TORCH)
+    session.install("-e", ".[torch,hf,dev,plot]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def core(session):
+    """The core alone: proves hyperclone_core needs nothing but numpy (framework tests skip)."""
+    session.install("-e", ".", "pytest", "hypothesis")
+    session.run("python", "-m", "pytest", "tests", *session.posargs)
+
+
+@nox.session
+def torch(session):
+    session.install(TORCH)
+    session.install("-e", ".[torch,hf,dev]")
+    session.run("python", "-m", "pytest", "tests", "-k", "torch or train or expand_model or data or distributed",
+                *session.posargs)
+
+
+@nox.session
+@nox.parametrize("backend", ["numpy", "torch"])
+def conformance(session, backend):
+    """`pytest --pyargs hyperclone_conformance --hyperclone-backend NAME` from the installed package."""
+    if backend == "torch":
+        session.install(TORCH)
+    session.install(".[dev]" if backend == "numpy" else ".[torch,dev]")
+    session.chdir(session.create_tmp())  # run from the installed package, not the source tree
+    session.run("python", "-m", "pytest", "--pyargs", "hyperclone_conformance", "--hyperclone-backend", backend,
+                *session.posargs)
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", "hyperclone_core", "backends", "conformance", "tests", "benchmarks", "examples")
+
+
+@nox.session
+def bench(session):
+    session.install(TORCH)
+    session.install("-e", ".[torch,hf]")
+    session.run("python", "benchmarks/expand.py", *session.posargs)
+
+
+@nox.session
+def demo(session):
+    session.install(TORCH)
+    session.install("-e", ".[torch,plot]")
+    session.run("hyperclone", "demo", *session.posargs)
