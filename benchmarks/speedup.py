@@ -1,0 +1,78 @@
+"""The demo's comparison at any scale: clone vs random twin vs small model kept training.
+
+Same three runs, same printed table and same results.json as ``hyperclone demo``
+(both call ``hyperclone_torch.demo.compare``); here every size and budget is a flag,
+the data may be any UTF-8 text or a token file, and the device may be a GPU::
+
+    python benchmarks/speedup.py --hidden 384 --layers 8 --heads 6 --ffn 1024 \\
+        --seq-len 256 --batch-size 64 --pretrain-steps 2000 --steps 1200 \\
+        --text ../shared/data/tinyshakespeare.txt --device cuda --out bench-out
+
+With no flags it runs the demo's defaults on the embedded corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hyperclone_core.corpus import CorpusError
+from hyperclone_core.corpus import load as load_corpus
+from hyperclone_core.errors import HypercloneError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hyperclone_torch.demo import PRESETS, add_settings_args
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="torch", help="backend whose demo.compare runs the comparison")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", help="UTF-8 text file (byte tokens); default: the embedded corpus")
+    src.add_argument("--tokens", help="token file (.npy, or .bin with --data-dtype); the last 5%% is validation")
+    p.add_argument("--data-dtype", help="dtype of a .bin token file (uint16, uint32)")
+    p.add_argument("--vocab", type=int, help="vocab size for --tokens (default: max id + 1)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="base settings before overrides")
+    p.add_argument("--out", default="speedup-out", help="folder for results.json and loss.png")
+    add_settings_args(p.add_argument_group("settings"), PRESETS["default"])
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        import importlib
+
+        demo = importlib.import_module(f"hyperclone_{args.backend}.demo")
+    except ModuleNotFoundError as e:
+        print(f"speedup: backend {args.backend!r} is not installed ({e.name}); use --backend torch", file=sys.stderr)
+        return 2
+    st = demo.settings_from(args, demo.PRESETS[args.preset])
+    try:
+        if args.tokens:
+            from hyperclone_core.data import load_tokens, split
+
+            tokens = load_tokens(args.tokens, dtype=args.data_dtype, vocab=args.vocab)
+            train, val = split(np.asarray(tokens), 0.05)
+            print(f"tokens: {args.tokens}: {len(tokens):,} (train {len(train):,}, val {len(val):,})")
+            results = demo.compare(st, None, train_tokens=train, val_tokens=val, vocab=args.vocab)
+        else:
+            corpus = load_corpus(args.text)
+            print(corpus.describe())
+            results = demo.compare(st, corpus)
+        print()
+        print(demo.summarize(results))
+        out = demo.write_outputs(results, args.out)
+    except (HypercloneError, CorpusError) as e:
+        print(f"speedup: error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nwrote {Path(out) / 'results.json'} and {Path(out) / 'loss.png'}")
+    print(json.dumps(results["summary"], default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
