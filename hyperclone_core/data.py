@@ -207,10 +207,12 @@ class BatchSampler:
         return np.asarray(self.tokens[idx], dtype=np.int64)
 
 
-def fixed_batches(tokens: np.ndarray, n: int, batch_size: int, seq_len: int, seed: int = 0) -> list:
-    """``n`` validation batches fixed for the whole run, so evaluations compare."""
+def fixed_batches(tokens: np.ndarray, n: int, batch_size: int, seq_len: int, seed: int = 0,
+                  rank: int = 0, world: int = 1) -> list:
+    """``n`` validation batches fixed for the whole run, so evaluations compare
+    (this rank's slice of each; the mean over ranks is the single-process value)."""
     s = BatchSampler(tokens, batch_size, seq_len, seed=seed + 0x5EED)
-    return [s.batch(i) for i in range(n)]
+    return [s.batch(i, rank, world) for i in range(n)]
 
 
 __all__ = [

@@ -537,8 +537,8 @@ def _train(model, cfg: TrainConfig, par, train_data, val_data, plan, callback) -
     tokens = _as_tokens(train_data, vocab, "train data")
     sampler = hdata.BatchSampler(tokens, cfg.batch_size, cfg.seq_len, cfg.seed)
     val = None if val_data is None else _as_tokens(val_data, vocab, "validation data")
-    val_batches = [] if val is None else hdata.fixed_batches(val, cfg.eval_batches, max(cfg.batch_size // par.world, 1),
-                                                              cfg.seq_len, cfg.seed)
+    val_batches = [] if val is None else hdata.fixed_batches(val, cfg.eval_batches, cfg.batch_size, cfg.seq_len,
+                                                              cfg.seed, par.rank, par.world)
     torch.manual_seed(cfg.seed)
     device = par.device
     model.to(device)
