@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ SMALL = dict(LLAMA_250M, vocab_size=8000, hidden_size=256, intermediate_size=704
              num_attention_heads=8, num_key_value_heads=2)
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 mode, src, dst = sys.argv[1:4]
 t0 = time.perf_counter()
 if mode == "baseline":
@@ -47,15 +46,16 @@ elif mode == "torch-live":
     from hyperclone_torch.model import Decoder
     model = Decoder.from_pretrained(src)
     t0 = time.perf_counter()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     grown = hyperclone_torch.expand_model(model, width=2)
 elif mode == "hf-live":
     import torch, transformers, hyperclone_torch
     model = transformers.AutoModelForCausalLM.from_pretrained(src)
     t0 = time.perf_counter()
     grown = hyperclone_torch.expand_model(model, width=2)
-print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+seconds = time.perf_counter() - t0
+# VmHWM belongs to this process's own address space (ru_maxrss would include the parent's at fork)
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"seconds": seconds, "peak_rss": hwm}))
 """
 
 

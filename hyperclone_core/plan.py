@@ -349,22 +349,19 @@ class _Arrays:
 
 
 def _coefficients(mixing, omap: Optional[AxisMap], imap: AxisMap, rng) -> tuple:
-    """The coefficient array over (out, in) (or (in,) when it does not depend on out)."""
+    """Coefficient rows per output copy number: (rows (k_out, M_in), copy number of
+    each output index).  Row c holds C[c, copy(i')] for every input index i'."""
     k_out = omap.max_copies if omap is not None else 1
-    k_in = imap.max_copies
-    table, normalize = mixing.table(k_out, k_in, rng)
+    table, normalize = mixing.table(k_out, imap.max_copies, rng)
     table = np.asarray(table, dtype=np.float64)
-    cout = omap.copy if omap is not None else np.zeros(1, dtype=np.int64)
-    coeff = table[cout[:, None], imap.copy[None, :]]  # (M_out, M_in)
+    rows = table[:, imap.copy]  # (k_out, M_in)
     if normalize:
-        # divide each row by its sum over the copies each old index actually has
-        counts = imap.counts
-        valid = np.arange(k_in)[None, :] < counts[:, None]  # (m_in, k_in)
+        # divide by the row's sum over the copies each old index actually has
+        valid = np.arange(table.shape[1])[None, :] < imap.counts[:, None]  # (m_in, k_in)
         rowsum = (table[:, None, :] * valid[None]).sum(-1)  # (k_out, m_in)
-        coeff = coeff / rowsum[cout[:, None], imap.src[None, :]]
-    if np.allclose(coeff, coeff[:1]):
-        return coeff[0], False
-    return coeff, True
+        rows = rows / rowsum[:, imap.src]
+    cout = omap.copy if omap is not None else np.zeros(1, dtype=np.int64)
+    return rows, cout
 
 
 def plan(
@@ -572,21 +569,24 @@ def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, ar
         ia = in_axes[0]
         oa = next((k for k in out_axes if amaps[k].grown), None)
         try:
-            coeff, two_d = _coefficients(strat.mixing, amaps[oa] if oa is not None else None, amaps[ia], rng)
+            rows, cout = _coefficients(strat.mixing, amaps[oa] if oa is not None else None, amaps[ia], rng)
         except PlanError as exc:
             raise PlanError(f"tensor {name} ({role.kind}), in-axis {role.axes[ia].key()}: {exc}") from None
         try:
-            err = certify_coefficients(name, role.axes[ia].key(), coeff if two_d else coeff[None, :], amaps[ia])
+            err = certify_coefficients(name, role.axes[ia].key(), rows, amaps[ia])
         except CertificateError as exc:
             if not allow_inexact:
                 raise
             inexact.append(str(exc))
             err = float("inf")
+        two_d = not np.all(rows == rows[:1])
         if two_d:
-            key = arrays.put(f"coef:{strat.mixing}:{role.axes[oa].key()}:{role.axes[ia].key()}:{_digest(coeff)}", coeff.astype(np.float32))
+            coeff = rows[cout].astype(np.float32)  # (M_out, M_in): output copies read differently
+            key = arrays.put(f"coef:{strat.mixing}:{role.axes[oa].key()}:{role.axes[ia].key()}:{_digest(coeff)}", coeff)
             ops.append(Scale((oa, ia), key))
-        elif not np.all(coeff == 1.0):
-            key = arrays.put(f"coef:{strat.mixing}:{role.axes[ia].key()}:{_digest(coeff)}", coeff.astype(np.float32))
+        elif not np.all(rows[0] == 1.0):
+            coeff = rows[0].astype(np.float32)
+            key = arrays.put(f"coef:{strat.mixing}:{role.axes[ia].key()}:{_digest(coeff)}", coeff)
             ops.append(Scale((ia,), key))
         if strat.noise_db is not None and amaps[ia].max_copies > 1:
             ops.append(AddNoise(ia, arrays.put(f"src:{role.axes[ia].key()}", amaps[ia].src), float(strat.noise_db), noise_seed))
@@ -613,7 +613,7 @@ def _digest(a: np.ndarray) -> str:
 
 
 def certify_coefficients(name: str, axis_key: str, coeff: np.ndarray, imap: AxisMap, atol: float = 1e-6) -> float:
-    """Rule ``coefficients``: for every output row, the coefficients over the input
+    """Rule ``coefficients``: for every output copy, the coefficients over the input
     copies of each old index sum to 1.  Returns the max error; raises if broken."""
     sums = np.zeros((coeff.shape[0], imap.old_size))
     np.add.at(sums.T, imap.src, coeff.T)
@@ -622,7 +622,7 @@ def certify_coefficients(name: str, axis_key: str, coeff: np.ndarray, imap: Axis
         row, old = np.unravel_index(np.abs(sums - 1.0).argmax(), sums.shape)
         raise CertificateError(
             f"rule 'coefficients' fails for tensor {name}, in-axis [{axis_key}]: the coefficients over "
-            f"the copies of old index {old} sum to {sums[row, old]:.6g} for output row {row}, not 1; "
+            f"the copies of old index {old} sum to {sums[row, old]:.6g} for output copy {row}, not 1; "
             "the expanded tensor would not preserve the function (fix the mixing matrix, or use "
             "symmetric)"
         )
