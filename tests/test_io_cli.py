@@ -1,0 +1,96 @@
+"""Checkpoint I/O (shards, bfloat16, aux files) and the plan / verify commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hyperclone_core import io, testing
+from hyperclone_core.cli import main
+from hyperclone_core.dtypes import bf16_to_f32, f32_to_bf16
+from hyperclone_core.expand import expand_checkpoint
+
+
+def test_bf16_conversion_rounds_to_nearest_even():
+    x = np.array([1.0, 1.00390625, 1.01171875, -2.5, 3.0e38, np.inf, -0.0], dtype=np.float32)
+    back = bf16_to_f32(f32_to_bf16(x))
+    assert back[0] == 1.0 and back[1] == 1.0  # tie to even
+    assert back[2] == np.float32(1.015625)
+    assert back[3] == -2.5 and np.isinf(back[5]) and np.signbit(back[6])
+    assert np.isnan(bf16_to_f32(f32_to_bf16(np.array([np.nan], np.float32))))[0]
+
+
+def test_sharded_round_trip_is_bit_exact(tmp_path):
+    w = testing.random_weights(testing.CASES["qwen2"])
+    io.save_checkpoint(tmp_path / "ck", testing.CASES["qwen2"], w, max_shard_bytes=10_000)
+    index = json.loads((tmp_path / "ck" / io.INDEX).read_text())
+    assert len(set(index["weight_map"].values())) > 3
+    _, back = io.load_weights(tmp_path / "ck")
+    assert back.keys() == w.keys() and all(np.array_equal(back[k], w[k]) for k in w)
+
+
+def test_bf16_checkpoint_expands_to_bf16_and_stays_close(tmp_path, hf_logits):
+    cfg = testing.CASES["llama"]
+    io.save_checkpoint(tmp_path / "src", cfg, testing.random_weights(cfg), dtype="bfloat16")
+    report = expand_checkpoint(tmp_path / "src", tmp_path / "dst", strategy="symmetric", progress=False)
+    ck = io.Checkpoint(tmp_path / "dst")
+    assert {ck.dtype(n) for n in ck.names()} == {"bfloat16"}
+    # symmetric width 2 only halves weights: exact in bfloat16 too
+    assert report["verification"]["relative"] < 1e-5
+    tokens = testing.random_tokens(cfg["vocab_size"])
+    a, b = hf_logits(tmp_path / "src", tokens), hf_logits(tmp_path / "dst", tokens)
+    assert np.abs(a - b).max() / np.abs(a).max() < 1e-2
+
+
+def test_dtype_option_and_aux_files_and_report(tmp_path):
+    cfg = testing.CASES["mistral"]
+    io.save_checkpoint(tmp_path / "src", cfg, testing.random_weights(cfg),
+                       extra_files={"tokenizer.json": "{}", "generation_config.json": "{}"})
+    assert main(["expand", str(tmp_path / "src"), str(tmp_path / "dst"), "--dtype", "bfloat16", "--quiet",
+                 "--seed", "5"]) == 0
+    dst = tmp_path / "dst"
+    assert (dst / "tokenizer.json").exists() and (dst / "generation_config.json").exists()
+    report = json.loads((dst / "hyperclone.json").read_text())
+    assert report["seed"] == 5 and report["strategy"] == "noisy:10" and report["exact"] is True
+    assert report["certificate"]["checks"] and report["verification"]["max_abs_diff"] >= 0
+    assert {io.Checkpoint(dst).dtype(n) for n in io.Checkpoint(dst).names()} == {"bfloat16"}
+
+
+def test_plan_command_prints_and_serializes(tmp_path, capsys):
+    cfg = testing.CASES["phi3"]
+    io.save_checkpoint(tmp_path / "src", cfg, testing.random_weights(cfg))
+    assert main(["plan", str(tmp_path / "src"), "--width", "2", "--ffn", "1.5"]) == 0
+    text = capsys.readouterr().out
+    assert "certificate: EXACT" in text and "model.layers.0.mlp.gate_up_proj.weight" in text
+    assert main(["plan", str(tmp_path / "src"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["config"]["hidden_size"] == 64 and doc["certificate"]["exact"]
+    assert not (tmp_path / "dst").exists()
+
+
+def test_verify_command_and_tolerance(tmp_path, capsys):
+    cfg = testing.CASES["olmo"]
+    io.save_checkpoint(tmp_path / "a", cfg, testing.random_weights(cfg, seed=1))
+    io.save_checkpoint(tmp_path / "b", cfg, testing.random_weights(cfg, seed=2))
+    assert main(["verify", str(tmp_path / "a"), str(tmp_path / "a"), "--tolerance", "0"]) == 0
+    assert "relative 0.00e+00" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "a"), str(tmp_path / "b"), "--tolerance", "1e-3"]) == 1
+
+
+def test_unknown_backend_is_named(tmp_path, capsys):
+    cfg = testing.CASES["llama"]
+    io.save_checkpoint(tmp_path / "src", cfg, testing.random_weights(cfg))
+    rc = main(["expand", str(tmp_path / "src"), str(tmp_path / "dst"), "--backend", "nope", "--quiet"])
+    assert rc == 2 and "backend 'nope' is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("case", ["opt_postln", "gemma2", "mixtral"])
+def test_interleave_layout_is_exact_too(case, tmp_path, case_dir, hf_logits):
+    report = expand_checkpoint(case_dir(case), tmp_path / "dst", layout="interleave", progress=False)
+    assert report["verification"]["relative"] < 1e-5
+    tokens = testing.random_tokens(testing.CASES[case]["vocab_size"])
+    a, b = hf_logits(case_dir(case), tokens), hf_logits(tmp_path / "dst", tokens)
+    assert np.abs(a - b).max() / np.abs(a).max() < 1e-5
