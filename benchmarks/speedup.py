@@ -52,6 +52,7 @@ def main(argv=None) -> int:
         return 2
     st = demo.settings_from(args, demo.PRESETS[args.preset])
     try:
+        demo.check_out(args.out)
         if args.tokens:
             from hyperclone_core.data import load_tokens, split
 

@@ -48,9 +48,9 @@ class Settings:
     strategy: str = "noisy:10"
     seq_len: int = 64
     batch_size: int = 16
-    pretrain_steps: int = 600
+    pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
-    steps: int = 400
+    steps: int = 600
     lr: float = 2e-3
     clone_lr_scale: float = 1.0        # clone peak LR = lr * clone_lr_scale
     clone_lr: str = ""                 # TrainConfig.clone_lr (per-tensor LR for the clone); "" = off
@@ -58,7 +58,7 @@ class Settings:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 25
+    eval_every: int = 30
     eval_batches: int = 8
     seed: int = 0
     device: str = "cpu"
@@ -70,10 +70,10 @@ class Settings:
 
 PRESETS = {
     "default": Settings(),
-    "quick": Settings(pretrain_steps=300, steps=150, eval_every=15, eval_batches=4),
+    "quick": Settings(pretrain_steps=300, steps=200, eval_every=20, eval_batches=4),
     # only for tests/test_demo.py: seconds, not minutes, still every code path
-    "tiny": Settings(hidden=32, heads=2, ffn=64, layers=1, seq_len=32, batch_size=8, pretrain_steps=40,
-                     steps=24, eval_every=6, eval_batches=2),
+    "tiny": Settings(hidden=32, heads=2, ffn=64, layers=1, seq_len=32, batch_size=8, pretrain_steps=30,
+                     steps=18, eval_every=6, eval_batches=2),
 }
 
 
@@ -320,7 +320,7 @@ def plot(results: dict, path) -> bool:
         color, label = style[name]
         ax.plot(c[:, 0], c[:, 1], color=color, label=label, lw=2 if name == "clone" else 1.5)
     s = results["summary"]["clone_vs_random"]
-    ax.axhline(s["target_loss"], color="tab:blue", ls=":", lw=1)
+    ax.axhline(s["target_loss"], color="tab:blue", ls=":", lw=1, label="random twin's final loss")
     if s["reached_at"] is not None:
         ax.axvline(s["reached_at"], color="tab:red", ls=":", lw=1)
         sp = s["speedup"]
@@ -339,15 +339,21 @@ def plot(results: dict, path) -> bool:
 def write_outputs(results: dict, out) -> Path:
     """results.json and loss.png, written atomically into ``out``.  An existing folder
     is replaced only if it holds a previous results.json (never a user's folder)."""
-    out = Path(out)
-    if out.exists() and not (out / "results.json").is_file():
-        raise HypercloneError(f"--out {out} exists and is not a previous demo output (no results.json); "
-                              "choose another folder")
+    out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {k: v for k, v in results.items() if k != "curves"}
     with AtomicDir(out, force=True) as tmp:
         write_json(tmp / "results.json", _finite(doc))
         plot(results, tmp / "loss.png")
+    return out
+
+
+def check_out(out) -> Path:
+    """Refuse, before any training, to replace a folder that is not a previous output."""
+    out = Path(out)
+    if out.exists() and not (out / "results.json").is_file():
+        raise HypercloneError(f"--out {out} exists and is not a previous demo output (no results.json); "
+                              "choose another folder")
     return out
 
 
@@ -399,6 +405,7 @@ def main(argv=None) -> int:
     base = PRESETS[args.preset or ("quick" if args.quick else "default")]
     st = settings_from(args, base)
     try:
+        check_out(args.out)
         corpus = load_corpus(args.text)
         print(corpus.describe())
         results = compare(st, corpus)

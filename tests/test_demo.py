@@ -1,0 +1,116 @@
+"""`hyperclone demo` end to end (at the test-only ``tiny`` preset), its summary
+numbers, and the embedded corpus."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hyperclone_core import corpus as hcorpus
+
+torch = pytest.importorskip("torch")
+demo = pytest.importorskip("hyperclone_torch.demo")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("demo") / "out"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = demo.main(["--preset", "tiny", "--out", str(out)])
+    return rc, buf.getvalue(), out
+
+
+def test_demo_runs_and_writes_results(demo_run):
+    rc, text, out = demo_run
+    assert rc == 0, text
+    doc = json.loads((out / "results.json").read_text())
+    st = doc["settings"]
+    steps = list(range(0, st["steps"] + 1, st["eval_every"]))
+    if steps[-1] != st["steps"]:
+        steps.append(st["steps"])
+    for run in demo.RUNS:
+        curve = np.asarray(doc[run], dtype=float)
+        assert curve.shape == (len(steps), 2), run
+        assert curve[:, 0].tolist() == steps, run          # same eval steps for all three
+        assert np.isfinite(curve[:, 1]).all(), run
+        assert curve[-1, 1] < curve[0, 1], f"{run} did not learn: {curve[:, 1]}"
+    # the clone starts where the small model is: function preservation, seen in the val loss
+    assert doc["clone"][0][1] == pytest.approx(doc["small_continue"][0][1], abs=1e-4)
+    assert doc["summary"]["preservation_error"] < 1e-4
+    assert doc["random"][0][1] > doc["clone"][0][1]
+    assert doc["corpus"]["sha256"] and doc["corpus"]["train_bytes"] > 0
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_demo_prints_table_and_summary(demo_run):
+    rc, text, out = demo_run
+    doc = json.loads((out / "results.json").read_text())
+    assert "corpus: python" in text and "sha256" in text
+    header = next(line for line in text.splitlines() if line.split()[:1] == ["step"])
+    assert header.split() == ["step", *demo.RUNS]
+    rows = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 4]
+    assert [int(r[0]) for r in rows] == [s for s, _ in doc["clone"]]
+    assert float(rows[-1][2]) == pytest.approx(doc["random"][-1][1], abs=1e-4)
+    for needle in ("clone vs random twin", "small-continue vs random", "forgetting dip", "symmetry monitor (last)"):
+        assert needle in text
+
+
+def test_demo_refuses_a_foreign_out_folder(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    rc = demo.main(["--preset", "tiny", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "not a previous demo output" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_steps_to_reach_interpolates():
+    curve = [[0, 5.0], [10, 3.0], [20, 2.0]]
+    assert demo.steps_to_reach(curve, 2.5) == pytest.approx(15.0)
+    assert demo.steps_to_reach(curve, 3.0) == 10.0
+    assert demo.steps_to_reach(curve, 1.0) is None
+    assert demo.speedup(curve, [[0, 9.0], [20, 4.0]])["speedup"] == pytest.approx(20 / 5)
+    assert math.isinf(demo.speedup(curve, [[0, 9.0], [20, 6.0]])["speedup"])
+    dip = demo.forgetting_dip([[0, 2.0], [10, 2.3], [20, 1.9]])
+    assert dip["dip"] == pytest.approx(0.3) and dip["peak_step"] == 10
+
+
+def test_corpus_split_is_stable_and_disjoint():
+    docs = [f"document number {i} " * 5 for i in range(400)]
+    a = hcorpus.split("x", docs)
+    b = hcorpus.split("x", list(reversed(docs)))
+    assert a.sha256 != b.sha256  # the hash covers the order
+    val_a = {d for d in docs if hcorpus.in_val(d)}
+    assert 10 < len(val_a) < 80   # ~10% of 400
+    assert all(d.encode() in a.val for d in val_a)
+    assert not any(d.encode() in a.train for d in val_a)
+    assert set(a.val.split(b"\n")) == set(b.val.split(b"\n"))
+
+
+def test_default_corpus_is_deterministic():
+    a = hcorpus.default_corpus()
+    b = hcorpus.split(a.name, hcorpus.stdlib_documents())  # a second, uncached extraction
+    assert a.sha256 == b.sha256 and a.train == b.train and a.val == b.val
+    assert len(a.train) > 200_000 and len(a.val) > 20_000
+    a.train.decode("utf-8")
+
+
+def test_corpus_file_errors(tmp_path):
+    with pytest.raises(hcorpus.CorpusError, match="no such file"):
+        hcorpus.from_file(tmp_path / "missing.txt")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    with pytest.raises(hcorpus.CorpusError, match="not UTF-8"):
+        hcorpus.from_file(bad)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("one short paragraph")
+    with pytest.raises(hcorpus.CorpusError, match="empty"):
+        hcorpus.from_file(tiny)
