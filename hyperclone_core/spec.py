@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Optional
 
 from .errors import ConfigError
-from .growth import Segment, segment_size
+from .growth import segment_size
 
 DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..spec import Family, Role, in_, out
-from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, gated_mlp, has, norm, read_llama_like
+from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, gated_mlp, norm, read_llama_like
 
 L = "model.layers.{i}"
 BLOCK_NORMS = norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attention_layernorm", "norm.mlp_in")
