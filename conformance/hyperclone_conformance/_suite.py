@@ -207,7 +207,7 @@ def compare_to_oracle(backend_out: Mapping[str, np.ndarray], p: Plan, weights: M
             if not np.array_equal(got.astype(np.float32), want.astype(np.float32)):
                 d = np.abs(got.astype(np.float64) - want)
                 idx = np.unravel_index(int(d.argmax()), d.shape)
-                problems.append(f"tensor {tp.name}: differs from the oracle at {list(idx)} (got {got[idx]:.6g}, "
+                problems.append(f"tensor {tp.name}: differs from the oracle at {[int(i) for i in idx]} (got {got[idx]:.6g}, "
                                 f"want {want[idx]:.6g}; {int((d > 0).sum())} of {d.size} elements differ)")
             continue
         before, op, after = split_at_noise(tp)

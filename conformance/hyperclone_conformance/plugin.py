@@ -48,16 +48,18 @@ def selected_backend(config, default=DEFAULT_BACKEND):
     return config.getoption("hyperclone_backend", None) or os.environ.get(ENV_VAR) or default
 
 
-def pytest_report_header(config):
-    name = selected_backend(config, default=None)
-    if name is None:
-        return None
+def describe_backend(config, name) -> str:
     from hyperclone_core.backend import load_backend
 
     b = load_backend(name)
     caps = ", ".join(sorted(getattr(b, "capabilities", ()))) or "none"
     device = config.getoption("hyperclone_device") or b.device_name()
-    return [f"hyperclone backend: {name} {b.version()}  device: {device}  capabilities: {caps}"]
+    return f"hyperclone backend: {name} {b.version()}  device: {device}  capabilities: {caps}"
+
+
+def pytest_report_header(config):
+    name = selected_backend(config, default=None)
+    return None if name is None else [describe_backend(config, name)]
 
 
 # ---------------------------------------------------------------- known failures
@@ -118,6 +120,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     name = selected_backend(config)
     tr.section(f"hyperclone conformance: backend {name}")
+    tr.write_line(describe_backend(config, name))  # again: -q hides the header
     for line in summary_lines(suite):
         tr.write_line(line)
     if _STALE in config.stash:
