@@ -38,7 +38,9 @@ class Backend(Protocol):
     ``mean_square(x) -> float``, ``add_scaled(x, noise, factor)`` (may reuse the noise
     buffer, never x), ``reshape(x, shape)``, ``cast(x, dtype_name)``.  Optional:
     ``scale_(x, coeffs)``, an in-place scale the interpreter uses on arrays it produced
-    itself (saves a destination-sized copy).
+    itself (saves a destination-sized copy); ``add_zero_sum_noise(x, axis, groups,
+    snr_db, seed)``, the whole AddNoise op in place (e.g. block by block, so the noise
+    needs no tensor-sized buffer), returning None to decline.
 
     ``forward(family, cfg, weights, tokens) -> np.ndarray`` (``forward``): logits of
     the neutral decoder, weights given as numpy arrays by checkpoint name.
@@ -91,6 +93,7 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
 
     owned = False  # whether x was produced here (then in-place primitives may reuse it)
     scale_inplace = getattr(backend, "scale_", None)
+    fused_noise = getattr(backend, "add_zero_sum_noise", None)
     shape = tuple(backend.shape(x))
     if shape != tuple(tp.source_shape):
         raise HypercloneError(
@@ -103,6 +106,9 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
             ndim = len(backend.shape(x))
             c = dev(op.coeffs, broadcast_coeffs(arrays[op.coeffs], op.axes, ndim), f"{op.axes}/{ndim}")
             x = scale_inplace(x, c) if owned and scale_inplace is not None else backend.scale(x, c)
+        elif isinstance(op, AddNoise) and owned and fused_noise is not None and \
+                (y := fused_noise(x, op.axis, dev(op.groups), op.snr_db, op.seed)) is not None:
+            x = y
         elif isinstance(op, AddNoise):
             noise = backend.zero_sum_noise(backend.shape(x), op.axis, dev(op.groups), op.seed, x)
             p_sig, p_noise = backend.mean_square(x), backend.mean_square(noise)

@@ -106,10 +106,9 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
                 arr = pending.result()
                 if k + 1 < len(p.tensors):
                     pending = pool.submit(ck.read, p.tensors[k + 1].source)
-                x = bk.asarray(arr, device)
-                del arr
-                y = bk.to_numpy(run_program(bk, tp, p.arrays, x, device, cache))
-                del x
+                held = [bk.asarray(arr, device)]
+                del arr  # the program holds the only reference: the source is freed once gathered
+                y = bk.to_numpy(run_program(bk, tp, p.arrays, held.pop(), device, cache))
                 writer.write(tp.name, y)
                 del y
                 bar.update()

@@ -41,6 +41,39 @@ class NumpyBackend:
         dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float32
         return reference.zero_sum_noise(shape, axis, groups, seed, dtype)
 
+    def add_zero_sum_noise(self, x, axis, groups, snr_db, seed, chunk_elems=1 << 22):
+        """AddNoise in place on ``x``, a block of rows at a time, so the noise never
+        needs a tensor-sized buffer: pass 1 measures the noise power, pass 2
+        regenerates the same blocks (seeded by block number) and adds them."""
+        if x.dtype not in (np.float32, np.float64):
+            return None  # the interpreter falls back to the generic path
+        p_sig = reference.mean_square(x)
+        if p_sig == 0.0:
+            return x
+        row_axis = 0 if axis != 0 or x.ndim == 1 else 1
+        rows = x.shape[row_axis] if x.ndim > 1 else 1
+        per_row = max(x.size // max(rows, 1), 1)
+        step = max(1, chunk_elems // per_row)
+        blocks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if x.ndim > 1 else [slice(None)]
+
+        def block_noise(b, sl):
+            view = x[(slice(None),) * row_axis + (sl,)] if x.ndim > 1 else x
+            return view, reference.zero_sum_noise(view.shape, axis, groups, [seed, b], x.dtype)
+
+        total = 0.0
+        for b, sl in enumerate(blocks):
+            _, n = block_noise(b, sl)
+            total += reference.mean_square(n) * n.size
+        p_noise = total / x.size
+        if p_noise == 0.0:
+            return x
+        factor = x.dtype.type(np.sqrt(p_sig / p_noise / 10.0 ** (snr_db / 10.0)))
+        for b, sl in enumerate(blocks):
+            view, n = block_noise(b, sl)
+            n *= factor
+            view += n
+        return x
+
     def mean_square(self, x):
         return reference.mean_square(x)
 

@@ -16,8 +16,9 @@ from .spec import DecoderConfig, Family, tensor_names
 # ---------------------------------------------------------------- plan execution
 
 
-def zero_sum_noise(shape, axis: int, groups: np.ndarray, seed: int, dtype=np.float32) -> np.ndarray:
-    """Standard Gaussian noise projected to sum 0 over the copies of each group."""
+def zero_sum_noise(shape, axis: int, groups: np.ndarray, seed, dtype=np.float32) -> np.ndarray:
+    """Standard Gaussian noise projected to sum 0 over the copies of each group
+    (``seed``: an int or a list of ints, as numpy's SeedSequence takes)."""
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(shape, dtype=np.dtype(dtype))
     project_zero_sum(noise, axis, groups)
@@ -35,11 +36,11 @@ def project_zero_sum(x: np.ndarray, axis: int, groups: np.ndarray) -> None:
         j = np.arange(n)
         if np.array_equal(groups, j % m):  # tile: k blocks of m
             v = x.reshape(shape[:axis] + (k, m) + shape[axis + 1:])
-            v -= v.mean(axis=axis, keepdims=True, dtype=np.float64).astype(x.dtype)
+            v -= v.mean(axis=axis, keepdims=True)
             return
         if np.array_equal(groups, j // k):  # interleave: m runs of k
             v = x.reshape(shape[:axis] + (m, k) + shape[axis + 1:])
-            v -= v.mean(axis=axis + 1, keepdims=True, dtype=np.float64).astype(x.dtype)
+            v -= v.mean(axis=axis + 1, keepdims=True)
             return
     # uneven growth: within one copy number each old index appears once, so a
     # loop over copy numbers (few) needs no scatter
