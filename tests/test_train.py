@@ -257,3 +257,21 @@ def test_cli_trains_text_and_resumes(tmp_path, case_dir, capsys):
     assert main([str(tmp_path / "m"), "--data", str(text), "--out", str(tmp_path / "o2"), "--seq-len", "999",
                  "--no-progress"]) == 2
     assert "exceeds the model's 64 positions" in capsys.readouterr().err
+
+
+def test_cli_rebuilds_the_plan_of_an_expanded_folder(tmp_path, case_dir, capsys):
+    from hyperclone_core.expand import expand_checkpoint
+
+    expand_checkpoint(case_dir("llama"), tmp_path / "wide", strategy="symmetric", verify=False, progress=False)
+    np.save(tmp_path / "t.npy", TOKENS)
+    assert main([str(tmp_path / "wide"), "--data", str(tmp_path / "t.npy"), "--out", str(tmp_path / "o"),
+                 "--steps", "3", "--batch-size", "2", "--seq-len", "16", "--eval-every", "1", "--eval-batches", "1",
+                 "--no-progress"]) == 0
+    records = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["symmetry"] for r in records] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_bfloat16_autocast_trains():
+    _, grown, p = clone("noisy:10")
+    res = train(grown, small_config(steps=3, dtype="bfloat16"), TOKENS, VAL)
+    assert all(np.isfinite(res.train_losses)) and grown.get_parameter("lm_head.weight").dtype == torch.float32

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
@@ -133,13 +133,14 @@ def _options(**kw):
 
 
 def full_model_state(model: nn.Module, par: Parallel) -> dict:
-    """Every tensor of the model, gathered and unsharded, by its HF name (on every
-    rank: each rank may need it; the main rank writes it)."""
+    """Every tensor of the model, gathered and unsharded, by its HF name, on the
+    main rank's CPU (other ranks get ``{}``: no rank holds a second full copy on
+    its accelerator)."""
     if par.mode == "none":
         return {k: v.detach() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return {k: v.detach() for k, v in get_model_state_dict(model, options=_options()).items()}
+    return {k: v.detach() for k, v in get_model_state_dict(model, options=_options(cpu_offload=True)).items()}
 
 
 def load_full_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], par: Parallel) -> None:
@@ -157,10 +158,11 @@ def load_full_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], p
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, par: Parallel) -> dict:
-    """``{"state": {param name: {key: tensor}}, "param_groups": [...]}``, keyed by name."""
+    """``{"state": {param name: {key: tensor}}, "param_groups": [...]}``, keyed by
+    name; gathered to the main rank's CPU (``{}`` elsewhere) like the model."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=_options())
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=par.mode != "none"))
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
@@ -170,10 +172,15 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
     set_optimizer_state_dict(model, optimizer, state, options=_options())
 
 
+def global_shapes(model: nn.Module) -> dict:
+    """Name -> full shape of every tensor, without gathering (DTensors know theirs)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a (possibly FSDP2-sharded) parameter; a collective under FSDP2."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-__all__ = ["MODES", "Parallel", "decoder_layers", "full_model_state", "full_optimizer_state", "full_tensor",
+__all__ = ["MODES", "Parallel", "decoder_layers", "full_model_state", "full_optimizer_state", "full_tensor", "global_shapes",
            "load_full_model_state", "load_full_optimizer_state", "setup"]

@@ -166,7 +166,7 @@ def _decoder_of(cfg: Mapping[str, Any]):
         return None, None
 
 
-def checkpoint_names(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> list:
+def checkpoint_names(cfg: Mapping[str, Any], state: Mapping[str, Any]) -> list:
     """The tensors an HF checkpoint of this model holds, in state-dict order (tied LM
     heads and non-persistent buffers left out)."""
     from hyperclone_core.spec import tensor_names
@@ -183,8 +183,8 @@ def checkpoint_names(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor]) 
     return [n for n in state if n in expected]
 
 
-def fingerprint(cfg: Mapping[str, Any], state: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict:
-    return {"model_type": cfg.get("model_type"), "shapes": {n: list(state[n].shape) for n in names}}
+def fingerprint(cfg: Mapping[str, Any], shapes: Mapping[str, tuple], names: Sequence[str]) -> dict:
+    return {"model_type": cfg.get("model_type"), "shapes": {n: list(shapes[n]) for n in names}}
 
 
 # ---------------------------------------------------------------- schedule
@@ -349,8 +349,9 @@ def save_training_checkpoint(folder: Path, model: nn.Module, optimizer, par, sta
     """HF layout (config.json + model.safetensors) plus ``trainer/``: optimizer
     moments and RNG as safetensors, step/history/config as JSON.  Atomic."""
     cfg = model_config(model)
+    shapes = distributed.global_shapes(model)
+    names = checkpoint_names(cfg, shapes)
     full = distributed.full_model_state(model, par)
-    names = checkpoint_names(cfg, full)
     opt = distributed.full_optimizer_state(model, optimizer, par)
     if par.main:
         tensors = {}
@@ -373,7 +374,7 @@ def save_training_checkpoint(folder: Path, model: nn.Module, optimizer, par, sta
             (tmp / TRAINER_DIR).mkdir()
             _write_tensors(tmp / TRAINER_DIR / OPT_FILE, tensors)
             write_json(tmp / TRAINER_DIR / STATE_FILE, dict(
-                state, format=FORMAT, model=fingerprint(cfg, full, names), param_groups=groups))
+                state, format=FORMAT, model=fingerprint(cfg, shapes, names), param_groups=groups))
     par.barrier()
 
 
@@ -388,9 +389,9 @@ def load_training_checkpoint(folder: Path, model: nn.Module, optimizer, par) -> 
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{folder}: not a hyperclone training checkpoint (format {state.get('format')!r})")
     cfg = model_config(model)
-    full = distributed.full_model_state(model, par)
-    names = checkpoint_names(cfg, full)
-    mine = fingerprint(cfg, full, names)
+    shapes = distributed.global_shapes(model)
+    names = checkpoint_names(cfg, shapes)
+    mine = fingerprint(cfg, shapes, names)
     theirs = state["model"]
     if mine != theirs:
         diff = _first_difference(theirs, mine)
@@ -407,7 +408,7 @@ def load_training_checkpoint(folder: Path, model: nn.Module, optimizer, par) -> 
         t = torch.from_numpy(np.ascontiguousarray(raw))
         if ck.dtype(n) == "bfloat16":
             t = t.view(torch.bfloat16)
-        weights[n] = t.to(full[n].device)
+        weights[n] = t.to(par.device)
     distributed.load_full_model_state(model, weights, par)
     tensors = _read_tensors(folder / TRAINER_DIR / OPT_FILE)
     opt_state: dict = {}
