@@ -69,8 +69,7 @@ def test_clone_starts_at_source_loss_learns_and_symmetry_monitor(strategy):
         assert all(s == 1.0 for s in syms)
         assert all(v == 1.0 for v in res.evals[-1]["symmetry_by_kind"].values())
     else:
-        assert syms[-1] < 0.999
-        assert syms[-1] < syms[0] or syms[0] < 1.0
+        assert syms[-1] < syms[0] < 0.999  # noise breaks the symmetry; training widens the gap
     kinds = set(res.evals[-1]["symmetry_by_kind"])
     assert {"attn.q", "mlp.down", "embed"} <= kinds
 
