@@ -722,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clone-lr", default="", choices=["", "none", "inverse_width"],
                    help="per-tensor LR multipliers from the plan (inverse_width: 1/r for inputs grown r-fold)")
     p.add_argument("--log-jsonl", help="metrics file (default: OUT/metrics.jsonl)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (starts fresh when there is none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in --out (starts fresh when there is none)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true")
     return p
