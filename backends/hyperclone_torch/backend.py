@@ -98,7 +98,7 @@ class TorchBackend:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return losses
 
     # ---------------------------------------------------------------- checkpoints

@@ -34,6 +34,7 @@ from hyperclone_core import plan as make_plan
 from hyperclone_core.backend import run_program
 from hyperclone_core.errors import HypercloneError
 
+from . import ops
 from .backend import backend
 from .model import Decoder
 
@@ -174,22 +175,9 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     meta = {n: p for n, p in new.named_parameters() if p.device.type == "meta"}
     out: dict = {}
     cache: dict = {}
-    for tp in plan.tensors:
-        loc = src_loc[tp.source]
-        src = loc.view(src_state[loc.name])
-        device = src.device
-        y = run_program(backend, tp, plan.arrays, src, device, cache)
-        loc = dst_loc[tp.name]
-        if loc.expert is None and loc.part is None:
-            if _shares_storage(y, src):
-                y = y.clone()
-            out[loc.name] = y.contiguous()
-        else:
-            if loc.name not in out:
-                ref = meta[loc.name]
-                out[loc.name] = torch.empty(ref.shape, dtype=y.dtype, device=device)
-            loc.view(out[loc.name]).copy_(y)
-        del y
+    with ops.inplace_scope():
+        for tp in plan.tensors:
+            _execute(tp, plan, src_state, src_loc[tp.source], dst_loc[tp.name], meta, out, cache)
 
     missing = [n for n in meta if n not in out]
     tied = plan.decoder.tie_embeddings
@@ -203,6 +191,21 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
         raise HypercloneError(f"expand_model: parameters {still[:6]} were left uninitialised")
     new.train(model.training)
     return (new, plan) if return_plan else new
+
+
+def _execute(tp, plan, src_state, src: Location, dst: Location, meta, out, cache) -> None:
+    """Run one tensor's program on the live source; put the result in place."""
+    x = src.view(src_state[src.name])
+    y = run_program(backend, tp, plan.arrays, x, x.device, cache)
+    ops.release()
+    if dst.expert is None and dst.part is None:
+        if _shares_storage(y, x):
+            y = y.clone()
+        out[dst.name] = y.contiguous()
+        return
+    if dst.name not in out:
+        out[dst.name] = torch.empty(meta[dst.name].shape, dtype=y.dtype, device=y.device)
+    dst.view(out[dst.name]).copy_(y)
 
 
 def _is_lm_head(name: str) -> bool:

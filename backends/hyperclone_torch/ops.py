@@ -2,13 +2,50 @@
 
 Dtype-preserving: a bfloat16 weight stays bfloat16 (coefficients are cast to the
 weight's dtype, noise is drawn in float32 and added in the weight's dtype).
-Every op returns a new tensor; the caller's source is never written.
+
+The caller's source is never written.  Inside ``inplace_scope()`` (what
+``expand_model`` uses) ``scale`` and ``add_scaled`` write into tensors that a
+primitive of this module allocated during the scope, saving a fresh allocation
+(and its page faults) per op; outside it every op returns a new tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import weakref
+
 import numpy as np
 import torch
+
+_SCOPE: dict = {"active": False, "owned": {}}
+
+
+@contextlib.contextmanager
+def inplace_scope():
+    """Let ops reuse buffers they allocated themselves within this block."""
+    _SCOPE["active"] = True
+    try:
+        yield
+    finally:
+        _SCOPE["active"] = False
+        _SCOPE["owned"].clear()
+
+
+def release() -> None:
+    """Forget owned buffers (call when a program's result leaves the executor)."""
+    _SCOPE["owned"].clear()
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    if _SCOPE["active"]:
+        _SCOPE["owned"][id(t)] = weakref.ref(t)
+    return t
+
+
+def _owned(t: torch.Tensor) -> bool:
+    ref = _SCOPE["owned"].get(id(t)) if _SCOPE["active"] else None
+    return ref is not None and ref() is t
 
 DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -44,11 +81,41 @@ def to_numpy(x: torch.Tensor) -> np.ndarray:
 def take(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
     if index.device != x.device:
         index = index.to(x.device)
-    return torch.index_select(x, axis, index)
+    return _own(torch.index_select(x, axis, index))
 
 
 def scale(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    return x * coeffs.to(device=x.device, dtype=x.dtype)
+    c = coeffs.to(device=x.device, dtype=x.dtype)
+    if _owned(x) and torch.broadcast_shapes(x.shape, c.shape) == x.shape:
+        return x.mul_(c)
+    return _own(x * c)
+
+
+def _uniform_copies(groups: torch.Tensor) -> tuple:
+    """(m, k, layout) when every old index has k copies laid out as tile
+    (copy-major) or interleave (side by side); None otherwise."""
+    g = groups.cpu()
+    M = g.numel()
+    m = int(g.max()) + 1
+    if M % m:
+        return None
+    k = M // m
+    j = torch.arange(M)
+    if torch.equal(g, j % m):
+        return m, k, "tile"
+    if torch.equal(g, j // k):
+        return m, k, "interleave"
+    return None
+
+
+def _helmert(k: int) -> torch.Tensor:
+    """(k-1, k) orthonormal rows spanning the zero-sum subspace."""
+    h = torch.zeros(k - 1, k, dtype=torch.float64)
+    for r in range(1, k):
+        h[r - 1, :r] = 1.0
+        h[r - 1, r] = -r
+        h[r - 1] /= math.sqrt(r * (r + 1))
+    return h
 
 
 def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torch.Tensor) -> torch.Tensor:
@@ -56,7 +123,25 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
     projected to sum 0 over the copies of each group along ``axis``."""
     device = like.device
     gen = torch.Generator(device=device).manual_seed(int(seed) % (2**63))
-    noise = torch.randn(tuple(shape), generator=gen, device=device, dtype=torch.float32)
+    shape = tuple(shape)
+    uniform = _uniform_copies(groups)
+    if uniform is not None and uniform[1] > 1:
+        # The projection of k iid N(0, 1) onto the zero-sum subspace has the same law
+        # as H^T u with u ~ N(0, I_{k-1}) (H: Helmert rows): draw (k-1)/k of the noise.
+        m, k, layout = uniform
+        inner = shape[:axis] + (m,) + shape[axis + 1:]
+        u = torch.randn((k - 1,) + inner, generator=gen, device=device, dtype=torch.float32)
+        h = _helmert(k).to(device=device, dtype=torch.float32)
+        out = torch.empty(shape, device=device, dtype=torch.float32)
+        split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
+        view = out.view(split)
+        for c in range(k):
+            dst = view.select(axis if layout == "tile" else axis + 1, c)
+            torch.mul(u[0], float(h[0, c]), out=dst)
+            for r in range(1, k - 1):
+                dst.add_(u[r], alpha=float(h[r, c]))
+        return _own(out)
+    noise = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
     groups = groups.to(device=device, dtype=torch.long)
     m = int(groups.max()) + 1
     sums_shape = list(shape)
@@ -66,20 +151,23 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
     view = [1] * len(shape)
     view[axis] = m
     means = sums.div_(counts.view(view))
-    return noise.sub_(torch.index_select(means, axis, groups))
+    return _own(noise.sub_(torch.index_select(means, axis, groups)))
 
 
 def mean_square(x: torch.Tensor) -> float:
     """mean(x**2), accumulated in float64."""
     if x.numel() == 0:
         return 0.0
-    return float(torch.linalg.vector_norm(x.detach(), dtype=torch.float64) ** 2 / x.numel())
+    dt = torch.float32 if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float64
+    return float(torch.linalg.vector_norm(x.detach(), dtype=dt).double() ** 2 / x.numel())
 
 
 def add_scaled(x: torch.Tensor, noise: torch.Tensor, factor: float) -> torch.Tensor:
-    if noise.dtype == x.dtype:
-        return noise.mul_(factor).add_(x)  # the noise buffer is ours: reuse it
-    return (x.float() + noise * factor).to(x.dtype)
+    if _owned(x) and noise.shape == x.shape:
+        return x.add_(noise, alpha=factor)
+    if _owned(noise) and noise.dtype == x.dtype:
+        return torch.add(x, noise, alpha=factor, out=noise)
+    return _own((x.float() + noise * factor).to(x.dtype))
 
 
 def reshape(x: torch.Tensor, shape) -> torch.Tensor:
@@ -91,4 +179,4 @@ def cast(x: torch.Tensor, dtype) -> torch.Tensor:
 
 
 __all__ = ["asarray", "to_numpy", "take", "scale", "zero_sum_noise", "mean_square", "add_scaled",
-           "reshape", "cast", "torch_dtype", "DTYPES"]
+           "reshape", "cast", "torch_dtype", "DTYPES", "inplace_scope", "release"]
