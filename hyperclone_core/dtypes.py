@@ -9,9 +9,10 @@ SAFETENSORS_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
     "BOOL": np.bool_, "U16": np.uint16, "U32": np.uint32, "U64": np.uint64,
 }
-NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+NAMES = {k: ("bfloat16" if k == "BF16" else np.dtype(v).name) for k, v in SAFETENSORS_DTYPES.items() if k != "U16"}
+NAMES["U16"] = "uint16"
 CODES = {v: k for k, v in NAMES.items()}
-FLOAT_CODES = frozenset(NAMES)
+FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:

@@ -135,6 +135,7 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
         if verify:
             report["verification"] = verify_checkpoints(src, tmp, backend=backend)
         write_json(tmp / "hyperclone.json", report)
+        (tmp / "plan.json").write_text(p.to_json(indent=None))  # the trainer's symmetry monitor reads it
     return report
 
 

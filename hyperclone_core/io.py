@@ -149,6 +149,7 @@ class Checkpoint:
                     weight_map[k] = fname
         for fname in sorted(set(weight_map.values())):
             self.files[fname] = SafetensorsFile(self.folder / fname)
+        self.stored_as: dict = {}
         for name, fname in weight_map.items():
             if name not in self.files[fname].header:
                 raise CheckpointError(f"{self.folder / fname}: the index lists tensor {name}, the shard lacks it")
@@ -157,24 +158,36 @@ class Checkpoint:
     def names(self) -> list:
         return list(self.where)
 
+    def bind(self, expected) -> None:
+        """Accept the names older releases wrote: a checkpoint saved from the base
+        model (``decoder.layers.0...`` for ``model.decoder.layers.0...``) is read under
+        the names the family expects."""
+        for name in expected:
+            if name in self.where:
+                continue
+            head, _, rest = name.partition(".")
+            if head in BASE_PREFIXES and rest in self.where:
+                self.where[name] = self.where.pop(rest)
+                self.stored_as[name] = rest
+
     def __contains__(self, name) -> bool:
         return name in self.where
 
     def shape(self, name) -> tuple:
-        return self.where[name].shape(name)
+        return self.where[name].shape(self.stored_as.get(name, name))
 
     def dtype(self, name) -> str:
-        return self.where[name].dtype(name)
+        return self.where[name].dtype(self.stored_as.get(name, name))
 
     def raw(self, name, mmap: bool = False) -> np.ndarray:
-        return self.where[name].raw(name, mmap)
+        return self.where[name].raw(self.stored_as.get(name, name), mmap)
 
     def read(self, name, dtype=np.float32, check_finite: bool = True) -> np.ndarray:
         """The tensor as ``dtype`` (bfloat16 widened exactly); non-finite values refused."""
         if name not in self.where:
             raise CheckpointError(f"{self.folder}: tensor {name} is missing")
         raw = self.raw(name)
-        if self.where[name].header[name]["dtype"] == "BF16":
+        if self.dtype(name) == "bfloat16":
             raw = bf16_to_f32(raw)
         arr = raw.astype(dtype, copy=False) if dtype is not None else raw
         if check_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -190,6 +203,7 @@ class Checkpoint:
         from .spec import tensor_names
 
         expected = tensor_names(family, cfg)
+        self.bind(expected)
         sizes = cfg.sizes()
         optional = {n for n, (r, _, _) in expected.items() if r.kind == "lm_head" and cfg.tie_embeddings}
         missing = [n for n in expected if n not in self.where and n not in optional]
@@ -211,6 +225,7 @@ class Checkpoint:
             )
 
 
+BASE_PREFIXES = ("model", "gpt_neox", "transformer")
 _IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq", "attention.masked_bias", "attention.bias")
 
 
@@ -307,6 +322,27 @@ class ShardedWriter:
             weight_map = {n: fname for fname, s in self.plan for n, _, _ in s}
             (self.folder / INDEX).write_text(json.dumps(
                 {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, indent=2))
+
+
+def write_safetensors(path, tensors: Mapping[str, np.ndarray], dtype: Optional[str] = None,
+                      metadata: Optional[dict] = None) -> Path:
+    """One safetensors file (e.g. optimizer state), written to a temp name then renamed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    codes = [(n, a.shape, CODES.get(dtype or _dtype_name(a), (dtype or _dtype_name(a)).upper()))
+             for n, a in tensors.items()]
+    head, _ = _header_bytes(codes, dict(metadata or {}, format="pt"))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            for (n, _, code) in codes:
+                data = to_storage(tensors[n], code)
+                f.write(memoryview(data).cast("B") if data.size else b"")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def save_checkpoint(folder, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
@@ -421,5 +457,5 @@ def load_weights(folder, dtype=np.float32) -> tuple:
 
 __all__ = [
     "AtomicDir", "Checkpoint", "SafetensorsFile", "ShardedWriter", "copy_aux_files", "load_weights",
-    "read_config", "save_checkpoint", "write_json", "clean_stale_tmp", "FLOAT_CODES",
+    "read_config", "save_checkpoint", "write_json", "clean_stale_tmp", "write_safetensors", "FLOAT_CODES",
 ]

@@ -8,6 +8,8 @@ q-per-kv growth separately, and depth +2.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,34 @@ def test_expand_then_transformers_reload_preserves_logits(case, growth, strategy
     assert new["hidden_size"] == dec.hidden * growth.get("width", 2)
     rel = np.abs(got - ref).max() / np.abs(ref).max()
     assert rel <= TOL, f"{case} {growth} {strategy}: logits differ by {rel:.2e} x max|logit|"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_role_tables_match_what_save_pretrained_writes(case, tmp_path):
+    """Names and shapes exactly as the installed transformers saves them (no extra, none missing)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = testing.CASES[case]
+    hf_cfg = transformers.AutoConfig.for_model(**cfg)
+    transformers.AutoModelForCausalLM.from_config(hf_cfg).save_pretrained(tmp_path / "m")
+    ck = io.Checkpoint(tmp_path / "m")
+    family = family_for_config(ck.config)
+    dec = family.read(ck.config)
+    ck.validate(family, dec)
+    ours = family.read(cfg)
+    if not ours.layer_types:  # transformers fills in an all-full-attention list
+        assert set(dec.layer_types) <= {"full_attention"}
+        dec = dataclasses.replace(dec, layer_types=())
+    assert dec == ours  # the saved config reads back as the same decoder
+
+
+def test_mqa_keeps_one_kv_head(tmp_path, hf_logits):
+    cfg = dict(testing.CASES["llama"], num_key_value_heads=1)
+    io.save_checkpoint(tmp_path / "src", cfg, testing.random_weights(cfg))
+    expand_checkpoint(tmp_path / "src", tmp_path / "dst", progress=False)
+    new = io.read_config(tmp_path / "dst")
+    assert new["num_key_value_heads"] == 1 and new["num_attention_heads"] == 8
+    tokens = testing.random_tokens(cfg["vocab_size"])
+    a, b = hf_logits(tmp_path / "src", tokens), hf_logits(tmp_path / "dst", tokens)
+    assert np.abs(a - b).max() / np.abs(a).max() < TOL

@@ -94,3 +94,30 @@ def test_interleave_layout_is_exact_too(case, tmp_path, case_dir, hf_logits):
     tokens = testing.random_tokens(testing.CASES[case]["vocab_size"])
     a, b = hf_logits(case_dir(case), tokens), hf_logits(tmp_path / "dst", tokens)
     assert np.abs(a - b).max() / np.abs(a).max() < 1e-5
+
+
+def test_checkpoints_saved_from_the_base_model_are_read(tmp_path, hf_logits):
+    """Older OPT checkpoints name tensors decoder.* instead of model.decoder.*."""
+    cfg = testing.CASES["opt"]
+    w = testing.random_weights(cfg)
+    io.save_checkpoint(tmp_path / "new", cfg, w)
+    io.save_checkpoint(tmp_path / "old", cfg, {k.removeprefix("model."): v for k, v in w.items()})
+    expand_checkpoint(tmp_path / "old", tmp_path / "dst", strategy="symmetric", progress=False)
+    tokens = testing.random_tokens(cfg["vocab_size"])
+    a, b = hf_logits(tmp_path / "new", tokens), hf_logits(tmp_path / "dst", tokens)
+    assert np.abs(a - b).max() / np.abs(a).max() < 1e-5
+
+
+def test_write_safetensors_single_file(tmp_path):
+    t = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], dtype=np.int64)}
+    io.write_safetensors(tmp_path / "opt.safetensors", t)
+    f = io.SafetensorsFile(tmp_path / "opt.safetensors")
+    assert np.array_equal(f.raw("a"), t["a"]) and np.array_equal(f.raw("b"), t["b"]) and f.dtype("b") == "int64"
+    assert [p.name for p in tmp_path.iterdir()] == ["opt.safetensors"]
+
+
+def test_expand_writes_the_plan_beside_the_weights(tmp_path, case_dir):
+    from hyperclone_core import Plan
+    expand_checkpoint(case_dir("llama"), tmp_path / "dst", progress=False, verify=False)
+    p = Plan.from_json((tmp_path / "dst" / "plan.json").read_text())
+    assert p.config == io.read_config(tmp_path / "dst") and p.exact
