@@ -41,7 +41,7 @@ class NumpyBackend:
         dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float32
         return reference.zero_sum_noise(shape, axis, groups, seed, dtype)
 
-    def add_zero_sum_noise(self, x, axis, groups, snr_db, seed, chunk_elems=1 << 22):
+    def add_zero_sum_noise(self, x, axis, groups, snr_db, seed, chunk_elems=1 << 24):
         """AddNoise in place on ``x``, a block of rows at a time, so the noise never
         needs a tensor-sized buffer: pass 1 measures the noise power, pass 2
         regenerates the same blocks (seeded by block number) and adds them."""
@@ -60,16 +60,17 @@ class NumpyBackend:
             view = x[(slice(None),) * row_axis + (sl,)] if x.ndim > 1 else x
             return view, reference.zero_sum_noise(view.shape, axis, groups, [seed, b], x.dtype)
 
-        total = 0.0
+        total, kept = 0.0, None
         for b, sl in enumerate(blocks):
             _, n = block_noise(b, sl)
             total += reference.mean_square(n) * n.size
+            kept = n if len(blocks) == 1 else None  # one block: no need to draw it twice
         p_noise = total / x.size
         if p_noise == 0.0:
             return x
         factor = x.dtype.type(np.sqrt(p_sig / p_noise / 10.0 ** (snr_db / 10.0)))
         for b, sl in enumerate(blocks):
-            view, n = block_noise(b, sl)
+            view, n = (x, kept) if kept is not None else block_noise(b, sl)
             n *= factor
             view += n
         return x
