@@ -125,3 +125,20 @@ def test_take_ops_name_their_maps():
     t = p.tensor("model.layers.0.self_attn.q_proj.weight")
     assert [type(o) for o in t.ops][:2] == [Take, Take]
     assert p.arrays[t.ops[0].map].shape == (64,)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_blockwise_noise_keeps_zero_sum_and_snr(axis):
+    """The numpy backend adds noise a block of rows at a time for big tensors."""
+    from hyperclone_core.numpy_backend import backend as nb
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 48)).astype(np.float32)
+    groups = np.arange(x.shape[axis]) % (x.shape[axis] // 3)  # 3 tiled copies
+    clean = x.copy()
+    out = nb.add_zero_sum_noise(x, axis, groups, 10.0, seed=4, chunk_elems=100)
+    n = out.astype(np.float64) - clean
+    sums = np.zeros((60, 48))
+    np.add.at(np.moveaxis(sums, axis, 0), groups, np.moveaxis(n, axis, 0))
+    assert np.abs(sums).max() < 1e-5
+    assert abs(10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(n ** 2)) - 10.0) < 0.05
