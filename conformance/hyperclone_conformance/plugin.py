@@ -104,7 +104,7 @@ def pytest_collection_modifyitems(config, items):
         msg = (f"{len(stale)} id(s) in {path} match no collected test (fixed or renamed? remove them): "
                + ", ".join(stale[:10]) + (" ..." if len(stale) > 10 else ""))
         config.stash[_STALE] = msg
-        warnings.warn(pytest.PytestWarning(msg))
+        warnings.warn(pytest.PytestWarning(msg), stacklevel=2)
 
 
 _STALE = pytest.StashKey[str]()
