@@ -31,7 +31,7 @@ forward takes ``dtype``): max |logits' - logits| <= BF16_BOUND * max |logits|.  
 so loose: bfloat16 keeps 8 significant bits (relative step 2**-8 = 3.9e-3); a split
 coefficient 1/3 or a noisy copy is rounded on its own, so the copies no longer sum
 exactly to the source, and a bfloat16 forward adds its own rounding to both models
-in different orders.  Measured worst cases sit near 1e-2."""
+in different orders.  Measured worst case: 6e-3 (llama, width 3, numpy and torch)."""
 
 SNR_TOLERANCE_DB = 0.5
 """Noisy programs: the noise the backend added must give the plan's SNR within this."""
