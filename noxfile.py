@@ -37,12 +37,15 @@ def torch(session):
 
 
 @nox.session
-@nox.parametrize("backend", ["numpy", "torch"])
+@nox.parametrize("backend", ["numpy", "torch", "listy"])
 def conformance(session, backend):
-    """`pytest --pyargs hyperclone_conformance --hyperclone-backend NAME` from the installed package."""
+    """`pytest --pyargs hyperclone_conformance --hyperclone-backend NAME` from the installed package
+    (``listy`` is the third-party example in examples/custom_backend)."""
     if backend == "torch":
         session.install(TORCH)
-    session.install(".[dev]" if backend == "numpy" else ".[torch,dev]")
+    session.install(".[torch,dev]" if backend == "torch" else ".[dev]")
+    if backend == "listy":
+        session.install("./examples/custom_backend")
     session.chdir(session.create_tmp())  # run from the installed package, not the source tree
     session.run("python", "-m", "pytest", "--pyargs", "hyperclone_conformance", "--hyperclone-backend", backend,
                 *session.posargs)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import reference
+from . import io, reference
 from .dtypes import cast_numpy
 
 
 class NumpyBackend:
     name = "numpy"
     capabilities = frozenset({"expand", "forward"})
+    # bfloat16 checkpoints load as float32 values (numpy has no bfloat16); they save
+    # back exactly only through save_checkpoint(..., dtype) of the core's io
 
     def version(self) -> str:
         return np.__version__
@@ -90,8 +92,22 @@ class NumpyBackend:
         return cast_numpy(x, dtype)
 
     # model
-    def forward(self, family, cfg, weights, tokens):
-        return reference.forward(family, cfg, weights, tokens, dtype=np.float64)
+    def forward(self, family, cfg, weights, tokens, dtype="float64"):
+        """The oracle; ``dtype="bfloat16"`` rounds the weights to bfloat16 and computes in float32."""
+        if dtype == "bfloat16":
+            weights = {k: cast_numpy(np.asarray(v, np.float32), "bfloat16") for k, v in weights.items()}
+            dtype = "float32"
+        return reference.forward(family, cfg, weights, tokens, dtype=np.dtype(dtype))
+
+    # checkpoints
+    def save_checkpoint(self, folder, hf_config, weights):
+        """Float arrays keep their dtype; a bfloat16 checkpoint is saved with dtype="bfloat16"."""
+        io.save_checkpoint(folder, hf_config, weights)
+
+    def load_checkpoint(self, folder):
+        ck = io.Checkpoint(folder)
+        return ck.config, {n: np.array(ck.raw(n)) if ck.dtype(n) != "bfloat16" else ck.read(n)
+                           for n in ck.names()}
 
 
 backend = NumpyBackend()

@@ -383,8 +383,18 @@ def plan(
     new_sizes = dict(old_sizes)
     new_sizes.update(growth.sizes)
     new_sizes["heads"] = new_sizes["kv_heads"] * new_sizes["q_per_kv"]
+    if new_sizes["q_per_kv"] != old_sizes["q_per_kv"] and "kv_heads" not in family.config_keys.values():
+        raise PlanError(
+            f"{family.name} has no grouped-query attention (no num_key_value_heads): grow the heads "
+            "with --heads alone, not --kv-heads"
+        )
     if "head_dim" not in family.config_keys.values() and new_sizes["head_dim"] == old_sizes["head_dim"] \
             and new_sizes["hidden"] != new_sizes["heads"] * new_sizes["head_dim"]:
+        if new_sizes["hidden"] < new_sizes["heads"] * old_sizes["head_dim"]:
+            raise PlanError(
+                f"{family.name} derives head_dim as hidden / heads: {new_sizes['heads']} heads in a hidden size of "
+                f"{new_sizes['hidden']} would shrink head_dim below {old_sizes['head_dim']}; grow --width with --heads"
+            )
         # head_dim is implicit (hidden / heads): growing hidden faster than heads grows it
         if new_sizes["hidden"] % new_sizes["heads"]:
             raise PlanError(f"{family.name} derives head_dim as hidden / heads, but {new_sizes['hidden']} is not "
@@ -399,11 +409,6 @@ def plan(
             maps[dim] = ReplicationMap(old_sizes[dim], int(new_sizes[dim]), growth.layout)
     if not src_cfg.embed and "hidden" in maps:
         maps["embed"] = maps["hidden"]
-    if new_sizes["q_per_kv"] != old_sizes["q_per_kv"] and "kv_heads" not in family.config_keys.values():
-        raise PlanError(
-            f"{family.name} has no grouped-query attention (no num_key_value_heads): grow the heads "
-            "with --heads alone, not --kv-heads"
-        )
     if new_sizes["experts"] != old_sizes["experts"]:
         raise PlanError(
             "growing experts is not exact: duplicated experts compete in the router's top-k; "
