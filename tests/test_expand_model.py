@@ -3,7 +3,6 @@ save/reload, no wasted init, the in-memory <-> checkpoint name mapping."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

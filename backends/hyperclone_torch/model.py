@@ -12,7 +12,6 @@ is the definition, this is the fast version of it.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -440,9 +439,6 @@ class Decoder(nn.Module):
         return f"family={c.family}, hidden={c.hidden}, layers={c.layers}, heads={c.heads}/{c.kv_heads}"
 
 
-def decoder_for(family_or_name, cfg: DecoderConfig) -> Decoder:
-    family = get_family(family_or_name) if isinstance(family_or_name, str) else family_or_name
-    return Decoder(family, cfg)
 
 
 __all__ = ["Decoder", "Block", "activation", "layer_prefix"]
