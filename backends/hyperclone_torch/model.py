@@ -431,6 +431,13 @@ class Decoder(nn.Module):
         return backend.save_checkpoint(folder, config, self.state_dict(), force=force,
                                        max_shard_bytes=max_shard_bytes)
 
+    def compile_layers(self, **options) -> "Decoder":
+        """``torch.compile`` each layer in place (one graph per block, so rope tables
+        and the layer loop stay in Python); returns self."""
+        for block in self.layers:
+            block.compile(**options)
+        return self
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
