@@ -54,7 +54,7 @@ class Settings:
     lr: float = 2e-3
     clone_lr_scale: float = 1.0        # clone peak LR = lr * clone_lr_scale
     clone_lr: str = ""                 # TrainConfig.clone_lr (per-tensor LR for the clone); "" = off
-    warmup_steps: int = 20
+    warmup_steps: int = 60
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -110,7 +110,8 @@ def speedup(curve, target_curve) -> dict:
     """How much sooner ``curve`` reaches ``target_curve``'s final loss."""
     final_step, target = target_curve[-1]
     reached = steps_to_reach(curve, target)
-    out = dict(target_loss=target, target_step=final_step, reached_at=reached)
+    out = dict(target_loss=target, target_step=final_step, reached_at=reached,
+               ahead_at_start=reached is not None and reached <= 0)
     if reached is None:
         out["speedup"] = None
     elif reached <= 0:
