@@ -22,7 +22,9 @@ names equal the checkpoint names and every location is the identity.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -176,8 +178,10 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     out: dict = {}
     cache: dict = {}
     with ops.inplace_scope():
-        for tp in plan.tensors:
+        for k, tp in enumerate(plan.tensors):
             _execute(tp, plan, src_state, src_loc[tp.source], dst_loc[tp.name], meta, out, cache)
+            if k % 8 == 7:
+                _return_freed_memory()
 
     missing = [n for n in meta if n not in out]
     tied = plan.decoder.tie_embeddings
@@ -190,6 +194,7 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     if still:
         raise HypercloneError(f"expand_model: parameters {still[:6]} were left uninitialised")
     new.train(model.training)
+    _return_freed_memory()
     return (new, plan) if return_plan else new
 
 
@@ -206,6 +211,14 @@ def _execute(tp, plan, src_state, src: Location, dst: Location, meta, out, cache
     if dst.name not in out:
         out[dst.name] = torch.empty(meta[dst.name].shape, dtype=y.dtype, device=y.device)
     dst.view(out[dst.name]).copy_(y)
+
+
+def _return_freed_memory() -> None:
+    """Hand the intermediates' freed heap pages back to the OS: glibc keeps them
+    otherwise (~1.2 GiB of peak RSS on a 250M -> 1B expansion); a no-op elsewhere."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _is_lm_head(name: str) -> bool:

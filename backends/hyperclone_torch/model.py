@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperclone_core import family_for_config, get_family
+from hyperclone_core import family_for_config
 from hyperclone_core.errors import CheckpointError, ConfigError
 from hyperclone_core.reference import ACT_ALIASES
 from hyperclone_core.spec import DecoderConfig, Family, tensor_names

@@ -91,10 +91,24 @@ def scale(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return _own(x * c)
 
 
+_LAYOUTS: dict = {}
+
+
 def _uniform_copies(groups: torch.Tensor) -> tuple:
     """(m, k, layout) when every old index has k copies laid out as tile
-    (copy-major) or interleave (side by side); None otherwise."""
-    g = groups.cpu()
+    (copy-major) or interleave (side by side); None otherwise.  Memoized per
+    groups tensor (run_program caches those on the device): one host sync each."""
+    hit = _LAYOUTS.get(id(groups))
+    if hit is not None and hit[0]() is groups:
+        return hit[1]
+    if len(_LAYOUTS) > 256:
+        _LAYOUTS.clear()
+    result = _detect_layout(groups.cpu())
+    _LAYOUTS[id(groups)] = (weakref.ref(groups), result)
+    return result
+
+
+def _detect_layout(g: torch.Tensor) -> tuple:
     M = g.numel()
     m = int(g.max()) + 1
     if M % m:
