@@ -122,6 +122,40 @@ def _detect_layout(g: torch.Tensor) -> tuple:
     return None
 
 
+CHUNK = 1 << 22
+"""Elements per independently seeded stream of CPU noise: results do not depend on
+the thread count, and the streams fill in parallel."""
+
+
+def gaussian(shape, seed: int, device) -> torch.Tensor:
+    """iid N(0, 1) float32 from torch.Generator(s) on ``device``, reproducible per seed.
+    On the CPU, fixed-size chunks get their own seeded generator and fill on all
+    intra-op threads (torch's normal_ is single-threaded there)."""
+    device = torch.device(device)
+    seed = int(seed) % (2**63)
+    out = torch.empty(tuple(shape), device=device, dtype=torch.float32)
+    flat = out.view(-1)
+    n = flat.numel()
+    if device.type != "cpu" or n <= CHUNK:
+        return out.normal_(generator=torch.Generator(device=device).manual_seed(seed))
+
+    def fill(c: int) -> None:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + c) % (2**63))
+        flat[c * CHUNK:(c + 1) * CHUNK].normal_(generator=g)
+
+    chunks = range((n + CHUNK - 1) // CHUNK)
+    workers = torch.get_num_threads()
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, chunks))
+    else:
+        for c in chunks:
+            fill(c)
+    return out
+
+
 def _helmert(k: int) -> torch.Tensor:
     """(k-1, k) orthonormal rows spanning the zero-sum subspace."""
     h = torch.zeros(k - 1, k, dtype=torch.float64)
@@ -136,7 +170,6 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
     """Gaussian noise (float32, seeded torch.Generator on ``like``'s device),
     projected to sum 0 over the copies of each group along ``axis``."""
     device = like.device
-    gen = torch.Generator(device=device).manual_seed(int(seed) % (2**63))
     shape = tuple(shape)
     uniform = _uniform_copies(groups)
     if uniform is not None and uniform[1] > 1:
@@ -144,7 +177,7 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
         # as H^T u with u ~ N(0, I_{k-1}) (H: Helmert rows): draw (k-1)/k of the noise.
         m, k, layout = uniform
         inner = shape[:axis] + (m,) + shape[axis + 1:]
-        u = torch.randn((k - 1,) + inner, generator=gen, device=device, dtype=torch.float32)
+        u = gaussian((k - 1,) + inner, seed, device)
         h = _helmert(k).to(device=device, dtype=torch.float32)
         out = torch.empty(shape, device=device, dtype=torch.float32)
         split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
@@ -155,7 +188,7 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
             for r in range(1, k - 1):
                 dst.add_(u[r], alpha=float(h[r, c]))
         return _own(out)
-    noise = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+    noise = gaussian(shape, seed, device)
     groups = groups.to(device=device, dtype=torch.long)
     m = int(groups.max()) + 1
     sums_shape = list(shape)
