@@ -178,7 +178,7 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
         m, k, layout = uniform
         inner = shape[:axis] + (m,) + shape[axis + 1:]
         u = gaussian((k - 1,) + inner, seed, device)
-        h = _helmert(k).to(device=device, dtype=torch.float32)
+        h = _helmert(k)  # stays on the host: its entries are scalars
         out = torch.empty(shape, device=device, dtype=torch.float32)
         split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
         view = out.view(split)
