@@ -50,6 +50,7 @@ def test_expand_model_preserves_logits_and_round_trips(case, strategy, hf_model,
     new = expand_model(src, width=2, strategy=strategy)
     assert type(new) is type(src)
     assert new.config.hidden_size == 2 * src.config.hidden_size
+    assert new.generation_config.eos_token_id == src.generation_config.eos_token_id
     _assert_preserved(src, new, src.config.vocab_size)
     # the source is untouched and shares no storage with the clone
     after = src.state_dict()

@@ -22,6 +22,7 @@ names equal the checkpoint names and every location is the identity.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import re
 import sys
@@ -145,6 +146,8 @@ def _empty_like_class(model, plan) -> nn.Module:
             config._attn_implementation = attn
     with parameters_on_meta():
         new = type(model)(config)
+    if getattr(model, "generation_config", None) is not None and hasattr(new, "generation_config"):
+        new.generation_config = copy.deepcopy(model.generation_config)  # eos/pad ids, sampling defaults
     return new
 
 
