@@ -392,9 +392,10 @@ class Decoder(nn.Module):
         (0 under gemma's (1 + w)), biases 0.  Each tensor is written once, in place."""
         model = cls.from_config(hf_config)
         g = torch.Generator(device=device or "cpu").manual_seed(seed)
+        kinds = {n: r.kind for n, (r, _, _) in tensor_names(model.family, model.decoder).items()}
         tensors = {}
         for name, shape in model.shapes.items():
-            kind = tensor_names(model.family, model.decoder)[name][0].kind
+            kind = kinds[name]
             t = torch.empty(shape, dtype=dtype, device=device)
             if kind.endswith(".bias"):
                 t.zero_()
