@@ -60,6 +60,7 @@ def main(argv=None) -> int:
             train, val = split(np.asarray(tokens), 0.05)
             print(f"tokens: {args.tokens}: {len(tokens):,} (train {len(train):,}, val {len(val):,})")
             results = demo.compare(st, None, train_tokens=train, val_tokens=val, vocab=args.vocab)
+            results["corpus"] = dict(tokens=str(args.tokens), train_tokens=len(train), val_tokens=len(val))
         else:
             corpus = load_corpus(args.text)
             print(corpus.describe())
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         print(f"speedup: error: {e}", file=sys.stderr)
         return 2
     print(f"\nwrote {Path(out) / 'results.json'} and {Path(out) / 'loss.png'}")
-    print(json.dumps(results["summary"], default=str))
+    print(json.dumps(demo._finite(results["summary"])))
     return 0
 
 
