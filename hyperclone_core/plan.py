@@ -556,7 +556,7 @@ def seed_for(seed: int, name: str) -> int:
 
 def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, arrays, rng, noise_seed,
                  zero_writer, head_ratio, family, src_cfg, dtype, allow_inexact=False, inexact=None) -> tuple:
-    ops: list = []
+    ops: list = []  # scales that commute with the gathers go first: they touch source-sized memory
     notes: list = []
     amaps = [axis_map(ax.segments, maps, old_sizes) for ax in role.axes]
     src_shape = tuple(m.old_size for m in amaps)
@@ -590,21 +590,31 @@ def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, ar
             key = arrays.put(f"coef:{strat.mixing}:{role.axes[oa].key()}:{role.axes[ia].key()}:{_digest(coeff)}", coeff)
             ops.append(Scale((oa, ia), key))
         elif not np.all(rows[0] == 1.0):
-            coeff = rows[0].astype(np.float32)
-            key = arrays.put(f"coef:{strat.mixing}:{role.axes[ia].key()}:{_digest(coeff)}", coeff)
-            ops.append(Scale((ia,), key))
+            imap = amaps[ia]
+            per_source = np.zeros(imap.old_size)
+            per_source[imap.src] = rows[0]
+            if np.array_equal(per_source[imap.src], rows[0]):
+                # the coefficient depends on the old index only (symmetric: 1/k): scale the
+                # source before gathering, a pass over source-sized memory instead of the grown
+                coeff = per_source.astype(np.float32)
+                key = arrays.put(f"coef:{strat.mixing}:{role.axes[ia].key()}:source:{_digest(coeff)}", coeff)
+                ops.insert(0, Scale((ia,), key))
+            else:
+                coeff = rows[0].astype(np.float32)
+                key = arrays.put(f"coef:{strat.mixing}:{role.axes[ia].key()}:{_digest(coeff)}", coeff)
+                ops.append(Scale((ia,), key))
         if strat.noise_db is not None and amaps[ia].max_copies > 1:
             ops.append(AddNoise(ia, arrays.put(f"src:{role.axes[ia].key()}", amaps[ia].src), float(strat.noise_db), noise_seed))
         used = str(strat)
     if role.kind == "embed" and src_cfg.embed_scale and new_sizes["hidden"] != old_sizes["hidden"]:
         c = math.sqrt(old_sizes["hidden"] / new_sizes["hidden"])
-        ops.append(Scale((), arrays.put(f"const:{c!r}", np.asarray(c, np.float32))))
+        ops.insert(0, Scale((), arrays.put(f"const:{c!r}", np.asarray(c, np.float32))))
         notes.append(f"compensation: embeddings are scaled by sqrt(hidden); x{c:.6g} keeps sqrt({old_sizes['hidden']})")
     if head_ratio != 1.0 and role.kind in ("attn.q", "attn.q.bias"):
-        ops.append(Scale((), arrays.put(f"const:{head_ratio!r}", np.asarray(head_ratio, np.float32))))
+        ops.insert(0, Scale((), arrays.put(f"const:{head_ratio!r}", np.asarray(head_ratio, np.float32))))
         notes.append(f"compensation: head_dim grew; q x{head_ratio:g} keeps the attention logits")
     if zero_writer:
-        ops.append(Scale((), arrays.put("const:0.0", np.asarray(0.0, np.float32))))
+        ops.insert(0, Scale((), arrays.put("const:0.0", np.asarray(0.0, np.float32))))
         notes.append("depth: inserted layer's residual writer starts at zero")
         used = "zero"
     if dtype:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperclone_core import (AddNoise, Growth, PlanError, Take, family_for_config, layer_map, parse_strategy, plan,
+from hyperclone_core import (AddNoise, Growth, PlanError, Scale, Take, family_for_config, layer_map, parse_strategy, plan,
                              testing)
 from hyperclone_core.growth import ReplicationMap, axis_map, copy_ids
 from hyperclone_core.plan import Plan
@@ -123,8 +123,11 @@ def test_depth_copies_zero_only_residual_writers():
 def test_take_ops_name_their_maps():
     _, _, p = _llama_plan("symmetric")
     t = p.tensor("model.layers.0.self_attn.q_proj.weight")
-    assert [type(o) for o in t.ops][:2] == [Take, Take]
-    assert p.arrays[t.ops[0].map].shape == (64,)
+    takes = [o for o in t.ops if isinstance(o, Take)]
+    assert [o.axis for o in takes] == [0, 1]
+    assert p.arrays[takes[0].map].shape == (64,) and takes[1].map == "src:hidden"
+    # symmetric's 1/k depends on the old index only: applied to the source, before the gathers
+    assert isinstance(t.ops[0], Scale) and p.arrays[t.ops[0].coeffs].shape == (32,)
 
 
 @pytest.mark.parametrize("axis", [0, 1])
