@@ -71,7 +71,7 @@ class Settings:
 PRESETS = {
     "default": Settings(),
     "quick": Settings(pretrain_steps=300, steps=200, eval_every=20, eval_batches=4),
-    # only for tests/test_demo.py: seconds, not minutes, still every code path
+    # a seconds-long smoke run of every code path (benchmarks/speedup.py --preset tiny)
     "tiny": Settings(hidden=32, heads=2, ffn=64, layers=1, seq_len=32, batch_size=8, pretrain_steps=30,
                      steps=18, eval_every=6, eval_batches=2),
 }
