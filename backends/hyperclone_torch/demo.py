@@ -34,6 +34,7 @@ from hyperclone_core.errors import HypercloneError
 from hyperclone_core.io import AtomicDir, write_json
 
 RUNS = ("clone", "random", "small_continue")
+PRESERVATION_TOLERANCE = 1e-4  # float32; the conformance suite's bound
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Settings:
     eval_batches: int = 8
     seed: int = 0
     device: str = "cpu"
+    dtype: str = "float32"             # TrainConfig.dtype: bfloat16 autocast for GPUs
     threads: int = 2
 
     def small_config(self, vocab: int = 256) -> dict:
@@ -176,7 +178,7 @@ def _train_config(st: Settings, steps: int, lr: float, seed: int, clone_lr: str 
     kw = dict(steps=steps, batch_size=st.batch_size, seq_len=st.seq_len, lr=lr,
               min_lr_ratio=st.min_lr_ratio, warmup_steps=st.warmup_steps, weight_decay=st.weight_decay,
               grad_clip=st.grad_clip, eval_every=st.eval_every, eval_batches=st.eval_batches, seed=seed,
-              device=st.device)
+              device=st.device, dtype=st.dtype)
     if clone_lr:
         kw["clone_lr"] = clone_lr
     return TrainConfig(**kw)
@@ -234,8 +236,14 @@ def compare(st: Settings, corpus: Corpus, log: Callable[[str], None] = print,
     pre_curve = _curve(pre)
 
     clone, plan = expand_model(small, width=st.width, strategy=st.strategy, seed=st.seed, return_plan=True)
-    probe = np.asarray(val_tokens[: 4 * st.seq_len], dtype=np.int64).reshape(4, st.seq_len)
+    rows = max(1, min(4, len(val_tokens) // st.seq_len))
+    probe = np.asarray(val_tokens[: rows * st.seq_len], dtype=np.int64).reshape(rows, -1)
     err = preservation_error(small, clone, probe)
+    if not err <= PRESERVATION_TOLERANCE:
+        raise HypercloneError(
+            f"the clone's logits differ from the small model's by {err:.2e} (relative), above "
+            f"{PRESERVATION_TOLERANCE:g}: strategy {st.strategy!r} did not preserve the function; "
+            "run the conformance suite for this backend (pytest --pyargs hyperclone_conformance)")
     log(f"clone: {st.width}x wide ({_params(clone):,} parameters), strategy {st.strategy}; "
         f"verified preservation error (max |dlogits| / max |logits|) {err:.2e}")
 
