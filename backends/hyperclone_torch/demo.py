@@ -53,7 +53,7 @@ class Settings:
     pretrain_lr: float = 3e-3
     steps: int = 600
     lr: float = 2e-3
-    clone_lr_scale: float = 1.0        # clone peak LR = lr * clone_lr_scale
+    clone_lr_scale: float = 0.5        # clone peak LR = lr * clone_lr_scale (docs/recipe.md)
     clone_lr: str = ""                 # TrainConfig.clone_lr (per-tensor LR for the clone); "" = off
     warmup_steps: int = 60
     min_lr_ratio: float = 0.1
