@@ -117,3 +117,27 @@ def test_corpus_file_errors(tmp_path):
     tiny.write_text("one short paragraph")
     with pytest.raises(hcorpus.CorpusError, match="empty"):
         hcorpus.from_file(tiny)
+
+
+def test_speedup_benchmark_on_a_token_file(tmp_path, capsys):
+    """benchmarks/speedup.py: the same comparison from a .npy token file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speedup.py"
+    spec = importlib.util.spec_from_file_location("hyperclone_bench_speedup", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    text = hcorpus.default_corpus().train[:200_000]
+    np.save(tmp_path / "tokens.npy", np.frombuffer(text, dtype=np.uint8).astype(np.uint16))
+    out = tmp_path / "bench"
+    rc = bench.main(["--preset", "tiny", "--tokens", str(tmp_path / "tokens.npy"), "--vocab", "256",
+                     "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["corpus"]["tokens"].endswith("tokens.npy") and doc["corpus"]["val_tokens"] == 10_000
+    assert [s for s, _ in doc["clone"]] == [s for s, _ in doc["random"]] == [s for s, _ in doc["small_continue"]]
+    assert doc["clone"][0][1] == pytest.approx(doc["small_continue"][0][1], abs=1e-4)
+    summary = json.loads(printed.strip().splitlines()[-1])  # the last line is valid JSON
+    assert summary["clone_beats_small"] == (doc["clone"][-1][1] < doc["small_continue"][-1][1])
