@@ -40,7 +40,10 @@ class Backend(Protocol):
     ``scale_(x, coeffs)``, an in-place scale the interpreter uses on arrays it produced
     itself (saves a destination-sized copy); ``add_zero_sum_noise(x, axis, groups,
     snr_db, seed)``, the whole AddNoise op in place (e.g. block by block, so the noise
-    needs no tensor-sized buffer), returning None to decline.
+    needs no tensor-sized buffer), returning None to decline; ``take_axes(x, takes)``
+    with ``takes`` a list of ``(axis, index)`` on distinct axes, the consecutive Takes
+    of a program in one pass (e.g. block copies straight into the result, with no
+    intermediate array), equal to applying ``take`` for each in order.
 
     ``forward(family, cfg, weights, tokens) -> np.ndarray`` (``forward``): logits of
     the neutral decoder, weights given as numpy arrays by checkpoint name.
@@ -99,8 +102,11 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
         raise HypercloneError(
             f"tensor {tp.source}: the plan expects shape {list(tp.source_shape)}, got {list(shape)}"
         )
-    for op in tp.ops:
-        if isinstance(op, Take):
+    take_axes = getattr(backend, "take_axes", None)
+    for op in _group_takes(tp.ops) if take_axes is not None else tp.ops:
+        if isinstance(op, list):
+            x = take_axes(x, [(t.axis, dev(t.map)) for t in op])
+        elif isinstance(op, Take):
             x = backend.take(x, op.axis, dev(op.map))
         elif isinstance(op, Scale):
             ndim = len(backend.shape(x))
@@ -123,6 +129,18 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
             raise TypeError(f"unknown op {op!r}")
         owned = True
     return x
+
+
+def _group_takes(ops) -> list:
+    """``ops`` with each run of consecutive Takes on distinct axes as one list."""
+    out: list = []
+    for op in ops:
+        if isinstance(op, Take) and out and isinstance(out[-1], list) and \
+                op.axis not in {t.axis for t in out[-1]}:
+            out[-1].append(op)
+        else:
+            out.append([op] if isinstance(op, Take) else op)
+    return out
 
 
 # ---------------------------------------------------------------- discovery

@@ -8,6 +8,7 @@ each an ordered product of dims and constants) inherits a map from its dims.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
@@ -61,6 +62,85 @@ class ReplicationMap:
     def copies(self) -> np.ndarray:
         """Number of copies of each old index, shape (old,)."""
         return np.bincount(self.src(), minlength=self.old)
+
+
+def slice_copies(index: np.ndarray, max_copies: int = 256):
+    """A Take along one axis as slice copies: ``[(dst slice, src slice), ...]``
+    such that ``out[dst] = x[src]`` for each realises ``out = take(x, index)``;
+    None when more than ``max_copies`` would be needed.
+
+    A growth map is a few contiguous runs (tile, uneven, fused segments) or a few
+    interleaved progressions (every old index k times side by side), so a
+    backend can fill the result with a handful of block copies instead of a
+    gather.
+    """
+    idx = np.asarray(index).astype(np.int64, copy=False).ravel()
+    if idx.size == 0:
+        return None
+    if int(np.count_nonzero(np.diff(idx) != 1)) < max_copies:
+        return [(slice(a, b), slice(s, s + b - a)) for a, b, s in _runs(idx)]
+    for k in range(2, 17):  # interleave: every index k times side by side
+        if idx.size % k:
+            continue
+        v = idx.reshape(-1, k)
+        if not (v == v[:, :1]).all():
+            continue
+        base = _runs(v[:, 0])
+        if len(base) * k > max_copies:
+            continue  # e.g. k = 2 of a 4-fold repeat: try a larger k
+        return [(slice(a * k + c, (b - 1) * k + c + 1, k), slice(s, s + b - a))
+                for a, b, s in base for c in range(k)]
+    return None
+
+
+def _runs(idx: np.ndarray) -> list:
+    """(dst start, dst stop, src start) of each maximal run where idx steps by +1."""
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(idx)]])
+    return [(int(a), int(b), int(idx[a])) for a, b in zip(starts, stops)]
+
+
+def slice_len(s: slice) -> int:
+    """Length of a slice with explicit start and stop."""
+    return len(range(s.start, s.stop, s.step or 1))
+
+
+def split_takes(takes: Sequence[tuple], patterns=None, max_blocks: int = 4096) -> tuple:
+    """Divide Takes ``[(axis, index), ...]`` (distinct axes) into ``(gathers,
+    blocks)``: ``gathers`` the ``(axis, index)`` to apply as plain gathers first
+    (their maps have no short slice pattern, or the block count would pass
+    ``max_blocks``), ``blocks`` the ``(axis, pattern)`` for ``block_copies``.
+    ``patterns(index)`` gives an index's slice copies (default ``slice_copies``;
+    a backend may pass a memoized one for device arrays)."""
+    patterns = patterns or slice_copies
+    gathers, blocks = [], []
+    for axis, index in takes:
+        p = patterns(index)
+        (gathers if p is None else blocks).append((axis, index) if p is None else (axis, p))
+    while blocks and math.prod(len(p) for _, p in blocks) > max_blocks:
+        axis, p = max(blocks, key=lambda b: len(b[1]))
+        blocks.remove((axis, p))
+        gathers.append(next(t for t in takes if t[0] == axis))
+    return gathers, blocks
+
+
+def block_copies(shape: Sequence[int], patterns: Sequence[tuple]) -> tuple:
+    """Takes on several axes as block copies: ``patterns`` is ``[(axis,
+    slice_copies(...)), ...]`` on distinct axes of an array of ``shape``.  Returns
+    ``(out_shape, [(dst index tuple, src index tuple), ...])``: ``out[dst] = x[src]``
+    for each fills the result, every element written once."""
+    out_shape = list(shape)
+    for axis, pattern in patterns:
+        out_shape[axis] = sum(slice_len(d) for d, _ in pattern)
+    copies = []
+    for combo in itertools.product(*(p for _, p in patterns)):
+        dst = [slice(None)] * len(shape)
+        src = [slice(None)] * len(shape)
+        for (axis, _), (d, s) in zip(patterns, combo):
+            dst[axis], src[axis] = d, s
+        copies.append((tuple(dst), tuple(src)))
+    return tuple(out_shape), copies
 
 
 def copy_ids(src: np.ndarray) -> np.ndarray:

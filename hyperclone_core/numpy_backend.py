@@ -6,6 +6,7 @@ import numpy as np
 
 from . import io, reference
 from .dtypes import cast_numpy
+from .growth import block_copies, split_takes
 
 
 class NumpyBackend:
@@ -32,6 +33,19 @@ class NumpyBackend:
 
     def take(self, x, axis, index):
         return np.take(x, index, axis=axis)
+
+    def take_axes(self, x, takes):
+        """Consecutive Takes as block copies into one result (see growth.slice_copies)."""
+        gathers, blocks = split_takes(takes)
+        for axis, index in gathers:
+            x = np.take(x, index, axis=axis)
+        if not blocks:
+            return x
+        shape, copies = block_copies(x.shape, blocks)
+        out = np.empty(shape, dtype=x.dtype)
+        for dst, src in copies:
+            out[dst] = x[src]
+        return out
 
     def scale(self, x, coeffs):
         return np.multiply(x, coeffs.astype(x.dtype, copy=False))

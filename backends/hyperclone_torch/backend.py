@@ -54,8 +54,10 @@ class TorchBackend:
 
     to_numpy = staticmethod(ops.to_numpy)
     take = staticmethod(ops.take)
+    take_axes = staticmethod(ops.take_axes)
     scale = staticmethod(ops.scale)
     zero_sum_noise = staticmethod(ops.zero_sum_noise)
+    add_zero_sum_noise = staticmethod(ops.add_zero_sum_noise)
     mean_square = staticmethod(ops.mean_square)
     add_scaled = staticmethod(ops.add_scaled)
     reshape = staticmethod(ops.reshape)

@@ -18,6 +18,8 @@ import weakref
 import numpy as np
 import torch
 
+from hyperclone_core.growth import block_copies, slice_copies, split_takes
+
 _SCOPE: dict = {"active": False, "owned": {}}
 
 
@@ -82,6 +84,45 @@ def take(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
     if index.device != x.device:
         index = index.to(x.device)
     return _own(torch.index_select(x, axis, index))
+
+
+MAX_RUNS = 256
+"""Most slice copies one axis's Take may become; beyond it, index_select."""
+MAX_BLOCKS = 4096
+"""Most block copies one ``take_axes`` may issue (product over its axes)."""
+
+_PATTERNS: dict = {}
+
+
+def _copy_pattern(index: torch.Tensor):
+    """``growth.slice_copies`` of a device index, memoized per index tensor (like
+    ``_uniform_copies``): one host sync each."""
+    hit = _PATTERNS.get(id(index))
+    if hit is not None and hit[0]() is index:
+        return hit[1]
+    if len(_PATTERNS) > 1024:
+        _PATTERNS.clear()
+    result = slice_copies(index.cpu().numpy(), MAX_RUNS)
+    _PATTERNS[id(index)] = (weakref.ref(index), result)
+    return result
+
+
+def take_axes(x: torch.Tensor, takes) -> torch.Tensor:
+    """Several Takes (distinct axes) in one pass: the result is allocated once and
+    filled by block copies, so no intermediate the size of a partial result is
+    made and each destination byte is written once.  Axes whose map has no short
+    slice pattern go through ``index_select`` first."""
+    takes = [(axis, index.to(x.device) if index.device != x.device else index) for axis, index in takes]
+    gathers, blocks = split_takes(takes, _copy_pattern, MAX_BLOCKS)
+    for axis, index in gathers:
+        x = torch.index_select(x, axis, index)
+    if not blocks:
+        return _own(x)
+    shape, copies = block_copies(x.shape, blocks)
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    for dst, src in copies:
+        out[dst].copy_(x[src])
+    return _own(out)
 
 
 def scale(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
@@ -201,6 +242,35 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
     return _own(noise.sub_(torch.index_select(means, axis, groups)))
 
 
+def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db: float, seed: int):
+    """The whole AddNoise op in place on a tensor made during ``inplace_scope``,
+    with no noise buffer of x's size: for k uniform copies the noise is H^T u
+    (``zero_sum_noise``'s law and seed), and since H's rows are orthonormal its
+    power is exactly u's, so x takes ``factor * h[r, c] * u[r]`` copy by copy.
+    Returns None (the interpreter then runs the generic path) for uneven copies,
+    non-float32/64 dtypes, or an array it may not write."""
+    uniform = _uniform_copies(groups)
+    if uniform is None or uniform[1] < 2 or not _owned(x) or not x.is_contiguous() \
+            or x.dtype not in (torch.float32, torch.float64):
+        return None
+    m, k, layout = uniform
+    shape = tuple(x.shape)
+    u = gaussian((k - 1,) + shape[:axis] + (m,) + shape[axis + 1:], seed, x.device)
+    p_sig = mean_square(x)
+    p_noise = mean_square(u) * u.numel() / x.numel()
+    if p_sig == 0.0 or p_noise == 0.0:
+        return x
+    factor = math.sqrt(p_sig / p_noise / 10.0 ** (snr_db / 10.0))
+    h = _helmert(k)
+    split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
+    view = x.view(split)
+    for c in range(k):
+        dst = view.select(axis if layout == "tile" else axis + 1, c)
+        for r in range(k - 1):
+            dst.add_(u[r], alpha=factor * float(h[r, c]))
+    return x
+
+
 def mean_square(x: torch.Tensor) -> float:
     """mean(x**2), accumulated in float64."""
     if x.numel() == 0:
@@ -225,5 +295,5 @@ def cast(x: torch.Tensor, dtype) -> torch.Tensor:
     return x.to(torch_dtype(dtype))
 
 
-__all__ = ["asarray", "to_numpy", "take", "scale", "zero_sum_noise", "mean_square", "add_scaled",
-           "reshape", "cast", "torch_dtype", "DTYPES", "inplace_scope", "release"]
+__all__ = ["asarray", "to_numpy", "take", "take_axes", "scale", "zero_sum_noise", "mean_square", "add_scaled",
+           "reshape", "cast", "add_zero_sum_noise", "torch_dtype", "DTYPES", "inplace_scope", "release"]
