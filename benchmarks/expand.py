@@ -29,6 +29,7 @@ LLAMA_250M = dict(
     rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, tie_word_embeddings=False,
     hidden_act="silu", torch_dtype="float32",
 )
+REFERENCE_SECONDS, REFERENCE_RSS_GIB = 18.5, 5.1
 SMALL = dict(LLAMA_250M, vocab_size=8000, hidden_size=256, intermediate_size=704, num_hidden_layers=8,
              num_attention_heads=8, num_key_value_heads=2)
 
@@ -56,7 +57,7 @@ elif mode == "hf-live":
     import torch, transformers, hyperclone_torch
     model = transformers.AutoModelForCausalLM.from_pretrained(src)
     t0 = time.perf_counter()
-    grown = hyperclone_torch.expand_model(model, width=2)
+    grown = hyperclone_torch.expand_model(model, width=2, strategy=strategy)
 seconds = time.perf_counter() - t0
 # VmHWM belongs to this process's own address space (ru_maxrss would include the parent's at fork)
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -159,6 +160,12 @@ def main(argv=None) -> int:
         print(f"{mode:<22} {r['seconds']:8.2f} {r['seconds'] / copy_seconds:7.2f} {r['peak_rss'] / 2**30:13.2f} "
               f"{extra / 2**30:13.2f} {ok:>7}")
         results["modes"][mode] = r
+    live = {m: r for m, r in rows if m.startswith("hf-live") and "error" not in r}
+    if live and not args.small:
+        print(f"\nreference (the public implementation on this machine type, quoted from the torch issue, not run here): "
+              f"{REFERENCE_SECONDS} s, {REFERENCE_RSS_GIB} GiB peak RSS for the same hf-live expansion")
+        for m, r in live.items():
+            print(f"  {m}: {REFERENCE_SECONDS / r['seconds']:.1f}x faster, peak RSS {r['peak_rss'] / 2**30:.2f} GiB")
     print("\nbound: streaming modes must stay under 2 x the largest destination tensor above the interpreter;"
           "\ntorch-live / hf-live expand a model held in memory (source + destination are resident by design).")
     if args.json:

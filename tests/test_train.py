@@ -270,6 +270,24 @@ def test_cli_rebuilds_the_plan_of_an_expanded_folder(tmp_path, case_dir, capsys)
     assert [r["symmetry"] for r in records] == [1.0, 1.0, 1.0, 1.0]
 
 
+def test_plan_of_reads_plan_json_even_when_the_source_is_gone(tmp_path, case_dir):
+    import shutil
+
+    from hyperclone_core.expand import expand_checkpoint
+    from hyperclone_torch.train import plan_of
+
+    src = tmp_path / "src"
+    shutil.copytree(case_dir("llama"), src)
+    expand_checkpoint(src, tmp_path / "wide", strategy="noisy:10", seed=4, verify=False, progress=False)
+    rebuilt = plan_of(tmp_path / "wide")
+    (tmp_path / "wide" / "plan.json").unlink()
+    assert json.loads(plan_of(tmp_path / "wide").to_json()) == json.loads(rebuilt.to_json())  # both routes agree
+    shutil.rmtree(src)
+    with pytest.warns(UserWarning, match="cannot be rebuilt"):
+        assert plan_of(tmp_path / "wide") is None
+    assert plan_of(case_dir("llama")) is None  # not a clone
+
+
 def test_bfloat16_autocast_trains():
     _, grown, p = clone("noisy:10")
     res = train(grown, small_config(steps=3, dtype="bfloat16"), TOKENS, VAL)

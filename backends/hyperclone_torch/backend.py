@@ -56,6 +56,7 @@ class TorchBackend:
     take = staticmethod(ops.take)
     take_axes = staticmethod(ops.take_axes)
     scale = staticmethod(ops.scale)
+    scale_ = staticmethod(ops.scale_)
     zero_sum_noise = staticmethod(ops.zero_sum_noise)
     add_zero_sum_noise = staticmethod(ops.add_zero_sum_noise)
     mean_square = staticmethod(ops.mean_square)

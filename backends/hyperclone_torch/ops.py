@@ -132,6 +132,14 @@ def scale(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return _own(x * c)
 
 
+def scale_(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """``scale`` in place, on an array the interpreter produced itself."""
+    c = coeffs.to(device=x.device, dtype=x.dtype)
+    if torch.broadcast_shapes(x.shape, c.shape) != x.shape:
+        return scale(x, coeffs)
+    return x.mul_(c)
+
+
 _LAYOUTS: dict = {}
 
 
@@ -247,11 +255,11 @@ def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db:
     with no noise buffer of x's size: for k uniform copies the noise is H^T u
     (``zero_sum_noise``'s law and seed), and since H's rows are orthonormal its
     power is exactly u's, so x takes ``factor * h[r, c] * u[r]`` copy by copy.
+    The interpreter calls it only on arrays it produced itself (x is written).
     Returns None (the interpreter then runs the generic path) for uneven copies,
-    non-float32/64 dtypes, or an array it may not write."""
+    non-float32/64 dtypes or a non-contiguous x."""
     uniform = _uniform_copies(groups)
-    if uniform is None or uniform[1] < 2 or not _owned(x) or not x.is_contiguous() \
-            or x.dtype not in (torch.float32, torch.float64):
+    if uniform is None or uniform[1] < 2 or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64):
         return None
     m, k, layout = uniform
     shape = tuple(x.shape)
@@ -295,5 +303,5 @@ def cast(x: torch.Tensor, dtype) -> torch.Tensor:
     return x.to(torch_dtype(dtype))
 
 
-__all__ = ["asarray", "to_numpy", "take", "take_axes", "scale", "zero_sum_noise", "mean_square", "add_scaled",
+__all__ = ["asarray", "to_numpy", "take", "take_axes", "scale", "scale_", "zero_sum_noise", "mean_square", "add_scaled",
            "reshape", "cast", "add_zero_sum_noise", "torch_dtype", "DTYPES", "inplace_scope", "release"]

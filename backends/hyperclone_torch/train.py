@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -685,16 +686,27 @@ def load_model(folder, device: str = "cpu") -> nn.Module:
 
 
 def plan_of(folder) -> Optional[Any]:
-    """The plan a folder was expanded with, rebuilt from its ``hyperclone.json``
-    (``hyperclone expand`` writes it) and the source's config."""
-    report = Path(folder) / "hyperclone.json"
-    if not report.is_file():
-        return None
-    from hyperclone_core import Growth, family_for_config, plan
+    """The plan a folder was expanded with: its ``plan.json`` (``hyperclone expand``
+    writes it), else rebuilt from its ``hyperclone.json`` and the source's config
+    (older folders; needs the source folder still in place).  None when the folder
+    is not a clone, or the plan cannot be recovered (said as a warning: the
+    symmetry monitor and clone-aware LRs then have nothing to work with)."""
+    from hyperclone_core import Growth, Plan, family_for_config, plan
     from hyperclone_core.io import read_config
 
+    folder = Path(folder)
+    if (folder / "plan.json").is_file():
+        return Plan.from_json((folder / "plan.json").read_text())
+    report = folder / "hyperclone.json"
+    if not report.is_file():
+        return None
     rep = json.loads(report.read_text())
-    src_cfg = read_config(rep["source"])
+    try:
+        src_cfg = read_config(rep["source"])
+    except (HypercloneError, OSError, KeyError) as exc:
+        warnings.warn(f"{folder}: no plan.json, and the plan cannot be rebuilt from hyperclone.json ({exc}); "
+                      "training without the symmetry monitor (pass --plan to give one)", stacklevel=2)
+        return None
     growth = dict(rep["growth"])
     layout = growth.pop("layout", "tile")
     return plan(family_for_config(src_cfg), src_cfg, Growth(growth, layout), rep["strategy"], rep["seed"],
@@ -713,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="auto",
                    help="for text: 'auto' (the model's tokenizer.json if present, else bytes), 'bytes', or a path")
     p.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
-    p.add_argument("--plan", help="plan JSON (default: rebuilt from MODEL_DIR/hyperclone.json if present)")
+    p.add_argument("--plan", help="plan JSON (default: MODEL_DIR/plan.json, which hyperclone expand writes)")
     for f in fields(TrainConfig):
         if f.name in ("out_dir", "betas", "clone_lr", "resume", "compile", "progress", "log_jsonl"):
             continue
