@@ -182,7 +182,7 @@ class DecoderConfig:
 def rope_params(hf: Mapping[str, Any]) -> dict:
     """RoPE settings from a transformers 5 ``rope_parameters`` or 4.x top-level keys."""
     rp = dict(hf.get("rope_parameters") or {})
-    theta = rp.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = rp.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))  # GPT-NeoX 4.x: rotary_emb_base
     partial = rp.get("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
     rope_type = rp.get("rope_type", (hf.get("rope_scaling") or {}).get("rope_type", "default"))
     return dict(theta=float(theta), partial=float(partial), rope_type=rope_type)
@@ -238,8 +238,10 @@ class Family:
             implicit = new.hidden // new.heads
             if out.get(key) is not None or implicit != new.head_dim or new.hidden % new.heads:
                 out[key] = new.head_dim
-        if isinstance(out.get("layer_types"), list) and layer_src is not None:
-            out["layer_types"] = [hf["layer_types"][s] for s in layer_src]
+        if layer_src is not None and (isinstance(out.get("layer_types"), list) or len(set(new.layer_types)) > 1):
+            # depth growth: each new layer keeps its source layer's attention kind; a
+            # pattern transformers would derive from the layer index is written out
+            out["layer_types"] = list(new.layer_types)
         out["tie_word_embeddings"] = bool(new.tie_embeddings)
         out["architectures"] = [self.architecture]
         return out

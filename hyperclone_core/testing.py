@@ -14,6 +14,7 @@ _LLAMA = dict(
     vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
     rms_norm_eps=1e-6, rope_parameters={"rope_theta": 10000.0, "rope_type": "default"},
+    rope_theta=10000.0,  # what transformers 4.x reads (it ignores rope_parameters)
     tie_word_embeddings=False, hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=0,
 )
 
@@ -40,6 +41,7 @@ CASES: dict = {
     "gpt_neox": dict(model_type="gpt_neox", vocab_size=96, hidden_size=32, intermediate_size=48,
                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
                      rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default"},
+                     rotary_pct=0.5, rotary_emb_base=10000.0,  # the 4.x keys
                      use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
                      attention_bias=True, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
     "olmo": dict(_LLAMA, model_type="olmo", clip_qkv=8.0),
@@ -50,7 +52,9 @@ CASES: dict = {
     "mixtral": dict(_LLAMA, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2,
                     sliding_window=None),
 }
-"""The 14 cases: 12 families, OPT in both styles, a tied Llama."""
+"""The 14 cases: 12 families, OPT in both styles, a tied Llama.  RoPE settings
+are given both as transformers 5's ``rope_parameters`` and as the 4.x top-level
+keys, so the same configs build the same models under either major version."""
 
 
 def random_weights(hf_config: Mapping, seed: int = 0, dtype=np.float32, scale: float = 0.2) -> dict:

@@ -107,3 +107,42 @@ def test_mqa_keeps_one_kv_head(tmp_path, hf_logits):
     tokens = testing.random_tokens(cfg["vocab_size"])
     a, b = hf_logits(tmp_path / "src", tokens), hf_logits(tmp_path / "dst", tokens)
     assert np.abs(a - b).max() / np.abs(a).max() < TOL
+
+
+SLIDING = {  # a window of 4 over 12 tokens, no layer_types: transformers derives the pattern
+    "mistral": dict(sliding_window=4),
+    "mixtral": dict(sliding_window=4),
+    "phi3": dict(sliding_window=4),
+    "qwen2": dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    "gemma2": dict(sliding_window=4),
+}
+
+
+def _sliding_case(case, tmp_path, seed=1):
+    cfg = {k: v for k, v in testing.CASES[case].items() if k != "layer_types"}
+    cfg.update(SLIDING[case])
+    folder = tmp_path / f"{case}-sliding"
+    io.save_checkpoint(folder, cfg, testing.random_weights(cfg, seed=seed))
+    return cfg, folder
+
+
+@pytest.mark.parametrize("case", list(SLIDING))
+def test_sliding_window_without_layer_types_as_transformers_derives_it(case, tmp_path, hf_logits):
+    """Configs from transformers 4.x (and Mistral/Mixtral/Phi-3 in any version) set
+    sliding_window with no layer_types; the oracle applies the window where
+    transformers does, and depth growth keeps every layer's attention kind."""
+    cfg, src = _sliding_case(case, tmp_path)
+    family = family_for_config(cfg)
+    dec = family.read(cfg)
+    assert dec.layer_types and "sliding_attention" in dec.layer_types
+    tokens = testing.random_tokens(dec.vocab, seq=12, seed=3)
+    _, weights = io.load_weights(src)
+    ref = hf_logits(src, tokens)
+    got = forward(family, dec, weights, tokens, dtype=np.float64)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < TOL
+    full = forward(family, dataclasses.replace(dec, layer_types=()), weights, tokens, dtype=np.float64)
+    assert np.abs(full - ref).max() / np.abs(ref).max() > 1e-3  # the window matters at this length
+    dst = tmp_path / "grown"
+    expand_checkpoint(src, dst, width=2, layers="+1", strategy="symmetric", verify=False, progress=False)
+    rel = np.abs(hf_logits(dst, tokens) - ref).max() / np.abs(ref).max()
+    assert rel <= TOL, f"{case}: depth growth changed the attention pattern ({rel:.2e})"

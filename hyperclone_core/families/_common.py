@@ -65,6 +65,30 @@ LLAMA_KEYS = {
 }
 
 
+SLIDING_DEFAULTS = {
+    "mistral": lambda hf, i: True,
+    "mixtral": lambda hf, i: True,
+    "phi3": lambda hf, i: True,
+    "qwen2": lambda hf, i: i >= int(hf.get("max_window_layers") or 0),
+    "qwen3": lambda hf, i: i >= int(hf.get("max_window_layers") or 0),
+    "gemma2": lambda hf, i: i % 2 == 0,
+}
+"""Which layers transformers gives a sliding window when a config sets
+``sliding_window`` but has no ``layer_types`` (configs written by 4.x, and
+Mistral/Mixtral/Phi-3 in every version); other families have no sliding window."""
+
+
+def layer_types(hf: Mapping[str, Any], family: str, layers: int, window) -> tuple:
+    """Per-layer attention kinds: the config's ``layer_types``, else transformers'
+    default for the family when a sliding window is set, else ()."""
+    if hf.get("layer_types"):
+        return tuple(hf["layer_types"])
+    if not window or family not in SLIDING_DEFAULTS:
+        return ()
+    rule = SLIDING_DEFAULTS[family]
+    return tuple("sliding_attention" if rule(hf, i) else "full_attention" for i in range(layers))
+
+
 def read_llama_like(hf: Mapping[str, Any], family: str, **flags) -> DecoderConfig:
     """Dims and the common flags of a Llama-style config; ``flags`` override."""
     require(hf, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -81,6 +105,8 @@ def read_llama_like(hf: Mapping[str, Any], family: str, **flags) -> DecoderConfi
         )
     act = hf.get("hidden_act") or hf.get("hidden_activation") or "silu"
     window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    if family not in SLIDING_DEFAULTS:
+        window = None  # e.g. a Llama config carrying the key: transformers ignores it
     base = dict(
         family=family, vocab=int(hf["vocab_size"]), hidden=hidden, ffn=int(hf["intermediate_size"]),
         layers=int(hf["num_hidden_layers"]), heads=heads, kv_heads=kv, head_dim=head_dim,
@@ -88,7 +114,7 @@ def read_llama_like(hf: Mapping[str, Any], family: str, **flags) -> DecoderConfi
         norm_eps=float(hf.get("rms_norm_eps", hf.get("layer_norm_eps", 1e-5)) or 1e-5),
         act=act, rope_theta=rope["theta"], rotary_dim=int(head_dim * rope["partial"]),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        sliding_window=int(window or 0), layer_types=tuple(hf.get("layer_types") or ()),
+        sliding_window=int(window or 0), layer_types=layer_types(hf, family, int(hf["num_hidden_layers"]), window),
     )
     if base["rotary_dim"] == head_dim:
         base["rotary_dim"] = 0
