@@ -117,7 +117,10 @@ def split_takes(takes: Sequence[tuple], patterns=None, max_blocks: int = 4096) -
     gathers, blocks = [], []
     for axis, index in takes:
         p = patterns(index)
-        (gathers if p is None else blocks).append((axis, index) if p is None else (axis, p))
+        if p is None:
+            gathers.append((axis, index))
+        else:
+            blocks.append((axis, p))
     while blocks and math.prod(len(p) for _, p in blocks) > max_blocks:
         axis, p = max(blocks, key=lambda b: len(b[1]))
         blocks.remove((axis, p))

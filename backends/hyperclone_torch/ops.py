@@ -251,11 +251,10 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
 
 
 def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db: float, seed: int):
-    """The whole AddNoise op in place on a tensor made during ``inplace_scope``,
-    with no noise buffer of x's size: for k uniform copies the noise is H^T u
+    """The whole AddNoise op in place, with no noise buffer of x's size: for k uniform copies the noise is H^T u
     (``zero_sum_noise``'s law and seed), and since H's rows are orthonormal its
     power is exactly u's, so x takes ``factor * h[r, c] * u[r]`` copy by copy.
-    The interpreter calls it only on arrays it produced itself (x is written).
+    The interpreter calls it only on arrays it produced itself: x is written.
     Returns None (the interpreter then runs the generic path) for uneven copies,
     non-float32/64 dtypes or a non-contiguous x."""
     uniform = _uniform_copies(groups)
