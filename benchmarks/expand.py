@@ -140,13 +140,14 @@ def main(argv=None) -> int:
     if dst_bytes is None:
         print("no checkpoint-to-checkpoint mode ran; cannot measure the copy baseline")
         copy_seconds = float("nan")
-    print(f"destination: {dst_bytes / 2**30:.2f} GiB; largest tensor {largest / 2**20:.0f} MiB; "
-          f"interpreter + library RSS {base['peak_rss'] / 2**20:.0f} MiB (with torch: "
+    if dst_bytes is not None:
+        print(f"destination: {dst_bytes / 2**30:.2f} GiB; largest tensor {largest / 2**20:.0f} MiB")
+    print(f"interpreter + library RSS {base['peak_rss'] / 2**20:.0f} MiB (with torch: "
           f"{base_torch.get('peak_rss', 0) / 2**20:.0f} MiB)")
     print(f"plain copy of the destination bytes: {copy_seconds:.2f} s")
     print()
     print(f"{'mode':<22} {'seconds':>8} {'x copy':>7} {'peak RSS GiB':>13} {'RSS - interp':>13} {'bound':>7}")
-    bound = 2 * largest + 0  # streaming bound above the interpreter
+    bound = 2 * largest if largest else float("nan")  # streaming bound above the interpreter
     results = {"params": n_params, "dest_bytes": dst_bytes, "largest_tensor": largest,
                "copy_seconds": copy_seconds, "interpreter_rss": base["peak_rss"], "modes": {}}
     for mode, r in rows:
