@@ -34,7 +34,9 @@ def _storage(t: torch.Tensor) -> tuple:
 
 class TorchBackend:
     name = "torch"
-    capabilities = frozenset({"expand", "forward", "train"})
+    # distributed: DDP and FSDP2 under torchrun (hyperclone train --parallel ddp|fsdp; proven on
+    # gloo by tests/test_distributed.py); the conformance suite does not check it yet
+    capabilities = frozenset({"expand", "forward", "train", "distributed"})
 
     def __init__(self, device: Optional[str] = None):
         self.device = device
