@@ -428,8 +428,10 @@ class AtomicDir:
     def __enter__(self) -> Path:
         if self.dst.exists() and not self.force:
             raise CheckpointError(f"{self.dst} already exists; pass --force to replace it")
-        if not self.dst.parent.exists():
-            raise CheckpointError(f"{self.dst.parent}: the destination's parent folder does not exist")
+        try:  # like mkdir -p: the temp dir lives beside dst, so its parent must exist
+            self.dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"{self.dst.parent}: cannot create the destination's parent folder ({exc})") from exc
         clean_stale_tmp(self.dst)
         self.tmp = self.dst.parent / f".{self.dst.name}{TMP_MARK}{os.getpid()}-{os.urandom(3).hex()}"
         self.tmp.mkdir()

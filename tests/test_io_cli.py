@@ -121,3 +121,16 @@ def test_expand_writes_the_plan_beside_the_weights(tmp_path, case_dir):
     expand_checkpoint(case_dir("llama"), tmp_path / "dst", progress=False, verify=False)
     p = Plan.from_json((tmp_path / "dst" / "plan.json").read_text())
     assert p.config == io.read_config(tmp_path / "dst") and p.exact
+
+
+def test_destination_parents_are_created(tmp_path, case_dir):
+    dst = tmp_path / "runs" / "2x" / "wide"
+    assert main(["expand", str(case_dir("llama")), str(dst), "--quiet"]) == 0
+    assert (dst / "config.json").is_file() and (dst / "model.safetensors").is_file()
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["wide"]  # no temp dir left beside it
+
+
+def test_uncreatable_parent_is_named(tmp_path, case_dir, capsys):
+    (tmp_path / "file").write_text("x")
+    rc = main(["expand", str(case_dir("llama")), str(tmp_path / "file" / "wide"), "--quiet"])
+    assert rc != 0 and "cannot create the destination's parent folder" in capsys.readouterr().err
