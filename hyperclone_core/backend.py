@@ -12,7 +12,6 @@ load warns and is skipped; it does not break the others.
 
 from __future__ import annotations
 
-import math
 import warnings
 from importlib import metadata
 from typing import Any, Mapping, Optional, Protocol, runtime_checkable
@@ -20,6 +19,7 @@ from typing import Any, Mapping, Optional, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import HypercloneError
+from .noise import noise_factor
 from .plan import AddNoise, Cast, Reshape, Scale, Take, TensorPlan
 
 CAPABILITIES = ("expand", "forward", "train", "distributed")
@@ -28,40 +28,72 @@ ENTRY_POINT_GROUP = "hyperclone.backends"
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a backend provides.  ``capabilities`` is a subset of
-    ``("expand", "forward", "train", "distributed")``; the conformance suite skips
-    checks a backend does not claim.
-
-    Array primitives (``expand``): ``asarray(np_array, device)`` and ``to_numpy(x)``;
-    ``shape(x)``, ``take(x, axis, index)``, ``scale(x, coeffs)`` (``coeffs`` already
-    broadcast to x's rank), ``zero_sum_noise(shape, axis, groups, seed, like)``,
-    ``mean_square(x) -> float``, ``add_scaled(x, noise, factor)`` (may reuse the noise
-    buffer, never x), ``reshape(x, shape)``, ``cast(x, dtype_name)``.  Optional:
-    ``scale_(x, coeffs)``, an in-place scale the interpreter uses on arrays it produced
-    itself (saves a destination-sized copy); ``add_zero_sum_noise(x, axis, groups,
-    snr_db, seed)``, the whole AddNoise op in place (e.g. block by block, so the noise
-    needs no tensor-sized buffer), returning None to decline; ``take_axes(x, takes)``
-    with ``takes`` a list of ``(axis, index)`` on distinct axes, the consecutive Takes
-    of a program in one pass (e.g. block copies straight into the result, with no
-    intermediate array), equal to applying ``take`` for each in order.
-
-    ``forward(family, cfg, weights, tokens) -> np.ndarray`` (``forward``): logits of
-    the neutral decoder, weights given as numpy arrays by checkpoint name.
-
-    ``train_steps(family, hf_config, weights, batches, lr) -> list[float]``
-    (``train``): losses of consecutive AdamW steps, one per batch of tokens
-    (``batches``: a list of int arrays (batch, seq+1); loss = next-token cross-entropy).
-
-    ``save_checkpoint(folder, hf_config, weights)`` / ``load_checkpoint(folder) ->
-    (hf_config, weights)`` (``expand``): the HF layout, weights as the backend's
-    arrays by checkpoint name; a round trip must be bit for bit.
-    """
+    """What every backend provides; the capability protocols below say the rest.
+    ``capabilities`` is a subset of ``CAPABILITIES``; the conformance suite skips
+    checks a backend does not claim."""
 
     name: str
     capabilities: frozenset
 
     def version(self) -> str: ...
     def device_name(self) -> str: ...
+
+
+@runtime_checkable
+class ExpandBackend(Backend, Protocol):
+    """Capability ``expand``: the plan primitives, on the backend's arrays.
+
+    ``coeffs`` arrive already broadcast to x's rank; ``groups`` is the plan's index
+    array (on the device) mapping each index along ``axis`` to its old index, and
+    ``n_groups`` their number (a host int: no device sync, static for tracing);
+    ``seed`` is 63-bit (``hyperclone_core.noise.seed_words`` splits it for RNGs that
+    take 32-bit words).  ``add_scaled`` may reuse the noise buffer, never x.
+
+    Optional fast paths, used when present and held to the same checks:
+    ``scale_(x, coeffs)`` in place on arrays the interpreter produced;
+    ``add_zero_sum_noise(x, axis, groups, snr_db, seed, n_groups)`` the whole AddNoise
+    op (return None to decline); ``take_axes(x, [(axis, index), ...])`` consecutive
+    Takes in one pass; ``run_whole_program(tp, arrays, x, device, cache)`` a whole
+    tensor program at once (a tracing backend compiles ``apply_ops`` once per program
+    and shape), returning None to decline.  Optional ``save_checkpoint(folder,
+    hf_config, weights)`` / ``load_checkpoint(folder)``: the HF layout, bit for bit.
+    """
+
+    def asarray(self, a: np.ndarray, device: Optional[str] = None) -> Any: ...
+    def to_numpy(self, x: Any) -> np.ndarray: ...
+    def shape(self, x: Any) -> tuple: ...
+    def take(self, x: Any, axis: int, index: Any) -> Any: ...
+    def scale(self, x: Any, coeffs: Any) -> Any: ...
+    def zero_sum_noise(self, shape: tuple, axis: int, groups: Any, seed: int, like: Any, n_groups: int) -> Any: ...
+    def mean_square(self, x: Any) -> float: ...
+    def add_scaled(self, x: Any, noise: Any, factor: float) -> Any: ...
+    def reshape(self, x: Any, shape: tuple) -> Any: ...
+    def cast(self, x: Any, dtype: str) -> Any: ...
+
+
+@runtime_checkable
+class ForwardBackend(Backend, Protocol):
+    """Capability ``forward``: logits of the decoder (``hyperclone_core.decoder`` run
+    with the backend's ``ArrayOps``), weights given as numpy arrays by checkpoint
+    name.  Optional ``dtype=`` keyword ("float32", "bfloat16").  Optional
+    ``supports(cfg) -> str | None``: a reason this backend cannot run ``cfg`` (the
+    suite skips with it), None when it can."""
+
+    def forward(self, family, cfg, weights: Mapping[str, np.ndarray], tokens) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TrainBackend(Backend, Protocol):
+    """Capability ``train``: an engine for the core trainer (``hyperclone_core.train``).
+
+    ``engine(hf_config, weights, config, optimizer)`` -> ``hyperclone_core.train.Engine``
+    over numpy ``weights`` by checkpoint name; ``random_weights(hf_config, seed)``
+    fresh weights by ``structure.init_rule`` from the backend's own RNG.  Capability
+    ``distributed`` adds ``launch_command(world, module_args)`` (see
+    ``hyperclone_core.train.engine``)."""
+
+    def engine(self, hf_config: Mapping[str, Any], weights: Mapping[str, np.ndarray], config: Any,
+               optimizer: Any) -> Any: ...
 
 
 # ---------------------------------------------------------------- interpreter
@@ -87,6 +119,25 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
     across tensors, so each is transferred once.
     """
     cache = {} if cache is None else cache
+    shape = tuple(backend.shape(x))
+    if shape != tuple(tp.source_shape):
+        raise HypercloneError(
+            f"tensor {tp.source}: the plan expects shape {list(tp.source_shape)}, got {list(shape)}"
+        )
+    whole = getattr(backend, "run_whole_program", None)
+    if whole is not None:
+        y = whole(tp, arrays, x, device, cache)
+        if y is not None:
+            return y
+    return apply_ops(backend, tp, arrays, x, device, cache)
+
+
+def apply_ops(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], x: Any,
+              device: Optional[str] = None, cache: Optional[dict] = None) -> Any:
+    """The interpreter proper: ``tp``'s ops over ``backend``'s primitives, no checks.
+    A tracing backend may trace this (its ``add_zero_sum_noise`` then keeps the noise
+    on the device: the generic AddNoise path reads two floats back)."""
+    cache = {} if cache is None else cache
 
     def dev(key: str, prepared: Optional[np.ndarray] = None, tag: str = ""):
         ck = (key, tag)
@@ -97,11 +148,6 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
     owned = False  # whether x was produced here (then in-place primitives may reuse it)
     scale_inplace = getattr(backend, "scale_", None)
     fused_noise = getattr(backend, "add_zero_sum_noise", None)
-    shape = tuple(backend.shape(x))
-    if shape != tuple(tp.source_shape):
-        raise HypercloneError(
-            f"tensor {tp.source}: the plan expects shape {list(tp.source_shape)}, got {list(shape)}"
-        )
     take_axes = getattr(backend, "take_axes", None)
     for op in _group_takes(tp.ops) if take_axes is not None else tp.ops:
         if isinstance(op, list):
@@ -113,13 +159,12 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
             c = dev(op.coeffs, broadcast_coeffs(arrays[op.coeffs], op.axes, ndim), f"{op.axes}/{ndim}")
             x = scale_inplace(x, c) if owned and scale_inplace is not None else backend.scale(x, c)
         elif isinstance(op, AddNoise) and owned and fused_noise is not None and \
-                (y := fused_noise(x, op.axis, dev(op.groups), op.snr_db, op.seed)) is not None:
+                (y := fused_noise(x, op.axis, dev(op.groups), op.snr_db, op.seed, n_groups(arrays, op))) is not None:
             x = y
         elif isinstance(op, AddNoise):
-            noise = backend.zero_sum_noise(backend.shape(x), op.axis, dev(op.groups), op.seed, x)
-            p_sig, p_noise = backend.mean_square(x), backend.mean_square(noise)
-            if p_sig > 0 and p_noise > 0:
-                factor = math.sqrt(p_sig / p_noise / 10.0 ** (op.snr_db / 10.0))
+            noise = backend.zero_sum_noise(backend.shape(x), op.axis, dev(op.groups), op.seed, x, n_groups(arrays, op))
+            factor = noise_factor(backend.mean_square(x), backend.mean_square(noise), op.snr_db)
+            if factor > 0.0:
                 x = backend.add_scaled(x, noise, factor)
         elif isinstance(op, Reshape):
             x = backend.reshape(x, op.shape)
@@ -129,6 +174,11 @@ def run_program(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], 
             raise TypeError(f"unknown op {op!r}")
         owned = True
     return x
+
+
+def n_groups(arrays: Mapping[str, np.ndarray], op: AddNoise) -> int:
+    """How many old indices an AddNoise's copies come from (a host int)."""
+    return int(np.asarray(arrays[op.groups]).max()) + 1
 
 
 def _group_takes(ops) -> list:
@@ -202,7 +252,8 @@ def loadable_backends() -> dict:
 
 
 __all__ = [
-    "Backend", "CAPABILITIES", "ENTRY_POINT_GROUP", "available_backends", "broadcast_coeffs",
-    "load_backend", "loadable_backends", "run_program",
+    "Backend", "CAPABILITIES", "ENTRY_POINT_GROUP", "ExpandBackend", "ForwardBackend", "TrainBackend",
+    "apply_ops", "available_backends", "broadcast_coeffs", "load_backend", "loadable_backends", "n_groups",
+    "run_program",
 ]
 

@@ -146,6 +146,32 @@ def block_copies(shape: Sequence[int], patterns: Sequence[tuple]) -> tuple:
     return tuple(out_shape), copies
 
 
+def uniform_layout(groups: np.ndarray):
+    """``(m, k, layout)`` when a map of M = k*m indices gives every old index k copies
+    laid out as ``tile`` (copy-major: j -> j mod m) or ``interleave`` (side by side:
+    j -> j div k); None otherwise (uneven or scattered copies)."""
+    groups = np.asarray(groups)
+    n = len(groups)
+    if n == 0:
+        return None
+    m = int(groups.max()) + 1
+    if n % m:
+        return None
+    k = n // m
+    j = np.arange(n)
+    if np.array_equal(groups, j % m):
+        return m, k, "tile"
+    if np.array_equal(groups, j // k):
+        return m, k, "interleave"
+    return None
+
+
+def layout_of(groups: np.ndarray):
+    """``"tile"`` / ``"interleave"`` for a uniform map with copies (see ``uniform_layout``), else None."""
+    u = uniform_layout(groups)
+    return u[2] if u is not None and u[1] > 1 else None
+
+
 def copy_ids(src: np.ndarray) -> np.ndarray:
     """Number the copies of each old index 0, 1, ... in order of appearance."""
     order = np.argsort(src, kind="stable")

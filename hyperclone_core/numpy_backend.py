@@ -1,12 +1,18 @@
-"""The numpy reference backend: expand + forward, the oracle every backend is held to."""
+"""The numpy reference backend: expand + forward, the oracle every backend is held to.
+
+Its forward is ``hyperclone_core.decoder`` run by numpy (``NumpyOps``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import io, reference
+from . import decoder, io
 from .dtypes import cast_numpy
 from .growth import block_copies, split_takes
+from .noise import mean_square, noise_factor, zero_sum_noise
+from .structure import Params
+
+OPS = decoder.NumpyOps()
 
 
 class NumpyBackend:
@@ -53,17 +59,17 @@ class NumpyBackend:
     def scale_(self, x, coeffs):
         return np.multiply(x, coeffs.astype(x.dtype, copy=False), out=x)
 
-    def zero_sum_noise(self, shape, axis, groups, seed, like):
+    def zero_sum_noise(self, shape, axis, groups, seed, like, n_groups=None):
         dtype = like.dtype if like.dtype in (np.float32, np.float64) else np.float32
-        return reference.zero_sum_noise(shape, axis, groups, seed, dtype)
+        return zero_sum_noise(shape, axis, groups, seed, dtype)
 
-    def add_zero_sum_noise(self, x, axis, groups, snr_db, seed, chunk_elems=1 << 24):
+    def add_zero_sum_noise(self, x, axis, groups, snr_db, seed, n_groups=None, chunk_elems=1 << 24):
         """AddNoise in place on ``x``, a block of rows at a time, so the noise never
         needs a tensor-sized buffer: pass 1 measures the noise power, pass 2
         regenerates the same blocks (seeded by block number) and adds them."""
         if x.dtype not in (np.float32, np.float64):
             return None  # the interpreter falls back to the generic path
-        p_sig = reference.mean_square(x)
+        p_sig = mean_square(x)
         if p_sig == 0.0:
             return x
         row_axis = 0 if axis != 0 or x.ndim == 1 else 1
@@ -74,17 +80,16 @@ class NumpyBackend:
 
         def block_noise(b, sl):
             view = x[(slice(None),) * row_axis + (sl,)] if x.ndim > 1 else x
-            return view, reference.zero_sum_noise(view.shape, axis, groups, [seed, b], x.dtype)
+            return view, zero_sum_noise(view.shape, axis, groups, [seed, b], x.dtype)
 
         total, kept = 0.0, None
         for b, sl in enumerate(blocks):
             _, n = block_noise(b, sl)
-            total += reference.mean_square(n) * n.size
+            total += mean_square(n) * n.size
             kept = n if len(blocks) == 1 else None  # one block: no need to draw it twice
-        p_noise = total / x.size
-        if p_noise == 0.0:
+        factor = x.dtype.type(noise_factor(p_sig, total / x.size, snr_db))
+        if factor == 0.0:
             return x
-        factor = x.dtype.type(np.sqrt(p_sig / p_noise / 10.0 ** (snr_db / 10.0)))
         for b, sl in enumerate(blocks):
             view, n = (x, kept) if kept is not None else block_noise(b, sl)
             n *= factor
@@ -92,7 +97,7 @@ class NumpyBackend:
         return x
 
     def mean_square(self, x):
-        return reference.mean_square(x)
+        return mean_square(x)
 
     def add_scaled(self, x, noise, factor):
         noise *= noise.dtype.type(factor)  # the noise buffer is ours: reuse it
@@ -111,7 +116,9 @@ class NumpyBackend:
         if dtype == "bfloat16":
             weights = {k: cast_numpy(np.asarray(v, np.float32), "bfloat16") for k, v in weights.items()}
             dtype = "float32"
-        return reference.forward(family, cfg, weights, tokens, dtype=np.dtype(dtype))
+        dt = np.dtype(dtype)
+        params = Params(family, cfg, weights, convert=lambda w: np.asarray(w).astype(dt))
+        return decoder.forward(cfg, params, np.asarray(tokens), OPS)
 
     # checkpoints
     def save_checkpoint(self, folder, hf_config, weights):

@@ -234,6 +234,11 @@ class Plan:
         def dec(d):
             d = dict(d)
             d["layer_types"] = tuple(d.get("layer_types") or ())
+            if "qkv_layout" not in d:  # plans written before the layout was a config field
+                from .families import get_family
+
+                read = get_family(doc["source_config"].get("model_type", doc["family"])).read(doc["source_config"])
+                d.update(qkv_layout=read.qkv_layout, fused_gate_up=read.fused_gate_up)
             return DecoderConfig(**d)
 
         return cls(

@@ -126,6 +126,8 @@ class DecoderConfig:
     parallel_residual: bool = False
     final_norm: bool = True
     mlp: str = "gated"                # gated | plain
+    fused_gate_up: bool = False       # phi3: one gate|up matrix
+    qkv_layout: str = "separate"      # separate | concat (q|k|v rows) | per_head (heads x 3 x head_dim)
     act: str = "silu"
     pos: str = "rope"                 # rope | learned
     rope_theta: float = 10000.0

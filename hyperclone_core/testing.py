@@ -3,12 +3,12 @@ and the conformance suite build models from (no download, no framework)."""
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
 from .families import family_for_config
-from .spec import tensor_names
+from .structure import is_norm, slots, tied_away
 
 _LLAMA = dict(
     vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -58,34 +58,25 @@ keys, so the same configs build the same models under either major version."""
 
 
 def random_weights(hf_config: Mapping, seed: int = 0, dtype=np.float32, scale: float = 0.2) -> dict:
-    """Random weights for every tensor of ``hf_config``; norm gains and biases are
-    perturbed away from their defaults (gains of exactly 1 hide mistakes)."""
+    """Random weights for every stored tensor of ``hf_config``; norm gains and biases
+    are perturbed away from their defaults (gains of exactly 1 hide mistakes)."""
     family = family_for_config(hf_config)
     cfg = family.read(hf_config)
-    sizes = cfg.sizes()
     rng = np.random.default_rng(seed)
     out = {}
-    for name, (role, _, _) in tensor_names(family, cfg).items():
-        shape = role.shape(sizes)
-        if role.kind.startswith("norm") or role.kind.endswith("_norm"):
-            base = 0.0 if (cfg.norm_unit_offset or role.kind.endswith(".bias")) else 1.0
+    for name, s in slots(family, cfg, stored_only=False).items():
+        shape, kind = s.shape, s.kind
+        if is_norm(kind):
+            base = 0.0 if (cfg.norm_unit_offset or kind.endswith(".bias")) else 1.0
             w = base + 0.3 * rng.standard_normal(shape)
         elif len(shape) == 1:
             w = 0.1 * rng.standard_normal(shape)
         else:
-            fan_in = shape[-1] if role.kind not in ("embed", "pos_embed") else 1
+            fan_in = shape[-1] if kind not in ("embed", "pos_embed") else 1
             w = rng.standard_normal(shape) * (scale if fan_in == 1 else fan_in ** -0.5)
-        out[name] = w.astype(dtype)
-    if cfg.tie_embeddings:
-        out.pop(_lm_head_name(family, cfg), None)
+        if not tied_away(s.role, cfg):  # drawn either way, so tied and untied cases share a stream
+            out[name] = w.astype(dtype)
     return out
-
-
-def _lm_head_name(family, cfg) -> Optional[str]:
-    for name, (role, _, _) in tensor_names(family, cfg).items():
-        if role.kind == "lm_head":
-            return name
-    return None
 
 
 def random_tokens(vocab: int, batch: int = 2, seq: int = 12, seed: int = 0) -> np.ndarray:

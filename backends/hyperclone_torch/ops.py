@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
+from typing import Optional
 
 import numpy as np
 import torch
 
-from hyperclone_core.growth import block_copies, slice_copies, split_takes
+from hyperclone_core.growth import block_copies, slice_copies, split_takes, uniform_layout
+from hyperclone_core.noise import noise_factor
 
 _SCOPE: dict = {"active": False, "owned": {}}
 
@@ -158,17 +160,7 @@ def _uniform_copies(groups: torch.Tensor) -> tuple:
 
 
 def _detect_layout(g: torch.Tensor) -> tuple:
-    M = g.numel()
-    m = int(g.max()) + 1
-    if M % m:
-        return None
-    k = M // m
-    j = torch.arange(M)
-    if torch.equal(g, j % m):
-        return m, k, "tile"
-    if torch.equal(g, j // k):
-        return m, k, "interleave"
-    return None
+    return uniform_layout(g.numpy())
 
 
 CHUNK = 1 << 22
@@ -215,7 +207,8 @@ def _helmert(k: int) -> torch.Tensor:
     return h
 
 
-def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torch.Tensor) -> torch.Tensor:
+def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torch.Tensor,
+                   n_groups: Optional[int] = None) -> torch.Tensor:
     """Gaussian noise (float32, seeded torch.Generator on ``like``'s device),
     projected to sum 0 over the copies of each group along ``axis``."""
     device = like.device
@@ -250,7 +243,8 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
     return _own(noise.sub_(torch.index_select(means, axis, groups)))
 
 
-def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db: float, seed: int):
+def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db: float, seed: int,
+                       n_groups: Optional[int] = None):
     """The whole AddNoise op in place, with no noise buffer of x's size: for k uniform copies the noise is H^T u
     (``zero_sum_noise``'s law and seed), and since H's rows are orthonormal its
     power is exactly u's, so x takes ``factor * h[r, c] * u[r]`` copy by copy.
@@ -263,11 +257,9 @@ def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db:
     m, k, layout = uniform
     shape = tuple(x.shape)
     u = gaussian((k - 1,) + shape[:axis] + (m,) + shape[axis + 1:], seed, x.device)
-    p_sig = mean_square(x)
-    p_noise = mean_square(u) * u.numel() / x.numel()
-    if p_sig == 0.0 or p_noise == 0.0:
+    factor = noise_factor(mean_square(x), mean_square(u) * u.numel() / x.numel(), snr_db)
+    if factor == 0.0:
         return x
-    factor = math.sqrt(p_sig / p_noise / 10.0 ** (snr_db / 10.0))
     h = _helmert(k)
     split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
     view = x.view(split)

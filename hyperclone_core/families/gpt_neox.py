@@ -52,7 +52,7 @@ def read(hf) -> DecoderConfig:
         positions=int(hf.get("max_position_embeddings") or 2048),
         norm="layer", norm_eps=float(hf.get("layer_norm_eps") or 1e-5), norm_bias=True,
         parallel_residual=bool(hf.get("use_parallel_residual", True)),
-        mlp="plain", act=hf.get("hidden_act") or "gelu", pos="rope", rope_theta=rope["theta"],
+        mlp="plain", act=hf.get("hidden_act") or "gelu", pos="rope", qkv_layout="per_head", rope_theta=rope["theta"],
         rotary_dim=0 if rd == head_dim else rd,
         qkv_bias=bias, o_bias=bias, mlp_bias=True,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),

@@ -123,7 +123,7 @@ def _phi3(hf):
     if (hf.get("rope_scaling") or {}).get("type") not in (None, "default") or \
             (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
         raise ConfigError("phi3 with long-context rope scaling is not supported yet; supported: default rope")
-    return read_llama_like(hf, "phi3")
+    return read_llama_like(hf, "phi3", qkv_layout="concat", fused_gate_up=True)
 
 
 phi3 = Family("phi3", ("phi3",), PHI3_ROLES, _phi3, LLAMA_KEYS, "Phi3ForCausalLM")

@@ -102,14 +102,14 @@ class ListyBackend:
             out[flat] = v * c[ci]
         return Listy(out, x.shape)
 
-    def zero_sum_noise(self, shape, axis, groups, seed, like):
+    def zero_sum_noise(self, shape, axis, groups, seed, like, n_groups):
         """Gaussian noise from Python's own RNG (not numpy's: the suite checks the
         invariants, not the bits), minus its mean over the copies of each group."""
         rng = random.Random(seed)
         n = math.prod(shape)
         noise = [rng.gauss(0.0, 1.0) for _ in range(n)]
-        g = list(groups.data)
-        m = max(g) + 1
+        g = [int(v) for v in groups.data]
+        m = n_groups
         count = [0] * m
         for v in g:
             count[v] += 1
@@ -150,6 +150,8 @@ class ListyBackend:
 
     # -- model ------------------------------------------------------------------
     def forward(self, family, cfg, weights, tokens):
+        """The core's decoder maths, run by numpy in float32: a backend gets its
+        forward by handing the maths an array namespace, never by copying it."""
         from hyperclone_core import reference
 
         return reference.forward(family, cfg, weights, tokens, dtype=np.float32)

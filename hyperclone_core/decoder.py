@@ -1,0 +1,385 @@
+"""The decoder maths, written once for every family and every backend.
+
+Every family is one ``DecoderConfig`` (norm kind and placement, MLP kind, RoPE,
+fused-QKV layout, GQA, qk-norm, sliding windows, softcaps, parallel residual,
+MoE routing); nothing here names a family.  The functions take an ``ArrayOps``:
+an array namespace ``xp`` that numpy, ``jax.numpy`` and ``mlx.core`` all serve
+(the functions used are the subset they share), plus a few hooks a backend may
+override for speed or exactness (``linear``, ``embed``, fused ``attention``,
+``rms_norm``/``layer_norm``, ``rope``, ``erf``, stable ``top_k``,
+``stop_gradient``, the dtype policy).  numpy running it is the oracle; tracing
+backends compile it; torch runs it inside its ``nn.Module`` for FSDP and compile.
+
+RoPE tables and attention masks are built on the host in float64/bool numpy and
+handed over with ``ops.constant`` (JAX without x64 and MLX on GPU have no float64).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .spec import DecoderConfig
+
+ACT_ALIASES = {"swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+               "gelu_fast": "gelu_tanh"}
+ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh")
+
+
+def activation_key(name: str) -> str:
+    """The canonical name of an HF activation; refuses, naming the supported ones."""
+    key = ACT_ALIASES.get(name, name)
+    if key not in ACTIVATIONS:
+        raise ConfigError(f"activation {name!r} is not supported; supported: {sorted(ACTIVATIONS + tuple(ACT_ALIASES))}")
+    return key
+
+
+# ---------------------------------------------------------------- host tables
+
+
+def rope_tables(cfg: DecoderConfig, T: int) -> tuple:
+    """cos, sin of shape (T, rotary_dim) in float64 on the host (exact angles at long positions)."""
+    rd = cfg.rotary_dim or cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, rd, 2, dtype=np.float64) / rd))
+    freqs = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
+    emb = np.concatenate([freqs, freqs], -1)
+    return np.cos(emb), np.sin(emb)
+
+
+def causal_mask(T: int, window: int = 0) -> np.ndarray:
+    """(T, T) bool: query q may attend key k (k <= q, and q - k < window if a window is set)."""
+    q, k = np.arange(T)[:, None], np.arange(T)[None, :]
+    allowed = k <= q
+    if window:
+        allowed &= (q - k) < window
+    return allowed
+
+
+def window_of(cfg: DecoderConfig, layer: int) -> int:
+    """The sliding window of ``layer`` (0: full causal attention)."""
+    if cfg.sliding_window and cfg.layer_types and cfg.layer_types[layer] == "sliding_attention":
+        return int(cfg.sliding_window)
+    return 0
+
+
+@dataclass
+class Tables:
+    """What every layer of one forward shares: sequence length and the RoPE tables
+    (in the compute dtype, on the device)."""
+
+    T: int
+    cos: Any = None
+    sin: Any = None
+
+
+def tables(cfg: DecoderConfig, T: int, ops: "ArrayOps", dtype) -> Tables:
+    if cfg.pos != "rope":
+        return Tables(T)
+    cos, sin = rope_tables(cfg, T)
+    return Tables(T, ops.constant(cos, dtype), ops.constant(sin, dtype))
+
+
+# ---------------------------------------------------------------- the namespace and its hooks
+
+
+class ArrayOps:
+    """The array functions the maths calls.  Defaults use only ``xp``'s shared subset
+    (``concatenate``, ``exp``, ``tanh``, ``sqrt``, ``clip``, ``where``, ``mean``,
+    ``max``, ``sum``, ``reshape``, ``swapaxes``, ``repeat``, ``take_along_axis``,
+    ``zeros_like``, ``argsort``) and array methods (``astype``, ``.T``, indexing, ``@``);
+    a backend subclasses and overrides a hook where its framework has a fused or
+    exact kernel.  An override must compute the same function (the conformance
+    suite compares every backend with numpy running these defaults)."""
+
+    def __init__(self, xp: Any):
+        self.xp = xp
+
+    # dtypes ------------------------------------------------------------
+    def compute_dtype(self, dtype):
+        """Norms and softmax run in at least float32."""
+        return self.xp.float32 if dtype in self.low_precision() else dtype
+
+    def low_precision(self) -> tuple:
+        return tuple(getattr(self.xp, n) for n in ("float16", "bfloat16") if hasattr(self.xp, n))
+
+    def astype(self, x, dtype):
+        return x if x.dtype == dtype else x.astype(dtype)
+
+    def constant(self, array: np.ndarray, dtype=None):
+        """A host numpy array (float64 tables, bool masks, int indices) on the device."""
+        return self.xp.asarray(array, dtype=dtype)
+
+    def stop_gradient(self, x):
+        return x
+
+    # linear algebra ----------------------------------------------------
+    def linear(self, x, w, b=None):
+        y = x @ w.T
+        return y if b is None else y + b
+
+    def embed(self, table, ids):
+        return table[ids]
+
+    # elementwise -------------------------------------------------------
+    def rsqrt(self, x):
+        return 1.0 / self.xp.sqrt(x)
+
+    def erf(self, x):  # pragma: no cover - numpy overrides; others supply theirs
+        raise NotImplementedError(f"{type(self).__name__} has no erf: exact GELU needs one")
+
+    def act(self, name: str) -> Callable:
+        return getattr(self, activation_key(name))
+
+    def silu(self, x):
+        return x / (1.0 + self.xp.exp(-x))
+
+    def relu(self, x):
+        return self.xp.maximum(x, 0)
+
+    def gelu(self, x):
+        return 0.5 * x * (1.0 + self.erf(x / math.sqrt(2.0)))
+
+    def gelu_tanh(self, x):
+        return 0.5 * x * (1.0 + self.xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+    def softmax(self, x):
+        x = x - self.xp.max(x, axis=-1, keepdims=True)
+        e = self.xp.exp(x)
+        return e / self.xp.sum(e, axis=-1, keepdims=True)
+
+    # norms -------------------------------------------------------------
+    def rms_norm(self, x, w, eps: float, unit_offset: bool):
+        """x in the compute dtype; ``w`` may be None (no gain)."""
+        y = x * self.rsqrt(self.xp.mean(x * x, axis=-1, keepdims=True) + eps)
+        if w is None:
+            return y
+        return y * ((1.0 + w) if unit_offset else w)
+
+    def layer_norm(self, x, w, b, eps: float):
+        mu = self.xp.mean(x, axis=-1, keepdims=True)
+        d = x - mu
+        y = d * self.rsqrt(self.xp.mean(d * d, axis=-1, keepdims=True) + eps)
+        if w is not None:
+            y = y * w
+        return y if b is None else y + b
+
+    # positions and attention ----------------------------------------
+    def rope(self, x, cos, sin):
+        """Rotate-half RoPE on the first ``cos.shape[-1]`` features of x (B, T, H, D)."""
+        rd = cos.shape[-1]
+        rot, rest = x[..., :rd], x[..., rd:]
+        half = rd // 2
+        rotated = self.xp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+        out = rot * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+        return self.xp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+
+    def attention(self, q, k, v, *, scale: float, window: int, softcap: float):
+        """Causal attention; q (B, T, H, D), k/v (B, T, KV, D) with H a multiple of KV
+        (query head h reads kv head h // (H // KV)); returns (B, T, H, D)."""
+        xp = self.xp
+        H, KV = q.shape[2], k.shape[2]
+        if H != KV:
+            k, v = xp.repeat(k, H // KV, axis=2), xp.repeat(v, H // KV, axis=2)
+        q, k, v = (xp.swapaxes(t, 1, 2) for t in (q, k, v))
+        scores = (q @ xp.swapaxes(k, -1, -2)) * scale
+        if softcap:
+            scores = xp.tanh(scores / softcap) * softcap
+        allowed = self.constant(causal_mask(q.shape[2], window))
+        scores = xp.where(allowed, scores, -math.inf)
+        probs = self.astype(self.softmax(self.astype(scores, self.compute_dtype(scores.dtype))), q.dtype)
+        return xp.swapaxes(probs @ v, 1, 2)
+
+    # routing -------------------------------------------------------------
+    def top_k(self, x, k: int):
+        """Indices of the k largest entries along the last axis, largest first; ties go
+        to the lower index (what transformers' routing picks)."""
+        return self.xp.argsort(-x, axis=-1, kind="stable")[..., :k]
+
+
+class NumpyOps(ArrayOps):
+    """numpy: the oracle (float64 by default)."""
+
+    def __init__(self):
+        super().__init__(np)
+        self._erf = np.frompyfunc(math.erf, 1, 1)
+
+    def erf(self, x):
+        return self._erf(x).astype(x.dtype)
+
+
+# ---------------------------------------------------------------- the maths
+
+Get = Callable[..., Any]
+"""A weight getter: ``get(kind, expert=None)`` -> array or None (see ``structure.Params``)."""
+
+
+def norm(cfg: DecoderConfig, o: ArrayOps, x, w, b):
+    """The family's norm of x, computed in the compute dtype and returned in x's."""
+    cdt = o.compute_dtype(x.dtype)
+    y = o.astype(x, cdt)
+    if cfg.norm == "layer_noparam":
+        w = b = None
+    w = None if w is None else o.astype(w, cdt)
+    b = None if b is None else o.astype(b, cdt)
+    if cfg.norm == "rms":
+        y = o.rms_norm(y, w, cfg.norm_eps, cfg.norm_unit_offset)
+    else:
+        y = o.layer_norm(y, w, b, cfg.norm_eps)
+    return o.astype(y, x.dtype)
+
+
+def _qk_norm(cfg: DecoderConfig, o: ArrayOps, x, w):
+    return norm(replace(cfg, norm="rms"), o, x, w, None)
+
+
+def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
+    xp = o.xp
+    B, T, _ = x.shape
+    H, KV, D = cfg.heads, cfg.kv_heads, cfg.head_dim
+    if cfg.qkv_layout == "separate":
+        q = o.linear(x, get("attn.q"), get("attn.q.bias"))
+        k = o.linear(x, get("attn.k"), get("attn.k.bias"))
+        v = o.linear(x, get("attn.v"), get("attn.v.bias"))
+    else:
+        qkv = o.linear(x, get("attn.qkv"), get("attn.qkv.bias"))
+        if cfg.qkv_layout == "per_head":  # heads x 3 x head_dim
+            qkv = xp.reshape(qkv, (B, T, H, 3, D))
+            q, k, v = (xp.reshape(qkv[:, :, :, j], (B, T, H * D)) for j in range(3))
+        else:  # "concat": q | k | v
+            q, k, v = qkv[..., :H * D], qkv[..., H * D:(H + KV) * D], qkv[..., (H + KV) * D:]
+    if cfg.clip_qkv:
+        q, k, v = (xp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+    if cfg.qk_norm == "full":
+        q, k = _qk_norm(cfg, o, q, get("attn.q_norm")), _qk_norm(cfg, o, k, get("attn.k_norm"))
+    q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, D))
+    if cfg.qk_norm == "head":
+        q, k = _qk_norm(cfg, o, q, get("attn.q_norm")), _qk_norm(cfg, o, k, get("attn.k_norm"))
+    if cfg.pos == "rope":
+        q, k = o.rope(q, tb.cos, tb.sin), o.rope(k, tb.cos, tb.sin)
+    out = o.attention(q, k, v, scale=cfg.attn_scale or D ** -0.5, window=window_of(cfg, layer),
+                      softcap=cfg.attn_softcap)
+    return o.linear(xp.reshape(out, (B, T, H * D)), get("attn.o"), get("attn.o.bias"))
+
+
+def mlp(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
+    act = o.act(cfg.act)
+    if cfg.experts:
+        return moe(cfg, get, x, o, act)
+    if cfg.fused_gate_up:
+        gu = o.linear(x, get("mlp.gate_up"))
+        half = gu.shape[-1] // 2
+        return o.linear(act(gu[..., :half]) * gu[..., half:], get("mlp.down"), get("mlp.down.bias"))
+    up = o.linear(x, get("mlp.up"), get("mlp.up.bias"))
+    up = act(o.linear(x, get("mlp.gate"), get("mlp.gate.bias"))) * up if cfg.mlp == "gated" else act(up)
+    return o.linear(up, get("mlp.down"), get("mlp.down.bias"))
+
+
+def moe(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
+    """Top-k routing, computed densely (every expert on every token, weighted by its
+    routing weight, 0 where not chosen): static shapes for tracing backends, and no
+    gradient through the index arrays."""
+    xp = o.xp
+    probs = o.softmax(o.astype(o.linear(x, get("moe.router")), o.compute_dtype(x.dtype)))
+    top = o.top_k(o.stop_gradient(probs), cfg.experts_per_tok)
+    weights = xp.take_along_axis(probs, top, axis=-1)
+    weights = o.astype(weights / xp.sum(weights, axis=-1, keepdims=True), x.dtype)
+    out = xp.zeros_like(x)
+    for e in range(cfg.experts):
+        w_e = xp.sum(weights * o.astype(top == e, weights.dtype), axis=-1, keepdims=True)
+        h = act(o.linear(x, get("moe.gate", e))) * o.linear(x, get("moe.up", e))
+        out = out + w_e * o.linear(h, get("moe.down", e))
+    return out
+
+
+def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
+    """One decoder layer: its norm placement around attention and MLP."""
+    def n(kind, h):
+        return norm(cfg, o, h, get(kind), get(kind + ".bias"))
+
+    def attn(h):
+        return attention(cfg, get, h, layer, tb, o)
+
+    if cfg.parallel_residual:
+        return x + attn(n("norm.attn_in", x)) + mlp(cfg, get, n("norm.mlp_in", x), o)
+    if cfg.placement == "pre":
+        h = x + attn(n("norm.attn_in", x))
+        return h + mlp(cfg, get, n("norm.mlp_in", h), o)
+    if cfg.placement == "post":
+        h = n("norm.attn_in", x + attn(x))
+        return n("norm.mlp_in", h + mlp(cfg, get, h, o))
+    if cfg.placement == "sandwich":
+        h = x + n("norm.attn_out", attn(n("norm.attn_in", x)))
+        return h + n("norm.mlp_out", mlp(cfg, get, n("norm.mlp_in", h), o))
+    if cfg.placement == "post_sublayer":
+        h = x + n("norm.attn_out", attn(x))
+        return h + n("norm.mlp_out", mlp(cfg, get, h, o))
+    raise ValueError(f"unknown norm placement {cfg.placement!r}")
+
+
+def embed(cfg: DecoderConfig, get: Get, tokens, o: ArrayOps):
+    """Token (and learned position) embeddings, scaled and projected as the family says."""
+    x = o.embed(get("embed"), tokens)
+    if cfg.embed_scale:
+        x = x * o.constant(np.asarray(math.sqrt(cfg.hidden)), x.dtype)
+    if get("proj_in") is not None:
+        x = o.linear(x, get("proj_in"))
+    if cfg.pos == "learned":
+        T = tokens.shape[1]
+        pos = o.constant(np.arange(T) + cfg.learned_pos_offset)
+        x = x + o.embed(get("pos_embed"), pos)[None]
+    return x
+
+
+def head(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
+    """Final norm, projection and LM head (the embedding table when tied), softcapped."""
+    if cfg.final_norm:
+        x = norm(cfg, o, x, get("norm.final"), get("norm.final.bias"))
+    if get("proj_out") is not None:
+        x = o.linear(x, get("proj_out"))
+    logits = o.linear(x, get("embed") if cfg.tie_embeddings else get("lm_head"))
+    if cfg.final_softcap:
+        logits = o.xp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+    return logits
+
+
+def check_length(cfg: DecoderConfig, T: int) -> None:
+    if cfg.pos == "learned" and T > cfg.positions:
+        raise ConfigError(f"sequence length {T} exceeds the model's {cfg.positions} positions (learned position embeddings)")
+
+
+def forward(cfg: DecoderConfig, params, tokens, o: ArrayOps,
+            layers: Optional[Sequence[Callable]] = None, tb: Optional[Tables] = None):
+    """Logits (B, T, vocab) of tokens (B, T).
+
+    ``params`` is a ``structure.Params`` (or any getter ``params(kind, layer=None,
+    expert=None)`` with ``params.layer(i)``).  ``layers``, if given, are callables
+    ``layer(x, tables)`` run in place of ``block`` (torch passes its per-layer
+    modules, so FSDP's hooks fire); ``tb`` lets a caller cache the tables."""
+    T = tokens.shape[1]
+    check_length(cfg, T)
+    x = embed(cfg, params, tokens, o)
+    tb = tb if tb is not None else tables(cfg, T, o, x.dtype)
+    for i in range(cfg.layers):
+        x = layers[i](x, tb) if layers is not None else block(cfg, params.layer(i), x, i, tb, o)
+    return head(cfg, params, x, o)
+
+
+def cross_entropy(o: ArrayOps, logits, targets):
+    """Mean next-token cross entropy in (at least) float32."""
+    xp = o.xp
+    x = o.astype(logits, o.compute_dtype(logits.dtype))
+    x = x - o.stop_gradient(xp.max(x, axis=-1, keepdims=True))
+    logz = xp.log(xp.sum(xp.exp(x), axis=-1, keepdims=True))
+    picked = xp.take_along_axis(x, targets[..., None], axis=-1)
+    return xp.mean(logz - picked)
+
+
+__all__ = [
+    "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "NumpyOps", "Tables", "activation_key", "attention", "block",
+    "causal_mask", "check_length", "cross_entropy", "embed", "forward", "head", "mlp", "moe", "norm",
+    "rope_tables", "tables", "window_of",
+]

@@ -1,0 +1,90 @@
+"""Zero-sum noise (numpy), its scale, and seeds every framework can take.
+
+The plan gives each noisy tensor a 63-bit seed; each backend draws the noise with
+its own RNG (noisy plans agree across backends in their invariants, not bits), so
+the one rule that must be shared is how big the noise is (``noise_factor``) and
+how a seed becomes framework RNG state without losing bits (``seed_words``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def noise_factor(p_signal: float, p_noise: float, snr_db: float) -> float:
+    """The factor that scales noise of mean power ``p_noise`` to ``snr_db`` below a
+    signal of mean power ``p_signal`` (0 when either power is 0: nothing to add)."""
+    if p_signal <= 0.0 or p_noise <= 0.0:
+        return 0.0
+    return math.sqrt(p_signal / p_noise / 10.0 ** (snr_db / 10.0))
+
+
+def seed_words(seed: int, words: int = 2) -> tuple:
+    """A non-negative seed (the plan's are 63-bit) as ``words`` 32-bit unsigned ints,
+    most significant first.  ``jax.random.PRNGKey(seed)`` keeps only the low 32 bits
+    without x64; ``jax.random.wrap_key_data(np.array(seed_words(seed), np.uint32))``
+    keeps them all.  Refuses a seed that does not fit."""
+    seed = int(seed)
+    if seed < 0 or seed >= 1 << (32 * words):
+        raise ValueError(f"seed {seed} does not fit in {words} unsigned 32-bit words")
+    return tuple((seed >> (32 * (words - 1 - k))) & 0xFFFFFFFF for k in range(words))
+
+
+def derive_seed(seed: int, *path: int) -> int:
+    """A 63-bit seed for a sub-stream (block ``b`` of a tensor, chunk ``c`` ...) that
+    depends on every bit of ``seed`` and ``path`` (FNV-1a over their bytes)."""
+    h = 1469598103934665603
+    for v in (int(seed), *map(int, path)):
+        for b in v.to_bytes(16, "little", signed=True):
+            h = ((h ^ b) * 1099511628211) % (1 << 64)
+    return h % (1 << 63)
+
+
+def zero_sum_noise(shape, axis: int, groups: np.ndarray, seed, dtype=np.float32) -> np.ndarray:
+    """Standard Gaussian noise projected to sum 0 over the copies of each group
+    (``seed``: an int or a list of ints, as numpy's SeedSequence takes)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(shape, dtype=np.dtype(dtype))
+    project_zero_sum(noise, axis, groups)
+    return noise
+
+
+def project_zero_sum(x: np.ndarray, axis: int, groups: np.ndarray) -> None:
+    """In place: subtract from every element the mean of its group along ``axis``."""
+    from .growth import copy_ids, layout_of
+
+    n, m = len(groups), int(groups.max()) + 1
+    k = n // m
+    shape = x.shape[:axis] + (None,) + x.shape[axis + 1:]
+    layout = layout_of(groups) if x.flags.c_contiguous else None
+    if layout == "tile":  # k blocks of m
+        v = x.reshape(shape[:axis] + (k, m) + shape[axis + 1:])
+        v -= v.mean(axis=axis, keepdims=True)
+        return
+    if layout == "interleave":  # m runs of k
+        v = x.reshape(shape[:axis] + (m, k) + shape[axis + 1:])
+        v -= v.mean(axis=axis + 1, keepdims=True)
+        return
+    # uneven growth: within one copy number each old index appears once, so a
+    # loop over copy numbers (few) needs no scatter
+    moved = np.moveaxis(x, axis, -1)
+    cid = copy_ids(groups)
+    sels = [np.flatnonzero(cid == c) for c in range(int(cid.max()) + 1)]
+    sums = np.zeros(moved.shape[:-1] + (m,), dtype=np.float64)
+    for sel in sels:
+        sums[..., groups[sel]] += moved[..., sel]
+    mean = (sums / np.bincount(groups, minlength=m)).astype(x.dtype)
+    for sel in sels:
+        moved[..., sel] -= mean[..., groups[sel]]
+
+
+def mean_square(x: np.ndarray, chunk: int = 1 << 20) -> float:
+    """mean(x**2) without a float64 copy of x (BLAS dot per chunk, summed in float64)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    total = sum(float(np.dot(flat[k:k + chunk], flat[k:k + chunk])) for k in range(0, flat.size, chunk))
+    return total / max(flat.size, 1)
+
+
+__all__ = ["derive_seed", "mean_square", "noise_factor", "project_zero_sum", "seed_words", "zero_sum_noise"]
