@@ -36,11 +36,20 @@ from hyperclone_core.corpus import CorpusError
 from hyperclone_core.corpus import load as load_corpus
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.io import write_json
-from hyperclone_torch.demo import (PRESERVATION_TOLERANCE, forgetting_dip, llama_config, preservation_error, speedup,
-                                   with_pretraining)
-from hyperclone_torch.interop import expand_model
-from hyperclone_torch.model import Decoder
-from hyperclone_torch.train import TrainConfig, clone_lr_multipliers, train
+from hyperclone_core.demo.race import PRESERVATION_TOLERANCE, llama_config
+from hyperclone_core.demo.report import forgetting_dip, speedup, with_pretraining
+from hyperclone_core.train import TrainConfig, clone_lr_multipliers
+from hyperclone_torch import Decoder, expand_model, train
+
+
+def preservation_error(small, clone, tokens) -> float:
+    """max |logits_clone - logits_small| / max |logits_small| on real tokens (the torch modules, float32)."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    with torch.no_grad():
+        a, b = small(x).float(), clone(x).float()
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
 
 CACHE_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]

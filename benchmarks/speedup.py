@@ -1,7 +1,7 @@
 """The demo's comparison at any scale: clone vs random twin vs small model kept training.
 
 Same three runs, same printed table and same results.json as ``hyperclone demo``
-(both call ``hyperclone_torch.demo.compare``); here every size and budget is a flag,
+(both call ``hyperclone_core.demo.compare`` on a backend that trains); here every size and budget is a flag,
 the data may be any UTF-8 text or a token file, and the device may be a GPU::
 
     python benchmarks/speedup.py --hidden 384 --layers 8 --heads 6 --ffn 1024 \\
@@ -26,10 +26,11 @@ from hyperclone_core.errors import HypercloneError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hyperclone_torch.demo import PRESETS, add_settings_args
+    from hyperclone_core.demo.cli import add_settings_args
+    from hyperclone_core.demo.race import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", default="torch", help="backend whose demo.compare runs the comparison")
+    p.add_argument("--backend", default="torch", help="backend whose engine trains the three runs")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", help="UTF-8 text file (byte tokens); default: the embedded corpus")
     src.add_argument("--tokens", help="token file (.npy, or .bin with --data-dtype); the last 5%% is validation")
@@ -43,13 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        import importlib
+    from hyperclone_core import demo
 
-        demo = importlib.import_module(f"hyperclone_{args.backend}.demo")
-    except ModuleNotFoundError as e:
-        print(f"speedup: backend {args.backend!r} is not installed ({e.name}); use --backend torch", file=sys.stderr)
-        return 2
     st = demo.settings_from(args, demo.PRESETS[args.preset])
     try:
         demo.check_out(args.out)
@@ -59,12 +55,13 @@ def main(argv=None) -> int:
             tokens = load_tokens(args.tokens, dtype=args.data_dtype, vocab=args.vocab)
             train, val = split(np.asarray(tokens), 0.05)
             print(f"tokens: {args.tokens}: {len(tokens):,} (train {len(train):,}, val {len(val):,})")
-            results = demo.compare(st, None, train_tokens=train, val_tokens=val, vocab=args.vocab)
+            results = demo.compare(st, None, backend=args.backend, train_tokens=train, val_tokens=val,
+                                   vocab=args.vocab)
             results["corpus"] = dict(tokens=str(args.tokens), train_tokens=len(train), val_tokens=len(val))
         else:
             corpus = load_corpus(args.text)
             print(corpus.describe())
-            results = demo.compare(st, corpus)
+            results = demo.compare(st, corpus, backend=args.backend)
         print()
         print(demo.summarize(results))
         out = demo.write_outputs(results, args.out)
@@ -72,7 +69,7 @@ def main(argv=None) -> int:
         print(f"speedup: error: {e}", file=sys.stderr)
         return 2
     print(f"\nwrote {Path(out) / 'results.json'} and {Path(out) / 'loss.png'}")
-    print(json.dumps(demo._finite(results["summary"])))
+    print(json.dumps(demo.finite(results["summary"])))
     return 0
 
 

@@ -70,8 +70,8 @@ def peak_flops(device: str, dtype: str, override: float) -> tuple:
 def measure(preset: str, args) -> dict:
     import torch
 
-    from hyperclone_torch.model import Decoder
-    from hyperclone_torch.train import TrainConfig, train
+    from hyperclone_core.train import TrainConfig
+    from hyperclone_torch import Decoder, train
 
     p = dict(PRESETS[preset])
     if args.batch_size:

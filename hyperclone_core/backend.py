@@ -176,6 +176,18 @@ def apply_ops(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], x:
     return x
 
 
+def execute(backend: Any, plan, weights: Mapping[str, np.ndarray], device: Optional[str] = None) -> dict:
+    """Every program of ``plan`` run by ``backend`` on numpy ``weights`` (by source
+    name); the results as numpy by destination name.  The source arrays are never
+    written (each program gets its own copy)."""
+    cache: dict = {}
+    out = {}
+    for tp in plan.tensors:
+        x = backend.asarray(np.array(weights[tp.source], copy=True), device)
+        out[tp.name] = np.asarray(backend.to_numpy(run_program(backend, tp, plan.arrays, x, device, cache)))
+    return out
+
+
 def n_groups(arrays: Mapping[str, np.ndarray], op: AddNoise) -> int:
     """How many old indices an AddNoise's copies come from (a host int)."""
     return int(np.asarray(arrays[op.groups]).max()) + 1
@@ -253,7 +265,7 @@ def loadable_backends() -> dict:
 
 __all__ = [
     "Backend", "CAPABILITIES", "ENTRY_POINT_GROUP", "ExpandBackend", "ForwardBackend", "TrainBackend",
-    "apply_ops", "available_backends", "broadcast_coeffs", "load_backend", "loadable_backends", "n_groups",
+    "apply_ops", "available_backends", "execute", "broadcast_coeffs", "load_backend", "loadable_backends", "n_groups",
     "run_program",
 ]
 

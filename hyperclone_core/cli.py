@@ -1,35 +1,72 @@
 """The ``hyperclone`` command: expand, plan, verify, train, demo, backends.
 
-``train`` and ``demo`` run on a backend (``--backend``, default torch) and are
-handed to that backend's ``train.main`` / ``demo.main``.
+``train`` and ``demo`` run on a backend (``--backend``, default torch) through its
+training engine; their options are in ``hyperclone_core.train.cli`` and
+``hyperclone_core.demo.cli``.
+
+Every failure ends in one line on stderr and an exit code of its class (``main``
+is the one error boundary); ``--debug`` or ``HYPERCLONE_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
+import os
 import sys
+import traceback
+import warnings
 from typing import Optional, Sequence
 
-from .errors import HypercloneError
+from . import validate
+from .errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_VERIFICATION, HypercloneError,
+                     UsageError)
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    any other error the library reports
+  2    usage: a bad option, or growth/strategy options that cannot be planned
+  3    input: a missing, unreadable, corrupt or inconsistent checkpoint, config or data file
+  4    output: the destination may not or cannot be written (exists, not hyperclone's, disk full)
+  5    verification: the clone's logits differ from the source's past the tolerance, or are not finite
+  70   internal error: a bug (rerun with --debug and report the traceback)
+  130  interrupted (Ctrl-C); nothing partial is left at the destination
+
+--debug (or HYPERCLONE_DEBUG=1) prints the traceback of any failure."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line through the error boundary."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _ratio(option: str):
+    return lambda text: validate.finite(option, text, 0.0, validate.MAX_RATIO, lo_open=True)
 
 
 def _growth_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("growth")
-    g.add_argument("--width", type=float, default=2, help="hidden-size ratio (an integer: norms need uniform growth); default 2")
+    g.add_argument("--width", type=_ratio("--width"), default=2,
+                   help="hidden-size ratio (an integer: norms need uniform growth); default 2")
     f = g.add_mutually_exclusive_group()
-    f.add_argument("--ffn", type=float, help="ffn ratio (may be uneven, e.g. 1.5); default: the width")
-    f.add_argument("--ffn-size", type=int, help="ffn size (instead of --ffn)")
-    g.add_argument("--heads", type=float, help="attention-head ratio; default: the width (head_dim fixed)")
-    g.add_argument("--kv-heads", type=float, help="kv-head ratio; default: the head ratio (MQA stays 1)")
-    g.add_argument("--layers", help="new depth: a total (e.g. 26) or +K; default: unchanged")
+    f.add_argument("--ffn", type=_ratio("--ffn"), help="ffn ratio (may be uneven, e.g. 1.5); default: the width")
+    f.add_argument("--ffn-size", type=lambda t: validate.integer("--ffn-size", t, 1, validate.MAX_DIM),
+                   help="ffn size (instead of --ffn)")
+    g.add_argument("--heads", type=_ratio("--heads"), help="attention-head ratio; default: the width (head_dim fixed)")
+    g.add_argument("--kv-heads", type=_ratio("--kv-heads"),
+                   help="kv-head ratio; default: the head ratio (MQA stays 1)")
+    g.add_argument("--layers", type=validate.depth,
+                   help=f"new depth: a total (e.g. 26) or +K, at most {validate.MAX_LAYERS}; default: unchanged")
     g.add_argument("--layout", choices=("tile", "interleave"), default="tile",
                    help="where copies go: in blocks (tile, the paper's) or side by side")
     g.add_argument("--strategy", default=None,
                    help="symmetric | diagonal | first_copy | random_split:A | noisy:DB (default noisy:10); "
                         "rules like mlp=noisy:10,attn=symmetric")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=lambda t: validate.integer("--seed", t, 0, 2**63 - 1), default=0)
     g.add_argument("--inexact", action="store_true", help="allow a plan that does not preserve the function")
 
 
@@ -38,12 +75,16 @@ def _growth_kwargs(a) -> dict:
                 layers=a.layers, strategy=a.strategy, seed=a.seed, inexact=a.inexact, layout=a.layout)
 
 
+def _tolerance(text) -> float:
+    return validate.finite("--tolerance", text, 0.0)
+
+
 def cmd_expand(a) -> int:
     from .expand import expand_checkpoint
 
     report = expand_checkpoint(
         a.src, a.dst, **_growth_kwargs(a), dtype=a.dtype, backend=a.backend, device=a.device,
-        force=a.force, verify=not a.no_verify, progress=not a.quiet,
+        force=a.force, verify=not a.no_verify, progress=not a.quiet, tolerance=a.tolerance,
     )
     g = report["growth"]
     print(f"expanded {report['family']} -> {a.dst}  ({' '.join(f'{k}={v}' for k, v in g.items())}, "
@@ -51,34 +92,38 @@ def cmd_expand(a) -> int:
     v = report.get("verification")
     if v:
         print(f"verified on {v['tokens'][0]}x{v['tokens'][1]} random tokens: max |logit diff| "
-              f"{v['max_abs_diff']:.3e} (relative {v['relative']:.2e})")
+              f"{v['max_abs_diff']:.3e} (relative {v['relative']:.2e}, tolerance {v['tolerance']:g})"
+              + ("" if v["passed"] else "  -- inexact, as --inexact allowed"))
     return 0
 
 
 def cmd_plan(a) -> int:
     from .expand import make_plan
     from .io import Checkpoint, read_config
+    from .validate import read_model
 
     cfg = read_config(a.src)
-    p = make_plan(cfg, **_growth_kwargs(a))
+    p = make_plan(cfg, **_growth_kwargs(a), where=os.path.join(a.src, "config.json"))
     if not a.no_weights_check:
-        from .families import family_for_config
-        fam = family_for_config(cfg)
-        Checkpoint(a.src).validate(fam, fam.read(cfg))
+        fam, dec = read_model(cfg)
+        Checkpoint(a.src).validate(fam, dec)
     print(p.to_json() if a.json else p)
     return 0
 
 
 def cmd_verify(a) -> int:
-    from .expand import verify_checkpoints
+    from .expand import failure, verify_checkpoints
 
-    v = verify_checkpoints(a.src, a.dst, backend=a.backend, seq=a.seq)
-    print(json.dumps(v, indent=1) if a.json else
-          f"max |logit diff| {v['max_abs_diff']:.3e}  max |logit| {v['max_abs_logit']:.3e}  "
-          f"relative {v['relative']:.2e}  ({v['tokens'][0]}x{v['tokens'][1]} tokens, {v['backend']})")
-    if a.tolerance is not None and v["relative"] > a.tolerance:
-        print(f"FAIL: relative difference {v['relative']:.2e} > tolerance {a.tolerance:g}", file=sys.stderr)
-        return 1
+    v = verify_checkpoints(a.src, a.dst, backend=a.backend, seq=a.seq, tolerance=a.tolerance)
+    if a.json:
+        print(json.dumps(v, indent=1, allow_nan=False))
+    elif v["finite"]:
+        print(f"max |logit diff| {v['max_abs_diff']:.3e}  max |logit| {v['max_abs_logit']:.3e}  "
+              f"relative {v['relative']:.2e}  tolerance {v['tolerance']:g} ({v['dtype']})  "
+              f"({v['tokens'][0]}x{v['tokens'][1]} tokens, {v['backend']})")
+    if not v["passed"]:
+        print(f"hyperclone: FAIL: {failure(v)}", file=sys.stderr)
+        return EXIT_VERIFICATION
     return 0
 
 
@@ -95,50 +140,60 @@ def cmd_backends(a) -> int:
 
 
 def _delegate(command: str, backend: str, argv: Sequence[str]) -> int:
-    module = f"hyperclone_{backend}.{command}"
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        raise HypercloneError(
-            f"`hyperclone {command}` needs the {backend} backend ({exc.name} is not installed); "
-            f"pip install 'hyperclone[{backend}]'"
-        ) from None
-    return int(mod.main(list(argv)) or 0)
+    """``train`` and ``demo`` are the core's, run on ``backend``'s engine (found through
+    the entry points, like every backend)."""
+    module = {"train": "hyperclone_core.train.cli", "demo": "hyperclone_core.demo.cli"}[command]
+    return int(importlib.import_module(module).main(["--backend", backend, *argv]) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hyperclone", description=__doc__.splitlines()[0])
+    p = _Parser(prog="hyperclone", description=__doc__.splitlines()[0], epilog=EXIT_CODES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = p.add_subparsers(dest="command", required=True)
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of a failure")
 
-    e = sub.add_parser("expand", help="expand a checkpoint folder into a wider/deeper one")
+    e = sub.add_parser("expand", help="expand a checkpoint folder into a wider/deeper one", parents=[common],
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("src")
     e.add_argument("dst")
     _growth_args(e)
-    e.add_argument("--dtype", help="output dtype (float32, bfloat16, float16); default: as the source")
+    e.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
+                   help="output dtype; default: as the source")
     e.add_argument("--backend", default="numpy", help="backend executing the plan (numpy, torch, ...)")
     e.add_argument("--device", help="device for the backend (e.g. cuda, cuda:1, mps)")
-    e.add_argument("--force", action="store_true", help="replace DST if it exists (atomically)")
+    e.add_argument("--force", action="store_true",
+                   help="replace DST if it is a previous hyperclone output or empty (atomically)")
     e.add_argument("--no-verify", action="store_true", help="skip the logit check on random tokens")
+    e.add_argument("--tolerance", type=_tolerance,
+                   help="relative logit difference the check allows (default: 1e-4 for float32, 5e-2 for "
+                        "bfloat16, 1e-2 for float16 weights)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_expand)
 
-    pl = sub.add_parser("plan", help="print the plan and its certificate without touching weights")
+    pl = sub.add_parser("plan", help="print the plan and its certificate without touching weights",
+                        parents=[common])
     pl.add_argument("src")
     _growth_args(pl)
     pl.add_argument("--json", action="store_true")
     pl.add_argument("--no-weights-check", action="store_true", help="read config.json only")
     pl.set_defaults(func=cmd_plan)
 
-    v = sub.add_parser("verify", help="max and relative logit difference between two checkpoints")
+    v = sub.add_parser("verify", help="compare two checkpoints' logits; fails past the tolerance",
+                       parents=[common], epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("src")
     v.add_argument("dst")
     v.add_argument("--backend", default="numpy")
-    v.add_argument("--seq", type=int, default=16)
-    v.add_argument("--tolerance", type=float, help="exit 1 if the relative difference exceeds this")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--seq", type=lambda t: validate.integer("--seq", t, 1, validate.MAX_SEQ), default=16)
+    v.add_argument("--tolerance", type=_tolerance,
+                   help="fail (exit 5) past this relative difference (default: by the stored dtype, 1e-4 "
+                        "for float32, 5e-2 for bfloat16, 1e-2 for float16); NaN/Inf always fails")
+    v.add_argument("--json", action="store_true", help="print the result as JSON (no NaN: missing values are null)")
     v.set_defaults(func=cmd_verify)
 
-    b = sub.add_parser("backends", help="list installed backends and their capabilities")
+    b = sub.add_parser("backends", help="list installed backends and their capabilities", parents=[common])
     b.set_defaults(func=cmd_backends)
 
     for name, text in (("train", "continue training a checkpoint (see `hyperclone train --help`)"),
@@ -149,22 +204,80 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+# ---------------------------------------------------------------- the error boundary
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _classify(exc: BaseException) -> tuple:
+    """(exit code, message) of a failure that escaped a command."""
+    if isinstance(exc, HypercloneError):
+        return exc.exit_code, _one_line(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return EXIT_OUTPUT, f"no space left on the device{where}; free some space or write elsewhere"
+        if exc.errno in (errno.EROFS, errno.EFBIG, errno.EPIPE):
+            return EXIT_OUTPUT, f"cannot write{where}: {exc.strerror}"
+        return EXIT_INPUT, f"cannot access{where}: {exc.strerror or exc}; check the path and its permissions"
+    if isinstance(exc, MemoryError):
+        return EXIT_INPUT, ("out of memory: the model (or the growth asked for) does not fit this machine; "
+                            "use smaller ratios or a machine with more memory")
+    if isinstance(exc, RecursionError):
+        return EXIT_INPUT, "an input is nested too deeply to be read"
+    return EXIT_INTERNAL, (f"internal error ({type(exc).__name__}: {_one_line(exc)[:300]}); this is a bug in "
+                           "hyperclone: rerun with --debug and report the traceback")
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    print(f"hyperclone: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
+def _run(argv: list) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    if getattr(args, "delegate", None):
+        return _delegate(args.delegate, args.backend, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args.func(args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command; every failure becomes one line on stderr and its class's exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("HYPERCLONE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    if "--debug" in argv:
+        debug = True
+        if next((a for a in argv if not a.startswith("-")), None) in ("train", "demo"):
+            argv = [a for a in argv if a != "--debug"]  # their own parsers do not know it
+    show = warnings.showwarning
+    warnings.showwarning = _warning_line
     try:
-        if getattr(args, "delegate", None):
-            return _delegate(args.delegate, args.backend, rest)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return args.func(args)
-    except HypercloneError as exc:
-        print(f"hyperclone: error: {exc}", file=sys.stderr)
-        return 2
+        return _run(argv)
     except KeyboardInterrupt:
-        print("hyperclone: interrupted; no destination was written", file=sys.stderr)
-        return 130
+        if debug:
+            traceback.print_exc()
+        print("hyperclone: interrupted; nothing partial was left at the destination", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help, or a delegated command's own exit
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        print(f"hyperclone: error: {_one_line(exc.code)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the one boundary: classify, one line, exit code
+        if debug:
+            traceback.print_exc()
+        code, message = _classify(exc)
+        try:
+            print(f"hyperclone: error: {message}", file=sys.stderr)
+        except OSError:
+            pass
+        return code
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,8 @@ import pytest
 from hyperclone_core import corpus as hcorpus
 
 torch = pytest.importorskip("torch")
-demo = pytest.importorskip("hyperclone_torch.demo")
+from hyperclone_core import demo  # noqa: E402
+from hyperclone_core.demo import report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_demo_runs_and_writes_results(demo_run):
     steps = list(range(0, st["steps"] + 1, st["eval_every"]))
     if steps[-1] != st["steps"]:
         steps.append(st["steps"])
-    for run in demo.RUNS:
+    for run in report.RUNS:
         curve = np.asarray(doc[run], dtype=float)
         assert curve.shape == (len(steps), 2), run
         assert curve[:, 0].tolist() == steps, run          # same eval steps for all three
@@ -59,7 +60,7 @@ def test_demo_prints_table_and_summary(demo_run):
     doc = json.loads((out / "results.json").read_text())
     assert "corpus: python" in text and "sha256" in text
     header = next(line for line in text.splitlines() if line.split()[:1] == ["step"])
-    assert header.split() == ["step", *demo.RUNS]
+    assert header.split() == ["step", *report.RUNS]
     rows = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 4]
     assert [int(r[0]) for r in rows] == [s for s, _ in doc["clone"]]
     assert float(rows[-1][2]) == pytest.approx(doc["random"][-1][1], abs=1e-4)
@@ -77,12 +78,12 @@ def test_demo_refuses_a_foreign_out_folder(tmp_path, capsys):
 
 def test_steps_to_reach_interpolates():
     curve = [[0, 5.0], [10, 3.0], [20, 2.0]]
-    assert demo.steps_to_reach(curve, 2.5) == pytest.approx(15.0)
-    assert demo.steps_to_reach(curve, 3.0) == 10.0
-    assert demo.steps_to_reach(curve, 1.0) is None
-    assert demo.speedup(curve, [[0, 9.0], [20, 4.0]])["speedup"] == pytest.approx(20 / 5)
-    assert math.isinf(demo.speedup(curve, [[0, 9.0], [20, 6.0]])["speedup"])
-    dip = demo.forgetting_dip([[0, 2.0], [10, 2.3], [20, 1.9]])
+    assert report.steps_to_reach(curve, 2.5) == pytest.approx(15.0)
+    assert report.steps_to_reach(curve, 3.0) == 10.0
+    assert report.steps_to_reach(curve, 1.0) is None
+    assert report.speedup(curve, [[0, 9.0], [20, 4.0]])["speedup"] == pytest.approx(20 / 5)
+    assert math.isinf(report.speedup(curve, [[0, 9.0], [20, 6.0]])["speedup"])
+    dip = report.forgetting_dip([[0, 2.0], [10, 2.3], [20, 1.9]])
     assert dip["dip"] == pytest.approx(0.3) and dip["peak_step"] == 10
 
 

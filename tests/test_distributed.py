@@ -21,7 +21,9 @@ from hyperclone_core.io import save_checkpoint  # noqa: E402
 from hyperclone_core.reference import execute  # noqa: E402
 from hyperclone_core.testing import CASES, random_weights  # noqa: E402
 from hyperclone_torch.model import Decoder  # noqa: E402
-from hyperclone_torch.train import TrainConfig, latest_checkpoint, train  # noqa: E402
+from hyperclone_core.train import TrainConfig  # noqa: E402
+from hyperclone_core.train.checkpoint import newest_valid  # noqa: E402
+from hyperclone_torch import train  # noqa: E402
 
 STEPS, STOP = 22, 20
 WORKER = textwrap.dedent('''
@@ -29,7 +31,8 @@ WORKER = textwrap.dedent('''
     import numpy as np, torch, torch.distributed as dist
     from hyperclone_core import Plan
     from hyperclone_torch.model import Decoder
-    from hyperclone_torch.train import TrainConfig, train
+    from hyperclone_core.train import TrainConfig
+    from hyperclone_torch import train
     src, out, data = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
     p = Plan.from_json(open(sys.argv[4]).read())
     torch.set_num_threads(1)
@@ -96,7 +99,7 @@ def test_loss_curve_equals_single_process(runs, mode):
 
 
 def test_fsdp_checkpoint_loads_and_resumes_in_one_process(runs, tmp_path):
-    folder = latest_checkpoint(runs["tmp"] / "fsdp")
+    folder = newest_valid(runs["tmp"] / "fsdp")
     assert folder.name == f"checkpoint-{STOP:07d}"
     model = Decoder.from_pretrained(folder)  # full tensors, HF names: no sharding left in the files
     out = tmp_path / "fsdp"

@@ -7,12 +7,14 @@ import importlib.util
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
-demo = pytest.importorskip("hyperclone_torch.demo")
+from hyperclone_core import demo  # noqa: E402
+from hyperclone_core.demo.report import RUNS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +36,13 @@ def _run(rs, point, cache):
 def test_point_reproduces_compare_and_caches_what_a_lever_does_not_change(rs, tmp_path):
     from hyperclone_core.corpus import load
 
-    st = demo.replace(demo.PRESETS["tiny"], threads=1)
+    st = replace(demo.PRESETS["tiny"], threads=1)
     ref = demo.compare(st, load(None), log=lambda m: None)
     cache = rs.Cache(tmp_path)
     point = rs.Point.from_settings(st)
     first, said = _run(rs, point, cache)
     assert said == ["pretraining the source", "training random", "training small_continue", "training clone"]
-    for run in demo.RUNS:
+    for run in RUNS:
         assert first["curves"][run] == ref["curves"][run], run  # bit for bit: same seeds, same batches
     assert first["summary"]["symmetry"] == ref["summary"]["symmetry"]
     assert first["summary"]["with_pretraining"]["speedup"] == ref["summary"]["with_pretraining"]["speedup"]

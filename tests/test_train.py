@@ -1,6 +1,7 @@
-"""The torch trainer: a clone starts at its source's loss and learns; the symmetry
-monitor sees symmetric copies stay identical and noisy ones diverge; resume is bit
-for bit; checkpoints are HF folders; bad input is refused with a clear error."""
+"""The core trainer on the torch engine: a clone starts at its source's loss and
+learns; the symmetry monitor sees symmetric copies stay identical and noisy ones
+diverge; resume is bit for bit; checkpoints are HF folders; bad input is refused
+with a clear error."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ from hyperclone_core.errors import CheckpointError  # noqa: E402
 from hyperclone_core.io import Checkpoint, load_weights  # noqa: E402
 from hyperclone_core.reference import execute  # noqa: E402
 from hyperclone_core.testing import CASES, random_weights  # noqa: E402
-from hyperclone_torch.model import Decoder  # noqa: E402
-from hyperclone_torch.train import (  # noqa: E402
-    NonFiniteLoss, TrainConfig, TrainError, clone_lr_multipliers, latest_checkpoint, lm_loss, lr_at, main,
-    symmetry, symmetry_pairs, train,
+from hyperclone_core.train import (  # noqa: E402
+    NonFiniteLoss, TrainConfig, TrainError, clone_lr_multipliers, lr_at, symmetry, symmetry_pairs,
 )
+from hyperclone_core.train.checkpoint import newest_valid  # noqa: E402
+from hyperclone_core.train.cli import main, plan_of  # noqa: E402
+from hyperclone_torch import train  # noqa: E402
+from hyperclone_torch.engine import lm_loss  # noqa: E402
+from hyperclone_torch.model import Decoder  # noqa: E402
 
 torch.set_num_threads(1)
 CFG = CASES["llama"]
@@ -77,8 +81,8 @@ def test_clone_starts_at_source_loss_learns_and_symmetry_monitor(strategy):
 def test_symmetry_of_plain_execution():
     _, sym_clone, p_sym = clone("symmetric")
     _, noisy_clone, p_noisy = clone("noisy:10")
-    s = symmetry(dict(sym_clone.named_parameters()), symmetry_pairs(p_sym))
-    n = symmetry(dict(noisy_clone.named_parameters()), symmetry_pairs(p_noisy))
+    s = symmetry(lambda n: sym_clone.get_parameter(n).detach().numpy(), symmetry_pairs(p_sym))
+    n = symmetry(lambda n: noisy_clone.get_parameter(n).detach().numpy(), symmetry_pairs(p_noisy))
     assert s["overall"] == 1.0
     assert n["by_kind"]["mlp.down"] < 1.0  # noise sums to zero over in-copies: they differ
     assert n["by_kind"]["embed"] == 1.0    # out-axis copies carry no noise
@@ -102,7 +106,7 @@ def test_resume_is_bit_for_bit(tmp_path):
     _, b, _ = clone("noisy:10")
     part = train(b, small_config(steps=10, out_dir=str(tmp_path / "run")), TOKENS, VAL, plan=p,
                  callback=lambda rec: rec["step"] < 4)
-    assert part.steps_done == 5 and latest_checkpoint(tmp_path / "run").name == "checkpoint-0000005"
+    assert part.steps_done == 5 and newest_valid(tmp_path / "run").name == "checkpoint-0000005"
     _, c, _ = clone("noisy:10", seed=99)  # other noise: the weights must come from the checkpoint
     rest = train(c, small_config(steps=10, out_dir=str(tmp_path / "run"), resume=True), TOKENS, VAL, plan=p)
     assert rest.train_losses == full.train_losses
@@ -206,10 +210,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     def cb(rec):
         poison["on"] = rec["step"] >= 3
 
-    with pytest.raises(NonFiniteLoss, match="at step 4; the last good checkpoint is .*checkpoint-0000004") as err:
+    with pytest.raises(NonFiniteLoss, match="at step 4; the step was not applied; the newest valid "
+                                            "checkpoint is .*checkpoint-0000004") as err:
         train(grown, small_config(steps=10, save_every=2, out_dir=str(tmp_path / "n")), TOKENS, callback=cb)
     assert err.value.step == 4 and len(err.value.result.train_losses) == 4
-    assert latest_checkpoint(tmp_path / "n").name == "checkpoint-0000004"
+    assert newest_valid(tmp_path / "n").name == "checkpoint-0000004"
     _, w = load_weights(tmp_path / "n" / "checkpoint-0000004")
     assert all(np.isfinite(v).all() for v in w.values())
 
@@ -274,7 +279,6 @@ def test_plan_of_reads_plan_json_even_when_the_source_is_gone(tmp_path, case_dir
     import shutil
 
     from hyperclone_core.expand import expand_checkpoint
-    from hyperclone_torch.train import plan_of
 
     src = tmp_path / "src"
     shutil.copytree(case_dir("llama"), src)

@@ -1,5 +1,5 @@
-"""The torch backend object: plan primitives, the decoder forward, a reference
-training loop for the conformance suite, and checkpoints bit for bit."""
+"""The torch backend object: plan primitives, the decoder forward, the training
+engine and its launcher, and checkpoints bit for bit."""
 
 from __future__ import annotations
 
@@ -9,33 +9,15 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from hyperclone_core.io import AtomicDir, Checkpoint, ShardedWriter, write_json
+from hyperclone_core.io import Checkpoint
 
 from . import ops
-
-
-def read_tensor(ck: Checkpoint, name: str) -> torch.Tensor:
-    """One stored tensor as torch, in its stored dtype (bfloat16 bits viewed, not converted)."""
-    raw = np.asarray(ck.raw(name))
-    if ck.dtype(name) == "bfloat16":
-        return torch.from_numpy(raw.copy()).view(torch.bfloat16)
-    return torch.from_numpy(raw.copy())
-
-
-def _storage(t: torch.Tensor) -> tuple:
-    """(numpy array, dtype name) that ShardedWriter stores exactly: bfloat16 goes
-    as its float32 widening, which the writer rounds back to the same bits."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return t.float().cpu().numpy(), "bfloat16"
-    arr = t.cpu().numpy()
-    return arr, str(arr.dtype)
+from .io import read_tensor, save_checkpoint
 
 
 class TorchBackend:
     name = "torch"
-    # distributed: DDP and FSDP2 under torchrun (hyperclone train --parallel ddp|fsdp; proven on
-    # gloo by tests/test_distributed.py); the conformance suite does not check it yet
+    # distributed: DDP and FSDP2 under torchrun (hyperclone train --parallel ddp|fsdp)
     capabilities = frozenset({"expand", "forward", "train", "distributed"})
 
     def __init__(self, device: Optional[str] = None):
@@ -79,45 +61,42 @@ class TorchBackend:
                       for n, w in weights.items() if n in model.shapes})
         return model
 
-    def forward(self, family, cfg, weights: Mapping[str, np.ndarray], tokens) -> np.ndarray:
-        """Logits in float64 on the CPU (float32 elsewhere: MPS has no float64)."""
+    def forward(self, family, cfg, weights: Mapping[str, np.ndarray], tokens, dtype: Optional[str] = None) -> np.ndarray:
+        """Logits as numpy; computed in float64 on the CPU (float32 elsewhere: MPS has no
+        float64) unless ``dtype`` ("float32", "bfloat16") says otherwise."""
         dev = torch.device(self.device or "cpu")
-        dtype = torch.float64 if dev.type == "cpu" else torch.float32
-        model = self._decoder(family, cfg, weights, dtype)
+        tdt = ops.torch_dtype(dtype) if dtype else (torch.float64 if dev.type == "cpu" else torch.float32)
+        model = self._decoder(family, cfg, weights, tdt)
         with torch.no_grad():
             out = model(torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=dev))
-        return out.cpu().numpy()
+        return out.float().cpu().numpy() if out.dtype == torch.bfloat16 else out.cpu().numpy()
 
-    def train_steps(self, family, hf_config, weights, batches, lr: float) -> list:
-        """Plain AdamW steps on the decoder (float32); one loss per batch."""
-        cfg = family.read(hf_config)
-        model = self._decoder(family, cfg, weights, torch.float32)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-        losses = []
-        for b in batches:
-            b = torch.as_tensor(np.asarray(b), dtype=torch.long, device=self.device or "cpu")
-            logits = model(b[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        return losses
+    # ---------------------------------------------------------------- training
+    def engine(self, hf_config, weights, config, optimizer):
+        """A ``TorchEngine`` over a Decoder holding (a float32 copy of) ``weights``."""
+        from .engine import TorchEngine, apply_threads
+        from .model import Decoder
+
+        apply_threads(config, sum(int(np.prod(np.shape(w))) for w in weights.values()))
+        model = Decoder.from_weights(hf_config, weights, dtype=torch.float32)
+        return TorchEngine(model, config, optimizer)
+
+    def random_weights(self, hf_config, seed: int = 0, std: float = 0.02) -> dict:
+        """Fresh weights by the core's init rule from a seeded torch.Generator, as numpy."""
+        from .model import Decoder
+
+        return {n: t.numpy() for n, t in Decoder.random(hf_config, seed=seed, std=std).state_dict().items()}
+
+    def launch_command(self, world, module_args):
+        from .engine import launch_command
+
+        return launch_command(world, module_args)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, folder, hf_config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
                         force: bool = False, max_shard_bytes: int = 5 * 2**30) -> Path:
         """HF layout, atomically, each tensor in its own dtype (bfloat16 included)."""
-        with AtomicDir(folder, force=force) as tmp:
-            layout = [(n, tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in weights.items()]
-            w = ShardedWriter(tmp, layout, max_shard_bytes)
-            for n, t in weights.items():
-                w.write(n, _storage(t)[0])
-            w.close()
-            write_json(tmp / "config.json", dict(hf_config))
-        return Path(folder)
+        return save_checkpoint(folder, hf_config, weights, force=force, max_shard_bytes=max_shard_bytes)
 
     def load_checkpoint(self, folder) -> tuple:
         ck = Checkpoint(folder)

@@ -108,7 +108,7 @@ def setup(mode: str, device: str = "auto") -> Parallel:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ConfigError(
             f"--parallel {mode} runs under torchrun (RANK/WORLD_SIZE are not set): launch with "
-            f"`torchrun --nproc_per_node N -m hyperclone_torch.train ...`, or use --parallel none"
+            f"`torchrun --nproc_per_node N -m hyperclone_core.cli train ... --backend torch`, or use --parallel none"
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))

@@ -280,7 +280,7 @@ class Decoder(nn.Module):
         ``dtype`` None keeps the stored dtype (bfloat16 stays bfloat16)."""
         from hyperclone_core.io import Checkpoint
 
-        from .backend import read_tensor
+        from .io import read_tensor
 
         ck = Checkpoint(folder)
         model = cls.from_config(ck.config)
@@ -322,14 +322,13 @@ class Decoder(nn.Module):
 
     def save_pretrained(self, folder, force: bool = False, max_shard_bytes: int = 5 * 2**30):
         """Write the HF layout atomically (config.json + safetensors); loads in transformers."""
-        from .backend import backend
+        from .io import save_checkpoint
 
         config = dict(self.config)
         dtypes = {p.dtype for p in self.parameters()}
         if len(dtypes) == 1:
             config["torch_dtype"] = str(next(iter(dtypes))).replace("torch.", "")
-        return backend.save_checkpoint(folder, config, self.state_dict(), force=force,
-                                       max_shard_bytes=max_shard_bytes)
+        return save_checkpoint(folder, config, self.state_dict(), force=force, max_shard_bytes=max_shard_bytes)
 
     def compile_layers(self, **options) -> "Decoder":
         """``torch.compile`` each layer in place (one graph per block, so the tables and

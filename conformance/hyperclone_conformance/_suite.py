@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from hyperclone_core import Growth, HypercloneError, family_for_config, plan
-from hyperclone_core.backend import run_program
+from hyperclone_core.backend import execute, run_program
 from hyperclone_core.dtypes import cast_numpy
 from hyperclone_core.plan import AddNoise, Plan, TensorPlan
 from hyperclone_core.testing import CASES, random_tokens, random_weights
@@ -137,21 +137,30 @@ def source_weights(case: str, dtype: Optional[str] = None) -> dict:
     return {k: cast_numpy(v, dtype) for k, v in w.items()} if dtype else dict(w)
 
 
-def oracle_tensor(p: Plan, tp: TensorPlan, weights: Mapping[str, np.ndarray], ops=None) -> np.ndarray:
+def oracle_tensor(p: Optional[Plan], tp: TensorPlan, weights: Mapping[str, np.ndarray], ops=None,
+                  arrays: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
     from hyperclone_core.numpy_backend import backend as numpy_backend
 
     tp = tp if ops is None else replace(tp, ops=tuple(ops))
-    return run_program(numpy_backend, tp, p.arrays, np.array(weights[tp.source], copy=True))
+    return run_program(numpy_backend, tp, p.arrays if arrays is None else arrays, np.array(weights[tp.source], copy=True))
+
+
+def run_shapes(shape: tuple, ops, arrays: Mapping[str, np.ndarray]) -> tuple:
+    """The shape a program of Take/Reshape/Scale ops produces from ``shape``."""
+    from hyperclone_core.plan import Reshape, Take
+
+    shape = tuple(shape)
+    for op in ops:
+        if isinstance(op, Take):
+            shape = shape[:op.axis] + (len(arrays[op.map]),) + shape[op.axis + 1:]
+        elif isinstance(op, Reshape):
+            shape = tuple(op.shape)
+    return shape
 
 
 def backend_expand(backend, p: Plan, weights: Mapping[str, np.ndarray], device=None) -> dict:
     """Execute every program of ``p`` with ``backend``; results as numpy, by name."""
-    cache: dict = {}
-    out = {}
-    for tp in p.tensors:
-        x = backend.asarray(np.array(weights[tp.source], copy=True), device)
-        out[tp.name] = np.asarray(backend.to_numpy(run_program(backend, tp, p.arrays, x, device, cache)))
-    return out
+    return execute(backend, p, weights, device)
 
 
 def has_noise(tp: TensorPlan) -> bool:
@@ -289,8 +298,3 @@ def plan_or_skip(case: str, strategy: str, growth: str, dtype: Optional[str] = N
 
 def matrix() -> list:
     return [(c, s, g) for c in CASES for s in STRATEGIES for g in GROWTHS]
-
-TRAIN_LOSS_RTOL = 1e-3
-"""The expanded model's first training loss vs the source's (oracle) loss, relative.
-Loose enough for a trainer that computes in mixed precision; a broken expansion
-is off by far more (the loss of random logits differs by O(1))."""

@@ -1,0 +1,193 @@
+"""``hyperclone train``: continue training a checkpoint folder on any backend that
+trains (the engine is found through the ``hyperclone.backends`` entry points)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .. import __version__
+from .. import data as hdata
+from ..errors import ConfigError, HypercloneError
+from .config import TrainConfig
+from .loop import NonFiniteLoss, optimizer_for, train
+
+HIDDEN = ("out_dir", "betas", "clone_lr", "resume", "compile", "progress", "log_jsonl", "allow_change", "keep_best")
+HELP = {
+    "steps": "optimizer steps in all (a resumed run counts from its checkpoint)",
+    "batch_size": "global batch in sequences per optimizer step (split over ranks and --grad-accum)",
+    "seq_len": "tokens per sequence",
+    "grad_accum": "micro-steps per optimizer step (same global batch, less memory)",
+    "lr": "peak learning rate",
+    "min_lr_ratio": "the cosine schedule ends at lr x this",
+    "warmup_steps": "linear warmup steps",
+    "weight_decay": "AdamW weight decay (matrices only)",
+    "eps": "AdamW epsilon",
+    "grad_clip": "clip the global gradient norm to this (0: off)",
+    "eval_every": "evaluate (val loss, symmetry monitor) every N steps (0: only at the end)",
+    "eval_batches": "validation batches per evaluation",
+    "save_every": "write a checkpoint every N steps (0: only at the end)",
+    "save_total_limit": "keep only the newest N checkpoints (0: keep all)",
+    "seed": "seed of the batch sampler",
+    "device": "device for the backend (auto, cpu, cuda, cuda:1, mps ...)",
+    "dtype": "compute dtype: float32, or bfloat16 (parameters stay float32)",
+    "parallel": "distributed mode of the backend (torch: none, ddp, fsdp under torchrun)",
+    "mesh": "device mesh for backends that shard over one (e.g. data=2,fsdp=2,tensor=2)",
+    "threads": "intra-op CPU threads (0: automatic - 1 for small models)",
+}
+
+
+def plan_of(folder):
+    """The plan a folder was expanded with: its ``plan.json`` (``hyperclone expand``
+    writes it), else rebuilt from its ``hyperclone.json`` and the source's config
+    (older folders; needs the source folder still in place).  None when the folder
+    is not a clone, or the plan cannot be recovered (said as a warning: the symmetry
+    monitor and clone-aware LRs then have nothing to work with)."""
+    from .. import Growth, Plan, family_for_config, plan
+    from ..io import read_config
+
+    folder = Path(folder)
+    if (folder / "plan.json").is_file():
+        return Plan.from_json((folder / "plan.json").read_text())
+    report = folder / "hyperclone.json"
+    if not report.is_file():
+        return None
+    try:
+        rep = json.loads(report.read_text())
+        src_cfg = read_config(rep["source"])
+        growth = dict(rep["growth"])
+    except (HypercloneError, OSError, KeyError, TypeError, ValueError) as exc:
+        warnings.warn(f"{folder}: no plan.json, and the plan cannot be rebuilt from hyperclone.json ({exc}); "
+                      "training without the symmetry monitor (pass --plan to give one)", stacklevel=2)
+        return None
+    layout = growth.pop("layout", "tile")
+    return plan(family_for_config(src_cfg), src_cfg, Growth(growth, layout), rep["strategy"], rep["seed"],
+                allow_inexact=not rep.get("exact", True))
+
+
+def lineage(model_dir, backend: str) -> dict:
+    """What each checkpoint's hyperclone.json records about where the model came from."""
+    out: dict = {"hyperclone_version": __version__, "trained_from": str(Path(model_dir).resolve()), "backend": backend}
+    rep = Path(model_dir) / "hyperclone.json"
+    if rep.is_file():
+        try:
+            base = json.loads(rep.read_text())
+            out["clone"] = {k: base[k] for k in ("source", "family", "growth", "strategy", "seed") if k in base}
+            if "clone" in base:
+                out["clone"] = base["clone"]
+        except (OSError, ValueError, TypeError):
+            pass
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="hyperclone train",
+        description="Continue training a checkpoint folder (a clone from `hyperclone expand`, or any supported "
+                    "model) with the core trainer on a backend's engine.",
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
+        epilog="examples:\n  hyperclone train wide --data corpus.txt --out runs/wide --steps 2000 --lr 3e-4\n"
+               "  hyperclone train wide --data corpus.txt --out runs/wide --steps 4000 --resume")
+    p.add_argument("model_dir", help="checkpoint folder (config.json + *.safetensors)")
+    p.add_argument("--data", required=True, help="training data: .bin (raw tokens), .npy, or a text file")
+    p.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
+    p.add_argument("--backend", default="torch", help="backend whose engine trains (see `hyperclone backends`)")
+    p.add_argument("--val-data", help="validation data (default: the last --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of --data held out when no --val-data")
+    p.add_argument("--data-dtype", help="dtype of a .bin token file (uint16, uint32)")
+    p.add_argument("--tokenizer", default="auto",
+                   help="for text: 'auto' (the model's tokenizer.json if present, else bytes), 'bytes', or a path")
+    p.add_argument("--plan", help="plan JSON (default: MODEL_DIR/plan.json, which hyperclone expand writes)")
+    for f in fields(TrainConfig):
+        if f.name in HIDDEN:
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name),
+                       help=HELP.get(f.name, f.name.replace("_", " ")))
+    p.add_argument("--betas", type=float, nargs=2, default=list(d.betas), help="AdamW betas")
+    p.add_argument("--clone-lr", default="", choices=["", "none", "inverse_width"],
+                   help="per-tensor LR multipliers from the plan (inverse_width: 1/r for inputs grown r-fold)")
+    p.add_argument("--log-jsonl", help="metrics file (default: OUT/metrics.jsonl)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint in --out (starts fresh when there is none)")
+    p.add_argument("--allow-change", default="",
+                   help="on --resume, fields that may differ from the run's (comma-separated, e.g. lr,data)")
+    p.add_argument("--keep-best", action="store_true", help="with --save-total-limit, also keep the best by val loss")
+    p.add_argument("--compile", action="store_true", help="compile the model (torch.compile, jax.jit ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from(args) -> TrainConfig:
+    kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+          if f.name not in ("out_dir", "progress", "allow_change") and hasattr(args, f.name)}
+    allow = tuple(x.strip() for x in (args.allow_change or "").split(",") if x.strip())
+    return TrainConfig(**kw, out_dir=args.out, progress=not args.no_progress, allow_change=allow)
+
+
+def run(args) -> Any:
+    from ..backend import load_backend
+    from ..io import load_weights
+
+    cfg = config_from(args)
+    bk = load_backend(args.backend)
+    if "train" not in getattr(bk, "capabilities", ()):
+        raise ConfigError(f"--backend {args.backend}: this backend does not train "
+                          f"(capabilities: {', '.join(sorted(bk.capabilities))})")
+    hf, weights = load_weights(args.model_dir)
+    vocab = int(hf.get("vocab_size") or 0) or None
+    tok = hdata.get_tokenizer(args.tokenizer, args.model_dir)
+    tokens = hdata.load_tokens(args.data, dtype=args.data_dtype, vocab=vocab, tokenizer=tok)
+    if args.val_data:
+        val = hdata.load_tokens(args.val_data, dtype=args.data_dtype, vocab=vocab, tokenizer=tok)
+    elif args.val_fraction > 0:
+        tokens, val = hdata.split(tokens, args.val_fraction, min_val=args.seq_len + 1)
+    else:
+        val = None
+    if args.plan:
+        from .. import Plan
+
+        try:
+            plan = Plan.from_json(Path(args.plan).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--plan {args.plan}: unreadable ({exc.strerror})") from None
+    else:
+        plan = plan_of(args.model_dir)
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    engine = bk.engine(hf, weights, cfg, optimizer_for(cfg, shapes, plan))
+    del weights
+    try:
+        return train(engine, cfg, tokens, val, plan=plan, source_dir=args.model_dir,
+                     lineage=lineage(args.model_dir, args.backend)), engine.rank
+    finally:
+        engine.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result, rank = run(args)
+    except NonFiniteLoss as exc:
+        print(f"hyperclone train: {exc}", file=sys.stderr)
+        return 3
+    except HypercloneError as exc:
+        print(f"hyperclone train: error: {exc}", file=sys.stderr)
+        return 2
+    last = result.history[-1] if result.history else {}
+    if rank == 0 and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"steps": result.steps_done, "checkpoint": result.checkpoint,
+                          "val_loss": last.get("val_loss"), "symmetry": last.get("symmetry")}))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "lineage", "main", "plan_of"]

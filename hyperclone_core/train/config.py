@@ -1,0 +1,160 @@
+"""What a training run depends on, validated where it enters, and the LR schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Mapping, Union
+
+from ..errors import ConfigError
+
+CLONE_LR_RULES = ("", "none", "inverse_width")
+DTYPES = ("float32", "bfloat16")
+
+RESUMABLE = frozenset({
+    "steps", "eval_every", "eval_batches", "save_every", "save_total_limit", "keep_best", "out_dir",
+    "device", "compile", "parallel", "mesh", "threads", "resume", "allow_change", "log_jsonl", "progress",
+})
+"""Fields a resumed run may change freely: how long it runs (``steps``: the cosine
+schedule then spans the new length), how often it evaluates and saves, and where
+and how it runs.  Any other difference (batch size, sequence length, seed, LR and
+schedule, optimizer, clone LRs, dtype, data) is refused on ``--resume`` unless
+named in ``allow_change``: it would silently make a different run."""
+
+_LIMITS = {
+    "steps": (1, 10**9), "batch_size": (1, 10**7), "seq_len": (1, 10**7), "grad_accum": (1, 10**5),
+    "warmup_steps": (0, 10**9), "eval_every": (0, 10**9), "eval_batches": (1, 10**5),
+    "save_every": (0, 10**9), "save_total_limit": (0, 10**6), "seed": (0, 2**63 - 1), "threads": (0, 4096),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on.  ``batch_size`` is the *global* number of
+    sequences per optimizer step (split over data-parallel ranks and accumulation
+    micro-steps), so changing ``parallel``/``grad_accum`` does not change what is
+    learned.  ``threads`` 0 = the backend's automatic policy."""
+
+    steps: int = 100
+    batch_size: int = 8
+    seq_len: int = 128
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+    save_every: int = 0
+    save_total_limit: int = 0
+    keep_best: bool = False
+    out_dir: Union[str, None] = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    compile: bool = False
+    clone_lr: Union[str, Mapping[str, float]] = ""
+    parallel: str = "none"
+    mesh: str = ""
+    threads: int = 0
+    resume: bool = False
+    allow_change: tuple = field(default_factory=tuple)
+    log_jsonl: Union[str, None] = None
+    progress: bool = False
+
+    def __post_init__(self):
+        problems = []
+        for name, (lo, hi) in _LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, float) and v.is_integer()):
+                problems.append(f"{name} must be an integer (got {v!r})")
+                continue
+            v = int(v)
+            setattr(self, name, v)
+            if not lo <= v <= hi:
+                problems.append(f"{name} must be in [{lo}, {hi}] (got {v})")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "eps", "grad_clip"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                problems.append(f"{name} must be a finite number (got {v!r})")
+                continue
+            setattr(self, name, float(v))
+        if not problems:
+            if self.lr <= 0:
+                problems.append(f"lr must be > 0 (got {self.lr})")
+            if not 0.0 <= self.min_lr_ratio <= 1.0:
+                problems.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+            if self.weight_decay < 0 or self.eps <= 0 or self.grad_clip < 0:
+                problems.append("weight_decay and grad_clip must be >= 0 and eps > 0 "
+                                f"(got {self.weight_decay}, {self.grad_clip}, {self.eps})")
+        try:
+            betas = tuple(float(b) for b in self.betas)
+            if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+                raise ValueError
+            self.betas = betas
+        except (TypeError, ValueError):
+            problems.append(f"betas must be two numbers in [0, 1) (got {self.betas!r})")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if isinstance(self.clone_lr, str):
+            if self.clone_lr not in CLONE_LR_RULES:
+                problems.append(f"clone_lr {self.clone_lr!r}: use 'inverse_width', '' (off) or a name -> multiplier map")
+        elif not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in dict(self.clone_lr).values()):
+            problems.append("clone_lr multipliers must be finite numbers > 0")
+        self.allow_change = tuple(self.allow_change or ())
+        unknown = [f for f in self.allow_change if f not in {f.name for f in fields(self)} | {"data"}]
+        if unknown:
+            problems.append(f"allow_change names unknown fields {unknown}")
+        if (self.resume or self.save_every or self.save_total_limit) and not self.out_dir:
+            problems.append("resume, save_every and save_total_limit need out_dir (--out)")
+        if problems:
+            raise ConfigError("TrainConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        d["allow_change"] = list(self.allow_change)
+        if not isinstance(self.clone_lr, str):
+            d["clone_lr"] = dict(self.clone_lr)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def changed_fields(self, saved: Mapping) -> list:
+        """Fields whose value differs from a saved run's config and that may not change
+        on resume (``RESUMABLE`` and ``allow_change`` excepted), as readable strings."""
+        mine = self.to_dict()
+        out = []
+        for k, v in mine.items():
+            if k in RESUMABLE or k in self.allow_change or k not in saved:
+                continue
+            if _norm(saved[k]) != _norm(v):
+                out.append(f"{k} ({saved[k]!r} then, {v!r} now)")
+        return out
+
+
+def _norm(v):
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine to ``lr * min_lr_ratio`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps - 1, 1)
+    t = min((step - cfg.warmup_steps) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * t))
+
+
+__all__ = ["CLONE_LR_RULES", "DTYPES", "RESUMABLE", "TrainConfig", "lr_at"]
