@@ -1,0 +1,1 @@
+"""hyperclone_jax: the JAX backend of hyperclone (in progress)."""

@@ -1,0 +1,1 @@
+"""hyperclone_mlx: the MLX backend of hyperclone (in progress)."""
