@@ -3,13 +3,15 @@
 The source is read one tensor at a time (the next one is read while the
 current one is expanded), each program runs on the backend's device, and the
 result is streamed into shards whose headers were written up front.  Nothing is
-visible at the destination until the whole folder is complete.
+visible at the destination until the whole folder is complete and its logits
+match the source's within the tolerance its dtype allows (``tolerances``).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +22,14 @@ import numpy as np
 
 from . import __version__
 from .backend import load_backend, run_program
-from .errors import CheckpointError, ConfigError
-from .families import family_for_config
-from .io import AtomicDir, Checkpoint, ShardedWriter, copy_aux_files, write_json
+from .errors import CheckpointError, HypercloneError, OutputError, PlanError, UsageError, VerificationError
+from .io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, write_json
+from .io.safetensors import code_of, nbytes
 from .plan import Growth, Plan, plan
+from .spec import tensor_names
 from .testing import random_tokens
+from .tolerances import coarsest, default_tolerance
+from .validate import MAX_DIM, MAX_LAYERS, read_model
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -58,15 +63,67 @@ class Progress:
 
 def make_plan(src_config: dict, *, width: float = 2, ffn: Optional[float] = None, ffn_size: Optional[int] = None,
               heads: Optional[float] = None, kv_heads: Optional[float] = None, layers: Optional[Any] = None,
-              strategy: Any = None, seed: int = 0, inexact: bool = False, layout: str = "tile") -> Plan:
-    """The plan for the CLI's growth options; ``layers`` may be a total or ``"+K"``."""
-    family = family_for_config(src_config)
-    cfg = family.read(src_config)
+              strategy: Any = None, seed: int = 0, inexact: bool = False, layout: str = "tile",
+              where: str = "config.json") -> Plan:
+    """The plan for the CLI's growth options; ``layers`` may be a total or ``"+K"``.
+    Refuses sizes past ``validate.MAX_DIM`` / ``MAX_LAYERS`` before allocating anything,
+    and strategy rules that match no tensor."""
+    from .strategy import parse
+
+    family, cfg = read_model(src_config, where)
+    rules = parse(strategy)
     if isinstance(layers, str):
-        layers = cfg.layers + int(layers[1:]) if layers.startswith("+") else int(layers)
+        text = layers.strip()
+        try:
+            layers = cfg.layers + int(text[1:]) if text.startswith("+") else int(text)
+        except ValueError:
+            raise UsageError(f"--layers {layers!r}: give a total depth (e.g. 26) or +K") from None
+    if layers is not None and not 1 <= layers <= MAX_LAYERS:
+        raise UsageError(f"--layers: {layers} layers is outside [1, {MAX_LAYERS}]")
     growth = Growth.of(cfg, width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
                        layers=layers, layout=layout)
-    return plan(family, src_config, growth, strategy, seed=seed, allow_inexact=inexact)
+    big = {d: n for d, n in growth.sizes.items() if d != "layers" and n > MAX_DIM}
+    if big:
+        raise UsageError(f"the growth asks for {', '.join(f'{d}={n}' for d, n in big.items())}, past the "
+                         f"largest supported size {MAX_DIM}; choose smaller ratios")
+    p = plan(family, src_config, growth, rules, seed=seed, allow_inexact=inexact)
+    unused = rules.unmatched((n, role.kind) for n, (role, _, _) in tensor_names(family, p.decoder).items())
+    if unused:
+        raise PlanError(f"--strategy rule {', '.join(repr(k) for k in unused)} matches no tensor of this "
+                        f"{family.name} model; keys are role kinds (mlp, attn, embed, lm_head, norm, ...) or name "
+                        "globs (*.q_proj.*)")
+    return p
+
+
+def _backend(name: str, device: Optional[str]):
+    """The backend, with ``--backend`` / ``--device`` problems reported as usage errors
+    before any work (an absent CUDA is found here, not after the first tensor)."""
+    try:
+        bk = load_backend(name)
+    except HypercloneError as exc:
+        raise UsageError(f"--backend {name}: {exc}") from None
+    if device is not None:
+        try:
+            bk.to_numpy(bk.asarray(np.zeros(1, np.float32), device))
+        except Exception as exc:  # noqa: BLE001 - any failure means the device cannot be used
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"--device {device} is not available to the {name} backend ({first}); "
+                             "choose another device or leave --device out") from None
+    return bk
+
+
+def _check_space(folder: Path, need: int) -> None:
+    """Refuse up front an output that cannot fit the destination's disk."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if need > free:
+        raise OutputError(f"{folder}: the expanded checkpoint needs {need / 2**30:.2f} GiB but only "
+                          f"{free / 2**30:.2f} GiB are free there; free space or choose another destination")
 
 
 def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None, ffn_size: Optional[int] = None,
@@ -74,28 +131,30 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
                       strategy: Any = None, seed: int = 0, dtype: Optional[str] = None, backend: str = "numpy",
                       device: Optional[str] = None, force: bool = False, inexact: bool = False,
                       verify: bool = True, progress: bool = True, layout: str = "tile",
-                      max_shard_bytes: int = 5 * 2**30) -> dict:
+                      max_shard_bytes: int = 5 * 2**30, tolerance: Optional[float] = None) -> dict:
     """Expand the checkpoint folder ``src`` into ``dst``; returns the report written
-    to ``dst/hyperclone.json``."""
+    to ``dst/hyperclone.json``.  With ``verify`` (the default) the clone's logits are
+    compared with the source's before anything is renamed into place: past the
+    tolerance (default: by dtype) a VerificationError is raised and ``dst`` is not
+    written, unless ``inexact`` was asked for (then the report states the drift)."""
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
     if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise ConfigError(f"--dtype {dtype!r} is not supported; use one of {', '.join(FLOAT_DTYPES)}")
-    if dst.resolve() == src.resolve():
-        raise CheckpointError(f"{dst}: the destination is the source; choose another folder")
+        raise UsageError(f"--dtype {dtype!r} is not supported; use one of {', '.join(FLOAT_DTYPES)}")
+    check_destination(dst, force, protect=(src,))  # refuse a bad DST before any work
     ck = Checkpoint(src)
-    family = family_for_config(ck.config)
-    src_cfg = family.read(ck.config)
+    family, src_cfg = read_model(ck.config, str(src / "config.json"))
     ck.validate(family, src_cfg)
     p = make_plan(ck.config, width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
-                  layers=layers, strategy=strategy, seed=seed, inexact=inexact, layout=layout)
-    bk = load_backend(backend)
+                  layers=layers, strategy=strategy, seed=seed, inexact=inexact, layout=layout,
+                  where=str(src / "config.json"))
+    bk = _backend(backend, device)
     out_dtypes = {t.name: dtype or ck.dtype(t.source) for t in p.tensors}
-    delay = float(os.environ.get("HYPERCLONE_WRITE_DELAY", "0") or 0)  # crash-safety tests only
+    _check_space(dst.parent, sum(nbytes(t.shape, code_of(out_dtypes[t.name])) for t in p.tensors))
     config = dict(p.config)
     if dtype:
         config["torch_dtype" if "torch_dtype" in config else "dtype"] = dtype
-    with AtomicDir(dst, force=force) as tmp:
+    with AtomicDir(dst, force=force, protect=(src,)) as tmp:
         writer = ShardedWriter(tmp, [(t.name, t.shape, out_dtypes[t.name]) for t in p.tensors],
                                max_shard_bytes, metadata={"hyperclone": __version__})
         bar = Progress(len(p.tensors), f"expand {src.name}", progress)
@@ -112,8 +171,6 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
                 writer.write(tp.name, y)
                 del y
                 bar.update()
-                if delay:
-                    time.sleep(delay)
         writer.close()
         write_json(tmp / "config.json", config)
         aux = copy_aux_files(src, tmp)
@@ -127,43 +184,72 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
             "backend": backend,
             "device": device or bk.device_name(),
             "dtype": dtype or "as source",
-            "exact": p.exact,
+            "certified_exact": p.exact,
+            "exact": p.exact,  # the measured outcome below, when measured
+            "verified": bool(verify),
             "certificate": json.loads(p.to_json(indent=None))["certificate"],
             "copied_files": aux,
             "seconds_expand": round(time.perf_counter() - t0, 3),
         }
         if verify:
-            report["verification"] = verify_checkpoints(src, tmp, backend=backend)
+            v = verify_checkpoints(src, tmp, backend=backend, tolerance=tolerance)
+            report["verification"] = v
+            report["exact"] = bool(p.exact and v["passed"])
+            if not v["finite"] or (not v["passed"] and not inexact):
+                raise VerificationError(f"{dst} was not written: {failure(v)}")
         write_json(tmp / "hyperclone.json", report)
         (tmp / "plan.json").write_text(p.to_json(indent=None))  # the trainer's symmetry monitor reads it
     return report
 
 
-def verify_checkpoints(src, dst, backend: str = "numpy", batch: int = 2, seq: int = 16, seed: int = 0) -> dict:
+def failure(v: dict) -> str:
+    """One line saying why a verification failed."""
+    if not v["finite"]:
+        return ("the logits hold NaN/Inf values (non-finite differences always fail); "
+                "the checkpoint's weights overflow on the test tokens")
+    return (f"relative logit difference {v['relative']:.2e} exceeds the tolerance {v['tolerance']:g} "
+            f"({v['dtype']}); the clone does not compute the source's function")
+
+
+def verify_checkpoints(src, dst, backend: str = "numpy", batch: int = 2, seq: int = 16, seed: int = 0,
+                       tolerance: Optional[float] = None) -> dict:
     """Max abs and relative logit difference between two checkpoints on random tokens,
-    with the backend's decoder (the numpy oracle in float64 for ``numpy``)."""
-    bk = load_backend(backend)
+    with the backend's decoder (the numpy oracle in float64 for ``numpy``), and whether
+    it ``passed``: finite, and relative <= ``tolerance`` (default: the bound of the
+    coarsest float dtype either checkpoint stores).  Every value is JSON-safe."""
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance {tolerance!r}: must be a finite number >= 0")
+    bk = _backend(backend, None)
     if "forward" not in getattr(bk, "capabilities", ()):
         bk = load_backend("numpy")
-    out = []
+    out, dtypes = [], set()
     for folder in (src, dst):
         ck = Checkpoint(folder)
-        family = family_for_config(ck.config)
-        cfg = family.read(ck.config)
+        family, cfg = read_model(ck.config, str(Path(folder) / "config.json"))
         ck.validate(family, cfg)
-        weights = {n: ck.read(n) for n in ck.names() if n in _names(family, cfg)}
+        dtypes |= ck.float_dtypes()
+        names = tensor_names(family, cfg)
+        weights = {n: ck.read(n) for n in ck.names() if n in names}
         tokens = random_tokens(cfg.vocab, batch, min(seq, cfg.positions), seed)
-        out.append(np.asarray(bk.forward(family, cfg, weights, tokens), dtype=np.float64))
+        with np.errstate(all="ignore"):  # overflow shows up as non-finite logits, reported below
+            out.append(np.asarray(bk.forward(family, cfg, weights, tokens), dtype=np.float64))
         del weights
     a, b = out
     if a.shape != b.shape:
         raise CheckpointError(f"logit shapes differ: {a.shape} vs {b.shape}; the vocabularies differ")
-    max_abs = float(np.abs(a - b).max())
-    scale = float(np.abs(a).max()) or 1.0
-    return {"max_abs_diff": max_abs, "max_abs_logit": scale, "relative": max_abs / scale,
-            "tokens": [batch, int(a.shape[1])], "backend": getattr(bk, "name", backend)}
-
-
-def _names(family, cfg):
-    from .spec import tensor_names
-    return tensor_names(family, cfg)
+    dtype = coarsest(dtypes)
+    tol = default_tolerance(dtypes) if tolerance is None else float(tolerance)
+    finite = bool(np.isfinite(a).all() and np.isfinite(b).all())
+    v = {"max_abs_diff": None, "max_abs_logit": None, "relative": None, "finite": finite, "dtype": dtype,
+         "tolerance": tol, "passed": False, "tokens": [batch, int(a.shape[1])],
+         "backend": getattr(bk, "name", backend)}
+    if finite:
+        with np.errstate(all="ignore"):
+            max_abs = float(np.abs(a - b).max()) if a.size else 0.0
+            scale = float(np.abs(a).max()) if a.size else 0.0
+        relative = max_abs / (scale or 1.0)
+        if math.isfinite(max_abs) and math.isfinite(relative):
+            v.update(max_abs_diff=max_abs, max_abs_logit=scale, relative=relative, passed=relative <= tol)
+        else:
+            v["finite"] = False
+    return v

@@ -20,17 +20,30 @@ String syntax (the CLI's ``--strategy``)::
 
 Rules are tried in order; the first whose key matches a tensor wins; a tensor no
 rule matches gets ``*=...`` if given, else the library default ``noisy:10``.
+
+Everything is checked at parse time: a number after ``:`` is required where the
+colon is written, noise must be a finite SNR of at least ``MIN_SNR_DB`` (noise
+louder than the weights loses the clone's precision to cancellation), a key may
+appear once, and (through ``Rules.unmatched``) a rule must match some tensor.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
 from .errors import PlanError
+
+MIN_SNR_DB = 0.0
+"""Noise at most as strong as the weights it is added to (0 dB).  Louder noise cancels
+in exact arithmetic only: in float32 the clone drifts (-60 dB: 7e2 relative)."""
+MAX_SNR_DB = 200.0
+"""Beyond this the noise is below float64 resolution; larger values overflow 10**(dB/10)."""
+MIN_ALPHA, MAX_ALPHA = 1e-3, 1e6
 
 
 @dataclass(frozen=True)
@@ -100,8 +113,9 @@ class RandomSplit(Mixing):
         return f"random_split:{self.alpha:g}"
 
     def __post_init__(self):
-        if not self.alpha > 0:
-            raise PlanError(f"random_split needs ALPHA > 0, got {self.alpha}")
+        if not (isinstance(self.alpha, (int, float)) and MIN_ALPHA <= self.alpha <= MAX_ALPHA):
+            raise PlanError(f"strategy random_split:{self.alpha}: ALPHA must be a number in "
+                            f"[{MIN_ALPHA:g}, {MAX_ALPHA:g}]")
 
     def table(self, k_out, k_in, rng):
         return rng.dirichlet(np.full(k_in, self.alpha), size=k_out), True
@@ -128,6 +142,16 @@ class Strategy:
 
     mixing: Mixing = field(default_factory=Symmetric)
     noise_db: Optional[float] = None
+
+    def __post_init__(self):
+        n = self.noise_db
+        if n is not None and not (isinstance(n, (int, float)) and not isinstance(n, bool)
+                                  and MIN_SNR_DB <= n <= MAX_SNR_DB):
+            raise PlanError(
+                f"strategy noise {n!r} dB: the signal-to-noise ratio must be a finite number of dB in "
+                f"[{MIN_SNR_DB:g}, {MAX_SNR_DB:g}] (the paper uses 10); noise louder than the weights "
+                "destroys the clone's precision"
+            )
 
     def __str__(self) -> str:
         if self.noise_db is None:
@@ -182,6 +206,12 @@ class Rules:
             return str(self.default)
         return ",".join([f"{k}={s}" for k, s in self.rules] + [f"*={self.default}"])
 
+    def unmatched(self, tensors: Iterable) -> list:
+        """The keys of rules no (name, role kind) in ``tensors`` matches: a typo, or a
+        role the family does not have; either way the user's intent is not applied."""
+        tensors = list(tensors)
+        return [key for key, _ in self.rules if not any(_matches(key, n, k) for n, k in tensors)]
+
 
 def _matches(key: str, name: str, kind: str) -> bool:
     if any(c in key for c in "*?[./"):
@@ -189,35 +219,48 @@ def _matches(key: str, name: str, kind: str) -> bool:
     return kind == key or kind.startswith(key + ".")
 
 
+_MIXINGS = {"symmetric": Symmetric, "diagonal": Diagonal, "first_copy": FirstCopy, "unidirectional": FirstCopy}
+
+
+def _number(part: str, arg: str) -> float:
+    try:
+        x = float(arg)
+    except ValueError:
+        raise PlanError(f"strategy {part!r}: {arg!r} is not a number") from None
+    if not math.isfinite(x):
+        raise PlanError(f"strategy {part!r}: {arg!r} is not a finite number")
+    return x
+
+
 def _parse_one(text: str) -> Strategy:
     text = text.strip()
-    parts = [p.strip() for p in text.split("+")]
+    if not text:
+        raise PlanError("strategy: an empty strategy; use symmetric, diagonal, first_copy, random_split:ALPHA "
+                        "or noisy:SNR_DB")
     mixing: Mixing = Symmetric()
     noise = None
-    for i, part in enumerate(parts):
-        word, _, arg = part.partition(":")
-        try:
-            if word == "noisy":
-                noise = float(arg or 10.0)
-            elif word == "noise" and i > 0:
-                noise = float(arg or 10.0)
-            elif i > 0:
-                raise PlanError(f"after '+' only noise:SNR_DB may follow, got {part!r}")
-            elif word == "symmetric":
-                mixing = Symmetric()
-            elif word == "diagonal":
-                mixing = Diagonal()
-            elif word in ("first_copy", "unidirectional"):
-                mixing = FirstCopy()
-            elif word == "random_split":
-                mixing = RandomSplit(float(arg or 1.0))
-            else:
-                raise PlanError(
-                    f"unknown strategy {part!r}; use symmetric, diagonal, first_copy, "
-                    "random_split:ALPHA or noisy:SNR_DB (combine as MIXING+noise:SNR_DB)"
-                )
-        except ValueError:
-            raise PlanError(f"strategy {part!r}: {arg!r} is not a number") from None
+    for i, part in enumerate(p.strip() for p in text.split("+")):
+        word, colon, arg = part.partition(":")
+        word, arg = word.strip(), arg.strip()
+        if colon and not arg:
+            raise PlanError(f"strategy {part!r}: a number must follow ':' (e.g. noisy:10)")
+        if word in ("noisy", "noise") and (word == "noisy" or i > 0):
+            if noise is not None:
+                raise PlanError(f"strategy {text!r}: noise is given twice")
+            noise = _number(part, arg) if colon else 10.0
+        elif i > 0:
+            raise PlanError(f"strategy {text!r}: after '+' only noise:SNR_DB may follow, got {part!r}")
+        elif word in _MIXINGS:
+            if colon:
+                raise PlanError(f"strategy {part!r}: {word} takes no argument")
+            mixing = _MIXINGS[word]()
+        elif word == "random_split":
+            mixing = RandomSplit(_number(part, arg) if colon else 1.0)
+        else:
+            raise PlanError(
+                f"unknown strategy {part!r}; use symmetric, diagonal, first_copy, "
+                "random_split:ALPHA or noisy:SNR_DB (combine as MIXING+noise:SNR_DB)"
+            )
     return Strategy(mixing, noise)
 
 
@@ -233,12 +276,15 @@ def parse(spec) -> Rules:
         raise PlanError(f"strategy must be a non-empty string, got {spec!r}")
     if "=" not in spec:
         return Rules(default=_parse_one(spec))
-    rules, default = [], None
+    rules, default, seen = [], None, set()
     for item in spec.split(","):
         key, eq, value = item.partition("=")
-        if not eq:
-            raise PlanError(f"strategy rule {item!r} needs KEY=STRATEGY (e.g. mlp=noisy:10)")
         key = key.strip()
+        if not eq or not key:
+            raise PlanError(f"strategy rule {item!r} needs KEY=STRATEGY (e.g. mlp=noisy:10)")
+        if key in seen:
+            raise PlanError(f"strategy rule key {key!r} is given twice; give each key once")
+        seen.add(key)
         if key == "*":
             default = _parse_one(value)
         else:

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -151,33 +146,10 @@ def test_inexact_plan_needs_the_flag(capsys, tmp_path):
 def test_existing_destination_needs_force(capsys, tmp_path):
     src = _src(tmp_path)
     dst = tmp_path / "dst"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("precious")
+    assert run_cli(capsys, "expand", src, dst, "--quiet", "--seed", "1")[0] == 0
     rc, err = run_cli(capsys, "expand", src, dst, "--quiet")
-    assert rc != 0 and "already exists" in err and "--force" in err
-    assert (dst / "keep.txt").read_text() == "precious"
-    rc, _ = run_cli(capsys, "expand", src, dst, "--quiet", "--force")
-    assert rc == 0 and not (dst / "keep.txt").exists() and (dst / "model.safetensors").exists()
+    assert rc == 4 and "already exists" in err and "--force" in err
+    assert json.loads((dst / "hyperclone.json").read_text())["seed"] == 1
+    rc, _ = run_cli(capsys, "expand", src, dst, "--quiet", "--force", "--seed", "2")
+    assert rc == 0 and json.loads((dst / "hyperclone.json").read_text())["seed"] == 2
     assert not [p for p in tmp_path.iterdir() if io.TMP_MARK in p.name]
-
-
-def test_killed_mid_write_leaves_no_destination_and_next_run_cleans(tmp_path):
-    src = _src(tmp_path)
-    dst = tmp_path / "dst"
-    env = dict(os.environ, HYPERCLONE_WRITE_DELAY="0.2")
-    proc = subprocess.Popen([sys.executable, "-m", "hyperclone_core.cli", "expand", str(src), str(dst), "--quiet"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    tmps = []
-    while time.time() < deadline and not tmps:
-        tmps = [p for p in tmp_path.iterdir() if p.name.startswith(".dst" + io.TMP_MARK)]
-        time.sleep(0.02)
-    assert tmps, "the expansion never started writing"
-    time.sleep(0.3)  # some tensors written, more to come
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not dst.exists()
-    left = [p for p in tmp_path.iterdir() if io.TMP_MARK in p.name]
-    assert left and all(p.name.startswith(f".dst{io.TMP_MARK}{proc.pid}-") for p in left)
-    assert main(["expand", str(src), str(dst), "--quiet"]) == 0
-    assert dst.exists() and not [p for p in tmp_path.iterdir() if io.TMP_MARK in p.name]

@@ -54,6 +54,7 @@ def test_dtype_option_and_aux_files_and_report(tmp_path):
     assert (dst / "tokenizer.json").exists() and (dst / "generation_config.json").exists()
     report = json.loads((dst / "hyperclone.json").read_text())
     assert report["seed"] == 5 and report["strategy"] == "noisy:10" and report["exact"] is True
+    assert report["verification"]["passed"] and report["verification"]["dtype"] == "bfloat16"
     assert report["certificate"]["checks"] and report["verification"]["max_abs_diff"] >= 0
     assert {io.Checkpoint(dst).dtype(n) for n in io.Checkpoint(dst).names()} == {"bfloat16"}
 
@@ -76,7 +77,7 @@ def test_verify_command_and_tolerance(tmp_path, capsys):
     io.save_checkpoint(tmp_path / "b", cfg, testing.random_weights(cfg, seed=2))
     assert main(["verify", str(tmp_path / "a"), str(tmp_path / "a"), "--tolerance", "0"]) == 0
     assert "relative 0.00e+00" in capsys.readouterr().out
-    assert main(["verify", str(tmp_path / "a"), str(tmp_path / "b"), "--tolerance", "1e-3"]) == 1
+    assert main(["verify", str(tmp_path / "a"), str(tmp_path / "b"), "--tolerance", "1e-3"]) == 5  # verification
 
 
 def test_unknown_backend_is_named(tmp_path, capsys):
