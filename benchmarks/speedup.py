@@ -50,10 +50,10 @@ def main(argv=None) -> int:
     try:
         demo.check_out(args.out)
         if args.tokens:
-            from hyperclone_core.data import load_tokens, split
+            from hyperclone_core.data import hold_out, load_tokens
 
             tokens = load_tokens(args.tokens, dtype=args.data_dtype, vocab=args.vocab)
-            train, val = split(np.asarray(tokens), 0.05)
+            train, val = hold_out(np.asarray(tokens), 0.05)
             print(f"tokens: {args.tokens}: {len(tokens):,} (train {len(train):,}, val {len(val):,})")
             results = demo.compare(st, None, backend=args.backend, train_tokens=train, val_tokens=val,
                                    vocab=args.vocab)

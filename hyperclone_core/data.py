@@ -153,7 +153,7 @@ def check_vocab(tokens: np.ndarray, vocab: int, what: str = "tokens", chunk: int
         )
 
 
-def split(tokens: np.ndarray, val_fraction: float = 0.05, min_val: int = 0) -> tuple:
+def hold_out(tokens: np.ndarray, val_fraction: float = 0.05, min_val: int = 0) -> tuple:
     """(train, val) views: the last ``val_fraction`` of the tokens is held out."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -217,5 +217,5 @@ def fixed_batches(tokens: np.ndarray, n: int, batch_size: int, seq_len: int, see
 
 __all__ = [
     "BatchSampler", "ByteTokenizer", "DataError", "HFTokenizer", "check_vocab", "fixed_batches",
-    "get_tokenizer", "load_tokens", "split",
+    "get_tokenizer", "hold_out", "load_tokens",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hyperclone_core.data import (
-    BatchSampler, ByteTokenizer, DataError, fixed_batches, get_tokenizer, load_tokens, split,
+    BatchSampler, ByteTokenizer, DataError, fixed_batches, get_tokenizer, hold_out, load_tokens,
 )
 
 
@@ -106,9 +106,9 @@ def test_rank_and_micro_slices_tile_the_global_batch():
 def test_too_little_data_and_splits():
     with pytest.raises(DataError, match="fewer than seq_len \\+ 1 = 17"):
         BatchSampler(np.arange(10), 2, 16)
-    train, val = split(np.arange(100), 0.1)
+    train, val = hold_out(np.arange(100), 0.1)
     assert len(train) == 90 and val.tolist() == list(range(90, 100))
-    train, val = split(np.arange(100), 0.01, min_val=17)
+    train, val = hold_out(np.arange(100), 0.01, min_val=17)
     assert len(val) == 17
     a = fixed_batches(np.arange(500), 3, 4, 8, seed=0)
     assert all(np.array_equal(x, y) for x, y in zip(a, fixed_batches(np.arange(500), 3, 4, 8, seed=0)))

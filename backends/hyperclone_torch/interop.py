@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from hyperclone_core import Growth, family_for_config
-from hyperclone_core import plan as make_plan
+from hyperclone_core import plan as plan_growth
 from hyperclone_core.backend import run_program
 from hyperclone_core.errors import HypercloneError
 
@@ -169,7 +169,7 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     family, hf = _hf_config(model)
     cfg = family.read(hf)
     growth = Growth.of(cfg, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, layout=layout)
-    plan = make_plan(family, hf, growth, strategy, seed)
+    plan = plan_growth(family, hf, growth, strategy, seed)
 
     src_state = model.state_dict()
     new = _empty_like_class(model, plan)

@@ -135,7 +135,7 @@ def run(args) -> Any:
     from ..backend import load_backend
     from ..io import load_weights
 
-    cfg = config_from(args)
+    tc = config_from(args)
     bk = load_backend(args.backend)
     if "train" not in getattr(bk, "capabilities", ()):
         raise ConfigError(f"--backend {args.backend}: this backend does not train "
@@ -147,7 +147,7 @@ def run(args) -> Any:
     if args.val_data:
         val = hdata.load_tokens(args.val_data, dtype=args.data_dtype, vocab=vocab, tokenizer=tok)
     elif args.val_fraction > 0:
-        tokens, val = hdata.split(tokens, args.val_fraction, min_val=args.seq_len + 1)
+        tokens, val = hdata.hold_out(tokens, args.val_fraction, min_val=args.seq_len + 1)
     else:
         val = None
     if args.plan:
@@ -160,10 +160,10 @@ def run(args) -> Any:
     else:
         plan = plan_of(args.model_dir)
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
-    engine = bk.engine(hf, weights, cfg, optimizer_for(cfg, shapes, plan))
+    engine = bk.engine(hf, weights, tc, optimizer_for(tc, shapes, plan))
     del weights
     try:
-        return train(engine, cfg, tokens, val, plan=plan, source_dir=args.model_dir,
+        return train(engine, tc, tokens, val, plan=plan, source_dir=args.model_dir,
                      lineage=lineage(args.model_dir, args.backend)), engine.rank
     finally:
         engine.close()

@@ -121,51 +121,51 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
     model folder, whose tokenizer and generation files every checkpoint carries;
     ``lineage``: what ``hyperclone.json`` of each checkpoint records besides the step.
     """
-    cfg = config
+    tc = config  # the TrainConfig (cfg is a DecoderConfig everywhere)
     hf = dict(engine.config)
     shapes = {n: tuple(s) for n, s in engine.shapes.items()}
     vocab = hf.get("vocab_size")
     positions = _positions(hf)
-    if positions and cfg.seq_len > positions:
-        raise TrainError(f"--seq-len {cfg.seq_len} exceeds the model's {positions} positions "
+    if positions and tc.seq_len > positions:
+        raise TrainError(f"--seq-len {tc.seq_len} exceeds the model's {positions} positions "
                          f"(max_position_embeddings in config.json); use --seq-len {positions} or less")
     world, rank = int(engine.world), int(engine.rank)
-    if cfg.batch_size % (world * cfg.grad_accum):
-        raise TrainError(f"--batch-size {cfg.batch_size} (global) must be a multiple of {world} ranks x "
-                         f"{cfg.grad_accum} accumulation steps")
+    if tc.batch_size % (world * tc.grad_accum):
+        raise TrainError(f"--batch-size {tc.batch_size} (global) must be a multiple of {world} ranks x "
+                         f"{tc.grad_accum} accumulation steps")
     tokens = as_tokens(train_data, vocab, "train data")
-    sampler = hdata.BatchSampler(tokens, cfg.batch_size, cfg.seq_len, cfg.seed)
+    sampler = hdata.BatchSampler(tokens, tc.batch_size, tc.seq_len, tc.seed)
     val = None if val_data is None else as_tokens(val_data, vocab, "validation data")
-    val_batches = [] if val is None else hdata.fixed_batches(val, cfg.eval_batches, cfg.batch_size, cfg.seq_len,
-                                                              cfg.seed, rank, world)
+    val_batches = [] if val is None else hdata.fixed_batches(val, tc.eval_batches, tc.batch_size, tc.seq_len,
+                                                              tc.seed, rank, world)
     pairs = symmetry_pairs(plan) if plan is not None else []
-    data_fp = {"seed": cfg.seed, "train": ckpt.data_fingerprint(tokens), "val": ckpt.data_fingerprint(val)}
+    data_fp = {"seed": tc.seed, "train": ckpt.data_fingerprint(tokens), "val": ckpt.data_fingerprint(val)}
     model_fp = ckpt.model_fingerprint(hf, shapes)
     main = rank == 0
     say = log if main else (lambda _m: None)
 
     result = TrainResult()
-    out = Path(cfg.out_dir) if cfg.out_dir else None
+    out = Path(tc.out_dir) if tc.out_dir else None
     start = 0
     if out is not None:
         existing = ckpt.listed(out)
-        if existing and not cfg.resume:
+        if existing and not tc.resume:
             raise TrainError(f"{out} already holds {existing[-1][1].name}; pass --resume to continue it, or choose "
                              "a new --out")
-        if cfg.resume and existing:
-            start = _resume(engine, cfg, out, existing, model_fp, data_fp, result, say)
+        if tc.resume and existing:
+            start = _resume(engine, tc, out, existing, model_fp, data_fp, result, say)
         if main:
             out.mkdir(parents=True, exist_ok=True)
         engine.barrier()
-    log_path = Path(cfg.log_jsonl) if cfg.log_jsonl else (out / "metrics.jsonl" if out else None)
+    log_path = Path(tc.log_jsonl) if tc.log_jsonl else (out / "metrics.jsonl" if out else None)
     logf = None
     if log_path is not None and main:
         log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
         logf = open(log_path, "a")
 
-    tokens_per_step = cfg.batch_size * cfg.seq_len
+    tokens_per_step = tc.batch_size * tc.seq_len
     t0 = time.perf_counter() - (result.history[-1].get("seconds", 0.0) if result.history else 0.0)
-    bar = Progress(cfg.steps, "train", "step", enabled=cfg.progress and main, initial=start)
+    bar = Progress(tc.steps, "train", "step", enabled=tc.progress and main, initial=start)
     early: dict = {}  # step -> evaluation done before a checkpoint, reused by that step's record
 
     def evaluate(step: int) -> dict:
@@ -180,7 +180,7 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
         return rec
 
     def evaluates_at(step: int) -> bool:
-        return bool(val_batches or pairs) and bool(cfg.eval_every) and step % cfg.eval_every == 0
+        return bool(val_batches or pairs) and bool(tc.eval_every) and step % tc.eval_every == 0
 
     def emit(rec: dict) -> None:
         result.history.append(rec)
@@ -194,30 +194,30 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
         if newest and newest[-1][0] >= step:
             raise TrainError(f"{out} already holds {newest[-1][1].name}; refusing to write {folder.name} over or "
                              "before it (resume continues from the newest checkpoint)")
-        if evaluates_at(step) and step not in early and step < cfg.steps:
+        if evaluates_at(step) and step not in early and step < tc.steps:
             early[step] = evaluate(step)
         val_loss = early.get(step, {}).get("val_loss")
-        if step == cfg.steps and result.history and result.history[-1].get("step") == step:
+        if step == tc.steps and result.history and result.history[-1].get("step") == step:
             val_loss = result.history[-1].get("val_loss", val_loss)
         state = engine.export_state()
         if main:
-            trainer = {"step": step, "history": result.history, "config": cfg.to_dict(), "model": model_fp,
+            trainer = {"step": step, "history": result.history, "config": tc.to_dict(), "model": model_fp,
                        "data": dict(data_fp, position=step), "val_loss": val_loss,
                        "engine": {"backend": getattr(engine, "backend", type(engine).__name__)}}
             lin = dict(lineage or {}, step=step, data=data_fp)
             ckpt.save(folder, state, hf, trainer, aux_from=source_dir, lineage=lin)
-            ckpt.prune(out, cfg.save_total_limit, cfg.keep_best, log=say)
+            ckpt.prune(out, tc.save_total_limit, tc.keep_best, log=say)
         engine.barrier()
         result.checkpoint = str(folder)
 
     try:
         step = start
-        while step < cfg.steps:
+        while step < tc.steps:
             rec: dict = {"step": step}
             if evaluates_at(step):
                 rec.update(evaluate(step))
-            lr = lr_at(step, cfg)
-            micro = [sampler.batch(step, rank, world, m, cfg.grad_accum) for m in range(cfg.grad_accum)]
+            lr = lr_at(step, tc)
+            micro = [sampler.batch(step, rank, world, m, tc.grad_accum) for m in range(tc.grad_accum)]
             res = engine.step(micro, lr)
             if not res.updated or not math.isfinite(res.loss):
                 result.stopped = f"non-finite loss ({res.loss}) at step {step}"
@@ -235,18 +235,18 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
             step += 1
             result.steps_done = step
             stop = callback is not None and callback(rec) is False
-            if out is not None and (stop or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps)):
+            if out is not None and (stop or (tc.save_every and step % tc.save_every == 0 and step < tc.steps)):
                 checkpoint(step)
             if stop:
                 result.stopped = f"stopped by the callback after step {step - 1}"
                 return result
-        result.steps_done = cfg.steps
+        result.steps_done = tc.steps
         if val_batches or pairs:
-            final = {"step": cfg.steps, **evaluate(cfg.steps), "seconds": round(time.perf_counter() - t0, 4)}
-            if not result.history or result.history[-1].get("step") != cfg.steps:
+            final = {"step": tc.steps, **evaluate(tc.steps), "seconds": round(time.perf_counter() - t0, 4)}
+            if not result.history or result.history[-1].get("step") != tc.steps:
                 emit(final)
-        if out is not None and result.checkpoint != str(ckpt.folder_for(out, cfg.steps)):
-            checkpoint(cfg.steps)
+        if out is not None and result.checkpoint != str(ckpt.folder_for(out, tc.steps)):
+            checkpoint(tc.steps)
         return result
     finally:
         bar.close()
@@ -263,7 +263,7 @@ def _positions(hf: Mapping[str, Any]) -> Optional[int]:
         return hf.get("max_position_embeddings")
 
 
-def _resume(engine, cfg: TrainConfig, out: Path, existing: list, model_fp: dict, data_fp: dict,
+def _resume(engine, tc: TrainConfig, out: Path, existing: list, model_fp: dict, data_fp: dict,
             result: TrainResult, say) -> int:
     """Load the newest valid checkpoint into the engine after checking it belongs to
     this run; returns its step.  Newer invalid checkpoints are set aside (renamed,
@@ -277,16 +277,16 @@ def _resume(engine, cfg: TrainConfig, out: Path, existing: list, model_fp: dict,
         raise CheckpointError(f"{folder} was written while training another model "
                               f"({_first_difference(saved.get('model', {}), model_fp)}); resume only the model it "
                               "was trained from, or train into a new --out")
-    changed = cfg.changed_fields(saved.get("config", {}))
+    changed = tc.changed_fields(saved.get("config", {}))
     old_data = {k: v for k, v in (saved.get("data") or {}).items() if k in ("train", "val")}
-    if old_data and old_data != {k: data_fp[k] for k in ("train", "val")} and "data" not in cfg.allow_change:
+    if old_data and old_data != {k: data_fp[k] for k in ("train", "val")} and "data" not in tc.allow_change:
         changed.append("data (the training or validation tokens differ from the run's)")
     if changed:
         raise TrainError(f"--resume from {folder.name} would silently change the run: {'; '.join(changed)}. "
                          "Use the run's settings, or allow the change explicitly with --allow-change "
                          f"{','.join(c.split(' ')[0] for c in changed)}")
-    if saved["step"] >= cfg.steps:
-        raise TrainError(f"{folder.name} is already at step {saved['step']}, not before --steps {cfg.steps}: "
+    if saved["step"] >= tc.steps:
+        raise TrainError(f"{folder.name} is already at step {saved['step']}, not before --steps {tc.steps}: "
                          f"nothing to train; pass --steps larger than {saved['step']} to continue")
     for step, other in existing:
         if step > saved["step"]:
