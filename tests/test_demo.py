@@ -4,7 +4,6 @@ numbers, and the embedded corpus."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -23,14 +22,14 @@ def demo_run(tmp_path_factory):
     import contextlib
     import io
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         rc = demo.main(["--quick", "--out", str(out)])
-    return rc, buf.getvalue(), out
+    return rc, buf.getvalue(), out, err.getvalue()
 
 
 def test_demo_runs_and_writes_results(demo_run):
-    rc, text, out = demo_run
+    rc, text, out, _ = demo_run
     assert rc == 0, text
     doc = json.loads((out / "results.json").read_text())
     st = doc["settings"]
@@ -56,7 +55,7 @@ def test_demo_runs_and_writes_results(demo_run):
 
 
 def test_demo_prints_table_and_summary(demo_run):
-    rc, text, out = demo_run
+    rc, text, out, err = demo_run
     doc = json.loads((out / "results.json").read_text())
     assert "corpus: python" in text and "sha256" in text
     header = next(line for line in text.splitlines() if line.split()[:1] == ["step"])
@@ -64,8 +63,44 @@ def test_demo_prints_table_and_summary(demo_run):
     rows = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 4]
     assert [int(r[0]) for r in rows] == [s for s, _ in doc["clone"]]
     assert float(rows[-1][2]) == pytest.approx(doc["random"][-1][1], abs=1e-4)
-    for needle in ("clone vs random twin", "small-continue vs random", "forgetting dip", "symmetry monitor (last)"):
+    for needle in ("clone vs random twin", "small-continue vs random", "forgetting dip", "symmetry monitor (last)",
+                   "margin over the small model"):
         assert needle in text
+    # the headline is a number with its definition, and the bar covered the whole race
+    head = next(line for line in text.splitlines() if line.startswith("speed-up: "))
+    h = doc["summary"]["headline"]
+    assert isinstance(h["value"], float) and h["definition"] and f"{h['value']:.0f}" in head
+    assert "demo: pretrain small" in err and "demo: train small_continue" in err
+    total = doc["settings"]["pretrain_steps"] + 3 * doc["settings"]["steps"]
+    assert f"{total}/{total} steps" in err
+
+
+def test_results_json_has_no_null_without_a_reason(demo_run):
+    doc = json.loads((demo_run[2] / "results.json").read_text())
+
+    def walk(o, path):
+        if isinstance(o, dict):
+            nulls = [k for k, v in o.items() if v is None]
+            assert not nulls or "reason" in o, f"{path}: {nulls} null without a reason"
+            for k, v in o.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(o, list):
+            for i, v in enumerate(o):
+                walk(v, f"{path}[{i}]")
+
+    walk(doc, "results")
+
+
+def test_headline_is_a_number_in_every_case():
+    twin = [[0, 5.0], [10, 3.0], [20, 2.0]]
+    ahead = report.headline({"random": twin, "clone": [[0, 2.0], [10, 1.9], [20, 1.8]]})
+    assert ahead["kind"] == "steps_saved" and ahead["value"] == pytest.approx(20.0) and not ahead["lower_bound"]
+    beyond = report.headline({"random": twin, "clone": [[0, 1.9], [20, 1.8]]})
+    assert beyond["kind"] == "steps_saved" and beyond["value"] == 20.0 and beyond["lower_bound"]
+    sooner = report.headline({"random": twin, "clone": [[0, 2.5], [10, 1.9], [20, 1.8]]})
+    assert sooner["kind"] == "speedup" and sooner["value"] == pytest.approx(20 / (10 * 0.5 / 0.6))
+    slower = report.headline({"random": twin, "clone": [[0, 5.0], [20, 2.5]]})
+    assert slower["kind"] == "speedup" and slower["value"] == pytest.approx(15.0 / 20.0)
 
 
 def test_demo_refuses_a_foreign_out_folder(tmp_path, capsys):
@@ -82,7 +117,8 @@ def test_steps_to_reach_interpolates():
     assert report.steps_to_reach(curve, 3.0) == 10.0
     assert report.steps_to_reach(curve, 1.0) is None
     assert report.speedup(curve, [[0, 9.0], [20, 4.0]])["speedup"] == pytest.approx(20 / 5)
-    assert math.isinf(report.speedup(curve, [[0, 9.0], [20, 6.0]])["speedup"])
+    ahead = report.speedup(curve, [[0, 9.0], [20, 6.0]])
+    assert ahead["speedup"] is None and "step 0" in ahead["reason"]
     dip = report.forgetting_dip([[0, 2.0], [10, 2.3], [20, 1.9]])
     assert dip["dip"] == pytest.approx(0.3) and dip["peak_step"] == 10
 

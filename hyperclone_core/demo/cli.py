@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a <= 2 minute run (CPU)")
     p.add_argument("--preset", choices=sorted(PRESETS), help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="also print results.json to stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_settings_args(p.add_argument_group("settings (the recipe; see docs/recipe.md)"), PRESETS["default"])
     return p
 
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         check_out(args.out)
         corpus = load_corpus(args.text)
         print(corpus.describe())
-        results = compare(st, corpus, backend=args.backend)
+        results = compare(st, corpus, backend=args.backend, progress=not args.no_progress)
         print()
         print(summarize(results))
         out = write_outputs(results, args.out)

@@ -25,6 +25,7 @@ from ..corpus import Corpus
 from ..errors import ConfigError, HypercloneError
 from ..families import family_for_config
 from ..plan import Growth, plan
+from ..progress import Progress
 from ..structure import init_weights
 from ..train import TrainConfig, optimizer_for, train
 from . import report
@@ -57,7 +58,7 @@ class Settings:
     eval_every: int = 30
     eval_batches: int = 8
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"               # auto: a GPU when there is one
     dtype: str = "float32"             # TrainConfig.dtype: bfloat16 compute for GPUs
     threads: int = 0                   # intra-op CPU threads; 0 = the backend's policy (1 for small models)
 
@@ -132,12 +133,17 @@ def preservation_error(bk, hf_small: dict, small: dict, p, clone: dict, tokens: 
     return float(np.abs(a - b).max() / max(float(np.abs(a).max()), 1e-12))
 
 
-def run(bk, hf_config: dict, weights: dict, config: TrainConfig, train_tokens, val_tokens, p=None):
+def run(bk, hf_config: dict, weights: dict, config: TrainConfig, train_tokens, val_tokens, p=None, bar=None):
     """One training run on a fresh engine; returns (result, trained weights as numpy)."""
     shapes = {n: np.shape(w) for n, w in weights.items()}
     eng = bk.engine(hf_config, weights, config, optimizer_for(config, shapes, p))
+
+    def tick(rec):
+        if bar is not None:
+            bar.update(1, loss=rec.get("train_loss"), val=rec.get("val_loss"))
+
     try:
-        res = train(eng, config, train_tokens, val_tokens, plan=p)
+        res = train(eng, config, train_tokens, val_tokens, plan=p, callback=tick)
         return res, eng.params()
     finally:
         eng.close()
@@ -145,8 +151,9 @@ def run(bk, hf_config: dict, weights: dict, config: TrainConfig, train_tokens, v
 
 def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log: Callable[[str], None] = print,
             train_tokens: Optional[np.ndarray] = None, val_tokens: Optional[np.ndarray] = None,
-            vocab: Optional[int] = None) -> dict:
-    """Pretrain, clone, train the three runs; return curves, summary and settings."""
+            vocab: Optional[int] = None, progress: bool = False) -> dict:
+    """Pretrain, clone, train the three runs; return curves, summary and settings.
+    ``progress``: one bar over the whole race (phase, step, loss, ETA) on stderr."""
     bk = load_backend(backend)
     if "train" not in getattr(bk, "capabilities", ()):
         raise ConfigError(f"backend {backend!r} does not train (capabilities: {', '.join(sorted(bk.capabilities))}); "
@@ -157,13 +164,15 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
         vocab = 256 if train_tokens.dtype == np.uint8 else int(max(train_tokens.max(), val_tokens.max())) + 1
     t0 = time.perf_counter()
 
+    bar = Progress(st.pretrain_steps + 3 * st.steps, "demo", "step", enabled=progress)
     hf_small = st.small_config(vocab)
     small = random_weights(bk, hf_small, st.seed)
     n_small = sum(int(np.prod(np.shape(w))) for w in small.values())
     log(f"small model: hidden {st.hidden}, {st.layers} layers, {n_small:,} parameters; "
         f"pretraining {st.pretrain_steps} steps at lr {st.pretrain_lr:g}")
+    bar.set_label("demo: pretrain small")
     pre, small = run(bk, hf_small, small, train_config(st, st.pretrain_steps, st.pretrain_lr, st.seed + 1),
-                     train_tokens, val_tokens)
+                     train_tokens, val_tokens, bar=bar)
 
     fam = family_for_config(hf_small)
     p = plan(fam, hf_small, Growth.of(fam.read(hf_small), width=st.width), st.strategy, seed=st.seed)
@@ -191,10 +200,12 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
     ):
         log(f"training {name}: {st.steps} steps, peak lr {lr:g}" + (f", clone_lr {clone_lr}" if clone_lr else ""))
         t1 = time.perf_counter()
+        bar.set_label(f"demo: train {name}")
         runs[name], _ = run(bk, hf, w, train_config(st, st.steps, lr, st.seed + 3, clone_lr), train_tokens,
-                            val_tokens, pl)
+                            val_tokens, pl, bar=bar)
         log(f"  {name}: final val loss {curve(runs[name])[-1][1]:.4f} ({time.perf_counter() - t1:.0f} s)")
 
+    bar.close()
     curves = {name: curve(res) for name, res in runs.items()}
     seconds = {name: seconds_of(res) for name, res in runs.items()}
     seconds["pretrain"] = seconds_of(pre)
@@ -208,6 +219,7 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
         clone_beats_small=curves["clone"][-1][1] < curves["small_continue"][-1][1],
         forgetting=report.forgetting_dip(curves["clone"]),
         symmetry=last_symmetry(runs["clone"]),
+        headline=report.headline(curves),
         with_pretraining=report.with_pretraining(curves, st.pretrain_steps, n_small / n_clone),
         preservation_error=err,
         run_seconds=seconds,
