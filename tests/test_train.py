@@ -6,6 +6,7 @@ with a clear error."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -296,3 +297,44 @@ def test_bfloat16_autocast_trains():
     _, grown, p = clone("noisy:10")
     res = train(grown, small_config(steps=3, dtype="bfloat16"), TOKENS, VAL)
     assert all(np.isfinite(res.train_losses)) and grown.get_parameter("lm_head.weight").dtype == torch.float32
+
+
+def test_cli_checkpoints_are_complete_folders_kept_to_a_limit(tmp_path, capsys):
+    """Each checkpoint loads on its own in transformers (model and tokenizer), carries its
+    lineage, only the newest N are kept, --resume says where it resumed from, and
+    OUT/loss.png is drawn."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from hyperclone_core.io import save_checkpoint
+
+    words = "hyperclone grows small models into wide ones and trains them".split()
+    vocab = {w: i for i, w in enumerate(["[UNK]", *words])}
+    cfg = dict(CASES["llama"], vocab_size=96)
+    save_checkpoint(tmp_path / "m", cfg, random_weights(cfg, seed=2))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "m" / "tokenizer.json"))
+    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7}))
+    text = tmp_path / "corpus.txt"
+    text.write_text(" ".join(words * 200))
+    args = [str(tmp_path / "m"), "--data", str(text), "--out", str(tmp_path / "o"), "--steps", "6", "--batch-size", "2",
+            "--seq-len", "16", "--eval-every", "2", "--eval-batches", "1", "--no-progress", "--save-every", "2",
+            "--save-total-limit", "2"]
+    assert main(args) == 0
+    kept = sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*"))
+    assert kept == ["checkpoint-0000004", "checkpoint-0000006"]
+    folder = tmp_path / "o" / kept[-1]
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    assert tokenizer("wide ones")["input_ids"] == [vocab["wide"], vocab["ones"]]
+    assert model.generation_config.max_new_tokens == 7
+    lineage = json.loads((folder / "hyperclone.json").read_text())
+    assert lineage["step"] == 6 and lineage["trained_from"] == str((tmp_path / "m").resolve())
+    assert lineage["data"]["train"]["tokens"] > 0
+    assert (tmp_path / "o" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main([*args[:6], "8", *args[7:], "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"resumed from checkpoint-0000006 \(step 6, val loss \d+\.\d{4}\)", err), err

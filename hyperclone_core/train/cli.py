@@ -17,6 +17,7 @@ from .. import data as hdata
 from ..errors import ConfigError, HypercloneError
 from .config import TrainConfig
 from .loop import NonFiniteLoss, optimizer_for, train
+from .plot import plot_history
 
 HIDDEN = ("out_dir", "betas", "clone_lr", "resume", "compile", "progress", "log_jsonl", "allow_change", "keep_best")
 HELP = {
@@ -162,9 +163,19 @@ def run(args) -> Any:
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
     engine = bk.engine(hf, weights, tc, optimizer_for(tc, shapes, plan))
     del weights
+    metrics = Path(tc.log_jsonl) if tc.log_jsonl else Path(args.out) / "metrics.jsonl"
+
+    def redraw(rec):  # OUT/loss.png, refreshed at each evaluation from the whole run's metrics
+        if rec.get("val_loss") is not None and engine.rank == 0 and metrics.is_file():
+            plot_history([json.loads(x) for x in metrics.read_text().splitlines() if x.strip()],
+                         Path(args.out) / "loss.png")
+
     try:
-        return train(engine, tc, tokens, val, plan=plan, source_dir=args.model_dir,
-                     lineage=lineage(args.model_dir, args.backend)), engine.rank
+        result = train(engine, tc, tokens, val, plan=plan, source_dir=args.model_dir, callback=redraw,
+                       lineage=lineage(args.model_dir, args.backend))
+        if engine.rank == 0:
+            plot_history(result.history, Path(args.out) / "loss.png")
+        return result, engine.rank
     finally:
         engine.close()
 
