@@ -122,8 +122,15 @@ def _check_space(folder: Path, need: int) -> None:
     except OSError:
         return
     if need > free:
-        raise OutputError(f"{folder}: the expanded checkpoint needs {need / 2**30:.2f} GiB but only "
-                          f"{free / 2**30:.2f} GiB are free there; free space or choose another destination")
+        raise OutputError(f"{folder}: the expanded checkpoint needs {_size(need)} but only {_size(free)} are "
+                          "free there; free space or choose another destination")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
 
 
 def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None, ffn_size: Optional[int] = None,

@@ -52,9 +52,13 @@ def _bad(path, key, value, want) -> ConfigError:
     return ConfigError(f"{path}: {key} = {shown} is invalid: it must be {want}; fix config.json")
 
 
+_NOT_NULL = frozenset({"rope_theta", "rotary_emb_base", "partial_rotary_factor", "rotary_pct"})
+"""Keys the readers convert without a fallback for null."""
+
+
 def _check(path, key: str, value, rule) -> None:
     kind = rule[0]
-    if value is None:
+    if value is None and key.rpartition(".")[2] not in _NOT_NULL:
         return  # absent: the family's default applies
     if kind == "int":
         lo, hi = rule[1], rule[2]
@@ -66,7 +70,7 @@ def _check(path, key: str, value, rule) -> None:
     elif kind == "pos":
         lo, hi = rule[1], rule[2]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not lo < value <= hi:
+                or not lo < value <= hi:  # (None lands here too, for the keys that may not be null)
             raise _bad(path, key, value, f"a finite number > {lo:g} and <= {hi:g}")
     elif kind == "bool":
         if not isinstance(value, bool):
@@ -122,7 +126,7 @@ def _check_activation(path, key: str, name: str) -> None:
 
     try:
         decoder.activation_key(name)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, ConfigError) as exc:
         raise ConfigError(f"{path}: {key} = {name!r}: {exc}") from None
 
 

@@ -109,7 +109,7 @@ def test_force_refuses_a_foreign_folder(src, tmp_path, capsys):
     assert rc == 4 and "not a previous hyperclone output" in err and "thesis.tex" not in leftovers(tmp_path)
 
 
-def test_force_replaces_a_previous_output_and_an_empty_folder(src, tmp_path):
+def test_force_replaces_a_previous_output_and_an_empty_folder(src, tmp_path, commit_mode):
     dst = tmp_path / "dst"
     dst.mkdir()
     assert expand(src, dst, "--force") == 0  # empty: replaceable
@@ -120,6 +120,18 @@ def test_force_replaces_a_previous_output_and_an_empty_folder(src, tmp_path):
 
 
 # ---------------------------------------------------------------- races
+
+
+@pytest.fixture(params=["renameat2", "lock file"])
+def commit_mode(request, monkeypatch):
+    """Every race is run twice: with renameat2 (Linux) and with the lock-file fallback."""
+    from hyperclone_core.io import atomic
+
+    if request.param == "renameat2" and atomic._renameat2 is None:
+        pytest.skip("renameat2 is not available here")
+    if request.param == "lock file":
+        monkeypatch.setattr(atomic, "_renameat2", None)
+    return request.param
 
 
 def _during_write(monkeypatch, action):
@@ -137,7 +149,7 @@ def _during_write(monkeypatch, action):
 
 
 @pytest.mark.parametrize("force", [False, True])
-def test_dst_created_meanwhile_is_never_replaced(src, tmp_path, monkeypatch, capsys, force):
+def test_dst_created_meanwhile_is_never_replaced(src, tmp_path, monkeypatch, capsys, force, commit_mode):
     dst = tmp_path / "dst"
 
     def rival():
@@ -151,7 +163,7 @@ def test_dst_created_meanwhile_is_never_replaced(src, tmp_path, monkeypatch, cap
     assert leftovers(tmp_path) == []
 
 
-def test_two_expands_to_one_dst_do_not_both_win(src, tmp_path, monkeypatch):
+def test_two_expands_to_one_dst_do_not_both_win(src, tmp_path, monkeypatch, commit_mode):
     dst = tmp_path / "dst"
     inner = []
 
@@ -165,7 +177,7 @@ def test_two_expands_to_one_dst_do_not_both_win(src, tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
-def test_force_does_not_replace_a_dst_swapped_in_meanwhile(src, tmp_path, monkeypatch):
+def test_force_does_not_replace_a_dst_swapped_in_meanwhile(src, tmp_path, monkeypatch, commit_mode):
     """--force was given for the folder that existed at the start, not for a newer one."""
     dst = tmp_path / "dst"
     assert expand(src, dst) == 0
@@ -183,7 +195,7 @@ def test_force_does_not_replace_a_dst_swapped_in_meanwhile(src, tmp_path, monkey
 # ---------------------------------------------------------------- crash recovery
 
 
-def test_a_parked_old_dst_is_restored_not_deleted(src, tmp_path):
+def test_a_parked_old_dst_is_restored_not_deleted(src, tmp_path, commit_mode):
     """A kill between parking the old DST and renaming the new one into place leaves
     the old one parked: the next run puts it back instead of deleting it."""
     dst = tmp_path / "dst"
@@ -230,3 +242,29 @@ def test_killed_mid_write_leaves_no_destination_and_next_run_cleans(src, tmp_pat
     assert leftovers(tmp_path), "the killed run left no temp folder (was it killed mid-write?)"
     assert expand(src, dst) == 0
     assert dst.is_dir() and leftovers(tmp_path) == []
+
+
+def test_killed_between_the_two_renames_the_old_dst_comes_back(src, tmp_path):
+    """Lock-file mode parks the old DST for an instant: a SIGKILL right then, and the
+    next run (no --force) restores it bit for bit."""
+    dst = tmp_path / "dst"
+    assert expand(src, dst, "--seed", "1") == 0
+    before = tree(dst)
+    code = (
+        "import os, signal\n"
+        "from hyperclone_core.io import atomic\n"
+        "from hyperclone_core.cli import main\n"
+        "atomic._renameat2 = None\n"
+        "rename = os.rename\n"
+        "def killing_rename(a, b):\n"
+        f"    if str(b) == {str(dst)!r}:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    rename(a, b)\n"
+        "os.rename = killing_rename\n"
+        f"main(['expand', {str(src)!r}, {str(dst)!r}, '--quiet', '--force', '--seed', '2'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not dst.exists() and any(n.endswith("-old") for n in leftovers(tmp_path))
+    assert expand(src, dst) == 4  # the restored folder is there again: no --force, no replacement
+    assert tree(dst) == before and not any(n.endswith("-old") for n in leftovers(tmp_path))
