@@ -116,7 +116,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="peak of the device, for MFU on unknown cards")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--peers", action="store_true",
+                    help="instead: the trainer vs transformers + a plain AdamW loop vs a bare loop (train_peers.py)")
     args = ap.parse_args(argv)
+    if args.peers:
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+        import train_peers
+
+        train_peers.print_rows(train_peers.peers(list(train_peers.SIZES), max(args.steps, 4), 3, args.threads or 1))
+        return 0
     if args.warmup < 1:
         ap.error("--warmup must be >= 1 (the first step is not timed)")
     import torch
