@@ -1,1 +1,13 @@
-"""hyperclone_mlx: the MLX backend of hyperclone (in progress)."""
+"""hyperclone_mlx: the MLX backend of hyperclone.
+
+``backend`` is the object registered under the entry point ``hyperclone.backends:
+mlx`` (plan primitives, the compiled decoder, the training engine, checkpoints);
+``MlxEngine`` trains with the core trainer.
+"""
+
+from __future__ import annotations
+
+from .backend import MlxBackend, backend
+from .engine import MlxEngine
+
+__all__ = ["MlxBackend", "MlxEngine", "backend"]

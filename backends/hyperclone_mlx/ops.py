@@ -1,0 +1,200 @@
+"""The plan primitives on ``mlx.core`` arrays, on MLX's default device.
+
+MLX is lazy: a primitive only records its op.  ``to_numpy`` -- the interpreter's
+tensor boundary -- evaluates the tensor's whole program at once and hands MLX's
+cached buffers back, so streaming expansion holds one tensor's program at a time
+(the core's memory bound), and the AddNoise op keeps the noise power on the
+device (``add_zero_sum_noise``: no host round trip inside a program).
+
+Dtype-preserving like the oracle: coefficients are cast to the weight's dtype
+before the multiply (numpy's rounding), a bfloat16 weight stays bfloat16 (its
+noise is drawn and added in float32).  float64 (a float64 checkpoint) runs on the
+CPU stream: Metal has no float64.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+
+from hyperclone_core.growth import copy_ids, uniform_layout
+from hyperclone_core.noise import seed_words
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16, "float64": mx.float64}
+_NUMPY = {np.dtype(np.float32): mx.float32, np.dtype(np.float16): mx.float16, np.dtype(np.float64): mx.float64}
+
+
+def mx_dtype(name) -> mx.Dtype:
+    if isinstance(name, mx.Dtype):
+        return name
+    key = str(name).replace("mlx.core.", "")
+    if key not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not supported by the mlx backend; use one of {sorted(DTYPES)}")
+    return DTYPES[key]
+
+
+def _stream(dtype):
+    """float64 work goes to the CPU (Metal has no float64); everything else to the default device."""
+    return mx.cpu if dtype == mx.float64 else mx.default_stream(mx.default_device())
+
+
+def asarray(a, device: Optional[str] = None) -> mx.array:
+    """A numpy array (or an mlx one, returned as is) as an mlx array of the same
+    dtype; integer index maps become int32 when they fit (MLX's native index type)."""
+    if isinstance(a, mx.array):
+        return a
+    arr = np.asarray(a)
+    if arr.dtype.kind in "iu" and arr.size and arr.dtype.itemsize > 4 and 0 <= arr.min() and arr.max() < 2**31:
+        arr = arr.astype(np.int32)
+    if arr.dtype in _NUMPY:
+        return mx.array(arr, dtype=_NUMPY[arr.dtype])
+    return mx.array(arr)
+
+
+def to_numpy(x: mx.array) -> np.ndarray:
+    """Evaluate ``x`` (the end of a tensor's program) and view it as numpy; bfloat16
+    widens exactly to float32.  MLX's freed intermediates go back to the OS here."""
+    if x.dtype == mx.bfloat16:
+        x = x.astype(mx.float32)
+    mx.eval(x)
+    out = np.asarray(x)
+    if mx.get_cache_memory():
+        mx.clear_cache()
+    return out
+
+
+def shape(x) -> tuple:
+    return tuple(x.shape)
+
+
+def take(x: mx.array, axis: int, index: mx.array) -> mx.array:
+    return mx.take(x, index, axis=axis)
+
+
+def take_axes(x: mx.array, takes) -> mx.array:
+    """Consecutive Takes on distinct axes, the most growing last (the intermediate
+    stays as small as the gathers allow)."""
+    for axis, index in sorted(takes, key=lambda t: t[1].size / max(x.shape[t[0]], 1)):
+        x = mx.take(x, index, axis=axis)
+    return x
+
+
+def scale(x: mx.array, coeffs: mx.array) -> mx.array:
+    s = _stream(x.dtype)
+    c = coeffs if coeffs.dtype == x.dtype else coeffs.astype(x.dtype, stream=mx.cpu)
+    return mx.multiply(x, c, stream=s)
+
+
+def reshape(x: mx.array, shape) -> mx.array:
+    return mx.reshape(x, tuple(shape))
+
+
+def cast(x: mx.array, dtype) -> mx.array:
+    dt = mx_dtype(dtype)
+    if x.dtype == dt:
+        return x
+    return x.astype(dt, stream=mx.cpu if mx.float64 in (dt, x.dtype) else _stream(dt))
+
+
+def key(seed: int) -> mx.array:
+    """The MLX PRNG key of a 63-bit plan seed, every bit kept (``seed_words``)."""
+    return mx.array(np.asarray(seed_words(seed), dtype=np.uint32))
+
+
+# ---------------------------------------------------------------- zero-sum noise
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout(groups: mx.array) -> tuple:
+    """(m, uniform (m, k, layout) or None, per-copy gather maps for uneven copies),
+    memoized per groups array (the interpreter caches those on the device)."""
+    hit = _LAYOUTS.get(id(groups))
+    if hit is not None and hit[0]() is groups:
+        return hit[1]
+    if len(_LAYOUTS) > 256:
+        _LAYOUTS.clear()
+    g = np.asarray(groups).astype(np.int64)
+    m = int(g.max()) + 1
+    uniform = uniform_layout(g)
+    gathers = None
+    if uniform is None:
+        cid = copy_ids(g)
+        gathers = []
+        for c in range(int(cid.max()) + 1):
+            pos = np.full(m, len(g), dtype=np.int32)  # len(g): a zero row appended below
+            sel = np.flatnonzero(cid == c)
+            pos[g[sel]] = sel
+            gathers.append(mx.array(pos))
+        counts = np.bincount(g, minlength=m).astype(np.float32)
+        gathers = (gathers, mx.array(counts))
+    result = (m, uniform, gathers)
+    _LAYOUTS[id(groups)] = (weakref.ref(groups), result)
+    return result
+
+
+def _project(noise: mx.array, axis: int, groups: mx.array) -> mx.array:
+    """Subtract from every element the mean of its copies along ``axis``."""
+    m, uniform, uneven = _layout(groups)
+    shp = tuple(noise.shape)
+    if uniform is not None:
+        _, k, layout = uniform
+        split = shp[:axis] + ((k, m) if layout == "tile" else (m, k)) + shp[axis + 1:]
+        v = noise.reshape(split)
+        copy_axis = axis if layout == "tile" else axis + 1
+        return (v - mx.mean(v, axis=copy_axis, keepdims=True)).reshape(shp)
+    gathers, counts = uneven
+    pad = mx.zeros(shp[:axis] + (1,) + shp[axis + 1:], dtype=noise.dtype)
+    padded = mx.concatenate([noise, pad], axis=axis)
+    sums = functools.reduce(mx.add, (mx.take(padded, pos, axis=axis) for pos in gathers))
+    view = [1] * len(shp)
+    view[axis] = m
+    means = sums / counts.reshape(view)
+    return noise - mx.take(means, groups, axis=axis)
+
+
+def zero_sum_noise(shape, axis: int, groups: mx.array, seed: int, like: mx.array,
+                   n_groups: Optional[int] = None) -> mx.array:
+    """Standard Gaussian float32 noise from the key of ``seed``, projected to sum 0
+    over the copies of each old index along ``axis``."""
+    return _project(mx.random.normal(tuple(shape), dtype=mx.float32, key=key(seed)), axis, groups)
+
+
+def _mean_square(x: mx.array) -> mx.array:
+    """mean(x**2) as a device scalar (float32 accumulation; float64 stays float64)."""
+    dt = mx.float64 if x.dtype == mx.float64 else mx.float32
+    s = _stream(dt)
+    return mx.mean(mx.square(x.astype(dt, stream=s), stream=s), stream=s)
+
+
+def add_zero_sum_noise(x: mx.array, axis: int, groups: mx.array, snr_db: float, seed: int,
+                       n_groups: Optional[int] = None) -> mx.array:
+    """The whole AddNoise op, lazily: noise power, ``noise_factor``'s rule (0 when
+    either power is 0) and the add all stay on the device."""
+    noise = zero_sum_noise(x.shape, axis, groups, seed, x)
+    p_sig, p_noise = _mean_square(x), _mean_square(noise)
+    ratio = 10.0 ** (snr_db / 10.0)
+    ok = (p_sig > 0) & (p_noise > 0)
+    factor = mx.where(ok, mx.sqrt(p_sig / mx.where(ok, p_noise, 1.0) / ratio), 0.0)
+    s = _stream(x.dtype)
+    wide = x.astype(mx.float32, stream=s) if x.dtype in (mx.bfloat16, mx.float16) else x
+    return (wide + factor.astype(wide.dtype, stream=s) * noise.astype(wide.dtype, stream=s)).astype(x.dtype, stream=s)
+
+
+def mean_square(x: mx.array) -> float:
+    return float(_mean_square(x).item()) if x.size else 0.0
+
+
+def add_scaled(x: mx.array, noise: mx.array, factor: float) -> mx.array:
+    s = _stream(x.dtype)
+    wide = x.astype(mx.float32, stream=s) if x.dtype in (mx.bfloat16, mx.float16) else x
+    return (wide + noise.astype(wide.dtype, stream=s) * factor).astype(x.dtype, stream=s)
+
+
+__all__ = ["DTYPES", "add_scaled", "add_zero_sum_noise", "asarray", "cast", "key", "mean_square", "mx_dtype", "reshape",
+           "scale", "shape", "take", "take_axes", "to_numpy", "zero_sum_noise"]
