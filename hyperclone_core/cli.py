@@ -260,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        print("hyperclone: interrupted; nothing partial was left at the destination", file=sys.stderr)
+        print("hyperclone: interrupted (Ctrl-C); nothing partial was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # --help, or a delegated command's own exit
         if exc.code is None or isinstance(exc.code, int):

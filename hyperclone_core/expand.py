@@ -102,6 +102,9 @@ def _backend(name: str, device: Optional[str]):
         bk = load_backend(name)
     except HypercloneError as exc:
         raise UsageError(f"--backend {name}: {exc}") from None
+    if device is not None and getattr(bk, "name", name) == "numpy" and device != "cpu":
+        raise UsageError(f"--device {device}: the numpy backend runs on the CPU only; pick a backend with "
+                         "devices (e.g. --backend torch) or leave --device out")
     if device is not None:
         try:
             bk.to_numpy(bk.asarray(np.zeros(1, np.float32), device))

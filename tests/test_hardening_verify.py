@@ -138,3 +138,11 @@ def test_bf16_clone_gets_the_bf16_bound(tmp_path, case_dir, capsys):
     doc = strict_json(capsys.readouterr().out)
     assert doc["tolerance"] == tolerances.BF16_RELATIVE and doc["dtype"] == "bfloat16"
     assert main(["verify", str(src), str(tmp_path / "dst"), "--tolerance", "1e-9"]) == 5
+
+
+def test_expand_tolerance_option(tmp_path, case_dir, capsys):
+    src = case_dir("llama")
+    rc = main(["expand", str(src), str(tmp_path / "dst"), "--quiet", "--tolerance", "1e-12"])
+    assert rc == 5 and "1e-12" in capsys.readouterr().err and not (tmp_path / "dst").exists()
+    assert main(["expand", str(src), str(tmp_path / "dst"), "--quiet", "--tolerance", "1e-3"]) == 0
+    assert json.loads((tmp_path / "dst" / "hyperclone.json").read_text())["verification"]["tolerance"] == 1e-3

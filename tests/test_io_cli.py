@@ -135,3 +135,28 @@ def test_uncreatable_parent_is_named(tmp_path, case_dir, capsys):
     (tmp_path / "file").write_text("x")
     rc = main(["expand", str(case_dir("llama")), str(tmp_path / "file" / "wide"), "--quiet"])
     assert rc != 0 and "cannot create the destination's parent folder" in capsys.readouterr().err
+
+
+def test_write_hf_folder_is_the_one_writer(tmp_path):
+    """Per-tensor dtypes (bfloat16 rounded here only), extra files, aux files, a hook
+    before the commit; paths outside the folder refused; the folder reloads exactly."""
+    from hyperclone_core.dtypes import bf16_to_f32, f32_to_bf16
+    from hyperclone_core.errors import CheckpointError
+
+    cfg = testing.CASES["llama"]
+    w = testing.random_weights(cfg)
+    src = io.save_checkpoint(tmp_path / "src", cfg, w, extra_files={"tokenizer.json": '{"v": 1}'})
+    name = "model.layers.0.mlp.up_proj.weight"
+    tensors = {n: ((a, "bfloat16") if n == name else a) for n, a in w.items()}
+    seen = []
+    out = io.write_hf_folder(tmp_path / "out", cfg, tensors, extra_files={"trainer/state.json": "{}"},
+                             aux_from=src, before_commit=lambda tmp: seen.append(sorted(p.name for p in tmp.iterdir())))
+    ck = io.Checkpoint(out)
+    assert ck.dtype(name) == "bfloat16" and ck.dtype("model.norm.weight") == "float32"
+    assert np.array_equal(ck.read(name), bf16_to_f32(f32_to_bf16(w[name])))
+    assert np.array_equal(ck.read("model.norm.weight"), w["model.norm.weight"])
+    assert (out / "trainer" / "state.json").read_text() == "{}" and (out / "tokenizer.json").read_text() == '{"v": 1}'
+    assert "config.json" in seen[0] and io.is_hyperclone_output(out)
+    with pytest.raises(CheckpointError, match="outside"):
+        io.write_hf_folder(tmp_path / "bad", cfg, w, extra_files={"../escape.txt": "x"})
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "bad").exists()
