@@ -1,0 +1,118 @@
+"""The jax backend object: plan primitives and whole-program compilation (sharded
+over a Mesh when given one), the decoder forward, the training engine and its
+launcher, and checkpoints bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperclone_core.families import family_for_config
+from hyperclone_core.structure import init_rule, slots
+
+from . import distributed as D
+from . import ops
+
+
+class JaxBackend:
+    """``mesh``/``rules`` (optional): expansion then produces every destination tensor
+    with the sharding its role's rule names (``distributed.spec_for``)."""
+
+    name = "jax"
+    # distributed: one controller over a Mesh (data, fsdp, tensor); multi-host via jax.distributed
+    capabilities = frozenset({"expand", "forward", "train", "distributed"})
+
+    def __init__(self, mesh=None, rules: Optional[Mapping[str, Any]] = None):
+        self.mesh, self.rules = mesh, rules
+
+    def with_mesh(self, mesh, rules: Optional[Mapping[str, Any]] = None) -> "JaxBackend":
+        return JaxBackend(mesh, rules)
+
+    def version(self) -> str:
+        return jax.__version__
+
+    def device_name(self) -> str:
+        d = jax.devices()[0]
+        where = f"mesh {dict(self.mesh.shape)}" if self.mesh is not None else f"{jax.device_count()} device(s)"
+        return f"{d.platform} ({d.device_kind}, {where})"
+
+    # ---------------------------------------------------------------- primitives
+    def asarray(self, a, device=None):
+        if self.mesh is not None:
+            return ops.asarray(a, sharding=D.replicated(self.mesh))
+        return ops.asarray(a, device)
+
+    to_numpy = staticmethod(ops.to_numpy)
+    take = staticmethod(ops.take)
+    scale = staticmethod(ops.scale)
+    zero_sum_noise = staticmethod(ops.zero_sum_noise)
+    mean_square = staticmethod(ops.mean_square)
+    add_scaled = staticmethod(ops.add_scaled)
+    reshape = staticmethod(ops.reshape)
+    cast = staticmethod(ops.cast)
+
+    @staticmethod
+    def shape(x) -> tuple:
+        return tuple(x.shape)
+
+    def target(self, kind: str, shape: tuple):
+        """Where a destination tensor of role ``kind`` goes (None: the default device)."""
+        return None if self.mesh is None else D.sharding_for(kind, shape, self.mesh, self.rules)
+
+    def run_whole_program(self, tp, arrays, x, device, cache):
+        return ops.run_whole_program(tp, arrays, x, device, cache, self.target(tp.kind, tuple(tp.shape)),
+                                     lambda a: self.asarray(a, device))
+
+    # ---------------------------------------------------------------- model
+    def forward(self, family, cfg, weights: Mapping[str, Any], tokens, dtype: Optional[str] = None,
+                device: Optional[str] = None) -> np.ndarray:
+        """Logits as float32 numpy, computed in ``dtype`` (float32 unless "bfloat16")."""
+        from .model import forward
+
+        return np.asarray(forward(family, cfg, weights, tokens, dtype, device), np.float32)
+
+    # ---------------------------------------------------------------- training
+    def engine(self, hf_config, weights, config, optimizer):
+        from .engine import JaxEngine
+
+        return JaxEngine(hf_config, weights, config, optimizer, rules=self.rules)
+
+    def random_weights(self, hf_config, seed: int = 0, std: float = 0.02) -> dict:
+        """Fresh weights by the core's init rule from jax.random (all bits of ``seed``), as numpy."""
+        family = family_for_config(hf_config)
+        cfg = family.read(hf_config)
+        key = ops.rng_key(seed)
+        out = {}
+        for i, (name, s) in enumerate(slots(family, cfg).items()):
+            rule, value = init_rule(s.kind, cfg, std)
+            if rule == "normal":
+                out[name] = np.asarray(jax.random.normal(jax.random.fold_in(key, i), s.shape, jnp.float32) * value)
+            else:
+                out[name] = np.full(s.shape, value, np.float32)
+        return out
+
+    def launch_command(self, world, module_args):
+        from .engine import launch_command
+
+        return launch_command(world, module_args)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, folder, hf_config: Mapping[str, Any], weights: Mapping[str, Any], force: bool = False,
+                        max_shard_bytes: int = 5 * 2**30) -> Path:
+        from .io import save_checkpoint
+
+        return save_checkpoint(folder, hf_config, weights, force=force, max_shard_bytes=max_shard_bytes)
+
+    def load_checkpoint(self, folder) -> tuple:
+        from .io import load_checkpoint
+
+        return load_checkpoint(folder)
+
+
+backend = JaxBackend()
+
+__all__ = ["JaxBackend", "backend"]

@@ -1,0 +1,334 @@
+"""The jax engine for the core trainer: optax AdamW configured to the core's closed
+form, jitted steps with donated buffers, micro-batch accumulation, bfloat16
+compute over float32 masters, and sharding over a Mesh.
+
+The policy -- schedule, accumulation cadence, clipping rule, clone-aware LRs,
+decay mask, evaluation, checkpoints -- is ``hyperclone_core.train``'s; this file
+runs steps and moves state to and from numpy.  A step is one executable
+(``_step``: loss and gradients scanned over the micro-batches, clip, AdamW, the
+non-finite guard; parameters and optimizer state donated); ``gradients`` and
+``evaluate`` have their own.  All are module-level jits keyed by a hashable
+``StepSpec``, so engines of the same model and optimizer share executables.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hyperclone_core.errors import ConfigError
+from hyperclone_core.families import FAMILIES, family_for_config
+from hyperclone_core.spec import DecoderConfig
+from hyperclone_core.structure import slots
+from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError
+from hyperclone_core.train.optim import CLIP_EPS
+
+from . import distributed as D
+from .model import compute_dtype, lm_loss
+from .ops import QUICK_COMPILE, device_of
+
+PARALLEL = ("none", "mesh")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What a compiled step depends on besides array values (jit's static key)."""
+
+    family: str
+    cfg: DecoderConfig
+    names: tuple
+    dtype: str
+    betas: tuple
+    eps: float
+    weight_decay: float
+    grad_clip: float
+    decay: tuple
+    mult: tuple
+    mesh: Any = None
+    specs: tuple = ()
+
+    def tree(self, values) -> dict:
+        return dict(zip(self.names, values))
+
+
+# ---------------------------------------------------------------- the optimizer
+
+
+def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
+    """The core's clip rule (``optim.clip_coefficient``): scale by min(1, clip / (norm +
+    CLIP_EPS)); off for clip <= 0 or a non-finite norm.  optax's own clip omits the
+    epsilon."""
+
+    def update(updates, state, params=None):
+        if clip <= 0:
+            return updates, state
+        norm = optax.tree.norm(updates)
+        coef = jnp.where(jnp.isfinite(norm), jnp.minimum(1.0, clip / (norm + CLIP_EPS)), 1.0)
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def scale_by_tensor(mult: Mapping[str, float]) -> optax.GradientTransformation:
+    """Per-tensor LR multipliers (clone-aware LRs): each update times its tensor's factor."""
+
+    def update(updates, state, params=None):
+        return {n: u * mult[n] if mult[n] != 1.0 else u for n, u in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def adamw(spec: StepSpec, lr) -> optax.GradientTransformation:
+    """``optim.AdamW`` as optax: clip, Adam moments with the core's betas/eps, decoupled
+    decay on the decay set, the tensor's multiplier, then -lr.  The closed form's
+    p(1 - lr_n wd) - lr_n adam equals optax's p - lr_n (adam + wd p)."""
+    return optax.chain(
+        clip_by_global_norm(spec.grad_clip),
+        optax.scale_by_adam(b1=spec.betas[0], b2=spec.betas[1], eps=spec.eps),
+        optax.add_decayed_weights(spec.weight_decay, mask=spec.tree(spec.decay)),
+        scale_by_tensor(spec.tree(spec.mult)),
+        optax.scale_by_learning_rate(lr),
+    )
+
+
+# ---------------------------------------------------------------- the compiled pieces
+
+
+def _constrain(spec: StepSpec, tree: dict) -> dict:
+    if spec.mesh is None:
+        return tree
+    shard = dict(zip(spec.names, spec.specs))
+    return {n: jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(spec.mesh, shard[n]))
+            for n, x in tree.items()}
+
+
+def _grads(spec: StepSpec, params: dict, batches):
+    """Mean loss and mean gradient over the micro-batches (n, B, T+1)."""
+    family = FAMILIES[spec.family]
+    dt = None if spec.dtype == "float32" else compute_dtype(spec.dtype)
+    grad = jax.value_and_grad(lambda p, b: lm_loss(family, spec.cfg, p, b, dt))
+    n = batches.shape[0]
+    if n == 1:
+        loss, g = grad(params, batches[0])
+    else:
+        def body(carry, b):
+            l_b, g_b = grad(params, b)
+            return (carry[0] + l_b, jax.tree.map(jnp.add, carry[1], g_b)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (loss, g), _ = jax.lax.scan(body, zeros, batches)
+        loss, g = loss / n, jax.tree.map(lambda x: x / n, g)
+    return loss, _constrain(spec, g)
+
+
+def _update(spec: StepSpec, params: dict, state, grads: dict, loss, lr):
+    """Clip, AdamW at ``lr``; parameters and state unchanged unless loss and gradient are finite."""
+    norm = optax.tree.norm(grads)
+    updates, new_state = adamw(spec, lr).update(grads, state, params)
+    new_params = optax.apply_updates(params, updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(norm)
+    keep = lambda new, old: jnp.where(ok, new, old)
+    return (_constrain(spec, jax.tree.map(keep, new_params, params)), jax.tree.map(keep, new_state, state), norm, ok)
+
+
+def _step(spec: StepSpec, params: dict, state, batches, lr):
+    loss, grads = _grads(spec, params, batches)
+    return (loss,) + _update(spec, params, state, grads, loss, lr)
+
+
+def _init(spec: StepSpec, params: dict):
+    state = adamw(spec, 0.0).init(params)
+    return optax.tree_utils.tree_set(state, mu=_constrain(spec, optax.tree_utils.tree_get(state, "mu")),
+                                     nu=_constrain(spec, optax.tree_utils.tree_get(state, "nu")))
+
+
+def _loss(spec: StepSpec, params: dict, batches):
+    family = FAMILIES[spec.family]
+    dt = None if spec.dtype == "float32" else compute_dtype(spec.dtype)
+    return lm_loss(family, spec.cfg, params, batches[0], dt)
+
+
+def _jits(options: Optional[dict]) -> dict:
+    kw = {"compiler_options": options} if options else {}
+    return {"step": jax.jit(_step, static_argnums=0, donate_argnums=(1, 2), **kw),
+            "grads": jax.jit(_grads, static_argnums=0, **kw),
+            "init": jax.jit(_init, static_argnums=0, **kw),
+            "loss": jax.jit(_loss, static_argnums=0, **kw)}
+
+
+QUICK_COMPILE_BELOW = 2_000_000
+"""Models with fewer parameters compile with XLA's backend optimization off: there the
+compile (seconds) dominates the run (milliseconds a step), and the step is about as fast."""
+_COMPILED = {"quick": _jits(QUICK_COMPILE), "full": _jits(None)}
+
+
+# ---------------------------------------------------------------- placement
+
+
+@dataclass
+class Placement:
+    """Where the engine's arrays live: one device, or a mesh (then per-tensor specs)."""
+
+    device: Any = None
+    mesh: Any = None
+
+    @classmethod
+    def of(cls, config: TrainConfig, rules=None) -> "Placement":
+        D.initialize_multihost()
+        parallel = config.parallel or "none"
+        if parallel not in PARALLEL:
+            raise ConfigError(f"--parallel {parallel!r}: the jax backend shards over a mesh: use --parallel mesh "
+                              "with --mesh data=N,fsdp=N,tensor=N (or --parallel none); ddp/fsdp are torch's modes")
+        platform = None if config.device in ("auto", "", None) else device_of(config.device).platform
+        devices = jax.devices(platform) if platform else jax.devices()
+        if parallel == "mesh" or config.mesh:
+            text = config.mesh or f"data={len(devices)}"
+            return cls(mesh=D.make_mesh(D.parse_mesh(text), devices))
+        if jax.process_count() > 1:
+            raise ConfigError("a multi-host run needs --parallel mesh and --mesh (the processes share one mesh)")
+        return cls(device=device_of(config.device))
+
+    def sharding(self, kind: str, shape: tuple, rules=None):
+        if self.mesh is None:
+            return self.device
+        return D.sharding_for(kind, shape, self.mesh, rules)
+
+    def spec(self, kind: str, shape: tuple, rules=None):
+        return None if self.mesh is None else D.spec_for(kind, shape, self.mesh, rules)
+
+
+class JaxEngine:
+    """One model trained by jax (see ``hyperclone_core.train.Engine``)."""
+
+    backend = "jax"
+
+    def __init__(self, hf_config: Mapping[str, Any], weights: Mapping[str, Any], config: TrainConfig,
+                 optimizer: AdamW, rules: Optional[Mapping[str, Any]] = None):
+        self.config = dict(hf_config)
+        family = family_for_config(self.config)
+        cfg = family.read(self.config)
+        stored = slots(family, cfg)
+        missing = [n for n in stored if n not in weights]
+        if missing:
+            raise TrainError(f"the weights lack tensors the {family.name} config implies: {', '.join(missing[:6])}")
+        self.names = list(stored)
+        self.shapes = {n: tuple(stored[n].shape) for n in self.names}
+        self.where = Placement.of(config, rules)
+        self.rank, self.world = (jax.process_index(), jax.process_count())
+        per = config.batch_size // (self.world * config.grad_accum)
+        self.chunk_rows = per if per * self.world * config.grad_accum == config.batch_size else 0
+        self._shardings = {n: self.where.sharding(stored[n].kind, self.shapes[n], rules) for n in self.names}
+        specs = tuple(self.where.spec(stored[n].kind, self.shapes[n], rules) for n in self.names)
+        self.spec = StepSpec(family.name, cfg, tuple(self.names), config.dtype, tuple(optimizer.betas),
+                             float(optimizer.eps), float(optimizer.weight_decay), float(optimizer.grad_clip),
+                             tuple(n in optimizer.decay for n in self.names),
+                             tuple(optimizer.mult(n) for n in self.names), self.where.mesh,
+                             specs if self.where.mesh is not None else ())
+        size = sum(math.prod(s) for s in self.shapes.values())
+        self._jit = _COMPILED["quick" if size < QUICK_COMPILE_BELOW else "full"]
+        self._params = {n: self._put(np.asarray(weights[n], np.float32), n) for n in self.names}
+        self._state = self._jit["init"](self.spec, self._params)
+
+    # ------------------------------------------------------------ placement
+    def _put(self, host: np.ndarray, name: str) -> jax.Array:
+        """A private float32 copy of ``host`` on the tensor's device(s): the caller's array
+        is never aliased (donation would write into it)."""
+        return jax.device_put(np.array(host, dtype=np.float32, copy=True), self._shardings[name])
+
+    def _batches(self, micro: Sequence[np.ndarray], chunked: bool = True) -> jax.Array:
+        """The step's sequences as (chunks, rows, T+1) on the device(s).  Chunks are the
+        config's micro-batch (batch_size / (world x grad_accum) rows) however the caller
+        sliced the list: memory follows the config, and a step's result does not depend
+        on how the same sequences were handed over (a float sum's association does)."""
+        rows = [np.asarray(b) for b in micro]
+        if len({r.shape for r in rows}) != 1:
+            raise TrainError(f"micro-batches must all have one shape, got {sorted({r.shape for r in rows})}")
+        stack = np.stack(rows).astype(np.int32)
+        total = stack.shape[0] * stack.shape[1]
+        if chunked and self.chunk_rows and total % self.chunk_rows == 0:
+            stack = stack.reshape(total // self.chunk_rows, self.chunk_rows, stack.shape[2])
+        mesh = self.where.mesh
+        if mesh is None:
+            return jax.device_put(stack, self.where.device)
+        ways, per = D.batch_ways(mesh), stack.shape[1] * self.world
+        if per % ways:
+            raise TrainError(f"micro-batches of {per} sequences cannot be split over data x fsdp = {ways} devices "
+                             f"of the mesh; make --batch-size / --grad-accum a multiple of {ways}")
+        sharding = D.batch_sharding(mesh)
+        if self.world > 1:
+            return jax.make_array_from_process_local_data(sharding, stack)
+        return jax.device_put(stack, sharding)
+
+    # ------------------------------------------------------------ steps
+    def step(self, micro_batches: Sequence[np.ndarray], lr: float) -> StepResult:
+        loss, self._params, self._state, norm, ok = self._jit["step"](self.spec, self._params, self._state,
+                                                          self._batches(micro_batches), jnp.float32(lr))
+        return StepResult(float(loss), float(norm), bool(ok))
+
+    def gradients(self, micro_batches: Sequence[np.ndarray]) -> dict:
+        _, grads = self._jit["grads"](self.spec, self._params, self._batches(micro_batches))
+        return {n: D.process_allgather(grads[n]).astype(np.float32) for n in self.names}
+
+    def evaluate(self, batches: Sequence[np.ndarray]) -> float:
+        losses = [float(self._jit["loss"](self.spec, self._params, self._batches([b], chunked=False))) for b in batches]
+        return float(np.mean(losses))
+
+    # ------------------------------------------------------------ state
+    def params(self, names: Optional[Sequence[str]] = None) -> dict:
+        return {n: np.array(D.process_allgather(self._params[n]), np.float32) for n in (names or self.names)}
+
+    def export_state(self) -> EngineState:
+        get = optax.tree_utils.tree_get
+        mu, nu = get(self._state, "mu"), get(self._state, "nu")
+        return EngineState(self.params(), {n: np.array(D.process_allgather(mu[n]), np.float32) for n in self.names},
+                           {n: np.array(D.process_allgather(nu[n]), np.float32) for n in self.names},
+                           int(get(self._state, "count")))
+
+    def import_state(self, state: EngineState) -> None:
+        missing = [n for n in self.names if n not in state.params]
+        if missing:
+            raise TrainError(f"the state lacks tensors {missing[:6]}")
+        bad = [n for n in self.names if tuple(np.shape(state.params[n])) != self.shapes[n]]
+        if bad:
+            raise TrainError(f"the state's {bad[0]} has shape {list(np.shape(state.params[bad[0]]))}, the model's is "
+                             f"{list(self.shapes[bad[0]])}")
+        self._params = {n: self._put(state.params[n], n) for n in self.names}
+        fresh = self._jit["init"](self.spec, self._params)
+        if state.adam_step == 0:
+            self._state = fresh
+            return
+        self._state = optax.tree_utils.tree_set(
+            fresh, mu={n: self._put(state.exp_avg[n], n) for n in self.names},
+            nu={n: self._put(state.exp_avg_sq[n], n) for n in self.names},
+            count=jnp.asarray(state.adam_step, jnp.int32))
+
+    def barrier(self) -> None:
+        D.barrier()
+
+    def close(self) -> None:
+        self._params, self._state = {}, None
+
+
+# ---------------------------------------------------------------- launcher
+
+
+def launch_command(world: int, module_args: Sequence[str]) -> tuple:
+    """One process whose jax sees ``world`` host devices, the TrainConfig putting them
+    on the mesh's data axis (a single controller shards the batch itself)."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    env = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={int(world)}".strip(),
+           "JAX_PLATFORMS": "cpu"}
+    return [sys.executable, *module_args], env, {"parallel": "mesh", "mesh": f"data={int(world)}"}
+
+
+__all__ = ["JaxEngine", "Placement", "StepSpec", "adamw", "clip_by_global_norm", "launch_command",
+           "scale_by_tensor"]

@@ -1,0 +1,93 @@
+"""Params pytrees keyed by Hugging Face names: read and write HF folders, and grow
+them -- on one device, or straight into a sharded layout on a Mesh.
+
+A pytree here is a flat dict ``{"model.layers.0.self_attn.q_proj.weight": array}``
+with the checkpoint's names, the layout ``transformers`` and every hyperclone
+backend read, so a folder written here loads in ``transformers`` as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperclone_core.backend import run_program
+from hyperclone_core.expand import make_plan
+from hyperclone_core.io import Checkpoint
+from hyperclone_core.structure import slots
+from hyperclone_core.validate import read_model
+
+from . import distributed as D
+from .backend import JaxBackend
+from .io import read_tensor, save_checkpoint
+from .ops import jax_dtype
+
+
+def load_pretrained(folder, dtype: Optional[str] = None, mesh=None, rules: Optional[Mapping[str, Any]] = None) -> tuple:
+    """(config dict, params) of an HF checkpoint folder (safetensors only).  Tensors keep
+    their stored dtype unless ``dtype`` is given; with ``mesh`` each goes straight to
+    the shards its role's rule names (no full copy per device)."""
+    ck = Checkpoint(folder)
+    family, cfg = read_model(ck.config, str(Path(folder) / "config.json"))
+    ck.validate(family, cfg)
+    kinds = {n: s.kind for n, s in slots(family, cfg).items()}
+    out = {}
+    for n in ck.names():
+        if n not in kinds:
+            continue
+        where = D.sharding_for(kinds[n], ck.shape(n), mesh, rules) if mesh is not None else None
+        x = read_tensor(ck, n, where)
+        out[n] = x.astype(jax_dtype(dtype)) if dtype else x
+    return dict(ck.config), out
+
+
+def save_pretrained(folder, config: Mapping[str, Any], params: Mapping[str, Any], force: bool = False,
+                    max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write ``params`` as an HF folder (``transformers`` loads it; bfloat16 stays bfloat16)."""
+    config = dict(config)
+    dtypes = {jnp.dtype(x.dtype).name for x in params.values()}
+    if len(dtypes) == 1:
+        config["torch_dtype"] = dtypes.pop()
+    return save_checkpoint(folder, config, params, force=force, max_shard_bytes=max_shard_bytes)
+
+
+def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width: float = 2,
+                  ffn: Optional[float] = None, ffn_size: Optional[int] = None, heads: Optional[float] = None,
+                  kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = "noisy:10", seed: int = 0,
+                  layout: str = "tile", mesh=None, rules: Optional[Mapping[str, Any]] = None,
+                  return_plan: bool = False):
+    """Grow a params pytree (HF names -> numpy or jax arrays) into one whose logits equal
+    the source's; returns ``(params, config)`` (and the plan with ``return_plan``).
+
+    With ``mesh`` every grown tensor is produced by its device shards directly
+    (``out_shardings`` of its compiled program), from a source placed by the same
+    rules, so the host never holds a grown tensor; ``rules`` (role kind or glob ->
+    PartitionSpec) override ``distributed.ROLE_AXES``.  The source is not modified."""
+    p = make_plan(dict(config), width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
+                  layers=layers, strategy=strategy, seed=seed, layout=layout, where="config")
+    missing = sorted(s for s in p.sources() if s not in params)
+    if missing:
+        raise KeyError(f"expand_params: params lack {', '.join(missing[:6])} (keys are the checkpoint's HF names)")
+    bk = JaxBackend(mesh, rules)
+    cache: dict = {}
+    out = {}
+    for tp in p.tensors:
+        x = params[tp.source]
+        if mesh is not None:
+            x = jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x),
+                               D.sharding_for(tp.kind, tuple(tp.source_shape), mesh, rules))
+        elif not isinstance(x, jax.Array):
+            x = jnp.asarray(np.asarray(x))
+        y = run_program(bk, tp, p.arrays, x, None, cache)
+        target = bk.target(tp.kind, tuple(tp.shape))
+        if target is not None and not y.sharding.is_equivalent_to(target, y.ndim):
+            y = jax.device_put(y, target)  # the interpreter's generic path (noise first) places nothing
+        out[tp.name] = y
+    return (out, dict(p.config), p) if return_plan else (out, dict(p.config))
+
+
+__all__ = ["expand_params", "load_pretrained", "save_pretrained"]

@@ -1,0 +1,168 @@
+"""The core's decoder under ``jax.numpy``, jitted.
+
+The maths is ``hyperclone_core.decoder``; this file supplies jax's ``ArrayOps``
+(fused attention through ``jax.nn.dot_product_attention``, exact ``erf``, a
+stable top-k for routing, ``stop_gradient``) and two ways to compile it:
+
+* ``lm_loss``: the whole model in one trace (what the engine's step jits);
+* ``forward``: the model one piece at a time -- embedding, each block, head --
+  each jitted on the part of the config it reads.  A block's executable then
+  serves every layer of a model, every depth of a growth and every family whose
+  blocks are alike, which keeps compilation off the critical path of the
+  conformance suite's ~100 model configs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperclone_core import decoder
+from hyperclone_core.decoder import ArrayOps
+from hyperclone_core.errors import ConfigError
+from hyperclone_core.spec import DecoderConfig, Family
+from hyperclone_core.structure import Params
+
+from .ops import QUICK_COMPILE, device_of
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_LOW = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def compute_dtype(name: Optional[str]) -> Any:
+    key = name or "float32"
+    if key not in COMPUTE_DTYPES:
+        raise ConfigError(f"dtype {name!r}: the jax backend computes in {', '.join(COMPUTE_DTYPES)} "
+                          "(float64 needs jax_enable_x64, which hyperclone does not turn on)")
+    return COMPUTE_DTYPES[key]
+
+
+class JaxOps(ArrayOps):
+    """jax's kernels for the decoder's hooks."""
+
+    def __init__(self):
+        super().__init__(jnp)
+
+    def compute_dtype(self, dtype):
+        return jnp.float32 if jnp.dtype(dtype) in _LOW else dtype
+
+    def low_precision(self) -> tuple:
+        return (jnp.bfloat16, jnp.float16)
+
+    def astype(self, x, dtype):
+        return x if x.dtype == jnp.dtype(dtype) else x.astype(dtype)
+
+    def constant(self, array, dtype=None):
+        return jnp.asarray(np.asarray(array), dtype=dtype)
+
+    def stop_gradient(self, x):
+        return jax.lax.stop_gradient(x)
+
+    def embed(self, table, ids):
+        return jnp.take(table, ids, axis=0)
+
+    def rsqrt(self, x):
+        return jax.lax.rsqrt(x)
+
+    def erf(self, x):
+        return jax.scipy.special.erf(x)
+
+    def softmax(self, x):
+        return jax.nn.softmax(x, axis=-1)
+
+    def top_k(self, x, k):
+        return jnp.argsort(-x, axis=-1, stable=True)[..., :k]
+
+    def attention(self, q, k, v, *, scale, window, softcap):
+        """``jax.nn.dot_product_attention`` (GQA and the causal/sliding mask built in;
+        cuDNN flash attention where jax picks it) unless a softcap needs the scores."""
+        if softcap:
+            return super().attention(q, k, v, scale=scale, window=window, softcap=softcap)
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
+                                            local_window_size=(window - 1, 0) if window else None)
+
+
+OPS = JaxOps()
+
+
+def params(family: Family, cfg: DecoderConfig, weights: Mapping[str, Any], dtype=None) -> Params:
+    """Weights by slot, cast to the compute ``dtype`` inside the trace (the float32
+    masters stay what the optimizer updates)."""
+    if dtype is None:
+        return Params(family, cfg, weights)
+    return Params(family, cfg, weights, convert=lambda w: OPS.astype(w, dtype))
+
+
+def lm_loss(family: Family, cfg: DecoderConfig, weights: Mapping[str, Any], batch, dtype=None):
+    """Mean next-token cross entropy of a (B, T+1) batch (float32), for jit and grad."""
+    logits = decoder.forward(cfg, params(family, cfg, weights, dtype), batch[:, :-1], OPS)
+    return decoder.cross_entropy(OPS, logits, batch[:, 1:])
+
+
+# ---------------------------------------------------------------- forward, piece by piece
+
+
+def _getter(w: Mapping[str, Any]):
+    return lambda kind, expert=None: w.get(kind if expert is None else f"{kind}#{expert}")
+
+
+def _ends_config(cfg: DecoderConfig) -> DecoderConfig:
+    """What embedding and head read: no family name, no layer count."""
+    return replace(cfg, family="", layers=0, layer_types=())
+
+
+def _block_config(cfg: DecoderConfig, layer: int) -> DecoderConfig:
+    """What block ``layer`` reads: a one-layer config carrying its attention type."""
+    types = (cfg.layer_types[layer],) if cfg.layer_types else ()
+    return replace(cfg, family="", layers=1, layer_types=types)
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
+def _embed(cfg: DecoderConfig, w, tokens):
+    return decoder.embed(cfg, _getter(w), tokens, OPS)
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
+def _block(cfg: DecoderConfig, w, x):
+    tb = decoder.tables(cfg, x.shape[1], OPS, x.dtype)
+    return decoder.block(cfg, _getter(w), x, 0, tb, OPS)
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
+def _head(cfg: DecoderConfig, w, x):
+    return decoder.head(cfg, _getter(w), x, OPS)
+
+
+def split_by_layer(p: Params) -> tuple:
+    """(weights outside the layers, [weights of layer i]) keyed by kind (``kind#e`` for experts)."""
+    top: dict = {}
+    layers: list = [dict() for _ in range(p.cfg.layers)]
+    for (kind, layer, expert), w in p.by_slot.items():
+        key = kind if expert is None else f"{kind}#{expert}"
+        (top if layer is None else layers[layer])[key] = w
+    return top, layers
+
+
+def forward(family: Family, cfg: DecoderConfig, weights: Mapping[str, Any], tokens, dtype: Optional[str] = None,
+            device=None) -> jax.Array:
+    """Logits (B, T, vocab) in the compute dtype; ``weights`` by checkpoint name (numpy
+    or jax), converted to ``dtype`` (bfloat16 rounds to nearest even)."""
+    dt = compute_dtype(dtype)
+    tokens = np.asarray(tokens)
+    decoder.check_length(cfg, tokens.shape[1])
+    dev = device_of(device)
+    p = Params(family, cfg, weights, convert=lambda w: jax.device_put(jnp.asarray(w, dtype=dt), dev))
+    top, layers = split_by_layer(p)
+    ends = _ends_config(cfg)
+    x = _embed(ends, top, jax.device_put(tokens.astype(np.int32), dev))
+    for i, w in enumerate(layers):
+        x = _block(_block_config(cfg, i), w, x)
+    return _head(ends, top, x)
+
+
+__all__ = ["JaxOps", "OPS", "compute_dtype", "forward", "lm_loss", "params", "split_by_layer"]
