@@ -198,6 +198,8 @@ class Family:
     kv_heads * q_per_kv); ``read`` turns an HF config dict into the neutral
     ``DecoderConfig``.  ``depth_exact`` says whether zero-writer layer copies are
     the identity (true for pre-norm, sandwich and parallel-residual stacks).
+    ``rope_keys``: the top-level keys (theta, rotary fraction) that transformers 4.x
+    and mlx-lm read in place of transformers 5's ``rope_parameters``.
     """
 
     name: str
@@ -206,6 +208,7 @@ class Family:
     read: Callable[[Mapping[str, Any]], DecoderConfig]
     config_keys: Mapping[str, str]
     architecture: str
+    rope_keys: tuple = ("rope_theta", "partial_rotary_factor")
 
     def roles_for(self, cfg: DecoderConfig) -> tuple:
         return tuple(r for r in self.roles if r.when is None or r.when(cfg))
@@ -246,6 +249,15 @@ class Family:
             out["layer_types"] = list(new.layer_types)
         out["tie_word_embeddings"] = bool(new.tie_embeddings)
         out["architectures"] = [self.architecture]
+        rp = out.get("rope_parameters")
+        if self.rope_keys and isinstance(rp, Mapping):
+            # mirrored at the top level: mlx-lm (and transformers 4.x) ignore rope_parameters and
+            # would silently run their default theta
+            theta_key, partial_key = self.rope_keys
+            rope = rope_params(out)
+            out[theta_key] = rope["theta"]
+            if "partial_rotary_factor" in rp:
+                out[partial_key] = rope["partial"]
         return out
 
 

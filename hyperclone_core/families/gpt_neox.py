@@ -59,4 +59,5 @@ def read(hf) -> DecoderConfig:
     )
 
 
-gpt_neox = Family("gpt_neox", ("gpt_neox",), ROLES, read, KEYS, "GPTNeoXForCausalLM")
+gpt_neox = Family("gpt_neox", ("gpt_neox",), ROLES, read, KEYS, "GPTNeoXForCausalLM",
+                  rope_keys=("rotary_emb_base", "rotary_pct"))
