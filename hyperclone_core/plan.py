@@ -481,7 +481,7 @@ def plan(
     if src_cfg.tie_embeddings and "lm_head" in src_roles and "embed" in src_roles:
         embed_grows = any(maps.get(d, ReplicationMap(1, 1)).new != maps.get(d, ReplicationMap(1, 1)).old
                           for d in src_roles["lm_head"].axes[1].dims)
-        tie_kept = not embed_grows and not src_cfg.embed_scale
+        tie_kept = not embed_grows  # an embedding scale changes only with the hidden size (compensated then)
     new_cfg = _replace(new_cfg, tie_embeddings=tie_kept)
     if src_cfg.tie_embeddings:
         checks.append(("compensation", "tied embeddings",
