@@ -1,0 +1,153 @@
+"""mlx-lm interop: folders written by ``hyperclone expand`` load with ``mlx_lm.load``
+and give transformers' logits (on the same folder and the source's), and
+``hyperclone_mlx.expand_model`` grows an ``mlx_lm.load``ed model into one of the
+same class that generates the source's greedy tokens.
+
+Source folders are tiny random models built and saved by transformers 5 (so their
+configs carry RoPE only as ``rope_parameters``, the trap mlx-lm falls into), with
+a word-level tokenizer so ``mlx_lm.load`` and ``mlx_lm.generate`` run as for a
+real model.  Gemma's mlx-lm classes always tie the LM head, and width growth
+unties it: Gemma and Gemma-2 are grown in depth and ffn here, and their width
+growth is refused by name (README)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+mx = pytest.importorskip("mlx.core")
+mlx_lm = pytest.importorskip("mlx_lm")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from hyperclone_core import HypercloneError, testing  # noqa: E402
+from hyperclone_core.expand import expand_checkpoint  # noqa: E402
+from hyperclone_mlx import expand_model  # noqa: E402
+from mlx_lm.generate import generate_step  # noqa: E402
+
+TOL = 1e-4
+GROWTH = {"gemma": dict(width=1, layers=4, ffn=2), "gemma2": dict(width=1, layers=3, ffn=2)}
+"""Growth per case (default: width 2); Gemma's mlx-lm classes cannot hold an untied head."""
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo2", "mixtral"]
+
+
+def _config(case: str) -> dict:
+    hf = dict(testing.CASES[case])
+    if case == "gemma2":
+        hf["sliding_window"] = 16  # mlx-lm's Gemma-2 attends globally: stay within the window (README)
+    return hf
+
+
+def _save_tokenizer(folder, vocab: int) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", bos_token="t1", eos_token="t2",
+                                         unk_token="t3").save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """``hf_folder(case, **config_changes)`` -> a transformers-saved tiny model with a tokenizer."""
+    root = tmp_path_factory.mktemp("mlx_lm")
+    made: dict = {}
+    torch.set_num_threads(1)
+
+    def get(case: str, **changes):
+        key = (case, json.dumps(changes, sort_keys=True))
+        if key not in made:
+            hf = dict(_config(case), **changes)
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf)).float()
+            with torch.no_grad():
+                for p in model.parameters():  # gains of exactly 1 and zero biases hide mistakes
+                    p.add_(torch.randn_like(p) * 0.05)
+            folder = root / f"{case}-{len(made)}"
+            model.save_pretrained(folder)
+            _save_tokenizer(folder, hf["vocab_size"])
+            made[key] = folder
+        return made[key]
+
+    return get
+
+
+def _hf_logits(folder, tokens) -> np.ndarray:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(tokens)).logits.float().numpy()
+
+
+def _mlx_logits(model, tokens) -> np.ndarray:
+    return np.array(model(mx.array(tokens)).astype(mx.float32))
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+TOKENS = np.random.default_rng(0).integers(3, 96, (2, 12))
+
+
+@pytest.mark.parametrize("case", FAMILIES)
+def test_expanded_folder_loads_in_mlx_lm(case, hf_folder, tmp_path):
+    src, dst = hf_folder(case), tmp_path / "grown"
+    expand_checkpoint(src, dst, backend="mlx", progress=False, **GROWTH.get(case, dict(width=2)))
+    model, _ = mlx_lm.load(str(dst))
+    got, same_folder, source = _mlx_logits(model, TOKENS), _hf_logits(dst, TOKENS), _hf_logits(src, TOKENS)
+    assert _rel(got, same_folder) <= TOL, f"{case}: mlx-lm vs transformers on the grown folder: {_rel(got, same_folder):.2e}"
+    assert _rel(got, source) <= TOL, f"{case}: mlx-lm on the grown folder vs the source: {_rel(got, source):.2e}"
+
+
+@pytest.mark.parametrize("case", FAMILIES)
+def test_expand_model_generates_the_source_tokens(case, hf_folder):
+    model, tokenizer, config = mlx_lm.load(str(hf_folder(case)), return_config=True)
+    grown = expand_model(model, config=config, **GROWTH.get(case, dict(width=2)))
+    assert type(grown) is type(model)
+    assert _rel(_mlx_logits(grown, TOKENS), _mlx_logits(model, TOKENS)) <= TOL
+    prompt = mx.array([1, 5, 9, 13, 17])
+    want = [int(t) for t, _ in generate_step(prompt, model, max_tokens=20)]
+    got = [int(t) for t, _ in generate_step(prompt, grown, max_tokens=20)]
+    assert got == want, f"{case}: the grown model's greedy tokens {got} differ from the source's {want}"
+    if case == "llama":
+        text = mlx_lm.generate(grown, tokenizer, prompt="t5 t9 t13", max_tokens=8)
+        assert text == mlx_lm.generate(model, tokenizer, prompt="t5 t9 t13", max_tokens=8) and text
+
+
+def test_expand_model_reads_the_config_off_the_model(hf_folder):
+    """Without config=, the model's ModelArgs (HF names) and its parameters (tied head) suffice."""
+    model, _ = mlx_lm.load(str(hf_folder("llama", tie_word_embeddings=True)))
+    grown = expand_model(model, width=2, strategy="symmetric", layers=3)
+    assert "lm_head" in dict(grown.named_modules()), "width growth must untie the head"
+    assert _rel(_mlx_logits(grown, TOKENS), _mlx_logits(model, TOKENS)) <= TOL
+
+
+def test_gemma_width_growth_is_refused_by_name(hf_folder):
+    model, _, config = mlx_lm.load(str(hf_folder("gemma")), return_config=True)
+    with pytest.raises(HypercloneError, match="always ties"):
+        expand_model(model, width=2, config=config)
+
+
+def test_rope_theta_only_in_rope_parameters_reaches_mlx_lm(hf_folder, tmp_path):
+    """transformers 5 saves RoPE only as rope_parameters, which mlx-lm ignores (silently
+    using its default theta); the grown folder's config carries it where mlx-lm reads it."""
+    src = hf_folder("llama", rope_parameters={"rope_theta": 500000.0, "rope_type": "default"}, rope_theta=500000.0)
+    dst = tmp_path / "grown"
+    expand_checkpoint(src, dst, width=2, backend="mlx", progress=False)
+    model, _ = mlx_lm.load(str(dst))
+    assert model.args.rope_theta == 500000.0
+    assert _rel(_mlx_logits(model, TOKENS), _hf_logits(src, TOKENS)) <= TOL
+
+
+def test_gpt_neox_with_mlx_lms_shape_loads(hf_folder, tmp_path):
+    """mlx-lm's GPT-NeoX needs ffn = 4 x hidden and runs the tanh GELU (README): a
+    folder of that shape, written by hyperclone expand, loads and matches."""
+    src = hf_folder("gpt_neox", intermediate_size=128, hidden_act="gelu_new")
+    dst = tmp_path / "grown"
+    expand_checkpoint(src, dst, width=2, backend="mlx", progress=False)
+    model, _ = mlx_lm.load(str(dst))
+    assert _rel(_mlx_logits(model, TOKENS), _hf_logits(dst, TOKENS)) <= TOL
