@@ -37,13 +37,25 @@ def torch(session):
 
 
 @nox.session
-@nox.parametrize("backend", ["numpy", "torch", "listy"])
+def mlx(session):
+    """The MLX backend's tests (mlx-lm interop builds its models with transformers; a
+    torch-started run resumes on mlx).  On Linux this is MLX's CPU build."""
+    session.install(TORCH)
+    session.install("-e", ".[mlx,torch,hf,dev]")
+    session.run("python", "-m", "pytest", "tests", "-k", "mlx", *session.posargs)
+
+
+CONFORMANCE_EXTRAS = {"torch": ".[torch,dev]", "mlx": ".[mlx,dev]"}
+
+
+@nox.session
+@nox.parametrize("backend", ["numpy", "torch", "listy", "mlx"])
 def conformance(session, backend):
     """`pytest --pyargs hyperclone_conformance --hyperclone-backend NAME` from the installed package
     (``listy`` is the third-party example in examples/custom_backend)."""
     if backend == "torch":
         session.install(TORCH)
-    session.install(".[torch,dev]" if backend == "torch" else ".[dev]")
+    session.install(CONFORMANCE_EXTRAS.get(backend, ".[dev]"))
     if backend == "listy":
         session.install("./examples/custom_backend")
     session.chdir(session.create_tmp())  # run from the installed package, not the source tree
