@@ -268,3 +268,37 @@ def test_killed_between_the_two_renames_the_old_dst_comes_back(src, tmp_path):
     assert not dst.exists() and any(n.endswith("-old") for n in leftovers(tmp_path))
     assert expand(src, dst) == 4  # the restored folder is there again: no --force, no replacement
     assert tree(dst) == before and not any(n.endswith("-old") for n in leftovers(tmp_path))
+
+
+def test_an_interrupted_swap_back_never_deletes_the_other_folder(src, tmp_path, monkeypatch):
+    """Ctrl-C at the worst instant: after exchanging with a DST that turned out to be
+    someone else's, before swapping back.  Their folder sits under our temp name; it
+    must survive (and a later run must leave it alone)."""
+    from hyperclone_core.io import atomic
+
+    if atomic._renameat2 is None:
+        pytest.skip("renameat2 is not available here")
+    dst = tmp_path / "dst"
+    assert expand(src, dst) == 0
+
+    def rival():
+        os.rename(dst, tmp_path / "moved")
+        dst.mkdir()
+        (dst / "notes.txt").write_text("new data")
+
+    _during_write(monkeypatch, rival)
+    real, calls = atomic._rename2, []
+
+    def rename2(a, b, flags):
+        calls.append(flags)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(a, b, flags)
+
+    monkeypatch.setattr(atomic, "_rename2", rename2)
+    assert expand(src, dst, "--force") == 130
+    monkeypatch.undo()
+    survivors = [p for p in tmp_path.rglob("notes.txt")]
+    assert [p.read_text() for p in survivors] == ["new data"]
+    assert expand(src, tmp_path / "elsewhere") == 0  # unrelated run: no effect on the stray folder
+    assert [p.read_text() for p in tmp_path.rglob("notes.txt")] == ["new data"]

@@ -310,13 +310,19 @@ class AtomicDir:
             self.tmp.mkdir()
             (self.tmp / OUTPUT_MARK).write_text(json.dumps({"written_by": "hyperclone"}) + "\n")
         except OSError as exc:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)  # ours: created just now
             raise OutputError(f"{self.dst.parent}: cannot write here ({exc.strerror})") from None
         return self.tmp
 
+    def _discard(self) -> None:
+        """Remove the temp folder, if what is there is still ours (an interrupted swap
+        may have left someone else's folder under its name: that one stays)."""
+        if is_hyperclone_output(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._discard()
             if isinstance(exc, OSError) and _is_output_failure(exc, self.tmp):
                 raise OutputError(f"{self.dst}: {_describe(exc)}; nothing was written") from exc
             return False
@@ -324,7 +330,7 @@ class AtomicDir:
             sync_tree(self.tmp)
             self._commit()
         except BaseException as e:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._discard()
             if isinstance(e, OSError):
                 raise OutputError(f"{self.dst}: {_describe(e)}; nothing was written") from e
             raise
