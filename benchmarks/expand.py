@@ -7,6 +7,7 @@ installed are left out with a note.
 
     python benchmarks/expand.py                 # the ~250M model (needs ~9 GB of disk)
     python benchmarks/expand.py --small         # a ~20M model, seconds
+    python benchmarks/expand.py --modes numpy,mlx,mlx-live   # MLX (Linux CPU build: see backends/hyperclone_mlx/README.md)
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ if mode == "baseline":
     import hyperclone_core.expand  # the interpreter with the library loaded
 elif mode == "baseline-torch":
     import hyperclone_core.expand, hyperclone_torch, torch
-elif mode in ("numpy", "torch"):
+elif mode == "baseline-mlx":
+    import hyperclone_core.expand, hyperclone_mlx, mlx.core
+elif mode in ("numpy", "torch", "mlx"):
     from hyperclone_core.expand import expand_checkpoint
     from hyperclone_core.backend import load_backend
     load_backend(mode)  # imports are not part of the measurement
@@ -58,6 +61,13 @@ elif mode == "hf-live":
     model = transformers.AutoModelForCausalLM.from_pretrained(src)
     t0 = time.perf_counter()
     grown = hyperclone_torch.expand_model(model, width=2, strategy=strategy)
+elif mode == "mlx-live":
+    import pathlib, mlx.core as mx, hyperclone_mlx
+    from mlx_lm.utils import load_model
+    model, config = load_model(pathlib.Path(src))
+    t0 = time.perf_counter()
+    grown = hyperclone_mlx.expand_model(model, width=2, strategy=strategy, config=config)
+    mx.eval(grown.parameters())
 seconds = time.perf_counter() - t0
 # VmHWM belongs to this process's own address space (ru_maxrss would include the parent's at fork)
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -120,6 +130,7 @@ def main(argv=None) -> int:
     print(f"source: {n_params / 1e6:.1f}M parameters, {folder_bytes(src) / 2**30:.2f} GiB fp32 ({work})")
     base = run_child("baseline", src, work / "unused")
     base_torch = run_child("baseline-torch", src, work / "unused")
+    base_mlx = run_child("baseline-mlx", src, work / "unused") if "mlx" in args.modes else {"error": "not run"}
     rows = []
     dst_bytes = largest = None
     for mode, strategy in [(m, s) for m in args.modes.split(",") for s in args.strategies.split(",")]:
@@ -143,7 +154,7 @@ def main(argv=None) -> int:
     if dst_bytes is not None:
         print(f"destination: {dst_bytes / 2**30:.2f} GiB; largest tensor {largest / 2**20:.0f} MiB")
     print(f"interpreter + library RSS {base['peak_rss'] / 2**20:.0f} MiB (with torch: "
-          f"{base_torch.get('peak_rss', 0) / 2**20:.0f} MiB)")
+          f"{base_torch.get('peak_rss', 0) / 2**20:.0f} MiB, with mlx: {base_mlx.get('peak_rss', 0) / 2**20:.0f} MiB)")
     print(f"plain copy of the destination bytes: {copy_seconds:.2f} s")
     print()
     print(f"{'mode':<22} {'seconds':>8} {'x copy':>7} {'peak RSS GiB':>13} {'RSS - interp':>13} {'bound':>7}")
@@ -155,8 +166,10 @@ def main(argv=None) -> int:
             print(f"{mode:<22} unavailable: {r['error'][:90]}")
             continue
         interp = base if mode.startswith("numpy") or "error" in base_torch else base_torch
+        if mode.startswith("mlx") and "error" not in base_mlx:
+            interp = base_mlx
         extra = r["peak_rss"] - interp["peak_rss"]
-        streaming = mode.split()[0] in ("numpy", "torch")
+        streaming = mode.split()[0] in ("numpy", "torch", "mlx")
         ok = ("ok" if extra < bound else "OVER") if streaming else "-"
         print(f"{mode:<22} {r['seconds']:8.2f} {r['seconds'] / copy_seconds:7.2f} {r['peak_rss'] / 2**30:13.2f} "
               f"{extra / 2**30:13.2f} {ok:>7}")
@@ -168,7 +181,7 @@ def main(argv=None) -> int:
         for m, r in live.items():
             print(f"  {m}: {REFERENCE_SECONDS / r['seconds']:.1f}x faster, peak RSS {r['peak_rss'] / 2**30:.2f} GiB")
     print("\nbound: streaming modes must stay under 2 x the largest destination tensor above the interpreter;"
-          "\ntorch-live / hf-live expand a model held in memory (source + destination are resident by design).")
+          "\ntorch-live / hf-live / mlx-live expand a model held in memory (source + destination are resident by design).")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if not args.workdir:

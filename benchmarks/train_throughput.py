@@ -3,6 +3,7 @@ model FLOPs utilization (MFU), printed as a table.
 
     python benchmarks/train_throughput.py                         # CPU, tiny + small
     python benchmarks/train_throughput.py --preset 350m --device cuda --dtype bfloat16 --compile
+    python benchmarks/train_throughput.py --backend mlx --preset tiny   # MLX's engine (compiled always)
 
 FLOPs per token are the PaLM count, 6 N + 12 L d T (N: parameters outside the token
 embedding; the attention term counts the full T x T score matrix, as PaLM and
@@ -101,10 +102,40 @@ def measure(preset: str, args) -> dict:
     return row
 
 
+def measure_mlx(preset: str, args) -> dict:
+    """The same run through the MLX engine (``hyperclone_mlx``; Metal on Apple silicon,
+    the CPU elsewhere)."""
+    from hyperclone_core.backend import load_backend
+    from hyperclone_core.train import TrainConfig, optimizer_for, train
+
+    bk = load_backend("mlx")
+    p = dict(PRESETS[preset])
+    p["batch_size"] = args.batch_size or p["batch_size"]
+    p["seq_len"] = args.seq_len or p["seq_len"]
+    cfg = llama_config(p)
+    weights = bk.random_weights(cfg, seed=0)
+    tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], 200_000)
+    tc = TrainConfig(steps=args.warmup + args.steps, batch_size=p["batch_size"], seq_len=p["seq_len"],
+                     grad_accum=args.grad_accum, lr=1e-4, warmup_steps=0, eval_every=0, dtype=args.dtype, grad_clip=1.0)
+    eng = bk.engine(cfg, weights, tc, optimizer_for(tc, {n: w.shape for n, w in weights.items()}))
+    res = train(eng, tc, tokens.astype(np.int64))
+    hist = [h for h in res.history if h.get("train_loss") is not None]
+    t0, t1 = hist[args.warmup - 1]["seconds"], hist[-1]["seconds"]
+    tps = (hist[-1]["tokens"] - hist[args.warmup - 1]["tokens"]) / (t1 - t0)
+    n = sum(w.size for name, w in weights.items() if "embed_tokens" not in name)
+    fpt = 6.0 * n + 12.0 * cfg["num_hidden_layers"] * cfg["hidden_size"] * p["seq_len"]
+    peak = args.peak_tflops * 1e12
+    return dict(preset=preset, params_m=round(sum(w.size for w in weights.values()) / 1e6, 1),
+                device=bk.device_name(), dtype=args.dtype, compile=True, batch=f"{p['batch_size']}x{p['seq_len']}",
+                tokens_per_s=round(tps, 1), tflops=round(tps * fpt / 1e12, 3),
+                mfu=(round(tps * fpt / peak, 4) if peak else None))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", action="append", choices=sorted(PRESETS),
                     help="model size (repeatable; default: tiny and small)")
+    ap.add_argument("--backend", default="torch", choices=["torch", "mlx"], help="whose engine trains")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--compile", action="store_true")
@@ -127,13 +158,18 @@ def main(argv=None) -> int:
         return 0
     if args.warmup < 1:
         ap.error("--warmup must be >= 1 (the first step is not timed)")
+    if args.backend == "mlx":
+        return print_rows([measure_mlx(p, args) for p in (args.preset or ["tiny", "small"])], args)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.dtype == "float32" and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = False
-    rows = [measure(p, args) for p in (args.preset or ["tiny", "small"])]
+    return print_rows([measure(p, args) for p in (args.preset or ["tiny", "small"])], args)
+
+
+def print_rows(rows: list, args) -> int:
     cols = ["preset", "params_m", "device", "dtype", "compile", "batch", "tokens_per_s", "tflops", "mfu"]
     if any("peak_mem_gib" in r for r in rows):
         cols.append("peak_mem_gib")

@@ -124,3 +124,18 @@ def test_launcher_reports_a_failed_process(tmp_path):
     proc = subprocess.run(argv, env=dict(os.environ, **env), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0, "a process exited 3; the launcher must not report success"
     assert "rank-1 (exit 3)" in proc.stderr
+
+
+def test_demo_runs_on_mlx(tmp_path, capsys):
+    """The demo's every code path on the mlx engine (the tiny preset: seconds; ``--quick``
+    is minutes on MLX's Linux CPU build, see the README)."""
+    import json
+
+    from hyperclone_core import demo
+
+    out = tmp_path / "demo"
+    assert demo.main(["--preset", "tiny", "--backend", "mlx", "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["backend"] == "mlx"
+    assert doc["summary"]["preservation_error"] <= 1e-4
+    assert doc["clone"][0][1] < doc["random"][0][1], "the clone must start below the random twin"

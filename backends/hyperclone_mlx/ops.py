@@ -15,14 +15,15 @@ CPU stream: Metal has no float64.
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from typing import Optional
 
 import mlx.core as mx
 import numpy as np
 
-from hyperclone_core.growth import copy_ids, uniform_layout
-from hyperclone_core.noise import seed_words
+from hyperclone_core.growth import copy_ids, slice_copies, uniform_layout
+from hyperclone_core.noise import derive_seed, noise_factor, seed_words
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16, "float64": mx.float64}
 _NUMPY = {np.dtype(np.float32): mx.float32, np.dtype(np.float16): mx.float16, np.dtype(np.float64): mx.float64}
@@ -71,15 +72,54 @@ def shape(x) -> tuple:
     return tuple(x.shape)
 
 
+MAX_RUNS = 64
+"""Most slice copies one Take becomes; beyond it, a gather."""
+
+_PATTERNS: dict = {}
+
+
+def _pattern(index: mx.array):
+    """How a Take with ``index`` runs: ("tile", k), ("repeat", k), ("runs", [src slices in
+    destination order]) or None (a gather); memoized per index array (one host read)."""
+    hit = _PATTERNS.get(id(index))
+    if hit is not None and hit[0]() is index:
+        return hit[1]
+    if len(_PATTERNS) > 1024:
+        _PATTERNS.clear()
+    idx = np.asarray(index).astype(np.int64)
+    uniform = uniform_layout(idx) if idx.size and idx.min() == 0 else None
+    result = None
+    if uniform is not None:
+        result = ("tile" if uniform[2] == "tile" else "repeat", uniform[1], uniform[0])
+    else:
+        copies = slice_copies(idx, MAX_RUNS)
+        if copies is not None and all(d.step in (None, 1) for d, _ in copies):
+            result = ("runs", [src for _, src in sorted(copies, key=lambda c: c[0].start)], None)
+    _PATTERNS[id(index)] = (weakref.ref(index), result)
+    return result
+
+
 def take(x: mx.array, axis: int, index: mx.array) -> mx.array:
+    """A gather along ``axis`` -- as tiling, repeating or slice concatenation when the
+    map is one (growth maps are; MLX's CPU gather along an inner axis is ~10x slower)."""
+    p = _pattern(index)
+    if p is None:
+        return mx.take(x, index, axis=axis)
+    kind, k, m = p
+    if kind in ("tile", "repeat") and x.shape[axis] == m:
+        return mx.concatenate([x] * k, axis=axis) if kind == "tile" else mx.repeat(x, k, axis=axis)
+    if kind == "runs":
+        lead = (slice(None),) * axis
+        parts = [x[lead + (src,)] for src in k]
+        return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=axis)
     return mx.take(x, index, axis=axis)
 
 
 def take_axes(x: mx.array, takes) -> mx.array:
-    """Consecutive Takes on distinct axes, the most growing last (the intermediate
-    stays as small as the gathers allow)."""
+    """Consecutive Takes on distinct axes, the least growing first (the intermediate
+    stays as small as the takes allow)."""
     for axis, index in sorted(takes, key=lambda t: t[1].size / max(x.shape[t[0]], 1)):
-        x = mx.take(x, index, axis=axis)
+        x = take(x, axis, index)
     return x
 
 
@@ -172,18 +212,83 @@ def _mean_square(x: mx.array) -> mx.array:
     return mx.mean(mx.square(x.astype(dt, stream=s), stream=s), stream=s)
 
 
+BLOCK_ELEMS = 1 << 22
+"""Elements per block of the fused AddNoise: its own key (``derive_seed(seed, block)``)
+and the bound on its temporaries."""
+KEEP_ELEMS = 1 << 24
+"""A tensor whose noise draws fit in this many elements keeps them between the two
+passes instead of redrawing (MLX's CPU normal sampler is the slow part)."""
+
+
+def _helmert(k: int) -> np.ndarray:
+    """(k-1, k) orthonormal rows spanning the zero-sum subspace."""
+    h = np.zeros((k - 1, k))
+    for r in range(1, k):
+        h[r - 1, :r] = 1.0
+        h[r - 1, r] = -r
+        h[r - 1] /= math.sqrt(r * (r + 1))
+    return h
+
+
 def add_zero_sum_noise(x: mx.array, axis: int, groups: mx.array, snr_db: float, seed: int,
-                       n_groups: Optional[int] = None) -> mx.array:
-    """The whole AddNoise op, lazily: noise power, ``noise_factor``'s rule (0 when
-    either power is 0) and the add all stay on the device."""
-    noise = zero_sum_noise(x.shape, axis, groups, seed, x)
-    p_sig, p_noise = _mean_square(x), _mean_square(noise)
-    ratio = 10.0 ** (snr_db / 10.0)
-    ok = (p_sig > 0) & (p_noise > 0)
-    factor = mx.where(ok, mx.sqrt(p_sig / mx.where(ok, p_noise, 1.0) / ratio), 0.0)
-    s = _stream(x.dtype)
-    wide = x.astype(mx.float32, stream=s) if x.dtype in (mx.bfloat16, mx.float16) else x
-    return (wide + factor.astype(wide.dtype, stream=s) * noise.astype(wide.dtype, stream=s)).astype(x.dtype, stream=s)
+                       n_groups: Optional[int] = None) -> Optional[mx.array]:
+    """The whole AddNoise op for k uniform copies, in blocks along an axis other than
+    the noise axis, holding x, the result and one block of noise.  For each block the
+    projection of k iid N(0, 1) draws onto the zero-sum subspace is drawn as H^T u with
+    u ~ N(0, I_{k-1}) (H: Helmert rows), which has u's power: pass 1 draws u block by
+    block for the noise power, pass 2 redraws the same blocks (same keys) and adds them
+    at ``noise_factor`` (a small tensor keeps its draws instead, ``KEEP_ELEMS``).  Uneven
+    copies return None (the interpreter's generic path)."""
+    m, uniform, _ = _layout(groups)
+    if uniform is None or uniform[1] < 2 or x.size == 0:
+        return None
+    _, k, layout = uniform
+    dt = mx.float64 if x.dtype == mx.float64 else mx.float32
+    st = _stream(dt)
+    mx.eval(x)
+    shape = tuple(x.shape)
+    row = 0 if axis != 0 or x.ndim == 1 else 1
+    step = x.shape[row] if x.ndim == 1 else max(1, BLOCK_ELEMS // max(x.size // x.shape[row], 1))
+    blocks = [slice(a, min(a + step, shape[row])) for a in range(0, shape[row], step)] if x.ndim > 1 else [slice(None)]
+
+    def view(b: slice) -> tuple:
+        return (slice(None),) * row + (b,) if x.ndim > 1 else (slice(None),)
+
+    def draw(n: int, b: slice) -> mx.array:
+        part = list(x[view(b)].shape)
+        part[axis] = m
+        return mx.random.normal((k - 1, *part), dtype=dt, key=key(derive_seed(seed, n)), stream=st)
+
+    keep = x.size // k * (k - 1) <= KEEP_ELEMS
+    kept = []
+    p_sig = p_noise = 0.0
+    for n, b in enumerate(blocks):
+        xb, u = x[view(b)].astype(dt, stream=st), draw(n, b)
+        s_x, s_u = mx.sum(mx.square(xb, stream=st), stream=st), mx.sum(mx.square(u, stream=st), stream=st)
+        mx.eval(s_x, s_u, u) if keep else mx.eval(s_x, s_u)
+        p_sig, p_noise = p_sig + float(s_x.item()), p_noise + float(s_u.item())
+        kept.append(u if keep else None)
+    factor = noise_factor(p_sig / x.size, p_noise / x.size, snr_db)
+    if factor == 0.0:
+        return x
+    copy_axis = axis if layout == "tile" else axis + 1
+    coeffs = factor * _helmert(k)  # (k-1, k), host scalars
+    out = mx.zeros(shape, dtype=x.dtype, stream=st)
+    for n, b in enumerate(blocks):
+        xb = x[view(b)]
+        part = tuple(xb.shape)
+        split = part[:axis] + ((k, m) if layout == "tile" else (m, k)) + part[axis + 1:]
+        u = kept[n] if keep else draw(n, b)
+        kept[n] = None
+        noise = None
+        for r in range(k - 1):
+            h = mx.array(coeffs[r].reshape([k if d == copy_axis else 1 for d in range(len(split))]), dtype=dt)
+            term = h * mx.expand_dims(u[r], copy_axis, stream=st)
+            noise = term if noise is None else noise + term
+        y = (xb.astype(dt, stream=st).reshape(split) + noise).reshape(part).astype(x.dtype, stream=st)
+        out[view(b)] = y
+        mx.eval(out)
+    return out
 
 
 def mean_square(x: mx.array) -> float:
