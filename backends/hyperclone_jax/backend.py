@@ -82,17 +82,22 @@ class JaxBackend:
         return JaxEngine(hf_config, weights, config, optimizer, rules=self.rules)
 
     def random_weights(self, hf_config, seed: int = 0, std: float = 0.02) -> dict:
-        """Fresh weights by the core's init rule from jax.random (all bits of ``seed``), as numpy."""
+        """Fresh weights by the core's init rule, as numpy: the matrices are consecutive
+        slices of one jax.random stream keyed by all bits of ``seed`` (one draw, one
+        compile per model size)."""
         family = family_for_config(hf_config)
         cfg = family.read(hf_config)
-        key = ops.rng_key(seed)
-        out = {}
-        for i, (name, s) in enumerate(slots(family, cfg).items()):
-            rule, value = init_rule(s.kind, cfg, std)
+        rules = {n: (s.shape, *init_rule(s.kind, cfg, std)) for n, s in slots(family, cfg).items()}
+        total = sum(int(np.prod(shape)) for shape, rule, _ in rules.values() if rule == "normal")
+        stream = np.asarray(jax.random.normal(ops.rng_key(seed), (total,), jnp.float32))
+        out, at = {}, 0
+        for name, (shape, rule, value) in rules.items():
             if rule == "normal":
-                out[name] = np.asarray(jax.random.normal(jax.random.fold_in(key, i), s.shape, jnp.float32) * value)
+                size = int(np.prod(shape))
+                out[name] = (stream[at:at + size].reshape(shape) * np.float32(value)).astype(np.float32)
+                at += size
             else:
-                out[name] = np.full(s.shape, value, np.float32)
+                out[name] = np.full(shape, value, np.float32)
         return out
 
     def launch_command(self, world, module_args):

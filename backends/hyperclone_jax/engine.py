@@ -33,7 +33,7 @@ from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, T
 from hyperclone_core.train.optim import CLIP_EPS
 
 from . import distributed as D
-from .model import compute_dtype, lm_loss
+from .model import OPS, JaxOps, compute_dtype, lm_loss
 from .ops import QUICK_COMPILE, device_of
 
 PARALLEL = ("none", "mesh")
@@ -111,11 +111,21 @@ def _constrain(spec: StepSpec, tree: dict) -> dict:
             for n, x in tree.items()}
 
 
+def _ops(spec: StepSpec) -> JaxOps:
+    if spec.mesh is None:
+        return OPS
+    return JaxOps(jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec(D.BATCH_AXES)))
+
+
+def _loss_of(spec: StepSpec):
+    family, ops = FAMILIES[spec.family], _ops(spec)
+    dt = None if spec.dtype == "float32" else compute_dtype(spec.dtype)
+    return lambda p, b: lm_loss(family, spec.cfg, p, b, dt, ops)
+
+
 def _grads(spec: StepSpec, params: dict, batches):
     """Mean loss and mean gradient over the micro-batches (n, B, T+1)."""
-    family = FAMILIES[spec.family]
-    dt = None if spec.dtype == "float32" else compute_dtype(spec.dtype)
-    grad = jax.value_and_grad(lambda p, b: lm_loss(family, spec.cfg, p, b, dt))
+    grad = jax.value_and_grad(_loss_of(spec))
     n = batches.shape[0]
     if n == 1:
         loss, g = grad(params, batches[0])
@@ -152,9 +162,7 @@ def _init(spec: StepSpec, params: dict):
 
 
 def _loss(spec: StepSpec, params: dict, batches):
-    family = FAMILIES[spec.family]
-    dt = None if spec.dtype == "float32" else compute_dtype(spec.dtype)
-    return lm_loss(family, spec.cfg, params, batches[0], dt)
+    return _loss_of(spec)(params, batches[0])
 
 
 def _jits(options: Optional[dict]) -> dict:
@@ -165,9 +173,10 @@ def _jits(options: Optional[dict]) -> dict:
             "loss": jax.jit(_loss, static_argnums=0, **kw)}
 
 
-QUICK_COMPILE_BELOW = 2_000_000
-"""Models with fewer parameters compile with XLA's backend optimization off: there the
-compile (seconds) dominates the run (milliseconds a step), and the step is about as fast."""
+QUICK_RUN_WORK = 2e9
+"""Runs whose steps x tokens per step x parameters stay below this compile with XLA's
+backend optimizations off (``QUICK_COMPILE``): there compiling (seconds) outweighs the
+whole run, while an unoptimized step is ~3x slower, which a longer run would feel."""
 _COMPILED = {"quick": _jits(QUICK_COMPILE), "full": _jits(None)}
 
 
@@ -233,8 +242,8 @@ class JaxEngine:
                              tuple(n in optimizer.decay for n in self.names),
                              tuple(optimizer.mult(n) for n in self.names), self.where.mesh,
                              specs if self.where.mesh is not None else ())
-        size = sum(math.prod(s) for s in self.shapes.values())
-        self._jit = _COMPILED["quick" if size < QUICK_COMPILE_BELOW else "full"]
+        work = config.steps * config.batch_size * config.seq_len * sum(math.prod(s) for s in self.shapes.values())
+        self._jit = _COMPILED["quick" if work < QUICK_RUN_WORK else "full"]
         self._params = {n: self._put(np.asarray(weights[n], np.float32), n) for n in self.names}
         self._state = self._jit["init"](self.spec, self._params)
 

@@ -43,10 +43,13 @@ def compute_dtype(name: Optional[str]) -> Any:
 
 
 class JaxOps(ArrayOps):
-    """jax's kernels for the decoder's hooks."""
+    """jax's kernels for the decoder's hooks.  ``activations`` (a sharding, optional)
+    pins the residual stream's layout where it starts (batch over data x fsdp), so
+    XLA's partitioner need not guess it from the embedding table's."""
 
-    def __init__(self):
+    def __init__(self, activations=None):
         super().__init__(jnp)
+        self.activations = activations
 
     def compute_dtype(self, dtype):
         return jnp.float32 if jnp.dtype(dtype) in _LOW else dtype
@@ -64,7 +67,13 @@ class JaxOps(ArrayOps):
         return jax.lax.stop_gradient(x)
 
     def embed(self, table, ids):
-        return jnp.take(table, ids, axis=0)
+        if self.activations is None:
+            return jnp.take(table, ids, axis=0)
+        # the table gathered whole for the lookup (as FSDP gathers a layer's weights):
+        # a lookup into hidden-sharded rows would need an all-to-all XLA cannot plan
+        whole = jax.sharding.NamedSharding(self.activations.mesh, jax.sharding.PartitionSpec())
+        x = jnp.take(jax.lax.with_sharding_constraint(table, whole), ids, axis=0)
+        return jax.lax.with_sharding_constraint(x, self.activations)
 
     def rsqrt(self, x):
         return jax.lax.rsqrt(x)
@@ -98,10 +107,10 @@ def params(family: Family, cfg: DecoderConfig, weights: Mapping[str, Any], dtype
     return Params(family, cfg, weights, convert=lambda w: OPS.astype(w, dtype))
 
 
-def lm_loss(family: Family, cfg: DecoderConfig, weights: Mapping[str, Any], batch, dtype=None):
+def lm_loss(family: Family, cfg: DecoderConfig, weights: Mapping[str, Any], batch, dtype=None, ops: JaxOps = OPS):
     """Mean next-token cross entropy of a (B, T+1) batch (float32), for jit and grad."""
-    logits = decoder.forward(cfg, params(family, cfg, weights, dtype), batch[:, :-1], OPS)
-    return decoder.cross_entropy(OPS, logits, batch[:, 1:])
+    logits = decoder.forward(cfg, params(family, cfg, weights, dtype), batch[:, :-1], ops)
+    return decoder.cross_entropy(ops, logits, batch[:, 1:])
 
 
 # ---------------------------------------------------------------- forward, piece by piece

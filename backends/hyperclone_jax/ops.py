@@ -98,7 +98,12 @@ def reshape(x, shape):
 
 
 def cast(x, dtype):
-    return x.astype(jax_dtype(dtype))
+    """``x`` as ``dtype``; float64 without jax's x64 mode stays float32 (the values a
+    float64 cast of them holds exactly: the program computed in float32)."""
+    dt = jax_dtype(dtype)
+    if dt == jnp.float64 and not jax.config.jax_enable_x64:
+        dt = jnp.float32
+    return x.astype(dt)
 
 
 def rng_key(seed) -> jax.Array:
