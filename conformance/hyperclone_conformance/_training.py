@@ -22,6 +22,16 @@ LOSS_RTOL = 1e-4
 PARAM_RTOL = 1e-6
 """Accumulation vs one big batch: parameters within this, relative to the largest entry."""
 
+GRAD_RTOL = 1e-5
+"""Accumulation vs one big batch: gradients within this, relative to the largest entry
+(float32 sums over 16 + 16 tokens vs 32 differ by ~1e-7 of it)."""
+
+ACCUM_EPS = 1e-3
+"""AdamW eps of the accumulation check: there a gradient difference dg moves an entry by at
+most lr dg / eps (3e-3 x 1.5e-8 / 1e-3 = 5e-8, under PARAM_RTOL x max|p|).  With the default
+1e-8 an entry whose gradient is ~eps can move by ~lr on a last-bit difference: the torch
+engine then misses PARAM_RTOL for 9 of 12 plan seeds."""
+
 UPDATE_TOL = 1e-4
 """The engine's AdamW update vs the closed form: per entry, |difference| <= UPDATE_TOL x lr_n
 + 1e-6 x |p| (an Adam step moves an entry by about lr_n; float32 keeps ~7 digits of it)."""
