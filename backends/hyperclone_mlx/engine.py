@@ -26,6 +26,7 @@ from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, T
 
 from . import distributed
 from . import model as mlx_model
+from .ops import use_device
 
 
 class MlxEngine:
@@ -53,6 +54,7 @@ class MlxEngine:
         if bad:
             raise TrainError(f"tensor {bad[0]} has shape {list(np.shape(weights[bad[0]]))}; the config implies "
                              f"{list(self.shapes[bad[0]])}")
+        use_device(config.device)
         self.par = par if par is not None else distributed.setup(config.parallel)
         self.rank, self.world = self.par.rank, self.par.world
         # a copy: the caller's numpy arrays are never written

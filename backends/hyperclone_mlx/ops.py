@@ -3,8 +3,8 @@
 MLX is lazy: a primitive only records its op.  ``to_numpy`` -- the interpreter's
 tensor boundary -- evaluates the tensor's whole program at once and hands MLX's
 cached buffers back, so streaming expansion holds one tensor's program at a time
-(the core's memory bound), and the AddNoise op keeps the noise power on the
-device (``add_zero_sum_noise``: no host round trip inside a program).
+(the core's memory bound).  AddNoise, whose factor depends on measured powers,
+evaluates in row blocks so its noise never needs a tensor-sized buffer.
 
 Dtype-preserving like the oracle: coefficients are cast to the weight's dtype
 before the multiply (numpy's rounding), a bfloat16 weight stays bfloat16 (its
@@ -43,9 +43,28 @@ def _stream(dtype):
     return mx.cpu if dtype == mx.float64 else mx.default_stream(mx.default_device())
 
 
+DEVICES = {"cpu": "cpu", "gpu": "gpu", "metal": "gpu", "mps": "gpu"}
+
+
+def use_device(device: Optional[str]) -> None:
+    """Make ``device`` MLX's default (MLX places work by default device, not per array):
+    None/"auto" keep MLX's choice (the GPU where Metal is available); an unknown or
+    absent device is refused by name."""
+    if device in (None, "", "auto"):
+        return
+    kind = DEVICES.get(str(device).split(":")[0].lower())
+    if kind is None:
+        raise ValueError(f"device {device!r} is not an MLX device; use cpu or gpu (Metal), or leave it out")
+    if kind == "gpu" and not mx.metal.is_available():
+        raise ValueError(f"device {device!r}: this MLX build has no Metal GPU (MLX's Linux build runs on the cpu)")
+    mx.set_default_device(mx.gpu if kind == "gpu" else mx.cpu)
+
+
 def asarray(a, device: Optional[str] = None) -> mx.array:
     """A numpy array (or an mlx one, returned as is) as an mlx array of the same
-    dtype; integer index maps become int32 when they fit (MLX's native index type)."""
+    dtype; integer index maps become int32 when they fit (MLX's native index type).
+    ``device`` (cpu, gpu) becomes MLX's default device."""
+    use_device(device)
     if isinstance(a, mx.array):
         return a
     arr = np.asarray(a)
@@ -301,5 +320,5 @@ def add_scaled(x: mx.array, noise: mx.array, factor: float) -> mx.array:
     return (wide + noise.astype(wide.dtype, stream=s) * factor).astype(x.dtype, stream=s)
 
 
-__all__ = ["DTYPES", "add_scaled", "add_zero_sum_noise", "asarray", "cast", "key", "mean_square", "mx_dtype", "reshape",
-           "scale", "shape", "take", "take_axes", "to_numpy", "zero_sum_noise"]
+__all__ = ["DEVICES", "DTYPES", "add_scaled", "add_zero_sum_noise", "asarray", "cast", "key", "mean_square", "mx_dtype",
+           "reshape", "scale", "shape", "take", "take_axes", "to_numpy", "use_device", "zero_sum_noise"]
