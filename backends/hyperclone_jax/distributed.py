@@ -158,6 +158,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def place(x, sharding) -> jax.Array:
+    """``x`` on ``sharding``: a device array is resharded on the devices; a host array is
+    sliced on the host, each device of this process receiving only its part (on several
+    hosts every process passes the same whole array)."""
+    if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def batch_sharding(mesh: Mesh, leading: int = 1) -> NamedSharding:
     """Batches split over data x fsdp along the batch dim (after ``leading`` unsplit dims,
     e.g. the micro-batch index)."""
@@ -206,5 +216,5 @@ def barrier(name: str = "hyperclone") -> None:
 
 
 __all__ = ["AXES", "BATCH_AXES", "LOGICAL", "ROLE_AXES", "barrier", "batch_sharding", "batch_ways",
-           "initialize_multihost", "make_mesh", "mesh_from", "parse_mesh", "process_allgather", "replicated",
+           "initialize_multihost", "make_mesh", "mesh_from", "parse_mesh", "place", "process_allgather", "replicated",
            "role_axes", "sharding_for", "spec_for"]

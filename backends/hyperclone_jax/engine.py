@@ -233,8 +233,6 @@ class JaxEngine:
         self.shapes = {n: tuple(stored[n].shape) for n in self.names}
         self.where = Placement.of(config, rules)
         self.rank, self.world = (jax.process_index(), jax.process_count())
-        per = config.batch_size // (self.world * config.grad_accum)
-        self.chunk_rows = per if per * self.world * config.grad_accum == config.batch_size else 0
         self._shardings = {n: self.where.sharding(stored[n].kind, self.shapes[n], rules) for n in self.names}
         specs = tuple(self.where.spec(stored[n].kind, self.shapes[n], rules) for n in self.names)
         self.spec = StepSpec(family.name, cfg, tuple(self.names), config.dtype, tuple(optimizer.betas),
@@ -251,20 +249,17 @@ class JaxEngine:
     def _put(self, host: np.ndarray, name: str) -> jax.Array:
         """A private float32 copy of ``host`` on the tensor's device(s): the caller's array
         is never aliased (donation would write into it)."""
-        return jax.device_put(np.array(host, dtype=np.float32, copy=True), self._shardings[name])
+        private = np.array(host, dtype=np.float32, copy=True)
+        where = self._shardings[name]
+        return D.place(private, where) if self.where.mesh is not None else jax.device_put(private, where)
 
-    def _batches(self, micro: Sequence[np.ndarray], chunked: bool = True) -> jax.Array:
-        """The step's sequences as (chunks, rows, T+1) on the device(s).  Chunks are the
-        config's micro-batch (batch_size / (world x grad_accum) rows) however the caller
-        sliced the list: memory follows the config, and a step's result does not depend
-        on how the same sequences were handed over (a float sum's association does)."""
+    def _batches(self, micro: Sequence[np.ndarray]) -> jax.Array:
+        """The micro-batches as one (n, rows, T+1) array on the device(s), rows split over
+        data x fsdp on a mesh."""
         rows = [np.asarray(b) for b in micro]
         if len({r.shape for r in rows}) != 1:
             raise TrainError(f"micro-batches must all have one shape, got {sorted({r.shape for r in rows})}")
         stack = np.stack(rows).astype(np.int32)
-        total = stack.shape[0] * stack.shape[1]
-        if chunked and self.chunk_rows and total % self.chunk_rows == 0:
-            stack = stack.reshape(total // self.chunk_rows, self.chunk_rows, stack.shape[2])
         mesh = self.where.mesh
         if mesh is None:
             return jax.device_put(stack, self.where.device)
@@ -288,7 +283,7 @@ class JaxEngine:
         return {n: D.process_allgather(grads[n]).astype(np.float32) for n in self.names}
 
     def evaluate(self, batches: Sequence[np.ndarray]) -> float:
-        losses = [float(self._jit["loss"](self.spec, self._params, self._batches([b], chunked=False))) for b in batches]
+        losses = [float(self._jit["loss"](self.spec, self._params, self._batches([b]))) for b in batches]
         return float(np.mean(losses))
 
     # ------------------------------------------------------------ state

@@ -8,6 +8,9 @@ backend read, so a folder written here loads in ``transformers`` as is.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -15,9 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import NamedSharding, PartitionSpec
+
 from hyperclone_core.backend import run_program
 from hyperclone_core.expand import make_plan
 from hyperclone_core.io import Checkpoint
+from hyperclone_core.plan import Reshape, Take
 from hyperclone_core.structure import slots
 from hyperclone_core.validate import read_model
 
@@ -64,9 +70,10 @@ def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width
     the source's; returns ``(params, config)`` (and the plan with ``return_plan``).
 
     With ``mesh`` every grown tensor is produced by its device shards directly
-    (``out_shardings`` of its compiled program), from a source placed by the same
-    rules, so the host never holds a grown tensor; ``rules`` (role kind or glob ->
-    PartitionSpec) override ``distributed.ROLE_AXES``.  The source is not modified."""
+    (``out_shardings`` of its compiled program) from a source each device holds the
+    needed part of (``source_spec``), so the host never holds a grown tensor; ``rules``
+    (role kind or glob -> PartitionSpec) override ``distributed.ROLE_AXES``.  The
+    source is not modified."""
     p = make_plan(dict(config), width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
                   layers=layers, strategy=strategy, seed=seed, layout=layout, where="config")
     missing = sorted(s for s in p.sources() if s not in params)
@@ -75,19 +82,43 @@ def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width
     bk = JaxBackend(mesh, rules)
     cache: dict = {}
     out = {}
-    for tp in p.tensors:
+    for k, tp in enumerate(p.tensors):
         x = params[tp.source]
         if mesh is not None:
-            x = jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x),
-                               D.sharding_for(tp.kind, tuple(tp.source_shape), mesh, rules))
+            x = D.place(x, NamedSharding(mesh, source_spec(tp, bk.target(tp.kind, tuple(tp.shape)).spec)))
         elif not isinstance(x, jax.Array):
             x = jnp.asarray(np.asarray(x))
         y = run_program(bk, tp, p.arrays, x, None, cache)
         target = bk.target(tp.kind, tuple(tp.shape))
         if target is not None and not y.sharding.is_equivalent_to(target, y.ndim):
             y = jax.device_put(y, target)  # the interpreter's generic path (noise first) places nothing
-        out[tp.name] = y
+        out[tp.name] = y.block_until_ready()  # one program in flight: its source copies are freed before the next
+        del x
+        if k % 8 == 7:
+            _return_freed_memory()
+    _return_freed_memory()
     return (out, dict(p.config), p) if return_plan else (out, dict(p.config))
 
 
-__all__ = ["expand_params", "load_pretrained", "save_pretrained"]
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps the transient source copies'
+    pages otherwise, and the host's peak grows with them); a no-op elsewhere."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def source_spec(tp, target: PartitionSpec) -> PartitionSpec:
+    """Where a program's source goes: the destination's mesh axes on the dims the program
+    leaves alone, whole along the dims it gathers.  Every device then computes its
+    shard of the grown tensor from what it holds (no all-gather of the source), and
+    receives only the part of the source it needs."""
+    if any(isinstance(op, Reshape) for op in tp.ops):
+        return PartitionSpec()
+    gathered = {op.axis for op in tp.ops if isinstance(op, Take)}
+    dims = tuple(target) + (None,) * (len(tp.shape) - len(target))
+    return PartitionSpec(*[None if d in gathered or tp.source_shape[d] != tp.shape[d] else dims[d]
+                           for d in range(len(tp.shape))])
+
+
+__all__ = ["expand_params", "load_pretrained", "save_pretrained", "source_spec"]

@@ -133,12 +133,36 @@ def gaussian_zero_sum(shape, axis: int, groups, key, count: int, layout: Optiona
     return project_zero_sum(jax.random.normal(key, tuple(shape), jnp.float32), axis, groups, count, layout)
 
 
+def helmert(k: int) -> np.ndarray:
+    """(k-1, k) orthonormal rows spanning the vectors that sum to zero."""
+    h = np.zeros((k - 1, k))
+    for r in range(1, k):
+        h[r - 1, :r] = 1.0
+        h[r - 1, r] = -r
+        h[r - 1] /= np.sqrt(r * (r + 1))
+    return h
+
+
 def add_noise(x, axis: int, groups, snr_db: float, key, count: int, layout: Optional[tuple]):
     """The whole AddNoise op on the device: zero-sum noise scaled to ``snr_db`` below
-    x's power (``noise.noise_factor``'s formula; no noise when either power is 0)."""
-    noise = gaussian_zero_sum(x.shape, axis, groups, key, count, layout)
+    x's power (``noise.noise_factor``'s formula; no noise when either power is 0).
+
+    For k uniform copies the noise is ``H^T u`` (``helmert(k)`` rows, u ~ N(0, I) of
+    (k-1)/k of x's size): the law of iid noise projected to sum zero, from fewer draws
+    and no projection pass, and with exactly u's power (H's rows are orthonormal)."""
     xf = x.astype(jnp.float32)
-    p_sig, p_noise = jnp.mean(xf * xf), jnp.mean(noise * noise)
+    if layout is None:
+        noise = gaussian_zero_sum(x.shape, axis, groups, key, count, layout)
+        p_noise = jnp.mean(noise * noise)
+    else:
+        m, k, kind = layout
+        u = jax.random.normal(key, (k - 1,) + x.shape[:axis] + (m,) + x.shape[axis + 1:], jnp.float32)
+        p_noise = jnp.sum(u * u) / x.size
+        h = helmert(k)
+        copies = [sum(float(h[r, c]) * u[r] for r in range(k - 1)) for c in range(k)]  # each (..., m, ...)
+        noise = (jnp.concatenate(copies, axis=axis) if kind == "tile"
+                 else jnp.stack(copies, axis=axis + 1).reshape(x.shape))
+    p_sig = jnp.mean(xf * xf)
     unit = noise_factor(1.0, 1.0, snr_db)  # sqrt(p_sig / p_noise) times this
     ok = (p_sig > 0) & (p_noise > 0)
     factor = jnp.where(ok, unit * jnp.sqrt(p_sig / jnp.where(ok, p_noise, 1.0)), 0.0)
