@@ -45,11 +45,20 @@ def mlx(session):
     session.run("python", "-m", "pytest", "tests", "-k", "mlx", *session.posargs)
 
 
-CONFORMANCE_EXTRAS = {"torch": ".[torch,dev]", "mlx": ".[mlx,dev]"}
+@nox.session
+def jax(session):
+    """The JAX backend's tests (an 8-device CPU mesh in a child process; transformers loads
+    what jax grows; a torch-started run resumes on jax)."""
+    session.install(TORCH)
+    session.install("-e", ".[jax,torch,hf,dev]")
+    session.run("python", "-m", "pytest", "tests", "-k", "jax", *session.posargs)
+
+
+CONFORMANCE_EXTRAS = {"torch": ".[torch,dev]", "mlx": ".[mlx,dev]", "jax": ".[jax,dev]"}
 
 
 @nox.session
-@nox.parametrize("backend", ["numpy", "torch", "listy", "mlx"])
+@nox.parametrize("backend", ["numpy", "torch", "listy", "mlx", "jax"])
 def conformance(session, backend):
     """`pytest --pyargs hyperclone_conformance --hyperclone-backend NAME` from the installed package
     (``listy`` is the third-party example in examples/custom_backend)."""

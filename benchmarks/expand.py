@@ -8,6 +8,7 @@ installed are left out with a note.
     python benchmarks/expand.py                 # the ~250M model (needs ~9 GB of disk)
     python benchmarks/expand.py --small         # a ~20M model, seconds
     python benchmarks/expand.py --modes numpy,mlx,mlx-live   # MLX (Linux CPU build: see backends/hyperclone_mlx/README.md)
+    python benchmarks/expand.py --modes numpy,jax,jax-sharded   # JAX: streaming, and grown into an 8-device CPU mesh
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ elif mode == "baseline-torch":
     import hyperclone_core.expand, hyperclone_torch, torch
 elif mode == "baseline-mlx":
     import hyperclone_core.expand, hyperclone_mlx, mlx.core
-elif mode in ("numpy", "torch", "mlx"):
+elif mode == "baseline-jax":
+    import hyperclone_core.expand, hyperclone_jax, jax
+    jax.devices()
+elif mode in ("numpy", "torch", "mlx", "jax"):
     from hyperclone_core.expand import expand_checkpoint
     from hyperclone_core.backend import load_backend
     load_backend(mode)  # imports are not part of the measurement
@@ -68,10 +72,36 @@ elif mode == "mlx-live":
     t0 = time.perf_counter()
     grown = hyperclone_mlx.expand_model(model, width=2, strategy=strategy, config=config)
     mx.eval(grown.parameters())
-seconds = time.perf_counter() - t0
+elif mode == "jax-sharded":  # the source on the host, grown into the shards of 8 simulated devices
+    import os, threading
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    import jax, hyperclone_jax
+    from hyperclone_core.io import load_weights
+    mesh = hyperclone_jax.mesh_from("fsdp=4,tensor=2")
+    rss = lambda: next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+    on_devices = lambda: sum(s.data.nbytes for a in jax.live_arrays() for s in a.addressable_shards)
+    jax.device_put(0.0, hyperclone_jax.distributed.replicated(mesh)).block_until_ready()
+    start = rss()
+    config, weights = load_weights(src)
+    host_worst, done = [0], []
+    def sample():  # RSS minus the device buffers: what the host itself holds (CPU devices live in host RAM)
+        while not done:
+            host_worst[0] = max(host_worst[0], rss() - on_devices())
+            time.sleep(0.005)
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    grown, _ = hyperclone_jax.expand_params(weights, config, width=2, strategy=strategy, mesh=mesh)
+    seconds = time.perf_counter() - t0
+    done.append(1)
+    watcher.join()
+    extra = {"host_above_start": host_worst[0] - start, "source_bytes": sum(w.nbytes for w in weights.values()),
+             "on_devices": sum(s.data.nbytes for a in grown.values() for s in a.addressable_shards),
+             "largest_shard": max(a.addressable_shards[0].data.nbytes for a in grown.values())}
+seconds = time.perf_counter() - t0 if mode != "jax-sharded" else seconds
 # VmHWM belongs to this process's own address space (ru_maxrss would include the parent's at fork)
 hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"seconds": seconds, "peak_rss": hwm}))
+print(json.dumps(dict({"seconds": seconds, "peak_rss": hwm}, **(extra if mode == "jax-sharded" else {}))))
 """
 
 
@@ -131,6 +161,7 @@ def main(argv=None) -> int:
     base = run_child("baseline", src, work / "unused")
     base_torch = run_child("baseline-torch", src, work / "unused")
     base_mlx = run_child("baseline-mlx", src, work / "unused") if "mlx" in args.modes else {"error": "not run"}
+    base_jax = run_child("baseline-jax", src, work / "unused") if "jax" in args.modes else {"error": "not run"}
     rows = []
     dst_bytes = largest = None
     for mode, strategy in [(m, s) for m in args.modes.split(",") for s in args.strategies.split(",")]:
@@ -168,12 +199,20 @@ def main(argv=None) -> int:
         interp = base if mode.startswith("numpy") or "error" in base_torch else base_torch
         if mode.startswith("mlx") and "error" not in base_mlx:
             interp = base_mlx
+        if mode.startswith("jax") and "error" not in base_jax:
+            interp = base_jax
         extra = r["peak_rss"] - interp["peak_rss"]
-        streaming = mode.split()[0] in ("numpy", "torch", "mlx")
+        streaming = mode.split()[0] in ("numpy", "torch", "mlx", "jax")
         ok = ("ok" if extra < bound else "OVER") if streaming else "-"
         print(f"{mode:<22} {r['seconds']:8.2f} {r['seconds'] / copy_seconds:7.2f} {r['peak_rss'] / 2**30:13.2f} "
               f"{extra / 2**30:13.2f} {ok:>7}")
         results["modes"][mode] = r
+    for mode, r in rows:
+        if mode.startswith("jax-sharded") and "error" not in r:
+            print(f"  {mode}: {r['on_devices'] / 2**30:.2f} GiB on the 8 devices; the host above its start held at most "
+                  f"{r['host_above_start'] / 2**30:.2f} GiB (source {r['source_bytes'] / 2**30:.2f} GiB + one destination "
+                  f"shard {r['largest_shard'] / 2**20:.0f} MiB = bound {(r['source_bytes'] + r['largest_shard']) / 2**30:.2f}"
+                  " GiB; XLA's in-program temporaries count as host here: CPU devices live in host RAM)")
     live = {m: r for m, r in rows if m.startswith("hf-live") and "error" not in r}
     if live and not args.small:
         print(f"\nreference (the public implementation on this machine type, quoted from the torch issue, not run here): "
@@ -181,7 +220,8 @@ def main(argv=None) -> int:
         for m, r in live.items():
             print(f"  {m}: {REFERENCE_SECONDS / r['seconds']:.1f}x faster, peak RSS {r['peak_rss'] / 2**30:.2f} GiB")
     print("\nbound: streaming modes must stay under 2 x the largest destination tensor above the interpreter;"
-          "\ntorch-live / hf-live / mlx-live expand a model held in memory (source + destination are resident by design).")
+          "\ntorch-live / hf-live / mlx-live expand a model held in memory (source + destination are resident by design);"
+          "\njax-sharded holds the source on the host and the grown model on the devices (peak RSS counts both here).")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if not args.workdir:

@@ -4,6 +4,7 @@ model FLOPs utilization (MFU), printed as a table.
     python benchmarks/train_throughput.py                         # CPU, tiny + small
     python benchmarks/train_throughput.py --preset 350m --device cuda --dtype bfloat16 --compile
     python benchmarks/train_throughput.py --backend mlx --preset tiny   # MLX's engine (compiled always)
+    python benchmarks/train_throughput.py --backend jax                 # JAX's engine (jitted always)
 
 FLOPs per token are the PaLM count, 6 N + 12 L d T (N: parameters outside the token
 embedding; the attention term counts the full T x T score matrix, as PaLM and
@@ -103,12 +104,12 @@ def measure(preset: str, args) -> dict:
 
 
 def measure_mlx(preset: str, args) -> dict:
-    """The same run through the MLX engine (``hyperclone_mlx``; Metal on Apple silicon,
-    the CPU elsewhere)."""
+    """The same run through the engine of ``args.backend``: MLX (Metal on Apple silicon,
+    the CPU elsewhere) or JAX (its default device)."""
     from hyperclone_core.backend import load_backend
     from hyperclone_core.train import TrainConfig, optimizer_for, train
 
-    bk = load_backend("mlx")
+    bk = load_backend(args.backend)
     p = dict(PRESETS[preset])
     p["batch_size"] = args.batch_size or p["batch_size"]
     p["seq_len"] = args.seq_len or p["seq_len"]
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", action="append", choices=sorted(PRESETS),
                     help="model size (repeatable; default: tiny and small)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "mlx"], help="whose engine trains")
+    ap.add_argument("--backend", default="torch", choices=["torch", "mlx", "jax"], help="whose engine trains")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--compile", action="store_true")
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
         return 0
     if args.warmup < 1:
         ap.error("--warmup must be >= 1 (the first step is not timed)")
-    if args.backend == "mlx":
+    if args.backend in ("mlx", "jax"):
         return print_rows([measure_mlx(p, args) for p in (args.preset or ["tiny", "small"])], args)
     import torch
 
