@@ -398,11 +398,18 @@ LEVERS: dict = {
     "noisy5": lambda b: dict(strategy="noisy:5"),
     "diagonal": lambda b: dict(strategy="diagonal+noise:10"),
     "w20_x0.25": lambda b: dict(clone_warmup_steps=20, clone_lr_scale=0.25),
+    # round 2: stronger noise, and noise with the schedule levers
+    "noisy0": lambda b: dict(strategy="noisy:0"),
+    "noisy-3": lambda b: dict(strategy="noisy:-3"),
+    "noisy3_x1": lambda b: dict(strategy="noisy:3", clone_lr_scale=1.0),
+    "noisy0_w20_x0.25": lambda b: dict(strategy="noisy:0", clone_warmup_steps=20, clone_lr_scale=0.25),
+    "noisy0_w0_src_end": lambda b: dict(strategy="noisy:0", **LEVERS["w0_src_end"](b)),
 }
 
 GRIDS: dict = {
     # name: (default scale, [(lever, corpus, seed), ...])
-    "screen4x": ("4x", [(lever, "shakespeare", 0) for lever in LEVERS]),
+    "screen4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[:15]]),
+    "round2_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[15:]]),
     "base4x": ("4x", [("base", c, s) for c in CORPORA for s in (0, 1)]),
     "tiny": ("tiny", [("base", "embedded", 0), ("lr_x1", "embedded", 0), ("depth", "embedded", 0)]),
 }
