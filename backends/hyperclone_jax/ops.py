@@ -30,7 +30,7 @@ from hyperclone_core.backend import apply_ops, broadcast_coeffs, n_groups
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.growth import uniform_layout
 from hyperclone_core.noise import noise_factor, seed_words
-from hyperclone_core.plan import AddNoise, Cast, Reshape, Scale, Take, TensorPlan
+from hyperclone_core.plan import AddNoise, Reshape, Scale, Take, TensorPlan
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
 PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}
@@ -249,10 +249,8 @@ def structure(tp: TensorPlan, arrays, sharding=None) -> tuple:
         elif isinstance(op, Reshape):
             ops.append(op)
             ndim = len(op.shape)
-        elif isinstance(op, Cast):
+        else:  # Cast and any op naming no plan array: static, part of the structure
             ops.append(op)
-        else:  # pragma: no cover
-            raise TypeError(f"unknown op {op!r}")
     keys = tuple((names[k[0]], k[1]) for k, _ in args)
     quick = math.prod(tp.shape) < QUICK_BELOW
     return Structure(tuple(ops), tuple(specs), keys, tuple(noise), sharding, quick), args, seeds
@@ -263,15 +261,22 @@ class _Tracing:
     array is already a traced argument in the interpreter's cache, and AddNoise
     reads its key from the traced seeds by slot."""
 
-    def __init__(self, keys, noise: tuple):
-        self.keys, self.noise = keys, noise
+    def __init__(self, keys, noise: tuple, constants: frozenset = frozenset()):
+        self.keys, self.noise, self.constants = keys, noise, constants
 
     def asarray(self, a, device=None):
+        """Only constants a static op of the program names (an Offset's value, broadcast
+        by the interpreter) may enter while tracing; plan data must come in as arguments,
+        or one executable would carry one tensor's data to the next."""
+        a = np.asarray(a)
+        if a.size and float(a.flat[0]) in self.constants and np.all(a == a.flat[0]):
+            return jnp.full(a.shape, a.flat[0], a.dtype)
         raise HypercloneError("internal: a plan array was requested that the jax program did not pass in "
                               "(the interpreter's cache keys changed?)")
 
     shape = staticmethod(lambda x: tuple(x.shape))
     take, scale, reshape, cast = staticmethod(take), staticmethod(scale), staticmethod(reshape), staticmethod(cast)
+    add_scaled = staticmethod(add_scaled)
 
     def add_zero_sum_noise(self, x, axis, groups, snr_db, seed, count=None):
         count, layout = self.noise[seed]
@@ -293,9 +298,11 @@ def compiled(st: Structure):
     arrays = _stand_ins(st)
     tp = TensorPlan("program", "program", "", (), (), st.ops)
 
+    constants = frozenset(float(op.value) for op in st.ops if isinstance(getattr(op, "value", None), (int, float)))
+
     def program(x, args, keys):
         cache = dict(zip(st.args, args))
-        return apply_ops(_Tracing(keys, st.noise), tp, arrays, x, None, cache)
+        return apply_ops(_Tracing(keys, st.noise, constants), tp, arrays, x, None, cache)
 
     kw = {"compiler_options": QUICK_COMPILE} if st.quick else {}
     if st.sharding is not None:
