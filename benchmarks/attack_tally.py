@@ -289,12 +289,12 @@ OPTION_BAD = [["--width", v] for v in ("nan", "inf", "-inf", "-2", "0", "1e9", "
     [["--dtype", "int8"], ["--layout", "spiral"], ["--backend", "nope"], ["--backend", ""], ["--bogus"],
      ["--width", "1.5"], ["--width", "0.5"], ["--ffn", "0.5"], ["--strategy", "diagonal", "--ffn", "3"],
      ["--ffn", "2", "--ffn-size", "96"], ["--device", "cuda", "--backend", "torch"], ["--device", "tpu:9"]]
-STRATEGY_BAD = ["noisy:-60", "noisy:", "noisy:nan", "noisy:inf", "noisy:-inf", "noisy:1e400", "noisy:-0.1",
+STRATEGY_BAD = ["noisy:-60", "noisy:", "noisy:nan", "noisy:inf", "noisy:-inf", "noisy:1e400", "noisy:-0.1", "noisy:0",
                 "noisy:201", "diagonal+noise:", "symmetric:3", "noisy:10+noise:3", "mlp=", "=symmetric", ",,",
                 "mpl=symmetric", "mlp=noisy:-3", "*=symmetric,*=diagonal", "random_split:0", "random_split:nan",
                 "random_split:-1", "random_split:", "bogus", "symmetric+diagonal", "  ", "noise:10",
                 "q_proj=symmetric", "*.nothing.*=symmetric"]
-STRATEGY_OK = ["symmetric", "diagonal", "first_copy", "random_split:0.5", "noisy:0", "noisy:10",
+STRATEGY_OK = ["symmetric", "diagonal", "first_copy", "random_split:0.5", "noisy:0.5", "noisy:10",
                "diagonal+noise:5", "mlp=noisy:10,attn=symmetric", "*.q_proj.*=symmetric,*=noisy:20"]
 
 

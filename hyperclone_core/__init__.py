@@ -6,7 +6,7 @@ Imports numpy and the standard library only.
 from .errors import CertificateError, CheckpointError, ConfigError, HypercloneError, PlanError
 from .families import FAMILIES, family_for_config, get_family
 from .growth import AxisMap, ReplicationMap, axis_map
-from .plan import (AddNoise, Cast, Certificate, Growth, Plan, Reshape, Scale, Take, TensorPlan,
+from .plan import (AddNoise, Cast, Certificate, Growth, Offset, Plan, Reshape, Scale, Take, TensorPlan,
                    layer_map, plan)
 from .spec import Axis, DecoderConfig, Family, Role, in_, out, tensor_names
 from .strategy import (DEFAULT, Diagonal, Explicit, FirstCopy, RandomSplit, Rules, Strategy, Symmetric,
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AddNoise", "Axis", "AxisMap", "Cast", "Certificate", "CertificateError", "CheckpointError",
     "ConfigError", "DEFAULT", "DecoderConfig", "Diagonal", "Explicit", "FAMILIES", "Family",
-    "FirstCopy", "Growth", "HypercloneError", "Plan", "PlanError", "RandomSplit", "ReplicationMap",
+    "FirstCopy", "Growth", "HypercloneError", "Offset", "Plan", "PlanError", "RandomSplit", "ReplicationMap",
     "Reshape", "Role", "Rules", "Scale", "Strategy", "Symmetric", "Take", "TensorPlan", "axis_map",
     "diagonal", "family_for_config", "first_copy", "get_family", "in_", "layer_map", "noisy", "out",
     "parse_strategy", "plan", "random_split", "symmetric", "tensor_names",

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import HypercloneError
 from .noise import noise_factor
-from .plan import AddNoise, Cast, Reshape, Scale, Take, TensorPlan
+from .plan import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan
 
 CAPABILITIES = ("expand", "forward", "train", "distributed")
 ENTRY_POINT_GROUP = "hyperclone.backends"
@@ -170,6 +170,9 @@ def apply_ops(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], x:
             x = backend.reshape(x, op.shape)
         elif isinstance(op, Cast):
             x = backend.cast(x, op.dtype)
+        elif isinstance(op, Offset):  # x + value, through the primitives every backend has
+            x = backend.add_scaled(x, dev(f"offset:{op.value!r}", np.full(tuple(backend.shape(x)), op.value, np.float32),
+                                          str(tuple(backend.shape(x)))), 1.0)
         else:  # pragma: no cover
             raise TypeError(f"unknown op {op!r}")
         owned = True

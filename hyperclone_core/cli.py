@@ -11,18 +11,16 @@ is the one error boundary); ``--debug`` or ``HYPERCLONE_DEBUG=1`` adds the trace
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import json
 import os
 import sys
-import traceback
-import warnings
 from typing import Optional, Sequence
 
 from . import validate
-from .errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_VERIFICATION, HypercloneError,
-                     UsageError)
+from .argparsing import Parser
+from .boundary import debug_requested, guarded
+from .errors import EXIT_VERIFICATION, HypercloneError
 
 EXIT_CODES = """exit codes:
   0    success
@@ -31,17 +29,15 @@ EXIT_CODES = """exit codes:
   3    input: a missing, unreadable, corrupt or inconsistent checkpoint, config or data file
   4    output: the destination may not or cannot be written (exists, not hyperclone's, disk full)
   5    verification: the clone's logits differ from the source's past the tolerance, or are not finite
+  6    training diverged: the loss became NaN/Inf (the step was not applied; the newest valid
+       checkpoint is named)
   70   internal error: a bug (rerun with --debug and report the traceback)
   130  interrupted (Ctrl-C); nothing partial is left at the destination
 
 --debug (or HYPERCLONE_DEBUG=1) prints the traceback of any failure."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad option as one line through the error boundary."""
-
-    def error(self, message):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+_Parser = Parser
 
 
 def _ratio(option: str):
@@ -207,34 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- the error boundary
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _classify(exc: BaseException) -> tuple:
-    """(exit code, message) of a failure that escaped a command."""
-    if isinstance(exc, HypercloneError):
-        return exc.exit_code, _one_line(exc)
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
-        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-            return EXIT_OUTPUT, f"no space left on the device{where}; free some space or write elsewhere"
-        if exc.errno in (errno.EROFS, errno.EFBIG, errno.EPIPE):
-            return EXIT_OUTPUT, f"cannot write{where}: {exc.strerror}"
-        return EXIT_INPUT, f"cannot access{where}: {exc.strerror or exc}; check the path and its permissions"
-    if isinstance(exc, MemoryError):
-        return EXIT_INPUT, ("out of memory: the model (or the growth asked for) does not fit this machine; "
-                            "use smaller ratios or a machine with more memory")
-    if isinstance(exc, RecursionError):
-        return EXIT_INPUT, "an input is nested too deeply to be read"
-    return EXIT_INTERNAL, (f"internal error ({type(exc).__name__}: {_one_line(exc)[:300]}); this is a bug in "
-                           "hyperclone: rerun with --debug and report the traceback")
-
-
-def _warning_line(message, category, filename, lineno, file=None, line=None):
-    print(f"hyperclone: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
-
-
 def _run(argv: list) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -248,36 +216,10 @@ def _run(argv: list) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; every failure becomes one line on stderr and its class's exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("HYPERCLONE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
-    if "--debug" in argv:
-        debug = True
-        if next((a for a in argv if not a.startswith("-")), None) in ("train", "demo"):
-            argv = [a for a in argv if a != "--debug"]  # their own parsers do not know it
-    show = warnings.showwarning
-    warnings.showwarning = _warning_line
-    try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print("hyperclone: interrupted (Ctrl-C); nothing partial was left behind", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except SystemExit as exc:  # --help, or a delegated command's own exit
-        if exc.code is None or isinstance(exc.code, int):
-            return int(exc.code or 0)
-        print(f"hyperclone: error: {_one_line(exc.code)}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - the one boundary: classify, one line, exit code
-        if debug:
-            traceback.print_exc()
-        code, message = _classify(exc)
-        try:
-            print(f"hyperclone: error: {message}", file=sys.stderr)
-        except OSError:
-            pass
-        return code
-    finally:
-        warnings.showwarning = show
+    debug = debug_requested(argv)
+    if "--debug" in argv and next((a for a in argv if not a.startswith("-")), None) in ("train", "demo"):
+        argv = [a for a in argv if a != "--debug"]  # their own parsers do not know it
+    return guarded(lambda: _run(argv), debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

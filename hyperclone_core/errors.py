@@ -9,6 +9,7 @@ EXIT_USAGE = 2         # a bad option, or options that cannot be planned
 EXIT_INPUT = 3         # an unreadable, corrupt or inconsistent checkpoint / config / data file
 EXIT_OUTPUT = 4        # the destination cannot be written (exists, not ours, disk full, ...)
 EXIT_VERIFICATION = 5  # the clone does not compute the source's function within tolerance
+EXIT_DIVERGED = 6      # training stopped on a non-finite loss (the newest valid checkpoint is named)
 EXIT_INTERNAL = 70     # a bug: an exception nobody expected (rerun with --debug and report it)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 

@@ -71,7 +71,14 @@ class Cast:
     dtype: str
 
 
-OPS = {"reshape": Reshape, "take": Take, "scale": Scale, "add_noise": AddNoise, "cast": Cast}
+@dataclass(frozen=True)
+class Offset:
+    """Add a constant: with ``Scale`` it moves a gain stored as ``1 + w`` (Gemma's norms)."""
+
+    value: float
+
+
+OPS = {"reshape": Reshape, "take": Take, "scale": Scale, "add_noise": AddNoise, "cast": Cast, "offset": Offset}
 _OP_NAMES = {v: k for k, v in OPS.items()}
 
 
@@ -377,8 +384,12 @@ def plan(
     seed: int = 0,
     allow_inexact: bool = False,
     dtype: Optional[str] = None,
+    untie: bool = False,
 ) -> Plan:
-    """Plan the expansion of a checkpoint of ``family`` with config ``hf_config``."""
+    """Plan the expansion of a checkpoint of ``family`` with config ``hf_config``.
+
+    Tied embeddings stay tied (the LM head's 1 / r goes into the final norm's gain or
+    project_out) unless ``untie`` or the family has no such tensor; then they are untied."""
     rules = strategies.parse(strategy)
     src_cfg = family.read(hf_config)
     old_sizes = src_cfg.sizes()
@@ -475,18 +486,29 @@ def plan(
     if new_cfg.layer_types:
         new_cfg = _replace(new_cfg, layer_types=tuple(src_cfg.layer_types[s] for s, _ in lmap))
 
-    # tied embeddings: untie unless both ends expand identically
+    # tied embeddings: one table serves the embedding (which wants W) and the LM head (which
+    # wants W / r when its input grows r-fold).  Keep the tie by folding 1 / r into the tensor
+    # that writes the head's input (the final norm's gain, or project_out), where it has one.
     src_roles = {r.kind: r for r in family.roles_for(src_cfg)}
-    tie_kept = False
+    tie_kept, fold = False, None
     if src_cfg.tie_embeddings and "lm_head" in src_roles and "embed" in src_roles:
-        embed_grows = any(maps.get(d, ReplicationMap(1, 1)).new != maps.get(d, ReplicationMap(1, 1)).old
-                          for d in src_roles["lm_head"].axes[1].dims)
-        tie_kept = not embed_grows  # an embedding scale changes only with the hidden size (compensated then)
+        hmap = axis_map(src_roles["lm_head"].axes[1].segments, maps, old_sizes)
+        if not hmap.grown:
+            tie_kept = True
+        elif untie:
+            pass
+        elif hmap.uniform:
+            fold = _head_fold(src_cfg, src_roles, hmap.new_size // hmap.old_size, old_sizes, new_sizes)
+            tie_kept = fold is not None
     new_cfg = _replace(new_cfg, tie_embeddings=tie_kept)
     if src_cfg.tie_embeddings:
         checks.append(("compensation", "tied embeddings",
-                       "kept tied (the LM head's input does not grow)" if tie_kept
-                       else "untied: the embedding and the LM head need different scales"))
+                       "kept tied (the LM head's input does not grow)" if tie_kept and fold is None else
+                       f"kept tied: {fold[0]} scaled by {fold[1]:.6g}"
+                       + (f" as 1 + w (gain stored as w: offset {fold[1] - 1:.6g})" if fold[2] else "")
+                       + " so the shared table serves the grown head" if fold is not None else
+                       "untied: the embedding and the LM head need different scales"
+                       + (" (asked for)" if untie else "")))
 
     arrays = _Arrays()
     rng = np.random.default_rng(seed)
@@ -522,6 +544,7 @@ def plan(
                     np.random.default_rng(rng.integers(2**63)), seed_for(seed, name),
                     zero_writer=inserted and role.writer, head_ratio=head_ratio, family=family,
                     src_cfg=src_cfg, dtype=dtype, allow_inexact=allow_inexact, inexact=inexact,
+                    fold=fold if fold is not None and role.kind in (fold[0], fold[0] + ".bias") else None,
                 )
                 tensors.append(tp)
                 if err is not None and math.isfinite(err):
@@ -559,8 +582,23 @@ def seed_for(seed: int, name: str) -> int:
     return h % (1 << 63)
 
 
+def _head_fold(cfg: DecoderConfig, roles: Mapping[str, Role], r: int, old_sizes, new_sizes):
+    """(writer kind, factor, unit offset) that keeps a tied LM head exact when its input grows
+    r-fold: the writer of the head's input is scaled by 1 / (r c), c being the embedding's
+    own compensation (Gemma's sqrt(hidden)); None when no such writer exists (no final
+    norm, or one without a gain)."""
+    c = math.sqrt(old_sizes["hidden"] / new_sizes["hidden"]) if cfg.embed_scale else 1.0
+    factor = 1.0 / (r * c)
+    if "proj_out" in roles:
+        return ("proj_out", factor, False)
+    if cfg.final_norm and cfg.norm != "layer_noparam" and "norm.final" in roles:
+        return ("norm.final", factor, bool(cfg.norm_unit_offset))
+    return None
+
+
 def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, arrays, rng, noise_seed,
-                 zero_writer, head_ratio, family, src_cfg, dtype, allow_inexact=False, inexact=None) -> tuple:
+                 zero_writer, head_ratio, family, src_cfg, dtype, allow_inexact=False, inexact=None,
+                 fold=None) -> tuple:
     ops: list = []  # scales that commute with the gathers go first: they touch source-sized memory
     notes: list = []
     amaps = [axis_map(ax.segments, maps, old_sizes) for ax in role.axes]
@@ -608,9 +646,12 @@ def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, ar
                 coeff = rows[0].astype(np.float32)
                 key = arrays.put(f"coef:{strat.mixing}:{role.axes[ia].key()}:{_digest(coeff)}", coeff)
                 ops.append(Scale((ia,), key))
-        if strat.noise_db is not None and amaps[ia].max_copies > 1:
+        if strat.noise_db is not None and amaps[ia].max_copies > 1 and not role.noiseless:
             ops.append(AddNoise(ia, arrays.put(f"src:{role.axes[ia].key()}", amaps[ia].src), float(strat.noise_db), noise_seed))
         used = str(strat)
+        if strat.noise_db is not None and role.noiseless:
+            notes.append("no noise: this tensor feeds a discrete choice (top-k) that rounding noise would flip")
+            used = str(strat.mixing)
     if role.kind == "embed" and src_cfg.embed_scale and new_sizes["hidden"] != old_sizes["hidden"]:
         c = math.sqrt(old_sizes["hidden"] / new_sizes["hidden"])
         ops.insert(0, Scale((), arrays.put(f"const:{c!r}", np.asarray(c, np.float32))))
@@ -622,6 +663,12 @@ def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, ar
         ops.insert(0, Scale((), arrays.put("const:0.0", np.asarray(0.0, np.float32))))
         notes.append("depth: inserted layer's residual writer starts at zero")
         used = "zero"
+    if fold is not None:
+        _, f, unit_offset = fold
+        ops.append(Scale((), arrays.put(f"const:{f!r}", np.asarray(f, np.float32))))
+        if unit_offset and not role.kind.endswith(".bias"):
+            ops.append(Offset(float(np.float32(f - 1.0))))  # 1 + w' = f (1 + w)
+        notes.append(f"compensation: tied LM head kept; the head's input scaled by {f:.6g}")
     if dtype:
         ops.append(Cast(dtype))
     return TensorPlan(name, source, role.kind, src_shape, shape, tuple(ops), used, tuple(notes)), err

@@ -78,7 +78,10 @@ class Role:
     the expert); ``kind`` is the neutral slot the oracle and backends read it as
     (``attn.q``, ``mlp.down``, ``norm.final`` ...); ``writer`` marks tensors that
     write into the residual stream (zeroed in depth copies); ``when`` restricts the
-    role to configs that have it (bias flags, optional norms).
+    role to configs that have it (bias flags, optional norms); ``noiseless`` marks a
+    tensor whose output feeds a discrete choice (an MoE router's top-k): it gets the
+    strategy's mixing but never noise, since zero-sum noise that rounds to a nonzero
+    sum in bfloat16 would flip the choice.
     """
 
     pattern: str
@@ -86,6 +89,7 @@ class Role:
     axes: tuple
     writer: bool = False
     when: Optional[Callable[["DecoderConfig"], bool]] = field(default=None, compare=False)
+    noiseless: bool = False
 
     @property
     def per_layer(self) -> bool:

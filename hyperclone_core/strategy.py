@@ -22,7 +22,7 @@ Rules are tried in order; the first whose key matches a tensor wins; a tensor no
 rule matches gets ``*=...`` if given, else the library default ``noisy:10``.
 
 Everything is checked at parse time: a number after ``:`` is required where the
-colon is written, noise must be a finite SNR of at least ``MIN_SNR_DB`` (noise
+colon is written, noise must be a finite SNR above ``MIN_SNR_DB`` (noise
 louder than the weights loses the clone's precision to cancellation), a key may
 appear once, and (through ``Rules.unmatched``) a rule must match some tensor.
 """
@@ -39,8 +39,9 @@ import numpy as np
 from .errors import PlanError
 
 MIN_SNR_DB = 0.0
-"""Noise at most as strong as the weights it is added to (0 dB).  Louder noise cancels
-in exact arithmetic only: in float32 the clone drifts (-60 dB: 7e2 relative)."""
+"""The SNR must exceed this (exclusive): noise weaker than the weights it is added to.
+Noise as loud or louder cancels in exact arithmetic only: in float32 the clone drifts
+(-60 dB: 7e2 relative)."""
 MAX_SNR_DB = 200.0
 """Beyond this the noise is below float64 resolution; larger values overflow 10**(dB/10)."""
 MIN_ALPHA, MAX_ALPHA = 1e-3, 1e6
@@ -146,11 +147,11 @@ class Strategy:
     def __post_init__(self):
         n = self.noise_db
         if n is not None and not (isinstance(n, (int, float)) and not isinstance(n, bool)
-                                  and MIN_SNR_DB <= n <= MAX_SNR_DB):
+                                  and MIN_SNR_DB < n <= MAX_SNR_DB):
             raise PlanError(
                 f"strategy noise {n!r} dB: the signal-to-noise ratio must be a finite number of dB in "
-                f"[{MIN_SNR_DB:g}, {MAX_SNR_DB:g}] (the paper uses 10); noise louder than the weights "
-                "destroys the clone's precision"
+                f"({MIN_SNR_DB:g}, {MAX_SNR_DB:g}] (positive: noise weaker than the weights; the paper uses 10); "
+                "noise as loud as the weights destroys the clone's precision"
             )
 
     def __str__(self) -> str:

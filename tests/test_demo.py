@@ -106,7 +106,7 @@ def test_headline_is_a_number_in_every_case():
 def test_demo_refuses_a_foreign_out_folder(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
     rc = demo.main(["--preset", "tiny", "--out", str(tmp_path)])
-    assert rc == 2
+    assert rc == 4  # the output class
     assert "not a previous demo output" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 

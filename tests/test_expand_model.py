@@ -92,15 +92,23 @@ def test_mixed_growth(case, growth, hf_model):
         assert new.config.num_hidden_layers == growth["layers"]
 
 
-def test_tied_embeddings_stay_tied_when_the_head_does_not_grow(hf_model):
-    src = hf_model("llama_tied")
-    new = expand_model(src, width=1, ffn=2)
+@pytest.mark.parametrize("case,width", [("llama_tied", 1), ("llama_tied", 2), ("gemma", 2), ("gemma2", 3)])
+def test_tied_embeddings_stay_tied(hf_model, case, width):
+    """Tied stays tied: when the head's input grows, its 1 / r goes into the final norm's
+    gain (Gemma's 1 + w included), so the shared table serves both ends exactly."""
+    src = hf_model(case)
+    new = expand_model(src, width=width, ffn=2)
     assert new.config.tie_word_embeddings
     assert new.lm_head.weight.data_ptr() == new.model.embed_tokens.weight.data_ptr()
     _assert_preserved(src, new, src.config.vocab_size)
-    untied = expand_model(src, width=2)
+
+
+def test_untie_on_request(hf_model):
+    src = hf_model("llama_tied")
+    untied = expand_model(src, width=2, untie=True)
     assert not untied.config.tie_word_embeddings
     assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+    _assert_preserved(src, untied, src.config.vocab_size)
 
 
 def test_destination_is_not_randomly_initialised(hf_model, monkeypatch):

@@ -36,7 +36,7 @@ def _run(rs, point, cache):
 def test_point_reproduces_compare_and_caches_what_a_lever_does_not_change(rs, tmp_path):
     from hyperclone_core.corpus import load
 
-    st = replace(demo.PRESETS["tiny"], threads=1)
+    st = replace(demo.PRESETS["tiny"], threads=1, device="cpu")
     ref = demo.compare(st, load(None), log=lambda m: None)
     cache = rs.Cache(tmp_path)
     point = rs.Point.from_settings(st)

@@ -158,18 +158,18 @@ def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
 @torch.no_grad()
 def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads: Optional[float] = None,
                  kv_heads: Optional[float] = None, layers: Optional[int] = None, strategy: Any = "noisy:10",
-                 seed: int = 0, layout: str = "tile", return_plan: bool = False):
+                 seed: int = 0, layout: str = "tile", untie: bool = False, return_plan: bool = False):
     """Grow ``model`` (transformers PreTrainedModel of a supported family, or a
     Decoder) into a model of the same class whose logits equal the source's.
 
     ``width`` grows hidden (and, unless given, ffn and heads) by that ratio;
-    ``layers`` is the new total depth.  Runs on the model's device and dtype; the
+    ``layers`` is the new total depth; tied embeddings stay tied unless ``untie``.  Runs on the model's device and dtype; the
     source is not modified and shares no storage with the result.
     """
     family, hf = _hf_config(model)
     cfg = family.read(hf)
     growth = Growth.of(cfg, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, layout=layout)
-    plan = plan_growth(family, hf, growth, strategy, seed)
+    plan = plan_growth(family, hf, growth, strategy, seed, untie=untie)
 
     src_state = model.state_dict()
     new = _empty_like_class(model, plan)

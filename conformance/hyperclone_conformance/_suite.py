@@ -19,13 +19,15 @@ from hyperclone_core.backend import execute, run_program
 from hyperclone_core.dtypes import cast_numpy
 from hyperclone_core.plan import AddNoise, Plan, TensorPlan
 from hyperclone_core.testing import CASES, random_tokens, random_weights
+from hyperclone_core.tolerances import BF16_RELATIVE, F32_RELATIVE
 
 # ---------------------------------------------------------------- bounds
 
-F32_BOUND = 1e-4
-"""float32: max |logits' - logits| <= F32_BOUND * max |logits| (the DESIGN.md bound)."""
+F32_BOUND = F32_RELATIVE
+"""float32: max |logits' - logits| <= F32_BOUND * max |logits| (``hyperclone_core.tolerances``:
+the bound ``hyperclone verify`` applies too)."""
 
-BF16_BOUND = 5e-2
+BF16_BOUND = BF16_RELATIVE
 """bfloat16 (weights stored in bfloat16, and computed in bfloat16 where the backend's
 forward takes ``dtype``): max |logits' - logits| <= BF16_BOUND * max |logits|.  Why
 so loose: bfloat16 keeps 8 significant bits (relative step 2**-8 = 3.9e-3); a split

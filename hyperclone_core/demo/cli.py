@@ -12,9 +12,10 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..corpus import CorpusError
 from ..corpus import load as load_corpus
-from ..errors import HypercloneError
+from ..argparsing import Parser
+from ..boundary import debug_requested, guarded
+from ..errors import OutputError
 from ..io import AtomicDir, write_json
 from .plot import plot
 from .race import PRESETS, Settings, compare
@@ -37,7 +38,7 @@ def check_out(out) -> Path:
     """Refuse, before any training, to replace a folder that is not a previous output."""
     out = Path(out)
     if out.exists() and not (out / "results.json").is_file():
-        raise HypercloneError(f"--out {out} exists and is not a previous demo output (no results.json); "
+        raise OutputError(f"--out {out} exists and is not a previous demo output (no results.json); "
                               "choose another folder")
     return out
 
@@ -57,7 +58,7 @@ def settings_from(args, base: Settings) -> Settings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="hyperclone demo",
         description="Pretrain a small byte-level Llama, clone it 2x and race the clone against a random-init "
                     "twin and the small model kept training. No download needed.")
@@ -73,20 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    """``hyperclone demo``: one line and the failure class's exit code on any error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return guarded(lambda: _main(argv), debug_requested(argv), prog="hyperclone demo")
+
+
+def _main(argv: list) -> int:
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     base = PRESETS[args.preset or ("quick" if args.quick else "default")]
     st = settings_from(args, base)
-    try:
-        check_out(args.out)
-        corpus = load_corpus(args.text)
-        print(corpus.describe())
-        results = compare(st, corpus, backend=args.backend, progress=not args.no_progress)
-        print()
-        print(summarize(results))
-        out = write_outputs(results, args.out)
-    except (HypercloneError, CorpusError) as e:
-        print(f"hyperclone demo: error: {e}", file=sys.stderr)
-        return 2
+    check_out(args.out)
+    corpus = load_corpus(args.text)
+    print(corpus.describe())
+    results = compare(st, corpus, backend=args.backend, progress=not args.no_progress)
+    print()
+    print(summarize(results))
+    out = write_outputs(results, args.out)
     print(f"\nwrote {out / 'results.json'} and {out / 'loss.png'} ({results['summary']['seconds']:.0f} s)")
     if args.json:
         print(json.dumps(finite({k: v for k, v in results.items() if k != "curves"})))

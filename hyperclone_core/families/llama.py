@@ -133,7 +133,7 @@ MIXTRAL_ROLES = (
     embeddings("model.embed_tokens.weight")
     + attention(f"{L}.self_attn")
     + (
-        Role(f"{MOE}.gate.weight", "moe.router", (out("experts"), in_("hidden"))),
+        Role(f"{MOE}.gate.weight", "moe.router", (out("experts"), in_("hidden")), noiseless=True),
         Role(f"{MOE}.experts.{{e}}.w1.weight", "moe.gate", (out("ffn"), in_("hidden"))),
         Role(f"{MOE}.experts.{{e}}.w3.weight", "moe.up", (out("ffn"), in_("hidden"))),
         Role(f"{MOE}.experts.{{e}}.w2.weight", "moe.down", (out("hidden"), in_("ffn")), writer=True),

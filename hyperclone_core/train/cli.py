@@ -14,9 +14,11 @@ from typing import Any, Optional, Sequence
 
 from .. import __version__
 from .. import data as hdata
+from ..argparsing import Parser
+from ..boundary import debug_requested, guarded
 from ..errors import ConfigError, HypercloneError
 from .config import TrainConfig
-from .loop import NonFiniteLoss, optimizer_for, train
+from .loop import optimizer_for, train
 from .plot import plot_history
 
 HIDDEN = ("out_dir", "betas", "clone_lr", "resume", "compile", "progress", "log_jsonl", "allow_change", "keep_best")
@@ -89,7 +91,7 @@ def lineage(model_dir, backend: str) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="hyperclone train",
         description="Continue training a checkpoint folder (a clone from `hyperclone expand`, or any supported "
                     "model) with the core trainer on a backend's engine.",
@@ -134,13 +136,17 @@ def config_from(args) -> TrainConfig:
 
 def run(args) -> Any:
     from ..backend import load_backend
-    from ..io import load_weights
+    from ..io import Checkpoint, load_weights
+    from ..validate import read_model
 
     tc = config_from(args)
     bk = load_backend(args.backend)
     if "train" not in getattr(bk, "capabilities", ()):
         raise ConfigError(f"--backend {args.backend}: this backend does not train "
                           f"(capabilities: {', '.join(sorted(bk.capabilities))})")
+    ck = Checkpoint(args.model_dir)
+    family, cfg = read_model(ck.config, str(Path(args.model_dir) / "config.json"))  # values checked first
+    ck.validate(family, cfg)
     hf, weights = load_weights(args.model_dir)
     vocab = int(hf.get("vocab_size") or 0) or None
     tok = hdata.get_tokenizer(args.tokenizer, args.model_dir)
@@ -181,15 +187,15 @@ def run(args) -> Any:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result, rank = run(args)
-    except NonFiniteLoss as exc:
-        print(f"hyperclone train: {exc}", file=sys.stderr)
-        return 3
-    except HypercloneError as exc:
-        print(f"hyperclone train: error: {exc}", file=sys.stderr)
-        return 2
+    """``hyperclone train``: one line and the failure class's exit code on any error
+    (2 usage, 3 input, 4 output, 6 diverged; see ``hyperclone --help``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return guarded(lambda: _main(argv), debug_requested(argv), prog="hyperclone train")
+
+
+def _main(argv: list) -> int:
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    result, rank = run(args)
     last = result.history[-1] if result.history else {}
     if rank == 0 and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"steps": result.steps_done, "checkpoint": result.checkpoint,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from .. import data as hdata
-from ..errors import CheckpointError, ConfigError, HypercloneError
+from ..errors import EXIT_DIVERGED, EXIT_USAGE, CheckpointError, ConfigError, HypercloneError
 from ..progress import Progress
 from . import checkpoint as ckpt
 from .clone import clone_lr_multipliers, symmetry, symmetry_pairs
@@ -32,12 +32,17 @@ from .optim import AdamW, decay_mask
 
 
 class TrainError(HypercloneError):
-    """Training cannot start or cannot go on; says what to change."""
+    """Training cannot start as asked (options that do not fit the model, the data or the
+    run being resumed); says what to change."""
+
+    exit_code = EXIT_USAGE
 
 
 class NonFiniteLoss(TrainError):
     """The loss became NaN/Inf; carries the step, the newest valid checkpoint and the
     result so far (``.result``)."""
+
+    exit_code = EXIT_DIVERGED
 
     def __init__(self, msg: str, step: int, checkpoint: Optional[str], result: "TrainResult"):
         super().__init__(msg)
