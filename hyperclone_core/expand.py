@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,38 +26,12 @@ from .io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_au
 from .io.safetensors import code_of, nbytes
 from .plan import Growth, Plan, plan
 from .spec import tensor_names
+from .progress import Progress
 from .testing import random_tokens
 from .tolerances import coarsest, default_tolerance
 from .validate import MAX_DIM, MAX_LAYERS, read_model
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-class Progress:
-    """A dependency-free progress line on stderr (tqdm-like when it is a terminal)."""
-
-    def __init__(self, total: int, label: str, enabled: bool = True):
-        self.total, self.label, self.n = total, label, 0
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.last = -1
-
-    def update(self, nbytes: int = 0) -> None:
-        self.n += 1
-        if not self.enabled:
-            return
-        pct = int(100 * self.n / max(self.total, 1))
-        if self.tty:
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r{self.label} [{bar:<25}] {self.n}/{self.total} tensors "
-                             f"{time.perf_counter() - self.start:5.1f}s")
-            if self.n == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif pct // 25 != self.last // 25 or self.n == self.total:
-            sys.stderr.write(f"{self.label}: {self.n}/{self.total} tensors ({pct}%)\n")
-        self.last = pct
 
 
 def make_plan(src_config: dict, *, width: float = 2, ffn: Optional[float] = None, ffn_size: Optional[int] = None,
@@ -167,7 +140,7 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
     with AtomicDir(dst, force=force, protect=(src,)) as tmp:
         writer = ShardedWriter(tmp, [(t.name, t.shape, out_dtypes[t.name]) for t in p.tensors],
                                max_shard_bytes, metadata={"hyperclone": __version__})
-        bar = Progress(len(p.tensors), f"expand {src.name}", progress)
+        bar = Progress(len(p.tensors), f"expand {src.name}", "tensor", enabled=progress, every=5.0)
         cache: dict = {}
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(ck.read, p.tensors[0].source) if p.tensors else None
@@ -181,6 +154,7 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
                 writer.write(tp.name, y)
                 del y
                 bar.update()
+        bar.close()
         writer.close()
         write_json(tmp / "config.json", config)
         aux = copy_aux_files(src, tmp)

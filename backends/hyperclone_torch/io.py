@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from hyperclone_core.io import AtomicDir, Checkpoint, ShardedWriter, write_json
+from hyperclone_core.io import Checkpoint, write_hf_folder
 
 
 def read_tensor(ck: Checkpoint, name: str) -> torch.Tensor:
@@ -32,14 +32,8 @@ def _storage(t: torch.Tensor) -> tuple:
 def save_checkpoint(folder, hf_config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
                     force: bool = False, max_shard_bytes: int = 5 * 2**30) -> Path:
     """HF layout, atomically, each tensor in its own dtype (bfloat16 included)."""
-    with AtomicDir(folder, force=force) as tmp:
-        layout = [(n, tuple(t.shape), str(t.dtype).replace("torch.", "")) for n, t in weights.items()]
-        w = ShardedWriter(tmp, layout, max_shard_bytes)
-        for n, t in weights.items():
-            w.write(n, _storage(t)[0])
-        w.close()
-        write_json(tmp / "config.json", dict(hf_config))
-    return Path(folder)
+    return write_hf_folder(folder, hf_config, {n: _storage(t) for n, t in weights.items()}, force=force,
+                           max_shard_bytes=max_shard_bytes)
 
 
 __all__ = ["read_tensor", "save_checkpoint"]

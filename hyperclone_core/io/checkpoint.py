@@ -19,6 +19,7 @@ import numpy as np
 
 from ..dtypes import FLOAT_CODES
 from ..errors import CheckpointError, ConfigError
+from ..structure import tied_away
 from .paths import _show, inside, is_regular, open_regular, read_small
 from .safetensors import INDEX, SafetensorsFile, from_storage
 
@@ -183,7 +184,7 @@ class Checkpoint:
         expected = tensor_names(family, cfg)
         self.bind(expected)
         sizes = cfg.sizes()
-        optional = {n for n, (r, _, _) in expected.items() if r.kind == "lm_head" and cfg.tie_embeddings}
+        optional = {n for n, (r, _, _) in expected.items() if tied_away(r, cfg)}
         missing = [n for n in expected if n not in self.where and n not in optional]
         extra = [n for n in self.where if n not in expected and not _ignorable(n)]
         problems = []

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import CheckpointError
-from ..io import AtomicDir, Checkpoint, SafetensorsFile, ShardedWriter, copy_aux_files, write_json, write_safetensors
+from ..io import Checkpoint, SafetensorsFile, write_hf_folder, write_json, write_safetensors
 from .engine import EngineState
 
 FORMAT = "hyperclone.trainer/2"
@@ -132,31 +132,24 @@ def newest_valid(out, log=None) -> Optional[Path]:
 
 def save(folder, state: EngineState, hf_config: Mapping[str, Any], trainer: Mapping[str, Any],
          aux_from=None, lineage: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write one checkpoint atomically; refuses to replace an existing folder."""
-    folder = Path(folder)
-    with AtomicDir(folder) as tmp:
-        names = list(state.params)
-        arrays = {n: np.asarray(state.params[n]) for n in names}
-        w = ShardedWriter(tmp, [(n, a.shape, str(a.dtype)) for n, a in arrays.items()],
-                          metadata={"hyperclone": "train"})
-        for n in names:
-            w.write(n, arrays[n])
-        w.close()
-        write_json(tmp / "config.json", dict(hf_config))
-        if aux_from is not None:
-            copy_aux_files(aux_from, tmp)
-        if lineage is not None:
-            write_json(tmp / "hyperclone.json", dict(lineage))
+    """Write one checkpoint atomically (an HF folder plus ``trainer/``); refuses to
+    replace an existing folder."""
+
+    def trainer_files(tmp: Path) -> None:
         (tmp / TRAINER_DIR).mkdir()
         moments = {}
-        for n in names:
+        for n in state.params:
             moments[f"exp_avg/{n}"] = np.asarray(state.exp_avg[n], np.float32)
             moments[f"exp_avg_sq/{n}"] = np.asarray(state.exp_avg_sq[n], np.float32)
         write_safetensors(tmp / TRAINER_DIR / OPT_FILE, moments)
         if state.extra:
             write_safetensors(tmp / TRAINER_DIR / EXTRA_FILE, {k: np.asarray(v) for k, v in state.extra.items()})
         write_json(tmp / TRAINER_DIR / STATE_FILE, dict(trainer, format=FORMAT, adam_step=int(state.adam_step)))
-    return folder
+        if lineage is not None:
+            write_json(tmp / "hyperclone.json", dict(lineage))
+
+    return write_hf_folder(folder, hf_config, {n: np.asarray(a) for n, a in state.params.items()},
+                           metadata={"hyperclone": "train"}, aux_from=aux_from, before_commit=trainer_files)
 
 
 def load(folder, names: Sequence[str], backend: Optional[str] = None) -> tuple:
