@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import HypercloneError
 from .noise import noise_factor
-from .plan import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan
+from .program import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan
 
 CAPABILITIES = ("expand", "forward", "train", "distributed")
 ENTRY_POINT_GROUP = "hyperclone.backends"

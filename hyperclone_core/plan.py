@@ -18,115 +18,17 @@ from __future__ import annotations
 import base64
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from . import strategy as strategies
+from .certificate import Certificate, certify_coefficients
 from .errors import CertificateError, PlanError
 from .growth import AxisMap, ReplicationMap, axis_map
+from .program import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan, op_from_dict, op_to_dict
 from .spec import DecoderConfig, Family, Role, expand_pattern, tensor_names
-
-# ---------------------------------------------------------------- primitives
-
-
-@dataclass(frozen=True)
-class Reshape:
-    shape: tuple
-
-
-@dataclass(frozen=True)
-class Take:
-    """Gather ``axis`` through the plan's index array ``map``."""
-
-    axis: int
-    map: str
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Multiply by the plan's array ``coeffs``, whose dims line up with ``axes``
-    (``axes=()``: a scalar)."""
-
-    axes: tuple
-    coeffs: str
-
-
-@dataclass(frozen=True)
-class AddNoise:
-    """Add Gaussian noise projected to sum 0 over the copies named by the plan's
-    index array ``groups`` along ``axis`` (one group per old index), scaled so that
-    mean(W**2) / mean(noise**2) = 10**(snr_db/10).  Drawn by the backend's RNG from
-    ``seed``: noisy plans agree across backends in their invariants, not bits."""
-
-    axis: int
-    groups: str
-    snr_db: float
-    seed: int
-
-
-@dataclass(frozen=True)
-class Cast:
-    dtype: str
-
-
-@dataclass(frozen=True)
-class Offset:
-    """Add a constant: with ``Scale`` it moves a gain stored as ``1 + w`` (Gemma's norms)."""
-
-    value: float
-
-
-OPS = {"reshape": Reshape, "take": Take, "scale": Scale, "add_noise": AddNoise, "cast": Cast, "offset": Offset}
-_OP_NAMES = {v: k for k, v in OPS.items()}
-
-
-@dataclass(frozen=True)
-class TensorPlan:
-    name: str
-    source: str
-    kind: str
-    source_shape: tuple
-    shape: tuple
-    ops: tuple
-    strategy: str = ""
-    notes: tuple = ()
-
-    def describe(self) -> str:
-        def fmt(op):
-            body = ", ".join(f"{k}={v}" for k, v in asdict(op).items())
-            return f"{_OP_NAMES[type(op)]}({body})"
-
-        src = "" if self.source == self.name else f" <- {self.source}"
-        head = f"{self.name}{src}  {list(self.source_shape)} -> {list(self.shape)}"
-        if self.strategy:
-            head += f"  [{self.strategy}]"
-        lines = [head] + [f"    {fmt(op)}" for op in self.ops]
-        lines += [f"    # {n}" for n in self.notes]
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """What was proven, tensor by tensor, and the plan-wide rules checked."""
-
-    exact: bool
-    checks: tuple  # (rule, subject, detail)
-    inexact: tuple = ()  # reasons the plan is not exact (only with allow_inexact)
-    max_coefficient_error: float = 0.0
-
-    def summary(self) -> str:
-        status = "EXACT" if self.exact else "INEXACT"
-        lines = [f"certificate: {status}; {len(self.checks)} checks passed; "
-                 f"max coefficient-sum error {self.max_coefficient_error:.1e}"]
-        by_rule: dict = {}
-        for rule, _, _ in self.checks:
-            by_rule[rule] = by_rule.get(rule, 0) + 1
-        lines += [f"  {rule}: {n}" for rule, n in sorted(by_rule.items())]
-        lines += [f"  not exact: {r}" for r in self.inexact]
-        return "\n".join(lines)
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -194,7 +96,7 @@ class Plan:
                     "name": t.name, "source": t.source, "kind": t.kind,
                     "source_shape": list(t.source_shape), "shape": list(t.shape),
                     "strategy": t.strategy, "notes": list(t.notes),
-                    "ops": [dict(op=_OP_NAMES[type(o)], **_jsonable(asdict(o))) for o in t.ops],
+                    "ops": [op_to_dict(o) for o in t.ops],
                 }
                 for t in self.tensors
             ],
@@ -219,16 +121,11 @@ class Plan:
                 return np.asarray(d["values"], dtype=d["dtype"]).reshape(d["shape"])
             return np.frombuffer(base64.b64decode(d["base64"]), dtype=d["dtype"]).reshape(d["shape"]).copy()
 
-        def op(d):
-            d = dict(d)
-            kind = OPS[d.pop("op")]
-            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
         tensors = tuple(
             TensorPlan(
                 name=t["name"], source=t["source"], kind=t["kind"],
                 source_shape=tuple(t["source_shape"]), shape=tuple(t["shape"]),
-                ops=tuple(op(o) for o in t["ops"]), strategy=t["strategy"], notes=tuple(t["notes"]),
+                ops=tuple(op_from_dict(o) for o in t["ops"]), strategy=t["strategy"], notes=tuple(t["notes"]),
             )
             for t in doc["tensors"]
         )
@@ -254,10 +151,6 @@ class Plan:
             growth=doc["growth"], strategy=doc["strategy"], seed=doc["seed"], tensors=tensors,
             arrays={k: arr(v) for k, v in doc["arrays"].items()}, certificate=cert,
         )
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def format_growth(g: Mapping[str, Any]) -> str:
@@ -679,18 +572,7 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:12]
 
 
-def certify_coefficients(name: str, axis_key: str, coeff: np.ndarray, imap: AxisMap, atol: float = 1e-6) -> float:
-    """Rule ``coefficients``: for every output copy, the coefficients over the input
-    copies of each old index sum to 1.  Returns the max error; raises if broken."""
-    sums = np.zeros((coeff.shape[0], imap.old_size))
-    np.add.at(sums.T, imap.src, coeff.T)
-    err = float(np.abs(sums - 1.0).max()) if sums.size else 0.0
-    if err > atol:
-        row, old = np.unravel_index(np.abs(sums - 1.0).argmax(), sums.shape)
-        raise CertificateError(
-            f"rule 'coefficients' fails for tensor {name}, in-axis [{axis_key}]: the coefficients over "
-            f"the copies of old index {old} sum to {sums[row, old]:.6g} for output copy {row}, not 1; "
-            "the expanded tensor would not preserve the function (fix the mixing matrix, or use "
-            "symmetric)"
-        )
-    return err
+__all__ = [
+    "AddNoise", "Cast", "Certificate", "Growth", "Offset", "Plan", "Reshape", "Scale", "Take", "TensorPlan",
+    "certify_coefficients", "layer_map", "plan", "seed_for",
+]

@@ -11,7 +11,8 @@ from typing import Mapping
 import numpy as np
 
 from . import decoder
-from .plan import Plan, TensorPlan
+from .plan import Plan
+from .program import TensorPlan
 from .spec import DecoderConfig, Family
 from .structure import Params
 

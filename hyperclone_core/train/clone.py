@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..growth import copy_ids
-from ..plan import Reshape, Take
+from ..program import Reshape, Take
 
 
 def _roles_by_kind(plan) -> dict:
