@@ -1,11 +1,12 @@
-"""The ``hyperclone`` command: expand, plan, verify, train, demo, backends.
+"""The hyperclone command: expand, plan, verify, train, demo, backends.
 
-``train`` and ``demo`` run on a backend (``--backend``, default torch) through its
-training engine; their options are in ``hyperclone_core.train.cli`` and
-``hyperclone_core.demo.cli``.
+train and demo run on a backend (--backend, default torch) through its training
+engine; their options are in hyperclone_core.train.cli and hyperclone_core.demo.cli.
+expand, plan and train read a TOML recipe (--config FILE; flags override it) and
+expand and train write the resolved recipe into their output (recipe.toml).
 
-Every failure ends in one line on stderr and an exit code of its class (``main``
-is the one error boundary); ``--debug`` or ``HYPERCLONE_DEBUG=1`` adds the traceback.
+Every failure ends in one line on stderr and an exit code of its class (main is the
+one error boundary); --debug or HYPERCLONE_DEBUG=1 adds the traceback.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import argparse
 import importlib
 import json
 import os
+import platform
 import sys
 from typing import Optional, Sequence
 
-from . import validate
-from .argparsing import Parser
+from . import __version__, recipe, validate
+from .argparsing import HelpFormatter, Parser, examples, fill
 from .boundary import debug_requested, guarded
-from .errors import EXIT_VERIFICATION, HypercloneError
+from .errors import EXIT_VERIFICATION, HypercloneError, UsageError
 
 EXIT_CODES = """exit codes:
   0    success
@@ -38,6 +40,44 @@ EXIT_CODES = """exit codes:
 
 
 _Parser = Parser
+DESCRIPTION = ("Grow a small pretrained language model into a wider, deeper one that computes exactly the same "
+               "function (HyperCloning, arXiv 2409.12903), then train it.")
+EXPAND_EXAMPLES = examples(
+    "hyperclone expand small wide --width 2",
+    "hyperclone expand small wide --width 2 --layers +4 --strategy noisy:10 --max-shard-size 2GB",
+    "hyperclone expand --config grow.toml                # every option from a recipe file",
+    "hyperclone expand --config wide/recipe.toml small wide2   # replay a run, to another folder")
+PLAN_EXAMPLES = examples(
+    "hyperclone plan small --width 2 --ffn 1.5",
+    "hyperclone plan small --width 2 --json > plan.json",
+    "hyperclone plan --config grow.toml                  # preview an expand recipe")
+VERIFY_EXAMPLES = examples(
+    "hyperclone verify small wide",
+    "hyperclone verify small wide --json --seq 64")
+BACKENDS_EXAMPLES = examples("hyperclone backends")
+MAIN_EXAMPLES = examples(
+    "hyperclone demo --quick                             # the whole idea in about two minutes on a CPU",
+    "hyperclone expand small wide --width 2              # grow a checkpoint folder",
+    "hyperclone train wide --data corpus.txt --out runs/wide",
+    "hyperclone COMMAND --help                           # each command's options and examples")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def shard_size(text) -> int:
+    """--max-shard-size: bytes, or a number with a unit (500MB, 2GB: powers of 1000; 2GiB: of 1024)."""
+    s = str(text).strip().replace(" ", "")
+    k = len(s)
+    while k and s[k - 1].isalpha():
+        k -= 1
+    number, unit = s[:k], s[k:].lower()
+    try:
+        x = float(number)
+    except ValueError:
+        x = float("nan")
+    if unit not in _UNITS or not x == x or x <= 0 or x * _UNITS[unit] > 2**50:
+        raise UsageError(f"--max-shard-size {text!r}: give bytes or a size like 500MB, 2GB or 2GiB (> 0)")
+    return max(1, int(x * _UNITS[unit]))
 
 
 def _ratio(option: str):
@@ -47,23 +87,26 @@ def _ratio(option: str):
 def _growth_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("growth")
     g.add_argument("--width", type=_ratio("--width"), default=2,
-                   help="hidden-size ratio (an integer: norms need uniform growth); default 2")
+                   help="hidden-size ratio (an integer: norms need uniform growth) (default: 2)")
     f = g.add_mutually_exclusive_group()
-    f.add_argument("--ffn", type=_ratio("--ffn"), help="ffn ratio (may be uneven, e.g. 1.5); default: the width")
+    f.add_argument("--ffn", type=_ratio("--ffn"), help="ffn ratio, may be uneven, e.g. 1.5 (default: the width)")
     f.add_argument("--ffn-size", type=lambda t: validate.integer("--ffn-size", t, 1, validate.MAX_DIM),
-                   help="ffn size (instead of --ffn)")
-    g.add_argument("--heads", type=_ratio("--heads"), help="attention-head ratio; default: the width (head_dim fixed)")
+                   help="ffn size, instead of --ffn (default: none, --ffn applies)")
+    g.add_argument("--heads", type=_ratio("--heads"),
+                   help="attention-head ratio (default: the width, so head_dim stays fixed)")
     g.add_argument("--kv-heads", type=_ratio("--kv-heads"),
-                   help="kv-head ratio; default: the head ratio (MQA stays 1)")
+                   help="kv-head ratio (default: the head ratio; a single kv head, MQA, stays one)")
     g.add_argument("--layers", type=validate.depth,
-                   help=f"new depth: a total (e.g. 26) or +K, at most {validate.MAX_LAYERS}; default: unchanged")
+                   help=f"new depth: a total (e.g. 26) or +K, at most {validate.MAX_LAYERS} (default: unchanged)")
     g.add_argument("--layout", choices=("tile", "interleave"), default="tile",
-                   help="where copies go: in blocks (tile, the paper's) or side by side")
+                   help="where copies go: in blocks (tile, the paper's) or side by side (interleave)")
     g.add_argument("--strategy", default=None,
-                   help="symmetric | diagonal | first_copy | random_split:A | noisy:DB (default noisy:10); "
-                        "rules like mlp=noisy:10,attn=symmetric")
-    g.add_argument("--seed", type=lambda t: validate.integer("--seed", t, 0, 2**63 - 1), default=0)
-    g.add_argument("--inexact", action="store_true", help="allow a plan that does not preserve the function")
+                   help="symmetric, diagonal, first_copy, random_split:A or noisy:DB, or rules per role or name "
+                        "like mlp=noisy:10,attn=symmetric (default: noisy:10)")
+    g.add_argument("--seed", type=lambda t: validate.integer("--seed", t, 0, 2**63 - 1), default=0,
+                   help="seed of the noise and random_split draws; same seed, same bytes")
+    g.add_argument("--inexact", action="store_true",
+                   help="allow a plan that does not preserve the function (e.g. depth on a post-LN stack)")
 
 
 def _growth_kwargs(a) -> dict:
@@ -78,9 +121,12 @@ def _tolerance(text) -> float:
 def cmd_expand(a) -> int:
     from .expand import expand_checkpoint
 
+    from .card import format_changes
+
     report = expand_checkpoint(
         a.src, a.dst, **_growth_kwargs(a), dtype=a.dtype, backend=a.backend, device=a.device,
         force=a.force, verify=not a.no_verify, progress=not a.quiet, tolerance=a.tolerance,
+        max_shard_bytes=a.max_shard_size,
     )
     g = report["growth"]
     print(f"expanded {report['family']} -> {a.dst}  ({' '.join(f'{k}={v}' for k, v in g.items())}, "
@@ -90,20 +136,39 @@ def cmd_expand(a) -> int:
         print(f"verified on {v['tokens'][0]}x{v['tokens'][1]} random tokens: max |logit diff| "
               f"{v['max_abs_diff']:.3e} (relative {v['relative']:.2e}, tolerance {v['tolerance']:g})"
               + ("" if v["passed"] else "  -- inexact, as --inexact allowed"))
+    p = report["parameters"]
+    print(f"parameters {p['before']:,} -> {p['after']:,}; wrote README.md (model card) and recipe.toml")
+    changes = format_changes(report["config_changes"])
+    if changes:
+        print(changes)
     return 0
 
 
 def cmd_plan(a) -> int:
+    from .card import config_changes, config_dtype, format_changes, format_summary, summary
     from .expand import make_plan
     from .io import Checkpoint, read_config
     from .validate import read_model
 
     cfg = read_config(a.src)
     p = make_plan(cfg, **_growth_kwargs(a), where=os.path.join(a.src, "config.json"))
+    dtype_of = lambda name: config_dtype(cfg)  # noqa: E731 - --no-weights-check: as config.json states
     if not a.no_weights_check:
         fam, dec = read_model(cfg)
-        Checkpoint(a.src).validate(fam, dec)
-    print(p.to_json() if a.json else p)
+        ck = Checkpoint(a.src)
+        ck.validate(fam, dec)
+        dtype_of = ck.dtype
+    s = summary(p, dtype_of)
+    changes = config_changes(p, p.config)
+    if a.json:
+        doc = json.loads(p.to_json())
+        doc["summary"] = s
+        doc["config_changes"] = changes
+        print(json.dumps(doc, indent=1))
+    else:
+        print(format_summary(s))
+        extra = format_changes(changes)
+        print(f"{extra}\n{p}" if extra else p)
     return 0
 
 
@@ -142,74 +207,136 @@ def _delegate(command: str, backend: str, argv: Sequence[str]) -> int:
     return int(importlib.import_module(module).main(["--backend", backend, *argv]) or 0)
 
 
+def version_text() -> str:
+    import numpy
+
+    return (f"hyperclone {__version__} (Python {platform.python_version()}, numpy {numpy.__version__}; "
+            "backends: hyperclone backends)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hyperclone", description=__doc__.splitlines()[0], epilog=EXIT_CODES,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The parser of every command; ``parser.commands`` maps each command to its parser."""
+    p = _Parser(prog="hyperclone", description=fill(DESCRIPTION), epilog=MAIN_EXAMPLES + "\n\n" + EXIT_CODES,
+                formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=version_text(), help="print the version and exit")
     p.add_argument("--debug", action="store_true", help="print the traceback of a failure")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           title="commands (hyperclone COMMAND --help for each)")
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="print the traceback of a failure")
+                        help="print the traceback of a failure (default: off)")
 
-    e = sub.add_parser("expand", help="expand a checkpoint folder into a wider/deeper one", parents=[common],
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("src")
-    e.add_argument("dst")
+    def command(name, text, epilog, description=None):
+        return sub.add_parser(name, help=text, description=fill(description or text[0].upper() + text[1:] + "."),
+                              parents=[common], epilog=epilog, formatter_class=HelpFormatter)
+
+    e = command("expand", "expand a checkpoint folder into a wider, deeper one computing the same function",
+                EXPAND_EXAMPLES + "\n\n" + EXIT_CODES,
+                "Expand the checkpoint folder SRC into DST: a wider (and deeper) model that computes the same "
+                "function, checked on random tokens before DST appears. DST is a complete folder: weights, "
+                "config.json, tokenizer files, a model card (README.md; the source's card is kept as "
+                "BASE_MODEL_README.md), hyperclone.json, plan.json and recipe.toml.")
+    e.add_argument("src", nargs="?", help="source checkpoint folder: config.json and *.safetensors "
+                                          "(required, on the command line or in --config)")
+    e.add_argument("dst", nargs="?", help="destination folder, written atomically "
+                                          "(required, on the command line or in --config)")
+    e.add_argument("--config", metavar="FILE", help=recipe.CONFIG_HELP)
     _growth_args(e)
-    e.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
-                   help="output dtype; default: as the source")
-    e.add_argument("--backend", default="numpy", help="backend executing the plan (numpy, torch, ...)")
-    e.add_argument("--device", help="device for the backend (e.g. cuda, cuda:1, mps)")
-    e.add_argument("--force", action="store_true",
-                   help="replace DST if it is a previous hyperclone output or empty (atomically)")
-    e.add_argument("--no-verify", action="store_true", help="skip the logit check on random tokens")
-    e.add_argument("--tolerance", type=_tolerance,
-                   help="relative logit difference the check allows (default: 1e-4 for float32, 5e-2 for "
-                        "bfloat16, 1e-2 for float16 weights)")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    out = e.add_argument_group("output")
+    out.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "float64"),
+                     help="dtype of the written weights (default: each tensor's source dtype)")
+    out.add_argument("--max-shard-size", type=shard_size, default=5 * 2**30, metavar="SIZE",
+                     help="largest safetensors shard: bytes, or 500MB, 2GB (powers of 1000), 2GiB (of 1024) "
+                          "(default: 5GiB)")
+    out.add_argument("--force", action="store_true",
+                     help="replace DST if it is a previous hyperclone output or an empty folder, atomically")
+    out.add_argument("--no-verify", action="store_true", help="skip the logit check on random tokens")
+    out.add_argument("--tolerance", type=_tolerance,
+                     help="relative logit difference the check allows (default: by the stored dtype, 1e-4 for "
+                          "float32, 5e-2 for bfloat16, 1e-2 for float16)")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    run = e.add_argument_group("execution")
+    run.add_argument("--backend", default="numpy",
+                     help="backend executing the plan: numpy, torch, jax, mlx or a plugin (see hyperclone backends)")
+    run.add_argument("--device", help="device for the backend, e.g. cuda, cuda:1, mps, gpu (default: the backend's)")
     e.set_defaults(func=cmd_expand)
 
-    pl = sub.add_parser("plan", help="print the plan and its certificate without touching weights",
-                        parents=[common])
-    pl.add_argument("src")
+    pl = command("plan", "print the plan and its certificate without touching weights", PLAN_EXAMPLES,
+                 "Print what expand would do: a summary (parameters and bytes before and after, per role), "
+                 "the config.json changes beyond the growth, then each tensor's program and the certificate. "
+                 "No weight is read or written.")
+    pl.add_argument("src", nargs="?", help="source checkpoint folder (required, on the command line or in --config)")
+    pl.add_argument("--config", metavar="FILE",
+                    help="a TOML recipe of expand; its growth options are used, the others ignored (default: none)")
     _growth_args(pl)
-    pl.add_argument("--json", action="store_true")
-    pl.add_argument("--no-weights-check", action="store_true", help="read config.json only")
+    pl.add_argument("--json", action="store_true",
+                    help="print the plan as JSON (hyperclone.plan/1, readable by Plan.from_json) with the summary")
+    pl.add_argument("--no-weights-check", action="store_true",
+                    help="read config.json only; bytes then assume the dtype config.json states")
     pl.set_defaults(func=cmd_plan)
 
-    v = sub.add_parser("verify", help="compare two checkpoints' logits; fails past the tolerance",
-                       parents=[common], epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("src")
-    v.add_argument("dst")
-    v.add_argument("--backend", default="numpy")
-    v.add_argument("--seq", type=lambda t: validate.integer("--seq", t, 1, validate.MAX_SEQ), default=16)
+    v = command("verify", "compare two checkpoints' logits; fails (exit 5) past the tolerance",
+                VERIFY_EXAMPLES + "\n\n" + EXIT_CODES,
+                "Run SRC and DST on the same random tokens and compare their logits: the max absolute and the "
+                "relative difference (max |diff| / max |logit|). Exit 5 past the tolerance or on NaN/Inf.")
+    v.add_argument("src", help="the first checkpoint folder (e.g. the source)")
+    v.add_argument("dst", help="the second checkpoint folder (e.g. the clone)")
+    v.add_argument("--backend", default="numpy",
+                   help="backend running both models (numpy is the float64 oracle)")
+    v.add_argument("--seq", type=lambda t: validate.integer("--seq", t, 1, validate.MAX_SEQ), default=16,
+                   help="tokens per sequence (2 sequences; capped at the model's positions)")
     v.add_argument("--tolerance", type=_tolerance,
                    help="fail (exit 5) past this relative difference (default: by the stored dtype, 1e-4 "
                         "for float32, 5e-2 for bfloat16, 1e-2 for float16); NaN/Inf always fails")
     v.add_argument("--json", action="store_true", help="print the result as JSON (no NaN: missing values are null)")
     v.set_defaults(func=cmd_verify)
 
-    b = sub.add_parser("backends", help="list installed backends and their capabilities", parents=[common])
+    b = command("backends", "list installed backends, their versions, devices and capabilities", BACKENDS_EXAMPLES)
     b.set_defaults(func=cmd_backends)
 
-    for name, text in (("train", "continue training a checkpoint (see `hyperclone train --help`)"),
-                       ("demo", "pretrain, clone 2x and race the clone against a random twin")):
+    for name, text in (("train", "continue training a checkpoint folder (hyperclone train --help)"),
+                       ("demo", "pretrain a small model, clone it 2x, race it against a random twin "
+                                "(hyperclone demo --help)")):
         s = sub.add_parser(name, help=text, add_help=False)
-        s.add_argument("--backend", default="torch")
+        s.add_argument("--backend", default="torch", help="backend whose engine trains (default: torch)")
         s.set_defaults(func=None, delegate=name)
+    p.commands = {"expand": e, "plan": pl, "verify": v, "backends": b}
     return p
 
 
 # ---------------------------------------------------------------- the error boundary
 
 
+def _command(argv: list) -> tuple:
+    """(command, its arguments): the first token that is not a top-level option."""
+    for k, tok in enumerate(argv):
+        if not tok.startswith("-"):
+            return tok, argv[k + 1:]
+    return None, []
+
+
+PLAN_IGNORES = ("dst", "dtype", "max_shard_size", "force", "no_verify", "tolerance", "quiet", "backend", "device")
+"""Options of an expand recipe that plan has no use for (plan --config reads expand recipes)."""
+
+
 def _run(argv: list) -> int:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    name, rest = _command(argv)
+    sub = parser.commands.get(name)
+    path = recipe.config_path(rest) if sub is not None else None
+    if path is not None:
+        recipe.apply(sub, rest, path, ignore=PLAN_IGNORES if name == "plan" else ())
+    args, extra = parser.parse_known_args(argv)
     if getattr(args, "delegate", None):
-        return _delegate(args.delegate, args.backend, rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return _delegate(args.delegate, args.backend, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    needs = {"expand": ("src", "dst"), "plan": ("src",)}.get(args.command, ())
+    missing = [d.upper() for d in needs if getattr(args, d, None) is None]
+    if missing:
+        raise UsageError(f"hyperclone {args.command} needs {' and '.join(missing)} (on the command line, or as "
+                         f"{' and '.join(d.lower() for d in missing)} in a --config recipe); "
+                         f"see 'hyperclone {args.command} --help'")
     return args.func(args)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import __version__
+from . import __version__, card
 from .backend import load_backend, run_program
 from .errors import CheckpointError, HypercloneError, OutputError, PlanError, UsageError, VerificationError
 from .io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, write_json
@@ -120,6 +120,7 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
     compared with the source's before anything is renamed into place: past the
     tolerance (default: by dtype) a VerificationError is raised and ``dst`` is not
     written, unless ``inexact`` was asked for (then the report states the drift)."""
+    options = dict(locals())  # the call as given: DST/recipe.toml replays it
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
     if dtype is not None and dtype not in FLOAT_DTYPES:
@@ -181,6 +182,8 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
             report["exact"] = bool(p.exact and v["passed"])
             if not v["finite"] or (not v["passed"] and not inexact):
                 raise VerificationError(f"{dst} was not written: {failure(v)}")
+        report.update(card.facts(p, config, ck.dtype, dtype))  # sizes, parameter counts, config changes
+        card.write_docs(tmp, src, dst, report, ck.config, options)  # README.md (+ the base's), recipe.toml
         write_json(tmp / "hyperclone.json", report)
         (tmp / "plan.json").write_text(p.to_json(indent=None))  # the trainer's symmetry monitor reads it
     return report

@@ -14,9 +14,11 @@ from typing import Any, Optional, Sequence
 
 from .. import __version__
 from .. import data as hdata
-from ..argparsing import Parser
+from .. import recipe
+from ..argparsing import HelpFormatter, Parser, examples, fill
 from ..boundary import debug_requested, guarded
 from ..errors import ConfigError, HypercloneError
+from .checkpoint import listed
 from .config import TrainConfig
 from .loop import optimizer_for, train
 from .plot import plot_history
@@ -38,12 +40,21 @@ HELP = {
     "save_every": "write a checkpoint every N steps (0: only at the end)",
     "save_total_limit": "keep only the newest N checkpoints (0: keep all)",
     "seed": "seed of the batch sampler",
-    "device": "device for the backend (auto, cpu, cuda, cuda:1, mps ...)",
+    "device": "device for the backend: auto (a GPU when there is one), cpu, cuda, cuda:1, mps, gpu",
     "dtype": "compute dtype: float32, or bfloat16 (parameters stay float32)",
     "parallel": "distributed mode of the backend (torch: none, ddp, fsdp under torchrun)",
     "mesh": "device mesh for backends that shard over one (e.g. data=2,fsdp=2,tensor=2)",
-    "threads": "intra-op CPU threads (0: automatic - 1 for small models)",
+    "threads": "intra-op CPU threads (0: automatic, 1 for small models)",
 }
+RECIPE_EXCLUDE = ("resume", "allow_change", "no_progress")
+"""Options OUT/recipe.toml leaves out: how this invocation continued or displayed a run,
+not what the run is (a replay starts fresh)."""
+PATHS = ("model_dir", "data", "val_data", "out", "plan", "log_jsonl")
+EXAMPLES = examples(
+    "hyperclone train wide --data corpus.txt --out runs/wide --steps 2000 --lr 3e-4",
+    "hyperclone train wide --data corpus.txt --out runs/wide --steps 4000 --resume",
+    "hyperclone train --config run.toml --lr 1e-4       # a recipe file; flags override it",
+    "hyperclone train --config runs/wide/recipe.toml --out runs/replay   # replay a run")
 
 
 def plan_of(folder):
@@ -93,20 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = Parser(
         prog="hyperclone train",
-        description="Continue training a checkpoint folder (a clone from `hyperclone expand`, or any supported "
-                    "model) with the core trainer on a backend's engine.",
-        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
-        epilog="examples:\n  hyperclone train wide --data corpus.txt --out runs/wide --steps 2000 --lr 3e-4\n"
-               "  hyperclone train wide --data corpus.txt --out runs/wide --steps 4000 --resume")
-    p.add_argument("model_dir", help="checkpoint folder (config.json + *.safetensors)")
-    p.add_argument("--data", required=True, help="training data: .bin (raw tokens), .npy, or a text file")
-    p.add_argument("--out", required=True, help="folder for checkpoints and metrics.jsonl")
-    p.add_argument("--backend", default="torch", help="backend whose engine trains (see `hyperclone backends`)")
+        description=fill(
+            "Continue training a checkpoint folder (a clone from hyperclone expand, or any supported model) with "
+            "the core trainer on a backend's engine. OUT holds metrics.jsonl, loss.png (redrawn at each "
+            "evaluation), recipe.toml (every option, to replay the run) and checkpoint-N folders: each a "
+            "complete Hugging Face folder (weights, config, tokenizer and generation files, hyperclone.json "
+            "lineage) plus the trainer state that --resume continues from."),
+        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=32),
+        epilog=EXAMPLES)
+    p.add_argument("model_dir", nargs="?",
+                   help="checkpoint folder: config.json and *.safetensors (required, on the command line or in "
+                        "--config)")
+    p.add_argument("--config", metavar="FILE", help=recipe.CONFIG_HELP)
+    p.add_argument("--data", help="training data: .bin (raw tokens), .npy, or a text file (required)")
+    p.add_argument("--out", help="folder for checkpoints, metrics.jsonl, loss.png and recipe.toml (required)")
+    p.add_argument("--backend", default="torch", help="backend whose engine trains (see hyperclone backends)")
     p.add_argument("--val-data", help="validation data (default: the last --val-fraction of --data)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of --data held out when no --val-data")
-    p.add_argument("--data-dtype", help="dtype of a .bin token file (uint16, uint32)")
+    p.add_argument("--data-dtype", help="dtype of a .bin token file, uint16 or uint32 (required for .bin: it has no header)")
     p.add_argument("--tokenizer", default="auto",
-                   help="for text: 'auto' (the model's tokenizer.json if present, else bytes), 'bytes', or a path")
+                   help="for text: auto (the model's tokenizer.json if present, else bytes), bytes, or a path")
     p.add_argument("--plan", help="plan JSON (default: MODEL_DIR/plan.json, which hyperclone expand writes)")
     for f in fields(TrainConfig):
         if f.name in HIDDEN:
@@ -115,14 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help=HELP.get(f.name, f.name.replace("_", " ")))
     p.add_argument("--betas", type=float, nargs=2, default=list(d.betas), help="AdamW betas")
     p.add_argument("--clone-lr", default="", choices=["", "none", "inverse_width"],
-                   help="per-tensor LR multipliers from the plan (inverse_width: 1/r for inputs grown r-fold)")
+                   help="per-tensor LR multipliers from the plan: none, or inverse_width (1/r for inputs grown "
+                        "r-fold) (default: none)")
     p.add_argument("--log-jsonl", help="metrics file (default: OUT/metrics.jsonl)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --out (starts fresh when there is none)")
     p.add_argument("--allow-change", default="",
-                   help="on --resume, fields that may differ from the run's (comma-separated, e.g. lr,data)")
+                   help="on --resume, fields that may differ from the run's, comma-separated, e.g. lr,data "
+                        "(default: none)")
     p.add_argument("--keep-best", action="store_true", help="with --save-total-limit, also keep the best by val loss")
-    p.add_argument("--compile", action="store_true", help="compile the model (torch.compile, jax.jit ...)")
+    p.add_argument("--compile", action="store_true", help="compile the model (torch.compile; jax and mlx always compile)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -176,14 +195,32 @@ def run(args) -> Any:
             plot_history([json.loads(x) for x in metrics.read_text().splitlines() if x.strip()],
                          Path(args.out) / "loss.png")
 
+    resolved = getattr(args, "recipe", None)
+    fresh = not listed(args.out)
     try:
+        if resolved is not None and engine.rank == 0 and fresh:
+            write_recipe(args.out, resolved)  # before a step: an interrupted run can be replayed too
         result = train(engine, tc, tokens, val, plan=plan, source_dir=args.model_dir, callback=redraw,
                        lineage=lineage(args.model_dir, args.backend))
         if engine.rank == 0:
             plot_history(result.history, Path(args.out) / "loss.png")
+            if resolved is not None and not fresh:
+                write_recipe(args.out, resolved)  # a resumed run: what it was resumed with, once accepted
         return result, engine.rank
     finally:
         engine.close()
+
+
+def write_recipe(out, resolved: dict) -> Path:
+    """OUT/recipe.toml: every option of the run, paths absolute, for ``--config``."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    doc = dict(resolved)
+    for k in PATHS:
+        if doc.get(k) is not None:
+            doc[k] = str(Path(doc[k]).resolve())
+    if doc.get("tokenizer") not in (None, "auto", "bytes") and Path(doc["tokenizer"]).exists():
+        doc["tokenizer"] = str(Path(doc["tokenizer"]).resolve())
+    return recipe.write(Path(out) / "recipe.toml", doc, recipe.header("train", __version__))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -194,7 +231,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: list) -> int:
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    parser = build_parser()
+    args = recipe.parse(parser, [a for a in argv if a != "--debug"], required=("model_dir", "data", "out"))
+    args.recipe = recipe.resolved(parser, args, exclude=RECIPE_EXCLUDE)
     result, rank = run(args)
     last = result.history[-1] if result.history else {}
     if rank == 0 and int(os.environ.get("RANK", "0")) == 0:
@@ -207,4 +246,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["build_parser", "lineage", "main", "plan_of"]
+__all__ = ["build_parser", "lineage", "main", "plan_of", "write_recipe"]

@@ -1,0 +1,290 @@
+"""Recipe files: every option of a command in a TOML file (``--config FILE``), and the
+resolved recipe written beside a command's output so the run can be replayed.
+
+A recipe is flat: one key per option, named as the option without its dashes
+(``ffn_size = 4096`` or ``ffn-size = 4096``), positionals included (``src``,
+``dst``, ``model_dir``).  Values are checked by the same converters the flags go
+through, so a file cannot set what the command line could not.  Flags given on the
+command line override the file.  The writer is ours (the standard library reads
+TOML from 3.11 but writes none); it writes what the reader reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from .errors import UsageError
+
+CONFIG_HELP = ("a TOML recipe holding any of these options (keys as the long option names, e.g. "
+               "ffn_size = 4096); flags on the command line override it; default: none")
+
+
+def _toml_loader():
+    try:
+        import tomllib  # Python >= 3.11
+        return tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli  # the same parser, packaged for Python 3.10
+            return tomli
+        except ModuleNotFoundError:
+            raise UsageError("--config: reading TOML on Python < 3.11 needs the tomli package; "
+                             "install it (pip install tomli) or pass the options as flags") from None
+
+
+def read(path) -> dict:
+    """The table in the TOML file ``path``; one-line errors naming the file."""
+    loader = _toml_loader()
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--config {path}: a folder, not a TOML file") from None
+    except OSError as exc:
+        raise UsageError(f"--config {path}: unreadable ({exc.strerror})") from None
+    try:
+        return loader.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {path}: not UTF-8 text") from None
+    except loader.TOMLDecodeError as exc:
+        raise UsageError(f"--config {path}: invalid TOML: {exc}") from None
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _key(k: str) -> str:
+    if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k):  # TOML's bare keys
+        return k
+    return _string(k)
+
+
+def _string(s: str) -> str:
+    out = []
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _value(v: Any, where: str) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return repr(v)  # shortest repr: reads back to the same float
+    if isinstance(v, str):
+        return _string(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x, where) for x in v) + "]"
+    raise TypeError(f"{where}: a {type(v).__name__} cannot be written to TOML")
+
+
+def dumps(doc: Mapping[str, Any], header: Iterable[str] = ()) -> str:
+    """TOML text for a flat table (scalars and lists) with one level of sub-tables;
+    ``header`` lines become comments at the top.  None values are left out (TOML has no
+    null; an option left out takes its default)."""
+    lines = [f"# {h}" if h else "#" for h in header]
+    tables = []
+    for k, v in doc.items():
+        if v is None:
+            continue
+        if isinstance(v, Mapping):
+            tables.append((k, v))
+        else:
+            lines.append(f"{_key(k)} = {_value(v, k)}")
+    for name, table in tables:
+        lines += ["", f"[{_key(name)}]"]
+        lines += [f"{_key(k)} = {_value(v, f'{name}.{k}')}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def write(path, doc: Mapping[str, Any], header: Iterable[str] = ()) -> Path:
+    """Write ``doc`` as TOML to ``path`` atomically (a temp file renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(dumps(doc, header))
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- parsing with a recipe
+
+
+def _options(parser: argparse.ArgumentParser) -> dict:
+    """dest -> action of every option a recipe may set."""
+    skip = {"help", "config", "debug"}
+    return {a.dest: a for a in parser._actions
+            if a.dest not in skip and a.dest is not argparse.SUPPRESS and a.help is not argparse.SUPPRESS}
+
+
+def _flag(a: argparse.Action) -> str:
+    return next((s for s in a.option_strings if s.startswith("--")), a.dest.upper())
+
+
+def _convert(path, key: str, value: Any, a: argparse.Action) -> Any:
+    """``value`` as the flag would have produced it (same converter, same checks)."""
+    where = f"--config {path}: {key} = {value!r}"
+    if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {_flag(a)} is a switch; write true or false")
+        return value if isinstance(a, argparse._StoreTrueAction) else not value
+    if isinstance(value, Mapping):
+        raise UsageError(f"{where}: a table is not an option value")
+    many = a.nargs not in (None, "?")
+    items = list(value) if isinstance(value, list) else [value]
+    if not many and isinstance(value, list):
+        raise UsageError(f"{where}: {_flag(a)} takes one value, not a list")
+    if isinstance(a.nargs, int) and len(items) != a.nargs:
+        raise UsageError(f"{where}: {_flag(a)} takes {a.nargs} values")
+    out = []
+    for item in items:
+        if isinstance(item, bool) or isinstance(item, (list, Mapping)):
+            raise UsageError(f"{where}: {_flag(a)} takes {a.metavar or a.dest.upper()}, not {item!r}")
+        text = repr(item) if isinstance(item, float) else str(item)
+        try:
+            v = a.type(text) if a.type is not None else text
+        except UsageError as exc:
+            raise UsageError(f"--config {path}: {exc}") from None
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+            raise UsageError(f"{where}: invalid value for {_flag(a)} ({exc})") from None
+        if a.choices is not None and v not in a.choices:
+            raise UsageError(f"{where}: {_flag(a)} must be one of {', '.join(map(repr, a.choices))}")
+        out.append(v)
+    return out if many else out[0]
+
+
+def _given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
+    """The dests the command line itself sets (abbreviations included): parsed once
+    with every default suppressed."""
+    saved = [(a, a.default) for a in parser._actions]
+    required = [(a, a.required) for a in parser._actions]
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+            a.required = False
+        ns, _ = parser.parse_known_args(list(argv))
+    finally:
+        for a, d in saved:
+            a.default = d
+        for a, r in required:
+            a.required = r
+    return set(vars(ns))
+
+
+def apply(parser: argparse.ArgumentParser, argv: Sequence[str], path, ignore: Iterable[str] = ()) -> dict:
+    """Make the recipe at ``path`` the defaults of ``parser`` (so flags in ``argv``
+    override it); returns the recipe's values by dest.  An unknown key, a bad value,
+    or two options of one mutually exclusive group in the file are refused; keys in
+    ``ignore`` are skipped (another command's options)."""
+    doc = read(path)
+    options = _options(parser)
+    skip = set(ignore)
+    values = {}
+    for key, value in doc.items():
+        dest = key.replace("-", "_")
+        if dest in skip:
+            continue
+        if dest not in options:
+            known = ", ".join(sorted(options))
+            raise UsageError(f"--config {path}: unknown option {key!r}; {parser.prog} takes: {known}")
+        values[dest] = _convert(path, key, value, options[dest])
+    given = _given(parser, argv)
+    for group in parser._mutually_exclusive_groups:
+        dests = [a.dest for a in group._group_actions]
+        in_file = [d for d in dests if d in values]
+        if len(in_file) > 1:
+            raise UsageError(f"--config {path}: {' and '.join(in_file)} exclude each other; keep one")
+        if in_file and any(d in given for d in dests):
+            del values[in_file[0]]  # the command line chose another member of the group
+    parser.set_defaults(**values)
+    return values
+
+
+def config_path(argv: Sequence[str]) -> Optional[str]:
+    """The ``--config`` value in ``argv`` (``--config F`` or ``--config=F``), or None."""
+    argv = list(argv)
+    for k, tok in enumerate(argv):
+        if tok == "--":
+            return None
+        if tok == "--config":
+            if k + 1 >= len(argv):
+                raise UsageError("--config needs a TOML file")
+            return argv[k + 1]
+        if tok.startswith("--config="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str], required: Sequence[str] = ()) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser``, the ``--config`` recipe (if any) as defaults.
+    ``required`` names dests that must come from the command line or the recipe."""
+    path = config_path(argv)
+    if path is not None:
+        apply(parser, argv, path)
+    args = parser.parse_args(list(argv))
+    missing = [d for d in required if getattr(args, d, None) is None]
+    if missing:
+        names = ", ".join(_flag(_options(parser)[d]) for d in missing)
+        raise UsageError(f"{parser.prog} needs {names} (on the command line, or as "
+                         f"{', '.join(missing)} in a --config recipe); see `{parser.prog} --help`")
+    return args
+
+
+def resolved(parser: argparse.ArgumentParser, args: argparse.Namespace, exclude: Iterable[str] = ()) -> dict:
+    """The value of every option, in the parser's order (what a recipe replays)."""
+    skip = set(exclude)
+    out = {}
+    for dest in _options(parser):
+        if dest in skip or not hasattr(args, dest):
+            continue
+        v = getattr(args, dest)
+        out[dest] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def header(command: str, version: str) -> list:
+    """The comment lines at the top of a written recipe."""
+    return [f"hyperclone {version}: the resolved options of this `hyperclone {command}` run (recipe file,",
+            "flags and defaults together). Replay it with:",
+            f"  hyperclone {command} --config recipe.toml",
+            "Flags on that command line override these values."]
+
+
+_EXPAND_DROP = ("progress", "force", "tolerance_default")
+
+
+def for_expand(options: Mapping[str, Any], strategy: str) -> dict:
+    """``expand_checkpoint``'s arguments as the recipe ``hyperclone expand --config``
+    reads: option names, paths resolved, the strategy as resolved (None means its
+    default), switches as the CLI spells them."""
+    o = dict(options)
+    out = {"src": str(Path(o.pop("src")).resolve()), "dst": str(Path(o.pop("dst")).resolve())}
+    o["strategy"] = strategy
+    o["no_verify"] = not o.pop("verify", True)
+    o["max_shard_size"] = o.pop("max_shard_bytes", None)
+    for k in _EXPAND_DROP:
+        o.pop(k, None)
+    out.update(o)
+    return out
+
+
+__all__ = ["CONFIG_HELP", "apply", "config_path", "dumps", "for_expand", "header", "parse", "read", "resolved",
+           "write"]
