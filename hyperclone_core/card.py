@@ -133,8 +133,7 @@ def _why(key: str, before: Any, after: Any, plan, untie: bool) -> str:
                 "which depth growth shifts; each inserted layer keeps its source layer's kind")
     if key == "tie_word_embeddings":
         if before and not after:
-            return ("the LM head was untied (asked for)" if untie else
-                    "the LM head was untied: the embedding and the head need different scales and this model has "
+            return ("the LM head was untied: the embedding and the head need different scales and this model has "
                     "no final-norm gain or project_out to fold the head's 1/r into; parameters grow by one "
                     "vocab x hidden matrix")
         return f"written out explicitly; the source was read as {'tied' if after else 'untied'} (same meaning)"
@@ -173,6 +172,8 @@ def config_changes(plan, config: Mapping[str, Any], asked: Mapping[str, str] = (
             out["asked"].append(dict(entry, by=dict(asked)[key]))
         elif dim in grown and dim != "head_dim":
             out["asked"].append(dict(entry, by="growth"))
+        elif key == "tie_word_embeddings" and untie and a and not b:
+            out["asked"].append(dict(entry, by="untie"))
         elif key == "layer_types" and isinstance(a, list) and "layers" in grown:
             out["asked"].append(dict(entry, by="--layers (each inserted layer keeps its source layer's kind)"))
         else:
