@@ -37,8 +37,13 @@ class Progress:
         self.t0 = self.last = time.perf_counter()
         self.values: dict = {}
         self.closed = False
+        self.drawn_n = self.n
 
     def set_label(self, label: str) -> None:
+        """Start a new phase. In a log (not a terminal) the phase that ends gets its closing line
+        first, so every phase is named in the log however quickly it ran."""
+        if label != self.label and self.enabled and not self.tty and self.n != self.drawn_n:
+            self._draw("", time.perf_counter(), end="\n")
         self.label = label
 
     def update(self, n: int = 1, **values) -> None:
@@ -54,7 +59,7 @@ class Progress:
             self._draw("", now, end="\n")
 
     def _draw(self, prefix: str, now: float, end: str = "") -> None:
-        self.last = now
+        self.last, self.drawn_n = now, self.n
         done = self.n - self.start_n
         elapsed = now - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
@@ -68,9 +73,12 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and not self.closed and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.enabled and not self.closed:
+            if self.tty:
+                self.stream.write("\n")
+                self.stream.flush()
+            elif self.n != self.drawn_n:
+                self._draw("", time.perf_counter(), end="\n")
         self.closed = True
 
     def __enter__(self) -> "Progress":
