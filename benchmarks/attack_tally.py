@@ -413,18 +413,18 @@ def _fault(exc_fn, at):
     def ctx(src, dst, root):
         @contextlib.contextmanager
         def cm():
-            original, count = io.ShardedWriter.write, [0]
+            original, count = io.ShardedWriter.write_rows, [0]
 
-            def write(self, name, arr):
+            def write(self, name, arr, raw=False):
                 count[0] += 1
                 if count[0] == at:
                     raise exc_fn(self)
-                original(self, name, arr)
-            io.ShardedWriter.write = write
+                original(self, name, arr, raw)
+            io.ShardedWriter.write_rows = write
             try:
                 yield
             finally:
-                io.ShardedWriter.write = original
+                io.ShardedWriter.write_rows = original
         return cm()
     return ctx
 

@@ -9,6 +9,19 @@ installed are left out with a note.
     python benchmarks/expand.py --small         # a ~20M model, seconds
     python benchmarks/expand.py --modes numpy,mlx,mlx-live   # MLX (Linux CPU build: see backends/hyperclone_mlx/README.md)
     python benchmarks/expand.py --modes numpy,jax,jax-sharded   # JAX: streaming, and grown into an 8-device CPU mesh
+
+Then, unless ``--no-versus``, the in-memory race the issue tracker quotes: the public
+implementation (Apple's ml-hypercloning) against ``hyperclone_torch.expand_model`` on
+the same transformers Llama (fp32, width 2, ffn 2, symmetric), each run in a fresh
+process, on the machine as it is and next to one busy process the benchmark starts::
+
+    nice -n -10 python benchmarks/expand.py --modes "" --official ~/src/ml-hypercloning
+
+The public implementation is imported only from a checkout you name (``--official`` or
+``$HYPERCLONE_OFFICIAL``); without one its quoted time (18.5 s on this machine type)
+is used and labelled as quoted.  The floor row is what this machine takes to hand a
+fresh process the destination's pages (faulted in, ``MAP_POPULATE``): no in-memory
+expansion can beat it.
 """
 
 from __future__ import annotations
@@ -62,9 +75,25 @@ elif mode == "torch-live":
     grown = hyperclone_torch.expand_model(model, width=2, strategy=strategy)
 elif mode == "hf-live":
     import torch, transformers, hyperclone_torch
+    if dst.startswith("threads="):
+        hyperclone_torch.interop.COPY_THREADS = int(dst.split("=")[1])
     model = transformers.AutoModelForCausalLM.from_pretrained(src)
     t0 = time.perf_counter()
     grown = hyperclone_torch.expand_model(model, width=2, strategy=strategy)
+elif mode == "official-live":  # the public implementation, from the checkout named by dst
+    import importlib, torch, transformers
+    sys.path.insert(0, dst)
+    cloning = importlib.import_module("hypercloning.llama_cloning")
+    clone = next(getattr(cloning, n) for n in ("clone_llama", "clone_llama2") if hasattr(cloning, n))
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    t0 = time.perf_counter()
+    grown = clone(model, embedding_dim_multiplier=2, up_project_multiplier=2)
+elif mode == "populate":  # the floor: a fresh process's first N bytes, faulted in
+    import torch, hyperclone_torch
+    t0 = time.perf_counter()
+    floor = hyperclone_torch.ops.populated_empty((int(strategy),), torch.uint8)
+elif mode == "baseline-hf":
+    import torch, transformers, hyperclone_torch
 elif mode == "mlx-live":
     import pathlib, mlx.core as mx, hyperclone_mlx
     from mlx_lm.utils import load_model
@@ -123,10 +152,22 @@ def make_source(folder: Path, cfg: dict, seed: int = 0) -> int:
     return sum(int(np.prod(s)) for _, s, _ in layout)
 
 
-def run_child(mode: str, src: Path, dst: Path, strategy: str = "noisy:10") -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    res = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(dst), strategy], capture_output=True, text=True,
-                         env=env)
+BUSY = "while True:\n    pass\n"
+"""One busy process: a pure-Python spin holds one core (no BLAS threads, no memory traffic)."""
+
+
+def run_child(mode: str, src: Path, dst, strategy: str = "noisy:10", busy: bool = False) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), HF_HUB_OFFLINE="1")
+    hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
+    try:
+        if hog is not None:
+            time.sleep(0.5)
+        res = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(dst), strategy], capture_output=True,
+                             text=True, env=env)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -149,6 +190,12 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="numpy,torch,torch-live,hf-live")
     ap.add_argument("--strategies", default="symmetric,noisy:10", help="comma-separated; one row per mode and strategy")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-versus", action="store_true", help="skip the in-memory race against the public implementation")
+    ap.add_argument("--official", default=os.environ.get("HYPERCLONE_OFFICIAL"),
+                    help="a checkout of the public implementation (apple/ml-hypercloning) to run in the race "
+                         "(default $HYPERCLONE_OFFICIAL; without one its quoted time is used)")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh-process runs per row of the race")
+    ap.add_argument("--copy-threads", default="1,2", help="expand_model's intra-op threads, one row each")
     args = ap.parse_args(argv)
     cfg = SMALL if args.small else LLAMA_250M
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hyperclone-bench-"))
@@ -164,7 +211,7 @@ def main(argv=None) -> int:
     base_jax = run_child("baseline-jax", src, work / "unused") if "jax" in args.modes else {"error": "not run"}
     rows = []
     dst_bytes = largest = None
-    for mode, strategy in [(m, s) for m in args.modes.split(",") for s in args.strategies.split(",")]:
+    for mode, strategy in [(m, s) for m in args.modes.split(",") if m for s in args.strategies.split(",")]:
         dst = work / f"dst-{mode}"
         shutil.rmtree(dst, ignore_errors=True)
         r = run_child(mode, src, dst, strategy)
@@ -213,20 +260,82 @@ def main(argv=None) -> int:
                   f"{r['host_above_start'] / 2**30:.2f} GiB (source {r['source_bytes'] / 2**30:.2f} GiB + one destination "
                   f"shard {r['largest_shard'] / 2**20:.0f} MiB = bound {(r['source_bytes'] + r['largest_shard']) / 2**30:.2f}"
                   " GiB; XLA's in-program temporaries count as host here: CPU devices live in host RAM)")
-    live = {m: r for m, r in rows if m.startswith("hf-live") and "error" not in r}
-    if live and not args.small:
-        print(f"\nreference (the public implementation on this machine type, quoted from the torch issue, not run here): "
-              f"{REFERENCE_SECONDS} s, {REFERENCE_RSS_GIB} GiB peak RSS for the same hf-live expansion")
-        for m, r in live.items():
-            print(f"  {m}: {REFERENCE_SECONDS / r['seconds']:.1f}x faster, peak RSS {r['peak_rss'] / 2**30:.2f} GiB")
-    print("\nbound: streaming modes must stay under 2 x the largest destination tensor above the interpreter;"
-          "\ntorch-live / hf-live / mlx-live expand a model held in memory (source + destination are resident by design);"
-          "\njax-sharded holds the source on the host and the grown model on the devices (peak RSS counts both here).")
+    if rows:
+        print_notes()
+    if not args.no_versus:
+        results["versus"] = versus(src, cfg, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def versus(src: Path, cfg: dict, args) -> list:
+    """The in-memory race: fresh processes, best and median of ``--repeats``, quiet and
+    next to one busy process; the public implementation measured or quoted."""
+    import statistics
+
+    from hyperclone_core import Growth, family_for_config, plan
+
+    fam = family_for_config(cfg)
+    src_bytes = folder_bytes(src)
+    grown = plan(fam, cfg, Growth.of(fam.read(cfg), width=2), "symmetric")
+    dst_bytes = sum(4 * int(np.prod(t.shape)) for t in grown.tensors)
+    base = run_child("baseline-hf", src, "unused")
+    cells = []
+    for load in ("quiet", "busy"):
+        for threads in [int(t) for t in args.copy_threads.split(",") if t]:
+            cells.append((f"ours, {threads} thread{'s' if threads > 1 else ''}", "hf-live", f"threads={threads}", load))
+        cells.append(("floor: populate destination", "populate", "unused", load))
+        if args.official:
+            cells.append(("public implementation", "official-live", args.official, load))
+    runs: dict = {c: [] for c in cells}
+    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every row
+        for c in cells:
+            name, mode, dst, load = c
+            strategy = str(dst_bytes) if mode == "populate" else "symmetric"
+            runs[c].append(run_child(mode, src, dst, strategy, busy=load == "busy"))
+    quoted = {"quiet": REFERENCE_SECONDS, "busy": REFERENCE_SECONDS}  # theirs was 20-24 s busy: quoting 18.5 flatters it
+    public = {load: statistics.median(r["seconds"] for r in runs[c]) for c in cells if c[1] == "official-live"
+              for load in [c[3]] if all("error" not in r for r in runs[c])}
+    print(f"\nin-memory expand_model, {src_bytes / 2**30:.2f} GiB fp32 Llama -> width 2, ffn 2, "
+          f"symmetric ({dst_bytes / 2**30:.2f} GiB), fresh process per run, {args.repeats} runs per row")
+    print(f"{'row':<30} {'load':<6} {'best s':>7} {'median s':>9} {'peak RSS GiB':>13} {'above interp':>13} "
+          f"{'<= src+dst+10%':>15} {'public / ours':>14}")
+    out = []
+    for c in cells:
+        name, mode, _, load = c
+        good = [r for r in runs[c] if "error" not in r]
+        if not good:
+            print(f"{name:<30} {load:<6} unavailable: {runs[c][0]['error'][:80]}")
+            continue
+        secs = [r["seconds"] for r in good]
+        best, med = min(secs), statistics.median(secs)
+        rss = max(r["peak_rss"] for r in good)
+        above = rss - base.get("peak_rss", 0)
+        bound = ("ok" if above <= 1.1 * (src_bytes + dst_bytes) else "OVER") if mode == "hf-live" else "-"
+        ref = public.get(load, quoted[load])
+        label = "-"
+        if mode == "hf-live" and ref:
+            label = f"{ref / med:.1f}x" + ("" if load in public else " (quoted)")
+        print(f"{name:<30} {load:<6} {best:7.2f} {med:9.2f} {rss / 2**30:13.2f} {above / 2**30:13.2f} {bound:>15} "
+              f"{label:>14}")
+        out.append(dict(row=name, load=load, best=best, median=med, runs=secs, peak_rss=rss, above_interpreter=above))
+    if not public:
+        print(f"public implementation: not run (no --official checkout); quoted {REFERENCE_SECONDS} s quiet, "
+              f"{REFERENCE_RSS_GIB} GiB peak RSS, measured on this machine type with the issue's numbers (20-24 s next "
+              "to a busy process); targets: ours <= 1.85 s quiet, <= 2.3 s busy")
+    print("ratios use the median; 'busy' = one pure-Python spin process started by the benchmark; the floor is the "
+          "destination's pages alone")
+    return out
+
+
+def print_notes() -> None:
+    """What the bounds of the checkpoint table mean."""
+    print("\nbound: streaming modes must stay under 2 x the largest destination tensor above the interpreter;"
+          "\ntorch-live / hf-live / mlx-live expand a model held in memory (source + destination are resident by design);"
+          "\njax-sharded holds the source on the host and the grown model on the devices (peak RSS counts both here).")
 
 
 if __name__ == "__main__":

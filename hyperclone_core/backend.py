@@ -51,6 +51,8 @@ class ExpandBackend(Backend, Protocol):
 
     Optional fast paths, used when present and held to the same checks:
     ``scale_(x, coeffs)`` in place on arrays the interpreter produced;
+    ``scale_take(x, coeffs, [(axis, index), ...])`` a Scale and the Takes right
+    after it in one pass (with ``take_axes``);
     ``add_zero_sum_noise(x, axis, groups, snr_db, seed, n_groups)`` the whole AddNoise
     op (return None to decline); ``take_axes(x, [(axis, index), ...])`` consecutive
     Takes in one pass; ``run_whole_program(tp, arrays, x, device, cache)`` a whole
@@ -149,8 +151,18 @@ def apply_ops(backend: Any, tp: TensorPlan, arrays: Mapping[str, np.ndarray], x:
     scale_inplace = getattr(backend, "scale_", None)
     fused_noise = getattr(backend, "add_zero_sum_noise", None)
     take_axes = getattr(backend, "take_axes", None)
-    for op in _group_takes(tp.ops) if take_axes is not None else tp.ops:
-        if isinstance(op, list):
+    scale_take = getattr(backend, "scale_take", None) if take_axes is not None else None
+    ops = _group_takes(tp.ops) if take_axes is not None else list(tp.ops)
+    k = 0
+    while k < len(ops):
+        op = ops[k]
+        k += 1
+        if scale_take is not None and isinstance(op, Scale) and k < len(ops) and isinstance(ops[k], list):
+            ndim = len(backend.shape(x))
+            c = dev(op.coeffs, broadcast_coeffs(arrays[op.coeffs], op.axes, ndim), f"{op.axes}/{ndim}")
+            x = scale_take(x, c, [(t.axis, dev(t.map)) for t in ops[k]])
+            k += 1
+        elif isinstance(op, list):
             x = take_axes(x, [(t.axis, dev(t.map)) for t in op])
         elif isinstance(op, Take):
             x = backend.take(x, op.axis, dev(op.map))

@@ -1,8 +1,8 @@
 """Checkpoint-to-checkpoint expansion and verification, on any backend.
 
-The source is read one tensor at a time (the next one is read while the
-current one is expanded), each program runs on the backend's device, and the
-result is streamed into shards whose headers were written up front.  Nothing is
+The source is read one tensor at a time, a big tensor a block of rows at a time
+(``rowblocks``), each program runs on the backend's device, and the result is
+streamed into shards whose headers were written up front.  Nothing is
 visible at the destination until the whole folder is complete and its logits
 match the source's within the tolerance its dtype allows (``tolerances``).
 """
@@ -13,7 +13,9 @@ import json
 import math
 import shutil
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +29,7 @@ from .io.safetensors import code_of, nbytes
 from .plan import Growth, Plan, plan
 from .spec import tensor_names
 from .progress import Progress
+from .rowblocks import gathers_only, row_program, run_rows
 from .testing import random_tokens
 from .tolerances import coarsest, default_tolerance
 from .validate import MAX_DIM, MAX_LAYERS, read_model
@@ -142,19 +145,7 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
         writer = ShardedWriter(tmp, [(t.name, t.shape, out_dtypes[t.name]) for t in p.tensors],
                                max_shard_bytes, metadata={"hyperclone": __version__})
         bar = Progress(len(p.tensors), f"expand {src.name}", "tensor", enabled=progress, every=5.0)
-        cache: dict = {}
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(ck.read, p.tensors[0].source) if p.tensors else None
-            for k, tp in enumerate(p.tensors):
-                arr = pending.result()
-                if k + 1 < len(p.tensors):
-                    pending = pool.submit(ck.read, p.tensors[k + 1].source)
-                held = [bk.asarray(arr, device)]
-                del arr  # the program holds the only reference: the source is freed once gathered
-                y = bk.to_numpy(run_program(bk, tp, p.arrays, held.pop(), device, cache))
-                writer.write(tp.name, y)
-                del y
-                bar.update()
+        write_tensors(bk, ck, p, writer, out_dtypes, device, bar)
         bar.close()
         writer.close()
         write_json(tmp / "config.json", config)
@@ -187,6 +178,61 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
         write_json(tmp / "hyperclone.json", report)
         (tmp / "plan.json").write_text(p.to_json(indent=None))  # the trainer's symmetry monitor reads it
     return report
+
+
+def write_tensors(bk, ck: Checkpoint, p: Plan, writer: ShardedWriter, out_dtypes: dict, device, bar) -> None:
+    """Every program's result into ``writer``, in order.  A program bigger than one
+    block runs in blocks of destination rows reading only the source rows each needs
+    (``rowblocks``); one that only moves elements runs on the stored bits (bfloat16
+    passes through untouched, on the numpy backend: no arithmetic to differ); the rest
+    run whole.  A helper thread rounds and writes while the next block computes."""
+    from .numpy_backend import backend as bits
+
+    cache: dict = {}
+    with _WriteBehind(writer) as out:
+        for tp in p.tensors:
+            rp = row_program(tp, p.arrays)
+            if rp is not None and gathers_only(tp) and out_dtypes[tp.name] == ck.dtype(tp.source):
+                for _, y in run_rows(bits, rp, p.arrays, partial(ck.read_rows, tp.source, dtype=None)):
+                    out.write_rows(tp.name, y, raw=True)
+            elif rp is not None:
+                for _, y in run_rows(bk, rp, p.arrays, partial(ck.read_rows, tp.source), device, cache):
+                    out.write_rows(tp.name, bk.to_numpy(y))
+            else:
+                x = bk.asarray(ck.read(tp.source), device)
+                out.write_rows(tp.name, bk.to_numpy(run_program(bk, tp, p.arrays, x, device, cache)))
+                del x
+            bar.update()
+
+
+class _WriteBehind:
+    """``writer.write_rows`` on a helper thread, at most ``depth`` blocks behind (its
+    bfloat16 rounding and the disk write overlap the next block's compute; numpy
+    and file writes release the GIL).  The first error is raised in the caller."""
+
+    def __init__(self, writer: ShardedWriter, depth: int = 2):
+        self.writer, self.depth = writer, depth
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: deque = deque()
+
+    def __enter__(self):
+        return self
+
+    def write_rows(self, name: str, rows, raw: bool = False) -> None:
+        self.pending.append(self.pool.submit(self.writer.write_rows, name, rows, raw))
+        while len(self.pending) > self.depth:
+            self.pending.popleft().result()
+
+    def __exit__(self, kind, exc, tb):
+        try:
+            while self.pending:
+                future = self.pending.popleft()
+                if kind is None:
+                    future.result()
+                else:
+                    future.cancel()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def failure(v: dict) -> str:

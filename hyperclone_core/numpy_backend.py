@@ -4,12 +4,14 @@ Its forward is ``hyperclone_core.decoder`` run by numpy (``NumpyOps``)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import decoder, io
 from .dtypes import cast_numpy
-from .growth import block_copies, split_takes
-from .noise import mean_square, noise_factor, zero_sum_noise
+from .growth import block_copies, split_takes, uniform_layout
+from .noise import gaussian, helmert, mean_square, noise_factor, zero_sum_noise
 from .structure import Params
 
 OPS = decoder.NumpyOps()
@@ -94,6 +96,39 @@ class NumpyBackend:
             view, n = (x, kept) if kept is not None else block_noise(b, sl)
             n *= factor
             view += n
+        return x
+
+    def add_zero_sum_noise_power(self, x, axis, groups, power, seed, n_groups=None, chunk=1 << 16):
+        """In place: zero-sum noise of mean power exactly ``power`` (a row block of
+        ``hyperclone_core.rowblocks``).  Uniform copies only (else None: the generic
+        path): the noise is ``H^T u`` (``noise.helmert``), u Box-Muller normals
+        (``noise.gaussian``), added a cache-sized chunk at a time."""
+        uniform = uniform_layout(groups)
+        if uniform is None or uniform[1] < 2 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+            return None
+        m, k, layout = uniform
+        shape = x.shape
+        u = gaussian((k - 1,) + shape[:axis] + (m,) + shape[axis + 1:], seed)
+        p_u = mean_square(u) * u.size / x.size
+        if p_u <= 0.0:
+            return x
+        h = helmert(k) * math.sqrt(power / p_u)
+        split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
+        copy_axis = axis if layout == "tile" else axis + 1
+        view = x.reshape(split)
+        rows = shape[0] if axis > 0 else 1
+        step = max(1, chunk // max(x.size // max(rows, 1), 1))
+        tmp = None
+        for a in range(0, rows, step):  # row chunks (axis > 0), so u and x stay in the cache
+            sl = (slice(a, a + step),) if axis > 0 else ()
+            for c in range(k):
+                dst = view[(slice(None),) * copy_axis + (c,)][sl]
+                for r in range(k - 1):
+                    src = u[r][sl]
+                    if tmp is None or tmp.shape != src.shape:
+                        tmp = np.empty(src.shape, x.dtype)
+                    np.multiply(src, x.dtype.type(h[r, c]), out=tmp)
+                    dst += tmp
         return x
 
     def mean_square(self, x):

@@ -152,16 +152,16 @@ def test_config_that_is_a_folder_or_binary(src, tmp_path, capsys):
 
 
 def _fail_write(monkeypatch, exc, after=3):
-    original = io.ShardedWriter.write
+    original = io.ShardedWriter.write_rows
     count = [0]
 
-    def write(self, name, arr):
+    def write(self, name, arr, raw=False):
         count[0] += 1
         if count[0] == after:
             raise exc
-        original(self, name, arr)
+        original(self, name, arr, raw)
 
-    monkeypatch.setattr(io.ShardedWriter, "write", write)
+    monkeypatch.setattr(io.ShardedWriter, "write_rows", write)
 
 
 def test_disk_full_is_an_output_error(src, tmp_path, capsys, monkeypatch):
@@ -191,11 +191,11 @@ def test_a_real_sigint_exits_130(src, tmp_path):
         "import os, signal\n"
         "from hyperclone_core import io\n"
         "from hyperclone_core.cli import main\n"
-        "orig = io.ShardedWriter.write\n"
-        "def write(self, name, arr):\n"
-        "    orig(self, name, arr)\n"
+        "orig = io.ShardedWriter.write_rows\n"
+        "def write(self, name, arr, raw=False):\n"
+        "    orig(self, name, arr, raw)\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
-        "io.ShardedWriter.write = write\n"
+        "io.ShardedWriter.write_rows = write\n"
         f"raise SystemExit(main(['expand', {str(src)!r}, {str(tmp_path / 'dst')!r}, '--quiet']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -226,14 +226,14 @@ def test_killed_mid_write_leaves_no_destination_and_next_run_cleans(src, tmp_pat
         "import os, signal, sys\n"
         "from hyperclone_core import io\n"
         "from hyperclone_core.cli import main\n"
-        "orig = io.ShardedWriter.write\n"
+        "orig = io.ShardedWriter.write_rows\n"
         "count = [0]\n"
-        "def write(self, name, arr):\n"
-        "    orig(self, name, arr)\n"
+        "def write(self, name, arr, raw=False):\n"
+        "    orig(self, name, arr, raw)\n"
         "    count[0] += 1\n"
         "    if count[0] == 5:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "io.ShardedWriter.write = write\n"
+        "io.ShardedWriter.write_rows = write\n"
         f"main(['expand', {str(src)!r}, {str(dst)!r}, '--quiet'])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)

@@ -39,6 +39,7 @@ class TorchBackend:
     to_numpy = staticmethod(ops.to_numpy)
     take = staticmethod(ops.take)
     take_axes = staticmethod(ops.take_axes)
+    scale_take = staticmethod(ops.scale_take)
     scale = staticmethod(ops.scale)
     scale_ = staticmethod(ops.scale_)
     zero_sum_noise = staticmethod(ops.zero_sum_noise)

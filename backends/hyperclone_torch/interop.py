@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import importlib
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -103,6 +105,15 @@ def locate(checkpoint_names: Iterable[str], memory_names: Iterable[str], where: 
     return out
 
 
+def _no_init_weights():
+    """transformers' switch that skips weight init (its meta-device normal_ calls
+    cost ~0.2 s on a 250M model for values nobody reads); a no-op without it."""
+    for where in ("transformers.initialization", "transformers.modeling_utils"):
+        with contextlib.suppress(Exception):
+            return importlib.import_module(where).no_init_weights()
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def parameters_on_meta():
     """Build modules with their parameters on the meta device (buffers stay real:
@@ -144,7 +155,7 @@ def _empty_like_class(model, plan) -> nn.Module:
     if attn is not None:
         with contextlib.suppress(Exception):
             config._attn_implementation = attn
-    with parameters_on_meta():
+    with parameters_on_meta(), _no_init_weights():
         new = type(model)(config)
     if getattr(model, "generation_config", None) is not None and hasattr(new, "generation_config"):
         new.generation_config = copy.deepcopy(model.generation_config)  # eos/pad ids, sampling defaults
@@ -180,8 +191,13 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     meta = {n: p for n, p in new.named_parameters() if p.device.type == "meta"}
     out: dict = {}
     cache: dict = {}
-    with ops.inplace_scope():
+    src_dtype = {n: src_state[src_loc[n].name].dtype for n in plan.sources()}
+    on_cpu = all(t.device.type == "cpu" for t in src_state.values())
+    specs = [(tp.shape, _final_dtype(tp, src_dtype[tp.source])) if on_cpu and dst_loc[tp.name].expert is None
+             and dst_loc[tp.name].part is None else None for tp in plan.tensors]
+    with ops.inplace_scope(), _Populator(specs) as ahead, _copy_threads(on_cpu):
         for k, tp in enumerate(plan.tensors):
+            ops.provide_output(ahead.get(k))
             _execute(tp, plan, src_state, src_loc[tp.source], dst_loc[tp.name], meta, out, cache)
             if k % 8 == 7:
                 _return_freed_memory()
@@ -214,6 +230,86 @@ def _execute(tp, plan, src_state, src: Location, dst: Location, meta, out, cache
     if dst.name not in out:
         out[dst.name] = torch.empty(meta[dst.name].shape, dtype=y.dtype, device=y.device)
     dst.view(out[dst.name]).copy_(y)
+
+
+def _final_dtype(tp, dtype: torch.dtype) -> torch.dtype:
+    casts = [op.dtype for op in tp.ops if type(op).__name__ == "Cast"]
+    return ops.torch_dtype(casts[-1]) if casts else dtype
+
+
+class _Populator:
+    """Destination storage faulted in ahead by a helper thread (``ops.populated_empty``):
+    while the main thread copies tensor k, the kernel maps the pages of k+1, ... on
+    the other core, at most ``ahead_bytes`` ahead.  ``get(k)`` waits for tensor k's
+    storage (None where ``specs[k]`` is None)."""
+
+    def __init__(self, specs: list, ahead_bytes: int = 1 << 30):
+        self.specs, self.ahead = specs, ahead_bytes
+        self.ready: dict = {}
+        self.taken = -1
+        self.cv = threading.Condition()
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True) if any(specs) else None
+
+    def __enter__(self):
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        with self.cv:
+            self.stop = True
+            self.ready.clear()
+            self.cv.notify_all()
+        if self.thread is not None and self.thread.ident is not None:
+            self.thread.join()
+
+    def _bytes_ahead(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.ready.values())
+
+    def _run(self) -> None:
+        for k, spec in enumerate(self.specs):
+            if spec is None:
+                continue
+            with self.cv:
+                self.cv.wait_for(lambda: self.stop or self._bytes_ahead() < self.ahead)
+                if self.stop:
+                    return
+            t = ops.populated_empty(*spec)
+            with self.cv:
+                if self.stop or k <= self.taken:
+                    continue
+                self.ready[k] = t
+                self.cv.notify_all()
+
+    def get(self, k: int):
+        if self.specs[k] is None or self.thread is None:
+            return None
+        with self.cv:
+            self.cv.wait_for(lambda: k in self.ready or not self.thread.is_alive())
+            self.taken = k
+            t = self.ready.pop(k, None)
+            self.cv.notify_all()
+            return t
+
+
+COPY_THREADS = 1
+"""Intra-op threads for the copies of an in-memory CPU expansion (restored after).
+The work is memory-bound and the populator thread holds the other core; a second
+intra-op thread collapses when another process is busy (see ``benchmarks/expand.py``
+``--copy-threads``)."""
+
+
+@contextlib.contextmanager
+def _copy_threads(enabled: bool):
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(COPY_THREADS)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_num_threads(before)
 
 
 def _return_freed_memory() -> None:

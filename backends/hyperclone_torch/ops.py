@@ -6,13 +6,17 @@ weight's dtype, noise is drawn in float32 and added in the weight's dtype).
 The caller's source is never written.  Inside ``inplace_scope()`` (what
 ``expand_model`` uses) ``scale`` and ``add_scaled`` write into tensors that a
 primitive of this module allocated during the scope, saving a fresh allocation
-(and its page faults) per op; outside it every op returns a new tensor.
+(and its page faults) per op; outside it every op returns a new tensor.  There,
+``provide_output`` also hands the next result's storage in (``expand_model``
+passes pages a helper thread faulted in ahead: see ``populated_empty``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import mmap
+import sys
 import weakref
 from typing import Optional
 
@@ -22,7 +26,7 @@ import torch
 from hyperclone_core.growth import block_copies, slice_copies, split_takes, uniform_layout
 from hyperclone_core.noise import noise_factor
 
-_SCOPE: dict = {"active": False, "owned": {}}
+_SCOPE: dict = {"active": False, "owned": {}, "out": None}
 
 
 @contextlib.contextmanager
@@ -34,11 +38,54 @@ def inplace_scope():
     finally:
         _SCOPE["active"] = False
         _SCOPE["owned"].clear()
+        _SCOPE["out"] = None
 
 
 def release() -> None:
     """Forget owned buffers (call when a program's result leaves the executor)."""
     _SCOPE["owned"].clear()
+    _SCOPE["out"] = None
+
+
+def provide_output(t: Optional[torch.Tensor]) -> None:
+    """Inside ``inplace_scope``: the storage the next gather writes its result into
+    when shape, dtype and device match (else it allocates as usual)."""
+    _SCOPE["out"] = t if _SCOPE["active"] else None
+
+
+def _output(shape, dtype, device) -> torch.Tensor:
+    t = _SCOPE["out"]
+    if t is not None and tuple(t.shape) == tuple(shape) and t.dtype == dtype and t.device == torch.device(device):
+        _SCOPE["out"] = None
+        return t
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+POPULATE_MIN_BYTES = 1 << 20
+"""Smaller CPU tensors come from torch's allocator (their faults cost nothing)."""
+
+
+def populated_empty(shape, dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor whose pages are faulted in by the kernel in one
+    call (``MAP_POPULATE``) instead of one page fault per 4 KiB page on first
+    write: measured on the 2-core VM (benchmarks/expand.py, 3.4 GB): 2.2-3.3 s of
+    demand faults -> 1.4-2.1 s populated.  Transparent huge pages
+    (``MADV_HUGEPAGE``, what numpy asks for) measured *slower* there, 5-15 s, when
+    the free memory had been handed back to the hypervisor (free page reporting
+    returns free 2 MiB blocks, exactly what a huge-page fault takes), and 0.8 s
+    only when it had not: not a policy to rely on.  The tensor keeps the mapping
+    alive (``torch.frombuffer``); it is unmapped when the tensor is freed.  Falls
+    back to ``torch.empty`` off Linux or for small tensors."""
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    nbytes = n * torch.empty((), dtype=dtype).element_size()
+    if nbytes < POPULATE_MIN_BYTES or not sys.platform.startswith("linux") or not hasattr(mmap, "MAP_POPULATE"):
+        return torch.empty(shape, dtype=dtype)
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    except (OSError, ValueError):
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype, count=n).view(shape)
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -121,9 +168,29 @@ def take_axes(x: torch.Tensor, takes) -> torch.Tensor:
     if not blocks:
         return _own(x)
     shape, copies = block_copies(x.shape, blocks)
-    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    out = _output(shape, x.dtype, x.device)
     for dst, src in copies:
         out[dst].copy_(x[src])
+    return _own(out)
+
+
+def scale_take(x: torch.Tensor, coeffs: torch.Tensor, takes) -> torch.Tensor:
+    """A Scale, then Takes on distinct axes, in one pass: every block copy writes
+    ``x[src] * coeffs[src]`` straight into the result, so neither a scaled copy of
+    the source nor a second pass over the result is made.  Bit for bit the two ops
+    (one IEEE multiply per element either way)."""
+    c = coeffs.to(device=x.device, dtype=x.dtype)
+    if c.dim() < x.dim():
+        c = c.reshape((1,) * (x.dim() - c.dim()) + tuple(c.shape))
+    takes = [(axis, index.to(x.device) if index.device != x.device else index) for axis, index in takes]
+    gathers, blocks = split_takes(takes, _copy_pattern, MAX_BLOCKS)
+    if gathers or c.dim() != x.dim() or torch.broadcast_shapes(x.shape, c.shape) != x.shape:
+        return take_axes(scale(x, coeffs), takes)
+    shape, copies = block_copies(x.shape, blocks)
+    out = _output(shape, x.dtype, x.device)
+    for dst, src in copies:
+        csrc = tuple(s if c.shape[ax] > 1 else slice(None) for ax, s in enumerate(src))
+        torch.mul(x[src], c[csrc], out=out[dst])
     return _own(out)
 
 
@@ -294,5 +361,6 @@ def cast(x: torch.Tensor, dtype) -> torch.Tensor:
     return x.to(torch_dtype(dtype))
 
 
-__all__ = ["asarray", "to_numpy", "take", "take_axes", "scale", "scale_", "zero_sum_noise", "mean_square", "add_scaled",
-           "reshape", "cast", "add_zero_sum_noise", "torch_dtype", "DTYPES", "inplace_scope", "release"]
+__all__ = ["asarray", "to_numpy", "take", "take_axes", "scale_take", "populated_empty", "provide_output", "scale",
+           "scale_", "zero_sum_noise", "mean_square", "add_scaled", "reshape", "cast", "add_zero_sum_noise",
+           "torch_dtype", "DTYPES", "inplace_scope", "release"]

@@ -172,6 +172,21 @@ class Checkpoint:
             )
         return arr
 
+    def read_rows(self, name, lo: int, hi: int, dtype=np.float32, check_finite: bool = True) -> np.ndarray:
+        """Rows [lo, hi) of a tensor (dim 0), as ``read`` gives the whole (``dtype=None``:
+        the stored bits); non-finite values refused."""
+        if name not in self.where:
+            raise CheckpointError(f"{self.folder}: tensor {name} is missing")
+        raw = self.where[name].raw_rows(self.stored_as.get(name, name), lo, hi)
+        arr = from_storage(raw, self.code(name), dtype) if dtype is not None else raw
+        if check_finite and self.code(name) in FLOAT_CODES:
+            bad = ((raw & 0x7F80) == 0x7F80) if self.code(name) == "BF16" else ~np.isfinite(raw)
+            if bad.any():
+                raise CheckpointError(
+                    f"{self.folder}: tensor {name} holds {int(bad.sum())} NaN/Inf values in rows "
+                    f"{lo}..{hi}; a model with non-finite weights cannot be cloned (restore a good checkpoint)")
+        return arr
+
     def float_dtypes(self) -> set:
         """The float dtypes the parameters are stored in (what verification's bound follows)."""
         return {self.dtype(n) for n in self.where if self.code(n) in FLOAT_CODES and not _ignorable(n)}

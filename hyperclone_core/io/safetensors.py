@@ -11,6 +11,7 @@ converted.  Never unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -149,6 +150,7 @@ class SafetensorsFile:
         self.size = size
         self.header, self.metadata = parse_header(raw, size - self.start, self.path)
         self._mmap = None
+        self._fd = None
 
     def keys(self):
         return list(self.header)
@@ -186,6 +188,44 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: tensor {_show(name)} is truncated")
         return out.reshape(info["shape"])
 
+    def raw_rows(self, name, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of a stored tensor (dim 0; BF16 as uint16 bits), into fresh
+        memory: a tensor's rows are contiguous, so streaming reads only what a row
+        block needs."""
+        info = self.header[name]
+        shape = info["shape"]
+        if not shape or not 0 <= lo <= hi <= shape[0]:
+            raise CheckpointError(f"{self.path}: tensor {_show(name)} has no rows {lo}..{hi} (shape {shape})")
+        dt = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+        row = math.prod(shape[1:]) * dt.itemsize
+        a = info["data_offsets"][0] + lo * row
+        out = np.empty((hi - lo, *shape[1:]), dtype=dt)
+        if self._fd is None:
+            with open_regular(self.path, "safetensors file") as f:
+                self._fd = os.dup(f.fileno())
+            if os.fstat(self._fd).st_size != self.size:
+                raise CheckpointError(f"{self.path}: changed size while being read; rerun when nothing writes it")
+        view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
+        done = 0
+        try:
+            while done < len(view):
+                n = os.preadv(self._fd, [view[done:]], self.start + a + done)
+                if n <= 0:
+                    raise CheckpointError(f"{self.path}: tensor {_show(name)} is truncated")
+                done += n
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: tensor {_show(name)} unreadable ({exc.strerror})") from None
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
 
 # ---------------------------------------------------------------- writing
 
@@ -203,6 +243,18 @@ def header_bytes(entries: list, metadata: Optional[dict]) -> tuple:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw, offset
+
+
+def _to_storage_chunked(arr: np.ndarray, code: str, chunk: int = 1 << 16) -> np.ndarray:
+    """``to_storage`` a cache-sized chunk at a time: bfloat16 rounding chains six
+    array ops, ~2 ns per element on chunks of 2^16 and ~10 on 2^24 (2-core VM)."""
+    if code != "BF16" or arr.size <= chunk:
+        return to_storage(arr, code)
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    out = np.empty(flat.size, np.uint16)
+    for a in range(0, flat.size, chunk):
+        out[a:a + chunk] = to_storage(flat[a:a + chunk], code)
+    return out.reshape(arr.shape)
 
 
 def _write_array(fh, data: np.ndarray) -> None:
@@ -238,6 +290,7 @@ class ShardedWriter:
         self.order = [e for _, s in self.plan for e in s]
         self.bytes_planned = sum(nbytes(s, c) for _, s, c in self.order)
         self._pos = 0
+        self._rows = 0  # rows of the current tensor written so far
         self._shard = -1
         self._fh = None
         self.total_bytes = 0
@@ -254,15 +307,33 @@ class ShardedWriter:
 
     def write(self, name: str, arr: np.ndarray) -> None:
         exp_name, shape, code = self.order[self._pos]
-        if name != exp_name or tuple(arr.shape) != shape:
+        if name != exp_name or tuple(arr.shape) != shape or self._rows:
             raise CheckpointError(f"writer expected {exp_name} {list(shape)}, got {name} {list(arr.shape)}")
-        if self._fh is None or self._left == 0:
+        self.write_rows(name, arr)
+
+    def write_rows(self, name: str, rows: np.ndarray, raw: bool = False) -> None:
+        """The next rows of tensor ``name`` (dim 0), in order; the tensor is complete
+        when all its rows are written.  ``raw``: ``rows`` already holds the stored
+        bits (bfloat16 as uint16), written as they are."""
+        exp_name, shape, code = self.order[self._pos]
+        lead = tuple(rows.shape[1:]) if shape else tuple(rows.shape)
+        fits = (lead == tuple(shape[1:]) and self._rows + rows.shape[0] <= shape[0]) if shape else lead == ()
+        if name != exp_name or not fits:
+            raise CheckpointError(f"writer expected {exp_name} {list(shape)} (rows from {self._rows}), got {name} "
+                                  f"{list(rows.shape)}")
+        if raw and rows.dtype != np.dtype(SAFETENSORS_DTYPES[code]):
+            raise CheckpointError(f"writer: raw rows of {name} must be {np.dtype(SAFETENSORS_DTYPES[code]).name} "
+                                  f"(the {code} storage), got {rows.dtype}")
+        if self._fh is None or (self._left == 0 and self._rows == 0):
             self._open_next()
-        data = to_storage(arr, code)
+        data = np.ascontiguousarray(rows) if raw else _to_storage_chunked(rows, code)
         _write_array(self._fh, data)
         self.total_bytes += data.nbytes
-        self._left -= 1
-        self._pos += 1
+        self._rows += rows.shape[0] if shape else 1
+        if not shape or self._rows == shape[0]:
+            self._rows = 0
+            self._left -= 1
+            self._pos += 1
 
     def close(self) -> None:
         if self._pos != len(self.order):
