@@ -334,10 +334,13 @@ def summarize(runs: dict, pretrain_steps: int, cost_ratio: float, sym, sym_kind,
 
 
 def fmt_x(s: dict) -> str:
-    """A speed-up as docs/recipe.md prints it (JSON holds no inf: ahead_at_start says it)."""
+    """A speed-up as docs/recipe.md prints it, with the step the twin's final loss was
+    reached (JSON holds no inf: ahead_at_start says it)."""
     if s.get("ahead_at_start") or (s["speedup"] is not None and math.isinf(s["speedup"])):
         return "ahead at step 0"
-    return "never" if s["speedup"] is None else f"{s['speedup']:.2f}x"
+    if s["speedup"] is None:
+        return "never"
+    return f"{s['speedup']:.2f}x" + (f" @{s['reached_at']:.0f}" if s.get("reached_at") else "")
 
 
 def finite(o):
@@ -404,12 +407,19 @@ LEVERS: dict = {
     "noisy3_x1": lambda b: dict(strategy="noisy:3", clone_lr_scale=1.0),
     "noisy0_w20_x0.25": lambda b: dict(strategy="noisy:0", clone_warmup_steps=20, clone_lr_scale=0.25),
     "noisy0_w0_src_end": lambda b: dict(strategy="noisy:0", **LEVERS["w0_src_end"](b)),
+    # round 3: random_split (the best of the screen) with more noise or sharper splits; the low-LR
+    # schedule without the fresh-Adam bump
+    "rs_n3": lambda b: dict(strategy="random_split:1+noise:3"),
+    "rs0.3_n10": lambda b: dict(strategy="random_split:0.3+noise:10"),
+    "rs_n0": lambda b: dict(strategy="random_split:1+noise:0"),
+    "w20_src_end": lambda b: dict(clone_warmup_steps=20, clone_lr_scale=b.pretrain_lr * b.min_lr_ratio / b.lr),
 }
 
 GRIDS: dict = {
     # name: (default scale, [(lever, corpus, seed), ...])
     "screen4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[:15]]),
-    "round2_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[15:]]),
+    "round2_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[15:20]]),
+    "round3_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[20:24]]),
     "base4x": ("4x", [("base", c, s) for c in CORPORA for s in (0, 1)]),
     "tiny": ("tiny", [("base", "embedded", 0), ("lr_x1", "embedded", 0), ("depth", "embedded", 0)]),
 }
