@@ -4,6 +4,8 @@ checkpoint-to-checkpoint bytes equal to numpy's, the forward in bfloat16."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from hyperclone_core.backend import execute, load_backend, run_program  # noqa: 
 from hyperclone_core.errors import ConfigError, HypercloneError  # noqa: E402
 from hyperclone_core.io import Checkpoint  # noqa: E402
 from hyperclone_core.plan import AddNoise  # noqa: E402
-from hyperclone_jax import ops  # noqa: E402
+from hyperclone_jax import ops, programs  # noqa: E402
 from hyperclone_jax.backend import backend  # noqa: E402
 
 from hyperclone_conformance._suite import noise_invariants, split_at_noise  # noqa: E402
@@ -50,18 +52,18 @@ def test_every_layer_runs_one_executable_per_program_structure():
     """Maps, coefficients and seeds are traced arguments: a 6-layer model's noisy plan
     needs no more executables than a 2-layer one's, each compiled for one shape only
     (the tensors of a kind differ only in their noise seed)."""
-    ops.compiled.cache_clear()
+    programs.compiled.cache_clear()
     p2, w2 = _plan("llama", "noisy:10", width=2)
     execute(backend, p2, w2)
-    two = ops.compiled.cache_info().currsize
+    two = programs.compiled.cache_info().currsize
     deep = dict(testing.CASES["llama"], num_hidden_layers=6)
     fam = family_for_config(deep)
     p6 = plan(fam, deep, Growth.of(fam.read(deep), width=2), "noisy:10", seed=3)
     execute(backend, p6, testing.random_weights(deep, seed=2))
-    assert ops.compiled.cache_info().currsize == two, "deeper layers compiled new programs"
+    assert programs.compiled.cache_info().currsize == two, "deeper layers compiled new programs"
     assert two <= len({tp.kind for tp in p6.tensors})
     for tp in p6.tensors:
-        assert ops.compiled(ops.structure(tp, p6.arrays)[0])._cache_size() == 1, f"{tp.name}: compiled twice"
+        assert programs.compiled(programs.structure(tp, p6.arrays)[0])._cache_size() == 1, f"{tp.name}: compiled twice"
 
 
 def test_noise_keeps_every_bit_of_the_seed_and_its_invariants():
@@ -83,6 +85,30 @@ def test_noise_keeps_every_bit_of_the_seed_and_its_invariants():
                                         p.arrays, w[tp.source])
     for got in (a, high):
         assert not noise_invariants(tp.name, noiseless, got, op, p.arrays[op.groups])
+
+
+@pytest.mark.parametrize("case,growth", [("llama", dict(width=2)), ("gpt_neox", dict(width=2, ffn=1.5))])
+def test_noisy_programs_do_not_depend_on_the_block_size(monkeypatch, case, growth):
+    """A noisy program runs block by block (``blocks``): the draws are made at global
+    coordinates and the SNR from the whole tensor's powers, so many small blocks give
+    the values one block gives, and the invariants hold."""
+    from hyperclone_jax import blocks
+
+    p, w = _plan(case, "noisy:10", **growth)
+    noisy = [tp for tp in p.tensors if any(isinstance(o, AddNoise) for o in tp.ops) and blocks.blockable(tp.ops)]
+    assert noisy, "no blockable noisy program in the plan"
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 1 << 30)
+    whole = execute(backend, p, w)
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 96)  # many blocks, not dividing the rows evenly
+    small = execute(backend, p, w)
+    for tp in noisy:
+        a, b = whole[tp.name], small[tp.name]
+        assert math.prod(tp.shape) > 3 * 96, f"{tp.name} fits one block: the test would not split it"
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * float(np.abs(a).max()), err_msg=tp.name)
+        before, op, _ = split_at_noise(tp)
+        noiseless = reference.expand_tensor(type(tp)(tp.name, tp.source, tp.kind, tp.source_shape, tp.shape, before),
+                                            p.arrays, w[tp.source])
+        assert not noise_invariants(tp.name, noiseless, b, op, p.arrays[op.groups])
 
 
 def test_generic_path_noise_matches_the_fused_law():

@@ -15,7 +15,7 @@ from hyperclone_core.families import family_for_config
 from hyperclone_core.structure import init_rule, slots
 
 from . import distributed as D
-from . import ops
+from . import ops, programs
 
 
 class JaxBackend:
@@ -64,7 +64,7 @@ class JaxBackend:
         return None if self.mesh is None else D.sharding_for(kind, shape, self.mesh, self.rules)
 
     def run_whole_program(self, tp, arrays, x, device, cache):
-        return ops.run_whole_program(tp, arrays, x, device, cache, self.target(tp.kind, tuple(tp.shape)),
+        return programs.run_whole_program(tp, arrays, x, device, cache, self.target(tp.kind, tuple(tp.shape)),
                                      lambda a: self.asarray(a, device))
 
     # ---------------------------------------------------------------- model

@@ -23,10 +23,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from hyperclone_core.backend import run_program
 from hyperclone_core.expand import make_plan
 from hyperclone_core.io import Checkpoint
-from hyperclone_core.plan import Reshape, Take
 from hyperclone_core.structure import slots
 from hyperclone_core.validate import read_model
 
+from . import blocks
 from . import distributed as D
 from .backend import JaxBackend
 from .io import read_tensor, save_checkpoint
@@ -109,16 +109,9 @@ def _return_freed_memory() -> None:
 
 
 def source_spec(tp, target: PartitionSpec) -> PartitionSpec:
-    """Where a program's source goes: the destination's mesh axes on the dims the program
-    leaves alone, whole along the dims it gathers.  Every device then computes its
-    shard of the grown tensor from what it holds (no all-gather of the source), and
-    receives only the part of the source it needs."""
-    if any(isinstance(op, Reshape) for op in tp.ops):
-        return PartitionSpec()
-    gathered = {op.axis for op in tp.ops if isinstance(op, Take)}
-    dims = tuple(target) + (None,) * (len(tp.shape) - len(target))
-    return PartitionSpec(*[None if d in gathered or tp.source_shape[d] != tp.shape[d] else dims[d]
-                           for d in range(len(tp.shape))])
+    """Where ``tp``'s source goes (``blocks.source_spec``): every device then computes its
+    shard of the grown tensor from what it holds, with no all-gather of the source."""
+    return blocks.source_spec(tp.ops, tp.source_shape, tp.shape, target)
 
 
 __all__ = ["expand_params", "load_pretrained", "save_pretrained", "source_spec"]
