@@ -26,6 +26,7 @@ from .backend import load_backend, run_program
 from .errors import CheckpointError, HypercloneError, OutputError, PlanError, UsageError, VerificationError
 from .io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, write_json
 from .io.safetensors import code_of, nbytes
+from .lazyweights import checkpoint_weights
 from .plan import Growth, Plan, plan
 from .spec import tensor_names
 from .progress import Progress
@@ -249,7 +250,12 @@ def verify_checkpoints(src, dst, backend: str = "numpy", batch: int = 2, seq: in
     """Max abs and relative logit difference between two checkpoints on random tokens,
     with the backend's decoder (the numpy oracle in float64 for ``numpy``), and whether
     it ``passed``: finite, and relative <= ``tolerance`` (default: the bound of the
-    coarsest float dtype either checkpoint stores).  Every value is JSON-safe."""
+    coarsest float dtype either checkpoint stores).  Every value is JSON-safe.
+
+    A backend whose forward takes lazy weights (numpy's) streams: each model runs
+    layer by layer with only the tensor at hand read (big matrices in row blocks,
+    ``lazyweights``), so a clone bigger than memory is verified in a few GiB; other
+    backends get the whole model."""
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
         raise UsageError(f"--tolerance {tolerance!r}: must be a finite number >= 0")
     bk = _backend(backend, None)
@@ -262,7 +268,10 @@ def verify_checkpoints(src, dst, backend: str = "numpy", batch: int = 2, seq: in
         ck.validate(family, cfg)
         dtypes |= ck.float_dtypes()
         names = tensor_names(family, cfg)
-        weights = {n: ck.read(n) for n in ck.names() if n in names}
+        if getattr(bk, "lazy_weights", False):
+            weights = checkpoint_weights(ck, names)
+        else:
+            weights = {n: ck.read(n) for n in ck.names() if n in names}
         tokens = random_tokens(cfg.vocab, batch, min(seq, cfg.positions), seed)
         with np.errstate(all="ignore"):  # overflow shows up as non-finite logits, reported below
             out.append(np.asarray(bk.forward(family, cfg, weights, tokens), dtype=np.float64))

@@ -1,6 +1,7 @@
 """The numpy reference backend: expand + forward, the oracle every backend is held to.
 
-Its forward is ``hyperclone_core.decoder`` run by numpy (``NumpyOps``)."""
+Its forward is ``hyperclone_core.decoder`` run by numpy (``lazyweights``: ``NumpyOps`` whose
+linear and embed also take a big matrix in row blocks)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ import math
 
 import numpy as np
 
-from . import decoder, io
+from . import io, lazyweights
 from .dtypes import cast_numpy
 from .growth import block_copies, split_takes, uniform_layout
 from .noise import gaussian, helmert, mean_square, noise_factor, zero_sum_noise
-from .structure import Params
-
-OPS = decoder.NumpyOps()
 
 
 class NumpyBackend:
     name = "numpy"
+    lazy_weights = True  # forward takes lazyweights.StoredTensor handles (verification streams)
     capabilities = frozenset({"expand", "forward"})
     # bfloat16 checkpoints load as float32 values (numpy has no bfloat16); they save
     # back exactly only through save_checkpoint(..., dtype) of the core's io
@@ -147,13 +146,17 @@ class NumpyBackend:
 
     # model
     def forward(self, family, cfg, weights, tokens, dtype="float64"):
-        """The oracle; ``dtype="bfloat16"`` rounds the weights to bfloat16 and computes in float32."""
-        if dtype == "bfloat16":
-            weights = {k: cast_numpy(np.asarray(v, np.float32), "bfloat16") for k, v in weights.items()}
-            dtype = "float32"
-        dt = np.dtype(dtype)
-        params = Params(family, cfg, weights, convert=lambda w: np.asarray(w).astype(dt))
-        return decoder.forward(cfg, params, np.asarray(tokens), OPS)
+        """The oracle; ``dtype="bfloat16"`` rounds the weights to bfloat16 and computes in float32.
+        A weight may be a ``lazyweights.StoredTensor``: it is read when a layer needs it
+        (big matrices a block of rows at a time), so a model bigger than memory runs."""
+        bf16 = dtype == "bfloat16"
+        dt = np.dtype("float32" if bf16 else dtype)
+
+        def convert(w):
+            w = cast_numpy(np.asarray(w, np.float32), "bfloat16") if bf16 else w
+            return np.asarray(w).astype(dt)
+
+        return lazyweights.forward(family, cfg, weights, tokens, convert, dt.itemsize)
 
     # checkpoints
     def save_checkpoint(self, folder, hf_config, weights):
