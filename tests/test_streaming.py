@@ -91,6 +91,33 @@ def test_noisy_blocks_are_seeded_per_block_and_reproducible():
     assert not np.array_equal(a, c), "blocks draw their own noise (so the block size is part of the result)"
 
 
+@pytest.mark.parametrize("keep", [0, 700, 1 << 30])
+def test_kept_first_pass_blocks_change_nothing_and_spare_the_second_read(keep, monkeypatch):
+    """Noisy programs reuse the first pass's blocks up to KEEP_BYTES: the result is the
+    one recomputing gives, and only the blocks past the budget are read twice."""
+    p, w = _plan("llama", "noisy:10")
+    tp = next(t for t in p.tensors if _noise_op(t) is not None and t.name.endswith("q_proj.weight"))
+    src = w[tp.source]
+    monkeypatch.setattr(rowblocks, "KEEP_BYTES", 0)
+    rp, want = _streamed(NUMPY, tp, p.arrays, src, 200)
+    monkeypatch.setattr(rowblocks, "KEEP_BYTES", keep)
+    reads = []
+
+    def read(lo, hi):
+        reads.append((lo, hi))
+        return src[lo:hi].copy()
+
+    got = np.concatenate([NUMPY.to_numpy(y) for _, y in rowblocks.run_rows(NUMPY, rp, p.arrays, read)])
+    assert np.array_equal(got, want)
+    held, kept = 0, 0
+    for b in rp.blocks:  # the budget is filled in block order, float32 blocks of the destination's width
+        size = (b.rows[1] - b.rows[0]) * math.prod(tp.shape[1:]) * 4
+        if held + size <= keep:
+            held, kept = held + size, kept + 1
+    assert len(rp.blocks) > 1 and len(reads) == 2 * len(rp.blocks) - kept
+    assert (0 < kept < len(rp.blocks)) == (keep == 700)
+
+
 def test_row_program_declines_what_it_cannot_split():
     p, _ = _plan("llama", "noisy:10")
     one_block = next(t for t in p.tensors if math.prod(t.shape) > 8)
