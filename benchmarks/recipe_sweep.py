@@ -8,8 +8,8 @@ source (safetensors + curve), the random twin's curve and the small model's curv
 So a lever on the clone's training reruns only the clone::
 
     python benchmarks/recipe_sweep.py --grid screen4x --out recipe-out
-    python benchmarks/recipe_sweep.py --grid confirm4x --out recipe-out --only base,after
-    python benchmarks/recipe_sweep.py --grid confirm4x --scale 16x --device cuda --threads 0
+    python benchmarks/recipe_sweep.py --grid base4x --out recipe-out --corpus shakespeare
+    python benchmarks/recipe_sweep.py --grid base4x --scale 16x --device cuda --threads 0
 
 ``--list`` shows the points and which of their runs are cached. The numbers and the
 grids are in docs/recipe.md ("Scaling the recipe").
@@ -413,6 +413,10 @@ LEVERS: dict = {
     "rs0.3_n10": lambda b: dict(strategy="random_split:0.3+noise:10"),
     "rs_n0": lambda b: dict(strategy="random_split:1+noise:0"),
     "w20_src_end": lambda b: dict(clone_warmup_steps=20, clone_lr_scale=b.pretrain_lr * b.min_lr_ratio / b.lr),
+    # round 4: a long warmup, so the clone's LR rises slowly from where the source ended (the dip
+    # is the re-warm), to the demo's peak later; alone and with random_split's symmetry breaking
+    "w200": lambda b: dict(clone_warmup_steps=b.steps // 4),
+    "w200_rs": lambda b: dict(clone_warmup_steps=b.steps // 4, strategy="random_split:1+noise:10"),
 }
 
 GRIDS: dict = {
@@ -420,6 +424,7 @@ GRIDS: dict = {
     "screen4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[:15]]),
     "round2_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[15:20]]),
     "round3_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[20:24]]),
+    "round4_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[24:26]]),
     "base4x": ("4x", [("base", c, s) for c in CORPORA for s in (0, 1)]),
     "tiny": ("tiny", [("base", "embedded", 0), ("lr_x1", "embedded", 0), ("depth", "embedded", 0)]),
 }
