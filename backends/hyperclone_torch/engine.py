@@ -74,7 +74,12 @@ def auto_threads(n_params: int) -> int:
     return 1 if n_params < THREADS_CROSSOVER else max(torch.get_num_threads(), 1)
 
 
-THREADS_CROSSOVER = 20_000_000
+THREADS_CROSSOVER = 30_000_000
+"""Below this, one thread.  benchmarks/threads.py on the 2-core VM (2026-11-27, two
+other jobs busy, so 'quiet' was ~1 core free): 2 threads were slower at every size,
+25.6M params included -- 2086 vs 3568 ms/step quiet (1.71x), 6573 vs 17148 busy
+(2.61x); 3.3M: 627 vs 6333 quiet.  No crossover up to 25.6M (it was 20M, provisional);
+the size past which 2 threads win on a truly idle machine was not measured."""
 
 
 def apply_threads(config: TrainConfig, n_params: int) -> None:
