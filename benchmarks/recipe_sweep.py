@@ -417,6 +417,8 @@ LEVERS: dict = {
     # is the re-warm), to the demo's peak later; alone and with random_split's symmetry breaking
     "w200": lambda b: dict(clone_warmup_steps=b.steps // 4),
     "w200_rs": lambda b: dict(clone_warmup_steps=b.steps // 4, strategy="random_split:1+noise:10"),
+    # round 5: the fastest lever that keeps the margin near 0 (w0_x0.25) with random_split's margin
+    "w0_x0.25_rs": lambda b: dict(clone_warmup_steps=0, clone_lr_scale=0.25, strategy="random_split:1+noise:10"),
 }
 
 GRIDS: dict = {
@@ -425,6 +427,7 @@ GRIDS: dict = {
     "round2_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[15:20]]),
     "round3_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[20:24]]),
     "round4_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[24:26]]),
+    "round5_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[26:27]]),
     "base4x": ("4x", [("base", c, s) for c in CORPORA for s in (0, 1)]),
     "tiny": ("tiny", [("base", "embedded", 0), ("lr_x1", "embedded", 0), ("depth", "embedded", 0)]),
 }
