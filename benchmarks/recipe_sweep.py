@@ -428,6 +428,7 @@ GRIDS: dict = {
     "round3_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[20:24]]),
     "round4_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[24:26]]),
     "round5_4x": ("4x", [(lever, "shakespeare", 0) for lever in list(LEVERS)[26:27]]),
+    "confirm_rs4x": ("4x", [("w0_x0.25_rs", "shakespeare", 1), ("w0_x0.25_rs", "embedded", 0)]),
     "base4x": ("4x", [("base", c, s) for c in CORPORA for s in (0, 1)]),
     "tiny": ("tiny", [("base", "embedded", 0), ("lr_x1", "embedded", 0), ("depth", "embedded", 0)]),
 }
