@@ -17,7 +17,11 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .errors import UsageError
+from .errors import CheckpointError, UsageError
+from .io.paths import read_small
+
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe is a page of TOML; anything bigger is not one."""
 
 CONFIG_HELP = ("a TOML recipe holding any of these options (keys as the long option names, e.g. "
                "ffn_size = 4096); flags on the command line override it; default: none")
@@ -40,14 +44,12 @@ def read(path) -> dict:
     """The table in the TOML file ``path``; one-line errors naming the file."""
     loader = _toml_loader()
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"--config {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"--config {path}: a folder, not a TOML file") from None
-    except OSError as exc:
-        raise UsageError(f"--config {path}: unreadable ({exc.strerror})") from None
+    try:  # the checkpoint reader's guard: a regular file only (a FIFO would block for ever), bounded
+        raw = read_small(path, "recipe file", MAX_RECIPE_BYTES)
+    except CheckpointError as exc:
+        if not os.path.lexists(path):
+            raise UsageError(f"--config {path}: no such file") from None
+        raise UsageError(f"--config: {exc}") from None
     try:
         return loader.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -5,6 +5,7 @@ noise, the same noise for the same seed."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import pytest
@@ -95,6 +96,22 @@ def test_missing_recipe_and_missing_positionals(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["expand", "only-src"]) == 2
     assert "needs DST" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("kind", ["fifo", "folder", "huge"])
+def test_a_recipe_that_is_not_a_small_plain_file_is_refused_at_once(tmp_path, capsys, kind):
+    """A FIFO would block a plain read for ever (the checkpoint reader's guard applies)."""
+    path = tmp_path / "r.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.write_text("# " + "x" * (recipe.MAX_RECIPE_BYTES + 1) + "\n")
+    assert main(["expand", "--config", str(path), "a", "b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "r.toml" in err and "--config" in err, err
 
 
 def test_plan_previews_an_expand_recipe(tmp_path, case_dir, capsys):
