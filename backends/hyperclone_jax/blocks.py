@@ -35,10 +35,10 @@ import numpy as np
 from jax.extend.random import threefry2x32_p
 from jax.sharding import PartitionSpec
 
-from hyperclone_core.noise import noise_factor
+from hyperclone_core.noise import helmert, noise_factor
 from hyperclone_core.plan import AddNoise, Cast, Offset, Reshape, Scale, Take
 
-from .ops import add_scaled, cast, helmert, jax_dtype, scale
+from .ops import add_scaled, cast, jax_dtype, scale
 
 BLOCK_ELEMENTS = 1 << 16
 """Elements of one block per device (256 KiB of float32): XLA's working set per

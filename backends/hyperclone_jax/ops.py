@@ -18,7 +18,7 @@ import numpy as np
 
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.growth import uniform_layout
-from hyperclone_core.noise import noise_factor, seed_words
+from hyperclone_core.noise import helmert, noise_factor, seed_words
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
 PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}
@@ -121,16 +121,6 @@ def gaussian_zero_sum(shape, axis: int, groups, key, count: int, layout: Optiona
     return project_zero_sum(jax.random.normal(key, tuple(shape), jnp.float32), axis, groups, count, layout)
 
 
-def helmert(k: int) -> np.ndarray:
-    """(k-1, k) orthonormal rows spanning the vectors that sum to zero."""
-    h = np.zeros((k - 1, k))
-    for r in range(1, k):
-        h[r - 1, :r] = 1.0
-        h[r - 1, r] = -r
-        h[r - 1] /= np.sqrt(r * (r + 1))
-    return h
-
-
 def add_noise(x, axis: int, groups, snr_db: float, key, count: int, layout: Optional[tuple]):
     """The whole AddNoise op on the device: zero-sum noise scaled to ``snr_db`` below
     x's power (``noise.noise_factor``'s formula; no noise when either power is 0).
@@ -180,6 +170,6 @@ def add_scaled(x, noise, factor: float):
     return (x.astype(jnp.float32) + noise * factor).astype(x.dtype)
 
 
-__all__ = ["DTYPES", "QUICK_BELOW", "QUICK_COMPILE", "add_noise", "add_scaled", "asarray", "cast", "device_of", "helmert",
+__all__ = ["DTYPES", "QUICK_BELOW", "QUICK_COMPILE", "add_noise", "add_scaled", "asarray", "cast", "device_of",
            "host_layout", "jax_dtype", "mean_square", "project_zero_sum", "reshape", "rng_key", "scale", "take", "to_numpy",
            "zero_sum_noise"]

@@ -15,7 +15,6 @@ CPU stream: Metal has no float64.
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 from typing import Optional
 
@@ -23,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from hyperclone_core.growth import copy_ids, slice_copies, uniform_layout
-from hyperclone_core.noise import derive_seed, noise_factor, seed_words
+from hyperclone_core.noise import derive_seed, helmert, noise_factor, seed_words
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16, "float64": mx.float64}
 _NUMPY = {np.dtype(np.float32): mx.float32, np.dtype(np.float16): mx.float16, np.dtype(np.float64): mx.float64}
@@ -239,16 +238,6 @@ KEEP_ELEMS = 1 << 24
 passes instead of redrawing (MLX's CPU normal sampler is the slow part)."""
 
 
-def _helmert(k: int) -> np.ndarray:
-    """(k-1, k) orthonormal rows spanning the zero-sum subspace."""
-    h = np.zeros((k - 1, k))
-    for r in range(1, k):
-        h[r - 1, :r] = 1.0
-        h[r - 1, r] = -r
-        h[r - 1] /= math.sqrt(r * (r + 1))
-    return h
-
-
 def add_zero_sum_noise(x: mx.array, axis: int, groups: mx.array, snr_db: float, seed: int,
                        n_groups: Optional[int] = None) -> Optional[mx.array]:
     """The whole AddNoise op for k uniform copies, in blocks along an axis other than
@@ -291,7 +280,7 @@ def add_zero_sum_noise(x: mx.array, axis: int, groups: mx.array, snr_db: float, 
     if factor == 0.0:
         return x
     copy_axis = axis if layout == "tile" else axis + 1
-    coeffs = factor * _helmert(k)  # (k-1, k), host scalars
+    coeffs = factor * helmert(k)  # (k-1, k), host scalars
     out = mx.zeros(shape, dtype=x.dtype, stream=st)
     for n, b in enumerate(blocks):
         xb = x[view(b)]

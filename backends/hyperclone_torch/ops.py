@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hyperclone_core.growth import block_copies, slice_copies, split_takes, uniform_layout
-from hyperclone_core.noise import noise_factor
+from hyperclone_core.noise import helmert, noise_factor
 
 _SCOPE: dict = {"active": False, "owned": {}, "out": None}
 
@@ -264,16 +264,6 @@ def gaussian(shape, seed: int, device) -> torch.Tensor:
     return out
 
 
-def _helmert(k: int) -> torch.Tensor:
-    """(k-1, k) orthonormal rows spanning the zero-sum subspace."""
-    h = torch.zeros(k - 1, k, dtype=torch.float64)
-    for r in range(1, k):
-        h[r - 1, :r] = 1.0
-        h[r - 1, r] = -r
-        h[r - 1] /= math.sqrt(r * (r + 1))
-    return h
-
-
 def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torch.Tensor,
                    n_groups: Optional[int] = None) -> torch.Tensor:
     """Gaussian noise (float32, seeded torch.Generator on ``like``'s device),
@@ -287,7 +277,7 @@ def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torc
         m, k, layout = uniform
         inner = shape[:axis] + (m,) + shape[axis + 1:]
         u = gaussian((k - 1,) + inner, seed, device)
-        h = _helmert(k)  # stays on the host: its entries are scalars
+        h = torch.from_numpy(helmert(k))  # stays on the host: its entries are scalars
         out = torch.empty(shape, device=device, dtype=torch.float32)
         split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
         view = out.view(split)
@@ -327,7 +317,7 @@ def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db:
     factor = noise_factor(mean_square(x), mean_square(u) * u.numel() / x.numel(), snr_db)
     if factor == 0.0:
         return x
-    h = _helmert(k)
+    h = torch.from_numpy(helmert(k))
     split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
     view = x.view(split)
     for c in range(k):
