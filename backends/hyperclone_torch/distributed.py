@@ -81,7 +81,11 @@ class Parallel:
         return contextlib.nullcontext()
 
     def close(self) -> None:
+        """Every rank reaches here before any tears the group down: a rank that destroyed
+        it while another still wrote its results aborted in gloo's threads (SIGABRT,
+        "terminate called without an active exception", ~1 run in 4 here)."""
         if self.owns_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
