@@ -34,13 +34,13 @@ BUSY = "import numpy as np\na = np.random.rand(300, 300)\nwhile True:\n    a = a
 def measure(size: str, threads: int, steps: int, repeats: int) -> tuple:
     import torch
 
-    from hyperclone_core.demo.race import llama_config
+    from hyperclone_core.demo.race import llama_config, random_weights
     from hyperclone_core.train import TrainConfig, optimizer_for
     from hyperclone_torch import backend
 
     hidden, layers, heads, ffn, seq, batch = SIZES[size]
     cfg = llama_config(hidden, layers, heads, ffn, 256, seq)
-    w = backend.random_weights(cfg, seed=0)
+    w = random_weights(cfg, seed=0)
     tc = TrainConfig(steps=steps, batch_size=batch, seq_len=seq, device="cpu", threads=threads, eval_every=0)
     eng = backend.engine(cfg, w, tc, optimizer_for(tc, {n: a.shape for n, a in w.items()}))
     assert torch.get_num_threads() == threads

@@ -85,12 +85,13 @@ def time_bare(size: str, steps: int) -> float:
 
 
 def time_ours(size: str, steps: int, threads: int) -> float:
+    from hyperclone_core.demo.race import random_weights
     from hyperclone_core.train import TrainConfig, optimizer_for, train
     from hyperclone_torch import backend
 
     cfg = _config(size)
     *_, vocab, seq, batch = SIZES[size]
-    w = backend.random_weights(cfg, seed=0)
+    w = random_weights(cfg, seed=0)
     tc = TrainConfig(steps=steps + 2, batch_size=batch, seq_len=seq, lr=1e-4, warmup_steps=0, eval_every=0,
                      device="cpu", threads=threads, grad_clip=1.0, weight_decay=0.1)
     eng = backend.engine(cfg, w, tc, optimizer_for(tc, {n: a.shape for n, a in w.items()}))

@@ -107,6 +107,7 @@ def measure_mlx(preset: str, args) -> dict:
     """The same run through the engine of ``args.backend``: MLX (Metal on Apple silicon,
     the CPU elsewhere) or JAX (its default device)."""
     from hyperclone_core.backend import load_backend
+    from hyperclone_core.demo.race import random_weights
     from hyperclone_core.train import TrainConfig, optimizer_for, train
 
     bk = load_backend(args.backend)
@@ -114,7 +115,7 @@ def measure_mlx(preset: str, args) -> dict:
     p["batch_size"] = args.batch_size or p["batch_size"]
     p["seq_len"] = args.seq_len or p["seq_len"]
     cfg = llama_config(p)
-    weights = bk.random_weights(cfg, seed=0)
+    weights = random_weights(cfg, seed=0)
     tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], 200_000)
     tc = TrainConfig(steps=args.warmup + args.steps, batch_size=p["batch_size"], seq_len=p["seq_len"],
                      grad_accum=args.grad_accum, lr=1e-4, warmup_steps=0, eval_every=0, dtype=args.dtype, grad_clip=1.0)

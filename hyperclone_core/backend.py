@@ -89,8 +89,9 @@ class TrainBackend(Backend, Protocol):
     """Capability ``train``: an engine for the core trainer (``hyperclone_core.train``).
 
     ``engine(hf_config, weights, config, optimizer)`` -> ``hyperclone_core.train.Engine``
-    over numpy ``weights`` by checkpoint name; ``random_weights(hf_config, seed)``
-    fresh weights by ``structure.init_rule`` from the backend's own RNG.  Capability
+    over numpy ``weights`` by checkpoint name (fresh weights for training from
+    scratch come from the core, ``structure.init_weights``, the same on every
+    backend).  Capability
     ``distributed`` adds ``launch_command(world, module_args)`` (see
     ``hyperclone_core.train.engine``)."""
 

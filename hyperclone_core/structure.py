@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from .errors import CheckpointError, ConfigError
+from .initstream import InitStream
 from .spec import DecoderConfig, Family, Role, expand_pattern
 
 
@@ -71,7 +72,7 @@ def is_norm(kind: str) -> bool:
 def init_rule(kind: str, cfg: DecoderConfig, std: float = 0.02) -> tuple:
     """How a tensor of ``kind`` starts when training from scratch: ``("normal", std)``
     for matrices, ``("const", v)`` for biases (0) and norm gains (1, or 0 under
-    Gemma's (1 + w)).  Each backend draws with its own RNG."""
+    Gemma's (1 + w))."""
     if kind.endswith(".bias"):
         return ("const", 0.0)
     if is_norm(kind):
@@ -81,14 +82,17 @@ def init_rule(kind: str, cfg: DecoderConfig, std: float = 0.02) -> tuple:
 
 def init_weights(family: Family, cfg: DecoderConfig, seed: int = 0, std: float = 0.02,
                  dtype=np.float32) -> dict:
-    """Fresh weights by ``init_rule`` drawn from numpy (the neutral init, for
-    backends without an RNG of their own)."""
-    rng = np.random.default_rng(seed)
+    """Fresh weights by ``init_rule``, as numpy, the same on every backend: the
+    matrices are drawn in checkpoint order from one ``initstream.InitStream(seed)``,
+    which reproduces torch's CPU generator (so they equal what
+    ``torch.Generator("cpu").manual_seed(seed)`` and ``normal_`` give, to float32
+    rounding)."""
+    stream = InitStream(seed)
     out = {}
     for name, s in slots(family, cfg).items():
         rule, value = init_rule(s.kind, cfg, std)
-        out[name] = (rng.standard_normal(s.shape) * value if rule == "normal"
-                     else np.full(s.shape, value)).astype(dtype)
+        w = stream.normal(s.shape, value) if rule == "normal" else np.full(s.shape, value, np.float32)
+        out[name] = w if np.dtype(dtype) == np.float32 else w.astype(dtype)
     return out
 
 

@@ -8,11 +8,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hyperclone_core.families import family_for_config
-from hyperclone_core.structure import init_rule, slots
 
 from . import distributed as D
 from . import ops, programs
@@ -80,25 +77,6 @@ class JaxBackend:
         from .engine import JaxEngine
 
         return JaxEngine(hf_config, weights, config, optimizer, rules=self.rules)
-
-    def random_weights(self, hf_config, seed: int = 0, std: float = 0.02) -> dict:
-        """Fresh weights by the core's init rule, as numpy: the matrices are consecutive
-        slices of one jax.random stream keyed by all bits of ``seed`` (one draw, one
-        compile per model size)."""
-        family = family_for_config(hf_config)
-        cfg = family.read(hf_config)
-        rules = {n: (s.shape, *init_rule(s.kind, cfg, std)) for n, s in slots(family, cfg).items()}
-        total = sum(int(np.prod(shape)) for shape, rule, _ in rules.values() if rule == "normal")
-        stream = np.asarray(jax.random.normal(ops.rng_key(seed), (total,), jnp.float32))
-        out, at = {}, 0
-        for name, (shape, rule, value) in rules.items():
-            if rule == "normal":
-                size = int(np.prod(shape))
-                out[name] = (stream[at:at + size].reshape(shape) * np.float32(value)).astype(np.float32)
-                at += size
-            else:
-                out[name] = np.full(shape, value, np.float32)
-        return out
 
     def launch_command(self, world, module_args):
         from .engine import launch_command

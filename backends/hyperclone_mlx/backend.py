@@ -53,15 +53,6 @@ class MlxBackend:
 
         return MlxEngine(hf_config, weights, config, optimizer)
 
-    def random_weights(self, hf_config, seed: int = 0, std: float = 0.02) -> dict:
-        """Fresh weights by the core's init rule from MLX's PRNG, as numpy."""
-        from hyperclone_core import family_for_config
-
-        from .model import random_weights
-
-        family = family_for_config(hf_config)
-        return {n: np.array(a) for n, a in random_weights(family, family.read(hf_config), seed, std).items()}
-
     def launch_command(self, world, module_args):
         from .distributed import launch_command
 

@@ -19,9 +19,9 @@ from hyperclone_core import decoder
 from hyperclone_core.decoder import ArrayOps
 from hyperclone_core.families import FAMILIES
 from hyperclone_core.spec import DecoderConfig, Family
-from hyperclone_core.structure import Params, init_rule, slots
+from hyperclone_core.structure import Params, slots
 
-from .ops import key, mx_dtype
+from .ops import mx_dtype
 
 
 class MlxOps(ArrayOps):
@@ -151,18 +151,4 @@ def forward(family: Family, cfg: DecoderConfig, weights: Mapping[str, np.ndarray
     return np.array(out.astype(mx.float32))
 
 
-def random_weights(family: Family, cfg: DecoderConfig, seed: int = 0, std: float = 0.02) -> dict:
-    """Fresh weights by the core's ``init_rule`` from MLX's PRNG (one key per tensor,
-    split from the 63-bit ``seed``), as float32 mlx arrays by checkpoint name."""
-    table = slots(family, cfg)
-    keys = mx.random.split(key(seed), max(len(table), 1))
-    out = {}
-    for k, (name, s) in zip(keys, table.items()):
-        rule, value = init_rule(s.kind, cfg, std)
-        out[name] = mx.random.normal(s.shape, dtype=mx.float32, key=k) * value if rule == "normal" \
-            else mx.full(s.shape, value, dtype=mx.float32)
-    mx.eval(out)
-    return out
-
-
-__all__ = ["MlxOps", "compiled_logits", "forward", "logits", "loss", "mlx_ops", "ops_for", "random_weights"]
+__all__ = ["MlxOps", "compiled_logits", "forward", "logits", "loss", "mlx_ops", "ops_for"]

@@ -82,12 +82,6 @@ class TorchBackend:
         model = Decoder.from_weights(hf_config, weights, dtype=torch.float32)
         return TorchEngine(model, config, optimizer)
 
-    def random_weights(self, hf_config, seed: int = 0, std: float = 0.02) -> dict:
-        """Fresh weights by the core's init rule from a seeded torch.Generator, as numpy."""
-        from .model import Decoder
-
-        return {n: t.numpy() for n, t in Decoder.random(hf_config, seed=seed, std=std).state_dict().items()}
-
     def launch_command(self, world, module_args):
         from .engine import launch_command
 

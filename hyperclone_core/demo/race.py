@@ -111,10 +111,9 @@ def seconds_of(result) -> float:
     return float(vals[-1]) if vals else 0.0
 
 
-def random_weights(bk, hf_config: dict, seed: int) -> dict:
-    """Fresh weights from the backend's own RNG when it has one, else the core's."""
-    if hasattr(bk, "random_weights"):
-        return bk.random_weights(hf_config, seed=seed)
+def random_weights(hf_config: dict, seed: int) -> dict:
+    """Fresh weights from the core's neutral stream: every backend races from the same
+    start, so two backends' tables differ only by their engines' arithmetic."""
     fam = family_for_config(hf_config)
     return init_weights(fam, fam.read(hf_config), seed=seed)
 
@@ -166,7 +165,7 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
 
     bar = Progress(st.pretrain_steps + 3 * st.steps, "demo", "step", enabled=progress)
     hf_small = st.small_config(vocab)
-    small = random_weights(bk, hf_small, st.seed)
+    small = random_weights(hf_small, st.seed)
     n_small = sum(int(np.prod(np.shape(w))) for w in small.values())
     log(f"small model: hidden {st.hidden}, {st.layers} layers, {n_small:,} parameters; "
         f"pretraining {st.pretrain_steps} steps at lr {st.pretrain_lr:g}")
@@ -191,7 +190,7 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
         f"verified preservation error (max |dlogits| / max |logits|) {err:.2e}")
 
     hf_clone = dict(p.config)
-    twin = random_weights(bk, hf_clone, st.seed + 2)
+    twin = random_weights(hf_clone, st.seed + 2)
     runs = {}
     for name, hf, w, lr, clone_lr, pl in (
         ("clone", hf_clone, clone, st.lr * st.clone_lr_scale, st.clone_lr, p),
