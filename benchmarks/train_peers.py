@@ -8,7 +8,9 @@ thread count and optimizer settings (fp32, AdamW, clip 1.0):
   trainer's overhead is ``bare / ours - 1``.
 
 Runs alternate (a, b, c, a, b, c, ...) so drift on a shared machine hits all three;
-each figure is the best of ``--repeats`` timings of ``--steps`` steps after warmup::
+each figure is the median seconds per step over ``--repeats`` runs of ``--steps``
+steps after warmup (a median of single steps: one slow burst on this VM moves a mean
+of 8 steps by a few percent, the median barely)::
 
     python benchmarks/train_peers.py                   # ~3M and ~30M params, 1 thread
     python benchmarks/train_throughput.py --peers      # the same table
@@ -17,6 +19,7 @@ each figure is the best of ``--repeats`` timings of ``--steps`` steps after warm
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -40,8 +43,8 @@ def _batches(size: str, n: int = 8) -> list:
     return [rng.integers(0, vocab, (batch, seq + 1)).astype(np.int64) for _ in range(n)]
 
 
-def _plain_loop(model, batches, steps: int, logits_of) -> float:
-    """Seconds per step of the loop people write: forward, cross entropy, backward,
+def _plain_loop(model, batches, steps: int, logits_of) -> list:
+    """Seconds of each step of the loop people write: forward, cross entropy, backward,
     clip, AdamW step (the same hyper-parameters as the trainer's)."""
     import torch
     import torch.nn.functional as F
@@ -61,13 +64,15 @@ def _plain_loop(model, batches, steps: int, logits_of) -> float:
 
     for b in batches[:2]:
         one(b)
-    t0 = time.perf_counter()
+    times = []
     for k in range(steps):
+        t0 = time.perf_counter()
         one(batches[k % len(batches)])
-    return (time.perf_counter() - t0) / steps
+        times.append(time.perf_counter() - t0)
+    return times
 
 
-def time_transformers(size: str, steps: int) -> float:
+def time_transformers(size: str, steps: int) -> list:
     import torch
     import transformers
 
@@ -78,13 +83,13 @@ def time_transformers(size: str, steps: int) -> float:
     return _plain_loop(model, _batches(size), steps, lambda out: out.logits)
 
 
-def time_bare(size: str, steps: int) -> float:
+def time_bare(size: str, steps: int) -> list:
     from hyperclone_torch import Decoder
 
     return _plain_loop(Decoder.random(_config(size), seed=0), _batches(size), steps, lambda out: out)
 
 
-def time_ours(size: str, steps: int, threads: int) -> float:
+def time_ours(size: str, steps: int, threads: int) -> list:
     from hyperclone_core.demo.race import random_weights
     from hyperclone_core.train import TrainConfig, optimizer_for, train
     from hyperclone_torch import backend
@@ -98,7 +103,8 @@ def time_ours(size: str, steps: int, threads: int) -> float:
     tokens = np.random.default_rng(0).integers(0, vocab, 400_000).astype(np.int64)
     res = train(eng, tc, tokens)
     hist = [h for h in res.history if h.get("train_loss") is not None]
-    return (hist[-1]["seconds"] - hist[1]["seconds"]) / (len(hist) - 2)
+    seconds = [h["seconds"] for h in hist]
+    return [b - a for a, b in zip(seconds[1:], seconds[2:])]  # steps after the first two
 
 
 def peers(sizes, steps: int, repeats: int, threads: int) -> list:
@@ -109,11 +115,11 @@ def peers(sizes, steps: int, repeats: int, threads: int) -> list:
     for size in sizes:
         best = {"ours": [], "transformers": [], "bare": []}
         for _ in range(repeats):
-            best["transformers"].append(time_transformers(size, steps))
-            best["bare"].append(time_bare(size, steps))
-            best["ours"].append(time_ours(size, steps, threads))
+            best["transformers"] += time_transformers(size, steps)
+            best["bare"] += time_bare(size, steps)
+            best["ours"] += time_ours(size, steps, threads)
             torch.set_num_threads(threads)
-        t = {k: min(v) for k, v in best.items()}
+        t = {k: statistics.median(v) for k, v in best.items()}
         *_, seq, batch = SIZES[size]
         from hyperclone_torch import Decoder
 
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     print_rows(peers(args.sizes.split(","), args.steps, args.repeats, args.threads))
