@@ -186,7 +186,8 @@ def write_tensors(bk, ck: Checkpoint, p: Plan, writer: ShardedWriter, out_dtypes
     block runs in blocks of destination rows reading only the source rows each needs
     (``rowblocks``); one that only moves elements runs on the stored bits (bfloat16
     passes through untouched, on the numpy backend: no arithmetic to differ); the rest
-    run whole.  A helper thread rounds and writes while the next block computes."""
+    run whole.  A helper thread rounds and writes while the next block computes; a
+    backend with ``row_workers`` > 1 (numpy) computes that many blocks at once."""
     from .numpy_backend import backend as bits
 
     cache: dict = {}
@@ -194,16 +195,23 @@ def write_tensors(bk, ck: Checkpoint, p: Plan, writer: ShardedWriter, out_dtypes
         for tp in p.tensors:
             rp = row_program(tp, p.arrays)
             if rp is not None and gathers_only(tp) and out_dtypes[tp.name] == ck.dtype(tp.source):
-                for _, y in run_rows(bits, rp, p.arrays, partial(ck.read_rows, tp.source, dtype=None)):
+                for _, y in run_rows(bits, rp, p.arrays, partial(ck.read_rows, tp.source, dtype=None),
+                                     workers=bits.row_workers):
                     out.write_rows(tp.name, y, raw=True)
             elif rp is not None:
-                for _, y in run_rows(bk, rp, p.arrays, partial(ck.read_rows, tp.source), device, cache):
-                    out.write_rows(tp.name, bk.to_numpy(y))
+                stored = partial(_stored, bk, writer, tp.name)
+                for _, y in run_rows(bk, rp, p.arrays, partial(ck.read_rows, tp.source), device, cache,
+                                     workers=getattr(bk, "row_workers", 1), finish=stored):
+                    out.write_rows(tp.name, y, raw=True)
             else:
                 x = bk.asarray(ck.read(tp.source), device)
                 out.write_rows(tp.name, bk.to_numpy(run_program(bk, tp, p.arrays, x, device, cache)))
                 del x
             bar.update()
+
+
+def _stored(bk, writer: ShardedWriter, name: str, rows):
+    return writer.stored(name, bk.to_numpy(rows))
 
 
 class _WriteBehind:

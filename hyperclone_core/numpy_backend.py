@@ -6,6 +6,7 @@ linear and embed also take a big matrix in row blocks)."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -19,6 +20,10 @@ class NumpyBackend:
     name = "numpy"
     lazy_weights = True  # forward takes lazyweights.StoredTensor handles (verification streams)
     capabilities = frozenset({"expand", "forward"})
+    row_workers = max(1, min(4, os.cpu_count() or 1))
+    """Row blocks a streaming expansion computes at once (``rowblocks.run_rows``):
+    numpy's loops release the GIL, so blocks on threads use the cores one block's
+    single-threaded loops leave idle.  The output does not depend on it."""
     # bfloat16 checkpoints load as float32 values (numpy has no bfloat16); they save
     # back exactly only through save_checkpoint(..., dtype) of the core's io
 

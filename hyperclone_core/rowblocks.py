@@ -17,12 +17,18 @@ scales it to exactly the mean power the plan's SNR asks of the whole tensor.  Ev
 block's noise then has that power, so the tensor's has too (the SNR is exact, as in
 the one-block case); the noise law is the backend's, normalized per block.  Results
 depend on the plan and ``BLOCK_ELEMS`` only: not on threads, memory or timing.
+
+Blocks are independent once the power is known, so ``workers`` > 1 runs them on a
+small thread pool (a bounded window ahead of the consumer, yielded in row order):
+numpy releases the GIL in its loops, and a noisy 1B -> 4.9B expansion otherwise kept
+one of two cores idle.  The signal power is summed in block order either way.
 """
 
 from __future__ import annotations
 
 import math
-from collections import ChainMap
+from collections import ChainMap, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, Optional
 
@@ -168,13 +174,44 @@ def add_block_noise(backend, x, op: AddNoise, groups, power: float, seed: int, g
     return backend.add_scaled(x, noise, math.sqrt(power / p)) if p > 0.0 else x
 
 
+def _in_order(fn: Callable, items, pool: Optional[ThreadPoolExecutor], window: int) -> Iterator:
+    """``fn(item)`` for each item, in order; with a pool, up to ``window`` run ahead."""
+    if pool is None:
+        for item in items:
+            yield fn(item)
+        return
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # the consumer stopped early or a block failed: drop what has not started
+        for f in pending:
+            f.cancel()
+
+
 def run_rows(backend: Any, rp: RowProgram, arrays: Mapping[str, np.ndarray],
              read_rows: Callable[[int, int], Any], device: Optional[str] = None,
-             cache: Optional[dict] = None) -> Iterator[tuple]:
+             cache: Optional[dict] = None, workers: int = 1,
+             finish: Optional[Callable[[Any], Any]] = None) -> Iterator[tuple]:
     """Yield ``(block, rows of the result)`` in row order.  ``read_rows(lo, hi)``
     returns fresh source rows [lo, hi) (numpy or the backend's arrays; they may be
-    written)."""
+    written) and must be safe to call from several threads when ``workers`` > 1;
+    ``finish(rows)``, when given, runs on the block's thread and its value is yielded
+    (e.g. the rounding to the stored dtype)."""
+    if workers > 1 and len(rp.blocks) > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rowblocks") as pool:
+            yield from _run_rows(backend, rp, arrays, read_rows, device, cache, pool, workers + 1, finish)
+    else:
+        yield from _run_rows(backend, rp, arrays, read_rows, device, cache, None, 1, finish)
+
+
+def _run_rows(backend, rp, arrays, read_rows, device, cache, pool, window, finish) -> Iterator[tuple]:
     cache = {} if cache is None else cache
+    finish = finish or (lambda y: y)
     tp = rp.tp
     plans = [_block_ops(rp, b, arrays) for b in rp.blocks]
 
@@ -185,27 +222,31 @@ def run_rows(backend: Any, rp: RowProgram, arrays: Mapping[str, np.ndarray],
         return _run(backend, tp, ops[:until], merged, x, device, _BlockCache(cache, local)), ops, merged, local
 
     if rp.noise < 0:
-        for b in rp.blocks:
-            y, *_ = prefix(b, len(tp.ops))
-            yield b, y
+        yield from _in_order(lambda b: (b, finish(prefix(b, len(tp.ops))[0])), rp.blocks, pool, window)
         return
     op = tp.ops[rp.noise]
-    total, kept, held = 0.0, {}, 0
-    for b in rp.blocks:  # pass 1: the signal power of the whole noiseless tensor
+
+    def measured(b: RowBlock):
         done = prefix(b, rp.noise)
-        n = math.prod(backend.shape(done[0]))
-        total += backend.mean_square(done[0]) * n
-        size = getattr(done[0], "nbytes", 4 * n)
+        return b, done, backend.mean_square(done[0]) * math.prod(backend.shape(done[0]))
+
+    total, kept, held = 0.0, {}, 0
+    for b, done, power_sum in _in_order(measured, rp.blocks, pool, window):  # pass 1: the signal power
+        total += power_sum
+        size = getattr(done[0], "nbytes", 4 * math.prod(backend.shape(done[0])))
         if held + size <= KEEP_BYTES:  # pass 2 starts from it instead of reading and gathering again
             kept[b.index], held = done, held + size
     p_signal = total / max(math.prod(tp.shape), 1)
     power = p_signal / 10.0 ** (op.snr_db / 10.0)
     groups_n = n_groups(arrays, op)
     groups = cache.setdefault((op.groups, ""), backend.asarray(arrays[op.groups], device))
-    for b in rp.blocks:  # pass 2: each block's noise at that power, then the rest of the program
+
+    def noisy(b: RowBlock):  # pass 2: the block's noise at that power, then the rest of the program
         x, ops, merged, local = kept.pop(b.index, None) or prefix(b, rp.noise)
         x = add_block_noise(backend, x, op, groups, power, derive_seed(op.seed, b.index), groups_n)
-        yield b, _run(backend, tp, ops[rp.noise + 1:], merged, x, device, _BlockCache(cache, local))
+        return b, finish(_run(backend, tp, ops[rp.noise + 1:], merged, x, device, _BlockCache(cache, local)))
+
+    yield from _in_order(noisy, rp.blocks, pool, window)
 
 
 __all__ = ["BLOCK_ELEMS", "RowBlock", "RowProgram", "add_block_noise", "gathers_only",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -89,6 +90,47 @@ def test_noisy_blocks_are_seeded_per_block_and_reproducible():
     assert np.array_equal(a, b), "the same plan must give the same noise"
     _, c = _streamed(NUMPY, tp, p.arrays, src, 400)
     assert not np.array_equal(a, c), "blocks draw their own noise (so the block size is part of the result)"
+
+
+def _rows_of(src, lo, hi):
+    return src[lo:hi].copy()
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+@pytest.mark.parametrize("strategy", ["symmetric", "noisy:10"])
+def test_worker_threads_change_no_bit(workers, strategy, monkeypatch):
+    """Blocks computed on a thread pool are yielded in row order with the bits one
+    thread gives (noise included: it is seeded per block, the power summed in order),
+    with kept first-pass blocks and without."""
+    p, w = _plan("llama", strategy)
+    for keep in (0, 1 << 30):
+        monkeypatch.setattr(rowblocks, "KEEP_BYTES", keep)
+        for tp in p.tensors:
+            rp = rowblocks.row_program(tp, p.arrays, 200)
+            if rp is None:
+                continue
+            src = np.asarray(w[tp.source], np.float32)
+            read = partial(_rows_of, src)
+            one = [(b.index, NUMPY.to_numpy(y)) for b, y in rowblocks.run_rows(NUMPY, rp, p.arrays, read)]
+            many = [(b.index, NUMPY.to_numpy(y))
+                    for b, y in rowblocks.run_rows(NUMPY, rp, p.arrays, read, workers=workers)]
+            assert [i for i, _ in many] == list(range(len(rp.blocks))), "blocks must come in row order"
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(one, many)), tp.name
+
+
+def test_a_failing_block_on_a_worker_is_raised_in_the_caller():
+    p, w = _plan("llama", "noisy:10")
+    tp = next(t for t in p.tensors if _noise_op(t) is not None and t.name.endswith("q_proj.weight"))
+    rp = rowblocks.row_program(tp, p.arrays, 200)
+    src = w[tp.source]
+
+    def read(lo, hi):
+        if lo >= rp.blocks[2].source[0]:
+            raise OSError("disk gone")
+        return src[lo:hi].copy()
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(rowblocks.run_rows(NUMPY, rp, p.arrays, read, workers=3))
 
 
 @pytest.mark.parametrize("keep", [0, 700, 1 << 30])

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
@@ -151,6 +152,7 @@ class SafetensorsFile:
         self.header, self.metadata = parse_header(raw, size - self.start, self.path)
         self._mmap = None
         self._fd = None
+        self._fd_lock = threading.Lock()  # raw_rows may run on several threads (rowblocks' workers)
 
     def keys(self):
         return list(self.header)
@@ -200,11 +202,14 @@ class SafetensorsFile:
         row = math.prod(shape[1:]) * dt.itemsize
         a = info["data_offsets"][0] + lo * row
         out = np.empty((hi - lo, *shape[1:]), dtype=dt)
-        if self._fd is None:
-            with open_regular(self.path, "safetensors file") as f:
-                self._fd = os.dup(f.fileno())
-            if os.fstat(self._fd).st_size != self.size:
-                raise CheckpointError(f"{self.path}: changed size while being read; rerun when nothing writes it")
+        with self._fd_lock:
+            if self._fd is None:
+                with open_regular(self.path, "safetensors file") as f:
+                    fd = os.dup(f.fileno())
+                if os.fstat(fd).st_size != self.size:
+                    os.close(fd)
+                    raise CheckpointError(f"{self.path}: changed size while being read; rerun when nothing writes it")
+                self._fd = fd
         view = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
         done = 0
         try:
@@ -288,6 +293,7 @@ class ShardedWriter:
         self.plan = [(fname, s) for fname, s in zip(self.names, shards)]
         self.metadata = dict(metadata or {}, format="pt")
         self.order = [e for _, s in self.plan for e in s]
+        self._codes = {n: c for n, _, c in self.order}
         self.bytes_planned = sum(nbytes(s, c) for _, s, c in self.order)
         self._pos = 0
         self._rows = 0  # rows of the current tensor written so far
@@ -304,6 +310,13 @@ class ShardedWriter:
         self._fh = open(self.folder / fname, "wb")
         self._fh.write(head)
         self._left = len(entries)
+
+    def stored(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """``rows`` of tensor ``name`` as the bits ``write_rows(..., raw=True)`` takes
+        (bfloat16 rounded): the conversion on any thread, apart from the writing."""
+        if name not in self._codes:
+            raise CheckpointError(f"writer has no tensor {name}")
+        return _to_storage_chunked(rows, self._codes[name])
 
     def write(self, name: str, arr: np.ndarray) -> None:
         exp_name, shape, code = self.order[self._pos]
