@@ -36,10 +36,16 @@ from hyperclone_core.corpus import CorpusError
 from hyperclone_core.corpus import load as load_corpus
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.io import write_json
-from hyperclone_core.demo.race import PRESERVATION_TOLERANCE, llama_config
+from hyperclone_core.demo.race import PRESERVATION_TOLERANCE, llama_config, random_weights
 from hyperclone_core.demo.report import forgetting_dip, speedup, with_pretraining
 from hyperclone_core.train import TrainConfig, clone_lr_multipliers
 from hyperclone_torch import Decoder, expand_model, train
+
+
+def fresh(hf_config: dict, seed: int) -> "Decoder":
+    """A random-init model from the demo's own init (the core's stream), so a point
+    at the demo's settings reproduces ``hyperclone demo`` bit for bit."""
+    return Decoder.from_weights(hf_config, random_weights(hf_config, seed))
 
 
 def preservation_error(small, clone, tokens) -> float:
@@ -51,7 +57,7 @@ def preservation_error(small, clone, tokens) -> float:
         a, b = small(x).float(), clone(x).float()
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: initial weights from the core's init stream (the demo's), not torch's generator
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = {"embedded": None, "shakespeare": str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")}
 CLONE_LR_RULES = ("", "inverse_width", "sqrt_inverse_width", "inverse_width_no_head", "head_only_inverse")
@@ -260,8 +266,7 @@ def run_point(p: Point, corpus_name: str, cache: Cache, log: Callable[[str], Non
     skey = source_key(p, cid)
     small, sdoc = cache.get_source(skey, p.device)
     if small is None:
-        small = Decoder.random(llama_config(p.hidden, p.layers, p.heads, p.ffn, 256, p.seq_len), seed=p.seed)
-        small = small.to(p.device)
+        small = fresh(llama_config(p.hidden, p.layers, p.heads, p.ffn, 256, p.seq_len), p.seed).to(p.device)
         pw = pick(p, SOURCE)["pretrain_warmup_steps"]
         log(f"  pretraining the source ({p.pretrain_steps} steps)")
         res, sec = _timed_train(small, train_config(p, p.pretrain_steps, p.pretrain_lr, p.seed + 1, pw,
@@ -280,7 +285,7 @@ def run_point(p: Point, corpus_name: str, cache: Cache, log: Callable[[str], Non
     tkey = twin_key(p, cid, dict(clone.config))
     for name, kind, key, build in (
         ("random", "random", tkey,
-         lambda: (Decoder.random(clone.config, seed=p.seed + 2).to(p.device), race_schedule(p))),
+         lambda: (fresh(clone.config, p.seed + 2).to(p.device), race_schedule(p))),
         ("small_continue", "small", small_key(p, cid, race_schedule(p)),
          lambda: (copy.deepcopy(small), race_schedule(p))),
         ("small_matched", "small", small_key(p, cid, clone_schedule(p)) if p.small_matched else None,
