@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+REPEATS = 5  # alternating runs per size; the median is over all their steps
+
 SIZES = {  # name: hidden, layers, heads, ffn, vocab, seq, batch
     "3M": (256, 4, 4, 688, 256, 128, 8),
     "30M": (512, 8, 8, 1376, 8192, 128, 8),
@@ -113,13 +115,13 @@ def peers(sizes, steps: int, repeats: int, threads: int) -> list:
     torch.set_num_threads(threads)
     rows = []
     for size in sizes:
-        best = {"ours": [], "transformers": [], "bare": []}
+        step_times = {"ours": [], "transformers": [], "bare": []}
         for _ in range(repeats):
-            best["transformers"] += time_transformers(size, steps)
-            best["bare"] += time_bare(size, steps)
-            best["ours"] += time_ours(size, steps, threads)
+            step_times["transformers"] += time_transformers(size, steps)
+            step_times["bare"] += time_bare(size, steps)
+            step_times["ours"] += time_ours(size, steps, threads)
             torch.set_num_threads(threads)
-        t = {k: statistics.median(v) for k, v in best.items()}
+        t = {k: statistics.median(v) for k, v in step_times.items()}
         *_, seq, batch = SIZES[size]
         from hyperclone_torch import Decoder
 
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=REPEATS)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     print_rows(peers(args.sizes.split(","), args.steps, args.repeats, args.threads))

@@ -156,7 +156,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
         import train_peers
 
-        train_peers.print_rows(train_peers.peers(list(train_peers.SIZES), max(args.steps, 4), 5, args.threads or 1))
+        train_peers.print_rows(train_peers.peers(list(train_peers.SIZES), max(args.steps, 4), train_peers.REPEATS,
+                                                    args.threads or 1))
         return 0
     if args.warmup < 1:
         ap.error("--warmup must be >= 1 (the first step is not timed)")

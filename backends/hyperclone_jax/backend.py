@@ -10,7 +10,6 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-
 from . import distributed as D
 from . import ops, programs
 
