@@ -280,7 +280,7 @@ class _Populator:
         self.ahead = POPULATE_AHEAD_BYTES if ahead_bytes is None else int(ahead_bytes)
         self.chunk = max(mmap.PAGESIZE, int(chunk or POPULATE_CHUNK))
         self.mapped: dict = {}      # k -> tensor (mapping made, not yet taken)
-        self.pending: dict = {}     # k -> chunks claimed or unclaimed and not finished
+        self.pending: dict = {}     # k -> chunks claimed and not yet populated
         self.next_k, self.next_off = 0, 0   # the next unclaimed chunk
         self.taken = -1
         self.cv = threading.Condition()
