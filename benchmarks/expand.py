@@ -238,8 +238,11 @@ def main(argv=None) -> int:
         copy_seconds = float("nan")
     if dst_bytes is not None:
         print(f"destination: {dst_bytes / 2**30:.2f} GiB; largest tensor {largest / 2**20:.0f} MiB")
-    print(f"interpreter + library RSS {base['peak_rss'] / 2**20:.0f} MiB (with torch: "
-          f"{base_torch.get('peak_rss', 0) / 2**20:.0f} MiB, with mlx: {base_mlx.get('peak_rss', 0) / 2**20:.0f} MiB)")
+    def mib(r: dict) -> str:
+        return f"{r['peak_rss'] / 2**20:.0f} MiB" if "peak_rss" in r else r.get("error", "not run")[:40]
+
+    print(f"interpreter + library RSS {mib(base)} (with torch: {mib(base_torch)}, with mlx: {mib(base_mlx)}, "
+          f"with jax: {mib(base_jax)})")
     print(f"plain copy of the destination bytes: {copy_seconds:.2f} s")
     print()
     print(f"{'mode':<22} {'seconds':>8} {'x copy':>7} {'peak RSS GiB':>13} {'RSS - interp':>13} {'bound':>7}")
