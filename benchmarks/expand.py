@@ -328,7 +328,7 @@ def versus(src: Path, cfg: dict, args) -> list:
         ref = public.get(load, quoted[load])
         label = "-"
         if mode == "hf-live" and ref:
-            label = f"{ref / med:.1f}x" + ("" if load in public else " (quoted)")
+            label = f"{ref / med:.2f}x" + ("" if load in public else " (quoted)")
         print(f"{name:<30} {load:<6} {best:7.2f} {med:9.2f} {rss / 2**30:13.2f} {above / 2**30:13.2f} {bound:>15} "
               f"{label:>14}")
         out.append(dict(row=name, load=load, best=best, median=med, runs=secs, peak_rss=rss, above_interpreter=above))
