@@ -25,7 +25,6 @@ import contextlib
 import copy
 import ctypes
 import importlib
-import math
 import mmap
 import re
 import sys
@@ -274,7 +273,7 @@ class _Populator:
         if huge is None:
             huge = HUGE_PAGES
         if huge is None:
-            mapped = [math.prod(s[0]) * torch.empty((), dtype=s[1]).element_size() for s in self.specs if s]
+            mapped = [ops.nbytes(*s) for s in self.specs if s]
             huge = ops.huge_pages_pay(sum(n for n in mapped if n >= ops.POPULATE_MIN_BYTES))
         self.huge = bool(huge)
         self.ahead = POPULATE_AHEAD_BYTES if ahead_bytes is None else int(ahead_bytes)
@@ -305,7 +304,7 @@ class _Populator:
         self.mapped.clear()
 
     def _bytes_ahead(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.mapped.values())
+        return sum(t.nbytes for t in self.mapped.values())
 
     def _claim(self, only: Optional[int] = None):
         """Under the lock: the next chunk to populate as (k, tensor, start, stop), or
@@ -327,11 +326,10 @@ class _Populator:
                     continue
                 self.mapped[k], self.pending[k] = t, 0
             t = self.mapped[k]
-            nbytes = t.numel() * t.element_size()
             start = self.next_off
-            stop = min(nbytes, start + self.chunk)
+            stop = min(t.nbytes, start + self.chunk)
             self.next_off = stop
-            if stop >= nbytes:
+            if stop >= t.nbytes:
                 self.next_k, self.next_off = k + 1, 0
             self.pending[k] += 1
             return k, t, start, stop
@@ -367,7 +365,7 @@ class _Populator:
             self._fill(job)
 
     def _done(self, k: int) -> bool:
-        return k in self.mapped and self.pending.get(k) == 0 and (self.next_k > k)
+        return k in self.mapped and self.pending.get(k) == 0 and self.next_k > k
 
     def get(self, k: int):
         while True:
