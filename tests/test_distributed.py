@@ -43,6 +43,9 @@ WORKER = textwrap.dedent('''
                     callback=lambda rec: rec["step"] < %d - 1)
         if dist.get_rank() == 0:
             open(f"{out}/{mode}.json", "w").write(json.dumps(res.history))
+    # every rank must get here before any tears the group down (see Parallel.close):
+    # rank 1 destroying it while rank 0 still wrote its file aborted in gloo (SIGABRT)
+    dist.barrier()
     dist.destroy_process_group()
 ''' % STOP)
 CONFIG = dict(steps=STEPS, batch_size=8, seq_len=16, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=2,
