@@ -93,7 +93,10 @@ class TrainBackend(Backend, Protocol):
     scratch come from the core, ``structure.init_weights``, the same on every
     backend).  Capability
     ``distributed`` adds ``launch_command(world, module_args)`` (see
-    ``hyperclone_core.train.engine``)."""
+    ``hyperclone_core.train.engine``); an optional ``worker_exits_hard = True``
+    makes a launched worker (``hyperclone_core.train.worker``) that has finished
+    and written its results leave with ``os._exit``, for runtimes whose teardown
+    at interpreter exit is unsafe."""
 
     def engine(self, hf_config: Mapping[str, Any], weights: Mapping[str, np.ndarray], config: Any,
                optimizer: Any) -> Any: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from .config import TrainConfig
 from .loop import optimizer_for, train
 
 
-def main(argv=None) -> int:
+def main(argv=None, exit_hard: bool = False) -> int:
+    """Run one worker; with ``exit_hard`` (the command line) and a backend that asks for
+    it (``worker_exits_hard``), a finished worker leaves with ``os._exit``."""
     ap = argparse.ArgumentParser(prog="python -m hyperclone_core.train.worker", description=__doc__.splitlines()[0])
     ap.add_argument("--backend", required=True)
     ap.add_argument("--model", required=True, help="checkpoint folder")
@@ -46,8 +49,18 @@ def main(argv=None) -> int:
             Path(args.out).write_text(json.dumps({"history": res.history, "world": engine.world}))
     finally:
         engine.close()
+    if exit_hard and getattr(bk, "worker_exits_hard", False):
+        _exit_hard(0)  # reached only on success: an exception above exits 1 with its traceback
     return 0
 
 
+def _exit_hard(code: int) -> None:
+    """Leave without the interpreter's teardown: the work is done and written, and the
+    backend says its runtime's teardown is unsafe (``worker_exits_hard``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(main(exit_hard=True))
