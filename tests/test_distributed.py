@@ -46,10 +46,8 @@ WORKER = textwrap.dedent('''
                 f.write(json.dumps(res.history))
     dist.barrier()  # every rank gets here before any tears the group down (as Parallel.close)
     dist.destroy_process_group()
-    # gloo's threads outlive destroy_process_group (the group is still referenced), and
-    # about 1 exit in 100 aborted in their teardown after all of the above had finished
-    # (SIGABRT, "terminate called without an active exception", no Python frame): the
-    # work is done and written, so leave without the interpreter's teardown
+    # done and written: leave without the interpreter's teardown, as the core worker
+    # does for torch (why: TorchBackend.worker_exits_hard)
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(0)
 ''' % STOP)

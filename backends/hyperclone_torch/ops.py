@@ -76,6 +76,8 @@ _POPULATE = {"madvise": sys.platform.startswith("linux")}
 def nbytes(shape, dtype: torch.dtype) -> int:
     """Bytes of a tensor of ``shape`` and ``dtype``."""
     return math.prod(int(s) for s in shape) * dtype.itemsize
+
+
 _THP = Path("/sys/kernel/mm/transparent_hugepage")
 
 
