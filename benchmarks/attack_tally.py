@@ -39,12 +39,13 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 from hyperclone_core.cli import main
 
 try:  # absent before issue 9: the script still runs there, to show what it finds
     from hyperclone_core.io import atomic
-    from hyperclone_core.validate import _SCHEMA
+    from hyperclone_core.model.validate import _SCHEMA
 except ImportError:  # pragma: no cover
     atomic = None
     _SCHEMA = {k: ("int", 1, 2**22) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",

@@ -56,17 +56,17 @@ import json, sys, time
 mode, src, dst, strategy = sys.argv[1:5]
 t0 = time.perf_counter()
 if mode == "baseline":
-    import hyperclone_core.expand  # the interpreter with the library loaded
+    import hyperclone_core.expand.checkpoint  # the interpreter with the library loaded
 elif mode == "baseline-torch":
-    import hyperclone_core.expand, hyperclone_torch, torch
+    import hyperclone_core.expand.checkpoint, hyperclone_torch, torch
 elif mode == "baseline-mlx":
-    import hyperclone_core.expand, hyperclone_mlx, mlx.core
+    import hyperclone_core.expand.checkpoint, hyperclone_mlx, mlx.core
 elif mode == "baseline-jax":
-    import hyperclone_core.expand, hyperclone_jax, jax
+    import hyperclone_core.expand.checkpoint, hyperclone_jax, jax
     jax.devices()
 elif mode in ("numpy", "torch", "mlx", "jax"):
-    from hyperclone_core.expand import expand_checkpoint
-    from hyperclone_core.backend import load_backend
+    from hyperclone_core.expand.checkpoint import expand_checkpoint
+    from hyperclone_core.run.protocol import load_backend
     load_backend(mode)  # imports are not part of the measurement
     t0 = time.perf_counter()
     expand_checkpoint(src, dst, width=2, backend=mode, strategy=strategy, verify=False, progress=False)
@@ -143,7 +143,7 @@ print(json.dumps(dict({"seconds": seconds, "peak_rss": hwm}, **(extra if mode ==
 
 def make_source(folder: Path, cfg: dict, seed: int = 0) -> int:
     from hyperclone_core import family_for_config, io
-    from hyperclone_core.spec import tensor_names
+    from hyperclone_core.model.spec import tensor_names
 
     fam = family_for_config(cfg)
     dec = fam.read(cfg)

@@ -32,8 +32,8 @@ from typing import Callable, Optional
 import numpy as np
 
 # The building blocks, imported in one place: repoint these when they move.
-from hyperclone_core.corpus import CorpusError
-from hyperclone_core.corpus import load as load_corpus
+from hyperclone_core.demo.corpus import CorpusError
+from hyperclone_core.demo.corpus import load as load_corpus
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.io import write_json
 from hyperclone_core.demo.race import PRESERVATION_TOLERANCE, llama_config, random_weights

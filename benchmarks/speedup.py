@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperclone_core.corpus import CorpusError
-from hyperclone_core.corpus import load as load_corpus
+from hyperclone_core.demo.corpus import CorpusError
+from hyperclone_core.demo.corpus import load as load_corpus
 from hyperclone_core.errors import HypercloneError
 
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     try:
         demo.check_out(args.out)
         if args.tokens:
-            from hyperclone_core.data import hold_out, load_tokens
+            from hyperclone_core.train.data import hold_out, load_tokens
 
             tokens = load_tokens(args.tokens, dtype=args.data_dtype, vocab=args.vocab)
             train, val = hold_out(np.asarray(tokens), 0.05)

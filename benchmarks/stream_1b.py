@@ -51,9 +51,9 @@ BLOCK = 1 << 24  # elements generated at a time
 def make_source(folder: Path, cfg: dict, seed: int = 0) -> tuple:
     """Write the bf16 checkpoint a block of rows at a time; (parameters, bytes)."""
     from hyperclone_core import family_for_config, io
-    from hyperclone_core.dtypes import f32_to_bf16
-    from hyperclone_core.spec import tensor_names
-    from hyperclone_core.structure import tied_away
+    from hyperclone_core.io.dtypes import f32_to_bf16
+    from hyperclone_core.model.spec import tensor_names
+    from hyperclone_core.model.structure import tied_away
 
     fam = family_for_config(cfg)
     dec = fam.read(cfg)
@@ -85,7 +85,7 @@ try:
     if sys.argv[1:]:
         runpy.run_module("hyperclone_core.cli", run_name="__main__")
     else:  # the interpreter with the library loaded
-        import hyperclone_core.cli, hyperclone_core.expand
+        import hyperclone_core.cli, hyperclone_core.expand.checkpoint
 finally:  # this process's own high-water mark (a forked child's rusage would include the parent's pages)
     open(report, "w").write(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 """

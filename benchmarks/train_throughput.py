@@ -106,7 +106,7 @@ def measure(preset: str, args) -> dict:
 def measure_mlx(preset: str, args) -> dict:
     """The same run through the engine of ``args.backend``: MLX (Metal on Apple silicon,
     the CPU elsewhere) or JAX (its default device)."""
-    from hyperclone_core.backend import load_backend
+    from hyperclone_core.run.protocol import load_backend
     from hyperclone_core.demo.race import random_weights
     from hyperclone_core.train import TrainConfig, optimizer_for, train
 

@@ -4,14 +4,13 @@ Imports numpy and the standard library only.
 """
 
 from .errors import CertificateError, CheckpointError, ConfigError, HypercloneError, PlanError
-from .families import FAMILIES, family_for_config, get_family
-from .growth import AxisMap, ReplicationMap, axis_map
-from .plan import (AddNoise, Cast, Certificate, Growth, Offset, Plan, Reshape, Scale, Take, TensorPlan,
-                   layer_map, plan)
-from .spec import Axis, DecoderConfig, Family, Role, in_, out, tensor_names
-from .strategy import (DEFAULT, Diagonal, Explicit, FirstCopy, RandomSplit, Rules, Strategy, Symmetric,
-                       diagonal, first_copy, noisy, random_split, symmetric)
-from .strategy import parse as parse_strategy
+from .model.families import FAMILIES, family_for_config, get_family
+from .algebra.growth import AxisMap, ReplicationMap, axis_map
+from .algebra.planner import AddNoise, Cast, Certificate, Growth, Offset, Plan, Reshape, Scale, Take, TensorPlan, layer_map, plan
+from .model.spec import Axis, DecoderConfig, Family, Role, in_, out, tensor_names
+from .algebra.strategy import (DEFAULT, Diagonal, Explicit, FirstCopy, RandomSplit, Rules, Strategy, Symmetric, diagonal,
+                               first_copy, noisy, random_split, symmetric)
+from .algebra.strategy import parse as parse_strategy
 
 __version__ = "0.1.0"
 

@@ -19,9 +19,11 @@ import platform
 import sys
 from typing import Optional, Sequence
 
-from . import __version__, recipe, validate
-from .argparsing import HelpFormatter, Parser, examples, fill
-from .boundary import debug_requested, guarded
+from . import __version__
+from .console import recipe
+from .model import validate
+from .console.argparsing import HelpFormatter, Parser, examples, fill
+from .console.boundary import debug_requested, guarded
 from .errors import EXIT_VERIFICATION, HypercloneError, UsageError
 
 EXIT_CODES = """exit codes:
@@ -119,9 +121,9 @@ def _tolerance(text) -> float:
 
 
 def cmd_expand(a) -> int:
-    from .expand import expand_checkpoint
+    from .expand.checkpoint import expand_checkpoint
 
-    from .card import format_changes
+    from .expand.card import format_changes
 
     report = expand_checkpoint(
         a.src, a.dst, **_growth_kwargs(a), dtype=a.dtype, backend=a.backend, device=a.device,
@@ -145,10 +147,10 @@ def cmd_expand(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from .card import config_changes, config_dtype, format_changes, format_summary, summary
-    from .expand import make_plan
+    from .expand.card import config_changes, config_dtype, format_changes, format_summary, summary
+    from .expand.checkpoint import make_plan
     from .io import Checkpoint, read_config
-    from .validate import read_model
+    from .model.validate import read_model
 
     cfg = read_config(a.src)
     p = make_plan(cfg, **_growth_kwargs(a), where=os.path.join(a.src, "config.json"))
@@ -173,7 +175,7 @@ def cmd_plan(a) -> int:
 
 
 def cmd_verify(a) -> int:
-    from .expand import failure, verify_checkpoints
+    from .expand.checkpoint import failure, verify_checkpoints
 
     v = verify_checkpoints(a.src, a.dst, backend=a.backend, seq=a.seq, tolerance=a.tolerance)
     if a.json:
@@ -189,7 +191,7 @@ def cmd_verify(a) -> int:
 
 
 def cmd_backends(a) -> int:
-    from .backend import available_backends, load_backend
+    from .run.protocol import available_backends, load_backend
 
     for name in sorted(available_backends()):
         try:

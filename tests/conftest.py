@@ -10,7 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hyperclone_core import io, testing  # noqa: E402
+from hyperclone_core import io
+from hyperclone_core.model import testing
 
 
 @pytest.fixture(scope="session")

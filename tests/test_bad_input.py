@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 from hyperclone_core.cli import main
 
 

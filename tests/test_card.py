@@ -15,8 +15,9 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 
-from hyperclone_core import Growth, family_for_config, io, plan, testing
-from hyperclone_core.card import config_changes, summary
+from hyperclone_core import Growth, family_for_config, io, plan
+from hyperclone_core.model import testing
+from hyperclone_core.expand.card import config_changes, summary
 from hyperclone_core.cli import main
 
 WORDS = "hyperclone grows small models into wide ones and trains them".split()

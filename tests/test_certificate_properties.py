@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hyperclone_core import CertificateError, DecoderConfig, Family, Growth, Role, Strategy, in_, out, plan
-from hyperclone_core.reference import execute
-from hyperclone_core.strategy import Mixing
+from hyperclone_core.run.reference import execute
+from hyperclone_core.algebra.strategy import Mixing
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hyperclone_core import __version__
-from hyperclone_core.argparsing import HelpFormatter
+from hyperclone_core.console.argparsing import HelpFormatter
 from hyperclone_core.cli import build_parser, main
 from hyperclone_core.demo.cli import build_parser as demo_parser
 from hyperclone_core.train.cli import build_parser as train_parser

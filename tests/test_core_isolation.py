@@ -16,5 +16,5 @@ def test_importing_every_core_module_loads_no_framework():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     out = json.loads(res.stdout)
-    assert "hyperclone_core.cli" in out["modules"] and "hyperclone_core.families.llama" in out["modules"]
+    assert "hyperclone_core.cli" in out["modules"] and "hyperclone_core.model.families.llama" in out["modules"]
     assert not FRAMEWORKS & set(out["loaded"]), FRAMEWORKS & set(out["loaded"])

@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from hyperclone_core.data import (
-    BatchSampler, ByteTokenizer, DataError, fixed_batches, get_tokenizer, hold_out, load_tokens,
-)
+from hyperclone_core.train.data import BatchSampler, ByteTokenizer, DataError, fixed_batches, get_tokenizer, hold_out, load_tokens
 
 
 def test_byte_tokenizer_round_trips_any_text():
@@ -115,7 +113,7 @@ def test_too_little_data_and_splits():
 
 
 def test_data_module_imports_numpy_only():
-    code = ("import sys, hyperclone_core.data; "
+    code = ("import sys, hyperclone_core.train.data; "
             "bad = [m for m in ('torch', 'jax', 'mlx', 'tokenizers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

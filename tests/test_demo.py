@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from hyperclone_core import corpus as hcorpus
+from hyperclone_core.demo import corpus as hcorpus
 
 torch = pytest.importorskip("torch")
 from hyperclone_core import demo  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hyperclone_core import demo
-from hyperclone_core.backend import load_backend
+from hyperclone_core.run.protocol import load_backend
 
 
 def _table(backend, tmp_path):

@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 
 from hyperclone_core import Growth, family_for_config, plan  # noqa: E402
 from hyperclone_core.io import save_checkpoint  # noqa: E402
-from hyperclone_core.reference import execute  # noqa: E402
-from hyperclone_core.testing import CASES, random_weights  # noqa: E402
+from hyperclone_core.run.reference import execute  # noqa: E402
+from hyperclone_core.model.testing import CASES, random_weights  # noqa: E402
 from hyperclone_torch.model import Decoder  # noqa: E402
 from hyperclone_core.train import TrainConfig  # noqa: E402
 from hyperclone_core.train.checkpoint import newest_valid  # noqa: E402

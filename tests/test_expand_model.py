@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hyperclone_core import testing  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
 from hyperclone_core.errors import HypercloneError  # noqa: E402
 from hyperclone_torch import Decoder, expand_model  # noqa: E402
 from hyperclone_torch.interop import Location, locate  # noqa: E402

@@ -13,9 +13,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hyperclone_core import PlanError, family_for_config, io, testing
-from hyperclone_core.expand import expand_checkpoint
-from hyperclone_core.reference import forward
+from hyperclone_core import PlanError, family_for_config, io
+from hyperclone_core.model import testing
+from hyperclone_core.expand.checkpoint import expand_checkpoint
+from hyperclone_core.run.reference import forward
 
 pytest.importorskip("transformers")
 

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 from hyperclone_core.cli import main
 from hyperclone_core.errors import HypercloneError
 
@@ -85,7 +86,7 @@ def test_fuzz_config_values(base, capsys, muts):
         check_cli(src, work, capsys)
         try:  # the library raises only its own errors too
             io.Checkpoint(src)
-            from hyperclone_core.validate import read_model
+            from hyperclone_core.model.validate import read_model
             read_model(cfg)
         except HypercloneError:
             pass

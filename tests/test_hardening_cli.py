@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 from hyperclone_core.cli import main
-from hyperclone_core.errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE)
+from hyperclone_core.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, EXIT_USAGE
 
 
 @pytest.fixture()
@@ -207,7 +208,7 @@ def test_a_real_sigint_exits_130(src, tmp_path):
 
 
 def _bug(monkeypatch):
-    import hyperclone_core.expand as ex
+    import hyperclone_core.expand.checkpoint as ex
 
     def broken(*a, **k):
         raise RuntimeError("simulated bug")

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 from hyperclone_core.cli import main
 
 SECRET = b"TOP-SECRET-password=hunter2\n" * 4

@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 from hyperclone_core.cli import main
-from hyperclone_core.expand import expand_checkpoint
+from hyperclone_core.expand.checkpoint import expand_checkpoint
 
 
 def strict_json(text):
@@ -54,7 +55,7 @@ def test_no_default_tolerance_no_more(factor, tmp_path, case_dir, capsys):
 
 
 def test_nan_never_passes_and_json_stays_json(tmp_path, case_dir, capsys, monkeypatch):
-    from hyperclone_core import numpy_backend
+    from hyperclone_core.run import numpy_backend
 
     src = case_dir("llama")
     expand_checkpoint(src, tmp_path / "clone", progress=False, verify=False)
@@ -102,7 +103,7 @@ def test_a_rule_that_matches_no_tensor_is_an_error(tmp_path, case_dir, capsys):
 
 def test_expand_refuses_to_write_a_clone_that_fails_its_check(tmp_path, case_dir, monkeypatch, capsys):
     """The built-in check fails -> no DST; the report's `exact` is what was measured."""
-    from hyperclone_core import numpy_backend
+    from hyperclone_core.run import numpy_backend
 
     forward = numpy_backend.backend.forward
     calls = []
@@ -130,7 +131,7 @@ def test_report_exact_records_the_measurement(tmp_path, case_dir):
 
 
 def test_bf16_clone_gets_the_bf16_bound(tmp_path, case_dir, capsys):
-    from hyperclone_core import tolerances
+    from hyperclone_core.expand.checkpoint import tolerances
 
     src = case_dir("llama")
     expand_checkpoint(src, tmp_path / "dst", dtype="bfloat16", progress=False, verify=False)

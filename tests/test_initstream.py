@@ -4,11 +4,12 @@ weights are the ones torch's CPU generator draws for the same seed."""
 import numpy as np
 import pytest
 
-from hyperclone_core import family_for_config, testing
-from hyperclone_core import initstream
+from hyperclone_core import family_for_config
+from hyperclone_core.model import testing
+from hyperclone_core.model import initstream
 from hyperclone_core.errors import ConfigError
-from hyperclone_core.initstream import InitStream
-from hyperclone_core.structure import init_rule, init_weights, slots
+from hyperclone_core.model.initstream import InitStream
+from hyperclone_core.model.structure import init_rule, init_weights, slots
 
 # torch's SLEEF log/sin/cos and numpy's round differently in the last bit: values agree
 # to a few float32 ulps of the largest draw, never by a different random number.

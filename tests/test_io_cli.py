@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 from hyperclone_core.cli import main
-from hyperclone_core.dtypes import bf16_to_f32, f32_to_bf16
-from hyperclone_core.expand import expand_checkpoint
+from hyperclone_core.io.dtypes import bf16_to_f32, f32_to_bf16
+from hyperclone_core.expand.checkpoint import expand_checkpoint
 
 
 def test_bf16_conversion_rounds_to_nearest_even():
@@ -140,7 +141,7 @@ def test_uncreatable_parent_is_named(tmp_path, case_dir, capsys):
 def test_write_hf_folder_is_the_one_writer(tmp_path):
     """Per-tensor dtypes (bfloat16 rounded here only), extra files, aux files, a hook
     before the commit; paths outside the folder refused; the folder reloads exactly."""
-    from hyperclone_core.dtypes import bf16_to_f32, f32_to_bf16
+    from hyperclone_core.io.dtypes import bf16_to_f32, f32_to_bf16
     from hyperclone_core.errors import CheckpointError
 
     cfg = testing.CASES["llama"]

@@ -11,11 +11,14 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from hyperclone_core import Growth, family_for_config, plan, reference, testing  # noqa: E402
-from hyperclone_core.backend import execute, load_backend, run_program  # noqa: E402
+from hyperclone_core import Growth, family_for_config, plan  # noqa: E402
+from hyperclone_core.run import reference  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
+from hyperclone_core.run.protocol import load_backend  # noqa: E402
+from hyperclone_core.run.interpreter import execute, run_program  # noqa: E402
 from hyperclone_core.errors import ConfigError, HypercloneError  # noqa: E402
 from hyperclone_core.io import Checkpoint  # noqa: E402
-from hyperclone_core.plan import AddNoise  # noqa: E402
+from hyperclone_core.algebra.planner import AddNoise  # noqa: E402
 from hyperclone_jax import ops, programs  # noqa: E402
 from hyperclone_jax.backend import backend  # noqa: E402
 

@@ -17,9 +17,10 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from hyperclone_core import family_for_config, testing  # noqa: E402
+from hyperclone_core import family_for_config  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
 from hyperclone_core.errors import ConfigError  # noqa: E402
-from hyperclone_core.structure import slots  # noqa: E402
+from hyperclone_core.model.structure import slots  # noqa: E402
 from hyperclone_jax import distributed as D  # noqa: E402
 
 P = jax.sharding.PartitionSpec
@@ -27,7 +28,7 @@ CHILD = textwrap.dedent('''
     import json, sys
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from hyperclone_core.testing import CASES, random_weights
+    from hyperclone_core.model.testing import CASES, random_weights
     from hyperclone_core.train import TrainConfig, optimizer_for, train
     import hyperclone_jax as hj
     from hyperclone_jax import distributed as D

@@ -11,10 +11,11 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from hyperclone_core import Growth, family_for_config, plan, testing  # noqa: E402
-from hyperclone_core.data import BatchSampler  # noqa: E402
+from hyperclone_core import Growth, family_for_config, plan  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
+from hyperclone_core.train.data import BatchSampler  # noqa: E402
 from hyperclone_core.errors import ConfigError  # noqa: E402
-from hyperclone_core.reference import execute  # noqa: E402
+from hyperclone_core.run.reference import execute  # noqa: E402
 from hyperclone_core.train import TrainConfig, optimizer_for, train  # noqa: E402
 from hyperclone_jax.backend import backend  # noqa: E402
 from hyperclone_jax.engine import launch_command  # noqa: E402
@@ -88,7 +89,7 @@ def test_a_run_checkpointed_by_one_engine_resumes_on_the_other(clone, tmp_path, 
     """Steps 0-2 on ``first`` (checkpoint at 3), the rest on ``second``: the losses after
     the switch are within 1e-4 (relative) of ``first``'s uninterrupted run on the same batches."""
     pytest.importorskip("torch")
-    from hyperclone_core.backend import load_backend
+    from hyperclone_core.run.protocol import load_backend
 
     p, w, data = clone
     a, b = load_backend(first), load_backend(second)

@@ -11,7 +11,7 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("transformers")
 
 import hyperclone_jax as hj  # noqa: E402
-from hyperclone_core import testing  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
 
 BOUND = 1e-5
 """Grown vs source logits, both through transformers (float32): max |d| <= BOUND x max |logit|."""

@@ -14,8 +14,9 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from hyperclone_core import io, testing  # noqa: E402
-from hyperclone_core.expand import expand_checkpoint  # noqa: E402
+from hyperclone_core import io  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
+from hyperclone_core.expand.checkpoint import expand_checkpoint  # noqa: E402
 from hyperclone_core.train import TrainConfig, optimizer_for, train  # noqa: E402
 from hyperclone_core.train import checkpoint as ckpt  # noqa: E402
 from hyperclone_mlx import backend  # noqa: E402
@@ -71,7 +72,7 @@ def test_torch_checkpoint_resumes_on_mlx(tmp_path):
     """A run checkpointed by the torch engine at step 3 continues on mlx: the mlx loss
     at step 4 is torch's own (uninterrupted) step-4 loss within 1e-4, same batches."""
     pytest.importorskip("torch")
-    from hyperclone_core.backend import load_backend
+    from hyperclone_core.run.protocol import load_backend
 
     hf = testing.CASES["llama"]
     weights = testing.random_weights(hf, seed=2)

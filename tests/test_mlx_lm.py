@@ -23,8 +23,8 @@ mlx_lm = pytest.importorskip("mlx_lm")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hyperclone_core import testing  # noqa: E402
-from hyperclone_core.expand import expand_checkpoint  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
+from hyperclone_core.expand.checkpoint import expand_checkpoint  # noqa: E402
 from hyperclone_mlx import expand_model  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 

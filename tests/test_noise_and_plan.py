@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperclone_core import (AddNoise, Growth, PlanError, Scale, Take, family_for_config, layer_map, parse_strategy, plan,
-                             testing)
-from hyperclone_core.growth import ReplicationMap, axis_map, copy_ids
-from hyperclone_core.plan import Plan
-from hyperclone_core.reference import execute
+from hyperclone_core import AddNoise, Growth, PlanError, Scale, Take, family_for_config, layer_map, parse_strategy, plan
+from hyperclone_core.model import testing
+from hyperclone_core.algebra.growth import ReplicationMap, axis_map, copy_ids
+from hyperclone_core.algebra.planner import Plan
+from hyperclone_core.run.reference import execute
 
 
 def _llama_plan(strategy="noisy:10", **kw):
@@ -133,7 +133,7 @@ def test_take_ops_name_their_maps():
 @pytest.mark.parametrize("axis", [0, 1])
 def test_blockwise_noise_keeps_zero_sum_and_snr(axis):
     """The numpy backend adds noise a block of rows at a time for big tensors."""
-    from hyperclone_core.numpy_backend import backend as nb
+    from hyperclone_core.run.numpy_backend import backend as nb
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 48)).astype(np.float32)

@@ -1,7 +1,7 @@
 """The progress bar as a log sees it (stderr not a terminal): every phase is named, however fast."""
 import io
 
-from hyperclone_core.progress import Progress
+from hyperclone_core.console.progress import Progress
 
 
 def test_log_names_every_phase_even_when_faster_than_the_interval():

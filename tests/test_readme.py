@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperclone_core import io, testing
+from hyperclone_core import io
+from hyperclone_core.model import testing
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyperclone_core import io, recipe, testing
+from hyperclone_core import io
+from hyperclone_core.console import recipe
+from hyperclone_core.model import testing
 from hyperclone_core.cli import build_parser, main
 from hyperclone_core.errors import UsageError
 

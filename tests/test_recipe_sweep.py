@@ -34,7 +34,7 @@ def _run(rs, point, cache):
 
 
 def test_point_reproduces_compare_and_caches_what_a_lever_does_not_change(rs, tmp_path):
-    from hyperclone_core.corpus import load
+    from hyperclone_core.demo.corpus import load
 
     st = replace(demo.PRESETS["tiny"], threads=1, device="cpu")
     ref = demo.compare(st, load(None), log=lambda m: None)

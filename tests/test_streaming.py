@@ -1,4 +1,4 @@
-"""Row-block execution (hyperclone_core.rowblocks) and the streaming checkpoint path:
+"""Row-block execution (hyperclone_core.run.rowblocks) and the streaming checkpoint path:
 noiseless programs equal the whole-tensor interpreter bit for bit on every installed
 backend, noisy ones keep the plan's invariants (zero sum over the copies, the SNR);
 rows are read and written in pieces exactly as whole tensors are."""
@@ -12,14 +12,17 @@ from functools import partial
 import numpy as np
 import pytest
 
-from hyperclone_core import Growth, family_for_config, plan, rowblocks, testing
-from hyperclone_core.backend import load_backend, loadable_backends, run_program
-from hyperclone_core.dtypes import bf16_to_f32, f32_to_bf16
+from hyperclone_core import Growth, family_for_config, plan
+from hyperclone_core.run import rowblocks
+from hyperclone_core.model import testing
+from hyperclone_core.run.protocol import load_backend, loadable_backends
+from hyperclone_core.run.interpreter import run_program
+from hyperclone_core.io.dtypes import bf16_to_f32, f32_to_bf16
 from hyperclone_core.errors import CheckpointError
-from hyperclone_core.expand import expand_checkpoint
+from hyperclone_core.expand.checkpoint import expand_checkpoint
 from hyperclone_core.io import Checkpoint, SafetensorsFile, ShardedWriter, save_checkpoint
-from hyperclone_core.noise import gaussian, helmert, mean_square
-from hyperclone_core.program import AddNoise
+from hyperclone_core.algebra.noise import gaussian, helmert, mean_square
+from hyperclone_core.algebra.program import AddNoise
 
 NUMPY = load_backend("numpy")
 EXPANDERS = sorted(n for n, b in loadable_backends().items() if "expand" in b.capabilities)
@@ -269,7 +272,7 @@ def test_streaming_expand_writes_the_whole_path_bytes(tmp_path, monkeypatch, dty
     src = _folder(tmp_path, dtype)
     expand_checkpoint(src, tmp_path / "whole", strategy=strategy, progress=False, verify=False)
     monkeypatch.setattr(rowblocks, "BLOCK_ELEMS", 96)
-    monkeypatch.setattr("hyperclone_core.expand.row_program",
+    monkeypatch.setattr("hyperclone_core.expand.checkpoint.row_program",
                         lambda tp, arrays: rowblocks.row_program(tp, arrays, 96))
     rep = expand_checkpoint(src, tmp_path / "rows", strategy=strategy, progress=False)
     assert rep["verification"]["passed"]

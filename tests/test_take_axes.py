@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyperclone_core.growth import ReplicationMap, block_copies, slice_copies, split_takes
-from hyperclone_core.numpy_backend import backend as numpy_backend
+from hyperclone_core.algebra.growth import ReplicationMap, block_copies, slice_copies, split_takes
+from hyperclone_core.run.numpy_backend import backend as numpy_backend
 
 
 def _maps(draw, n):

@@ -10,10 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hyperclone_core import Growth, family_for_config, plan, reference, testing  # noqa: E402
-from hyperclone_core.backend import load_backend, run_program  # noqa: E402
-from hyperclone_core.dtypes import cast_numpy  # noqa: E402
-from hyperclone_core.growth import copy_ids  # noqa: E402
+from hyperclone_core import Growth, family_for_config, plan  # noqa: E402
+from hyperclone_core.run import reference  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
+from hyperclone_core.run.protocol import load_backend  # noqa: E402
+from hyperclone_core.run.interpreter import run_program  # noqa: E402
+from hyperclone_core.io.dtypes import cast_numpy  # noqa: E402
+from hyperclone_core.algebra.growth import copy_ids  # noqa: E402
 from hyperclone_torch import ops  # noqa: E402
 from hyperclone_torch.backend import backend  # noqa: E402
 

@@ -8,7 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hyperclone_core import family_for_config, reference, testing, tensor_names  # noqa: E402
+from hyperclone_core import family_for_config, tensor_names  # noqa: E402
+from hyperclone_core.run import reference  # noqa: E402
+from hyperclone_core.model import testing  # noqa: E402
 from hyperclone_core.errors import CheckpointError, ConfigError  # noqa: E402
 from hyperclone_core.io import save_checkpoint  # noqa: E402
 from hyperclone_torch import Decoder  # noqa: E402

@@ -14,14 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hyperclone_core import Growth, family_for_config, plan  # noqa: E402
-from hyperclone_core.data import BatchSampler, DataError  # noqa: E402
+from hyperclone_core.train.data import BatchSampler, DataError  # noqa: E402
 from hyperclone_core.errors import CheckpointError  # noqa: E402
 from hyperclone_core.io import Checkpoint, load_weights  # noqa: E402
-from hyperclone_core.reference import execute  # noqa: E402
-from hyperclone_core.testing import CASES, random_weights  # noqa: E402
-from hyperclone_core.train import (  # noqa: E402
-    NonFiniteLoss, TrainConfig, TrainError, clone_lr_multipliers, lr_at, symmetry, symmetry_pairs,
-)
+from hyperclone_core.run.reference import execute  # noqa: E402
+from hyperclone_core.model.testing import CASES, random_weights  # noqa: E402
+from hyperclone_core.train import NonFiniteLoss, TrainConfig, TrainError, clone_lr_multipliers, lr_at, symmetry, symmetry_pairs  # noqa: E402
 from hyperclone_core.train.checkpoint import newest_valid  # noqa: E402
 from hyperclone_core.train.cli import main, plan_of  # noqa: E402
 from hyperclone_torch import train  # noqa: E402
@@ -265,7 +263,7 @@ def test_cli_trains_text_and_resumes(tmp_path, case_dir, capsys):
 
 
 def test_cli_rebuilds_the_plan_of_an_expanded_folder(tmp_path, case_dir, capsys):
-    from hyperclone_core.expand import expand_checkpoint
+    from hyperclone_core.expand.checkpoint import expand_checkpoint
 
     expand_checkpoint(case_dir("llama"), tmp_path / "wide", strategy="symmetric", verify=False, progress=False)
     np.save(tmp_path / "t.npy", TOKENS)
@@ -279,7 +277,7 @@ def test_cli_rebuilds_the_plan_of_an_expanded_folder(tmp_path, case_dir, capsys)
 def test_plan_of_reads_plan_json_even_when_the_source_is_gone(tmp_path, case_dir):
     import shutil
 
-    from hyperclone_core.expand import expand_checkpoint
+    from hyperclone_core.expand.checkpoint import expand_checkpoint
 
     src = tmp_path / "src"
     shutil.copytree(case_dir("llama"), src)

@@ -15,8 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from numpy_engine import NumpyEngine, toy_config, toy_weights  # noqa: E402
 
-from hyperclone_core.train import NonFiniteLoss, TrainConfig, TrainError, lr_at, optimizer_for, train  # noqa: E402
-from hyperclone_core.train import checkpoint as ckpt  # noqa: E402
+from hyperclone_core.train import NonFiniteLoss, TrainConfig, TrainError, lr_at, optimizer_for, train
+from hyperclone_core.train import checkpoint as ckpt
 
 CFG = toy_config()
 TOKENS = np.resize(np.random.default_rng(0).integers(0, 32, 41), 5000).astype(np.int64)

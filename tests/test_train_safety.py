@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from hyperclone_core.errors import HypercloneError  # noqa: E402
 from hyperclone_core.io import save_checkpoint  # noqa: E402
-from hyperclone_core.testing import CASES, random_weights  # noqa: E402
+from hyperclone_core.model.testing import CASES, random_weights  # noqa: E402
 from hyperclone_core.train import TrainConfig, TrainError  # noqa: E402
 from hyperclone_core.train import checkpoint as ckpt  # noqa: E402
 from hyperclone_core.train.cli import main  # noqa: E402

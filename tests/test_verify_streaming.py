@@ -7,12 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperclone_core import io, lazyweights, reference, testing
+from hyperclone_core import io
+from hyperclone_core.run import lazyweights, reference
+from hyperclone_core.model import testing
 from hyperclone_core.errors import CheckpointError
-from hyperclone_core.expand import expand_checkpoint, verify_checkpoints
-from hyperclone_core.families import family_for_config
-from hyperclone_core.numpy_backend import backend as numpy_backend
-from hyperclone_core.validate import read_model
+from hyperclone_core.expand.checkpoint import expand_checkpoint, verify_checkpoints
+from hyperclone_core.model.families import family_for_config
+from hyperclone_core.run.numpy_backend import backend as numpy_backend
+from hyperclone_core.model.validate import read_model
 
 TINY = 256  # bytes: every matrix of the tiny cases runs one or a few rows at a time
 

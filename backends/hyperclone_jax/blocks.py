@@ -35,8 +35,8 @@ import numpy as np
 from jax.extend.random import threefry2x32_p
 from jax.sharding import PartitionSpec
 
-from hyperclone_core.noise import helmert, noise_factor
-from hyperclone_core.plan import AddNoise, Cast, Offset, Reshape, Scale, Take
+from hyperclone_core.algebra.noise import helmert, noise_factor
+from hyperclone_core.algebra.planner import AddNoise, Cast, Offset, Reshape, Scale, Take
 
 from .ops import add_scaled, cast, jax_dtype, scale
 

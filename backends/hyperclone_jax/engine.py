@@ -26,9 +26,9 @@ import numpy as np
 import optax
 
 from hyperclone_core.errors import ConfigError
-from hyperclone_core.families import FAMILIES, family_for_config
-from hyperclone_core.spec import DecoderConfig
-from hyperclone_core.structure import slots
+from hyperclone_core.model.families import FAMILIES, family_for_config
+from hyperclone_core.model.spec import DecoderConfig
+from hyperclone_core.model.structure import slots
 from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError
 from hyperclone_core.train.optim import CLIP_EPS
 

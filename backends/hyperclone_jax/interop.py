@@ -20,11 +20,11 @@ import numpy as np
 
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hyperclone_core.backend import run_program
-from hyperclone_core.expand import make_plan
+from hyperclone_core.run.interpreter import run_program
+from hyperclone_core.expand.checkpoint import make_plan
 from hyperclone_core.io import Checkpoint
-from hyperclone_core.structure import slots
-from hyperclone_core.validate import read_model
+from hyperclone_core.model.structure import slots
+from hyperclone_core.model.validate import read_model
 
 from . import blocks
 from . import distributed as D

@@ -1,6 +1,6 @@
 """The core's decoder under ``jax.numpy``, jitted.
 
-The maths is ``hyperclone_core.decoder``; this file supplies jax's ``ArrayOps``
+The maths is ``hyperclone_core.model.decoder``; this file supplies jax's ``ArrayOps``
 (fused attention through ``jax.nn.dot_product_attention``, exact ``erf``, a
 stable top-k for routing, ``stop_gradient``) and two ways to compile it:
 
@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperclone_core import decoder
-from hyperclone_core.decoder import ArrayOps
+from hyperclone_core.model import decoder
+from hyperclone_core.model.decoder import ArrayOps
 from hyperclone_core.errors import ConfigError
-from hyperclone_core.spec import DecoderConfig, Family
-from hyperclone_core.structure import Params
+from hyperclone_core.model.spec import DecoderConfig, Family
+from hyperclone_core.model.structure import Params
 
 from .ops import QUICK_COMPILE, device_of
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperclone_core.errors import HypercloneError
-from hyperclone_core.growth import uniform_layout
-from hyperclone_core.noise import helmert, noise_factor, seed_words
+from hyperclone_core.algebra.growth import uniform_layout
+from hyperclone_core.algebra.noise import helmert, noise_factor, seed_words
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
 PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}

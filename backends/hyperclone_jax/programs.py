@@ -1,6 +1,6 @@
 """Each tensor program compiled whole, once per structure.
 
-``run_whole_program`` traces the core's interpreter (``hyperclone_core.backend.apply_ops``)
+``run_whole_program`` traces the core's interpreter (``hyperclone_core.run.protocol.apply_ops``)
 over the primitives of ``ops`` once per program *structure* and jits the result.
 The structure is the program with its array names replaced by positions and its
 noise seeds by slots: the index maps, coefficients and seeds are traced
@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperclone_core.backend import apply_ops, broadcast_coeffs, n_groups
+from hyperclone_core.run.interpreter import apply_ops, broadcast_coeffs, n_groups
 from hyperclone_core.errors import HypercloneError
-from hyperclone_core.noise import seed_words
-from hyperclone_core.plan import AddNoise, Reshape, Scale, Take, TensorPlan
+from hyperclone_core.algebra.noise import seed_words
+from hyperclone_core.algebra.planner import AddNoise, Reshape, Scale, Take, TensorPlan
 
 from . import blocks
 from .ops import QUICK_BELOW, QUICK_COMPILE, add_noise, add_scaled, asarray, cast, host_layout, reshape, scale, take

@@ -21,7 +21,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from hyperclone_core import family_for_config
-from hyperclone_core.structure import slots
+from hyperclone_core.model.structure import slots
 from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError, clip_coefficient
 
 from . import distributed

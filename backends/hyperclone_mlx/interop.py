@@ -24,9 +24,9 @@ from mlx.utils import tree_flatten
 
 from hyperclone_core import Growth, family_for_config
 from hyperclone_core import plan as make_plan
-from hyperclone_core.backend import run_program
+from hyperclone_core.run.interpreter import run_program
 from hyperclone_core.errors import HypercloneError
-from hyperclone_core.structure import slots
+from hyperclone_core.model.structure import slots
 
 from .backend import backend
 

@@ -1,6 +1,6 @@
 """The core's one decoder definition on ``mlx.core``, compiled with ``mx.compile``.
 
-The maths is ``hyperclone_core.decoder``; this file supplies MLX's ``ArrayOps``
+The maths is ``hyperclone_core.model.decoder``; this file supplies MLX's ``ArrayOps``
 (fused ``mx.fast`` kernels where they compute the same function) and the
 compiled forward / loss over a flat dict of weights by checkpoint name -- MLX's
 transforms (``mx.compile``, ``mx.value_and_grad``) take such dicts directly, so no
@@ -15,11 +15,11 @@ from typing import Mapping, Optional
 import mlx.core as mx
 import numpy as np
 
-from hyperclone_core import decoder
-from hyperclone_core.decoder import ArrayOps
-from hyperclone_core.families import FAMILIES
-from hyperclone_core.spec import DecoderConfig, Family
-from hyperclone_core.structure import Params, slots
+from hyperclone_core.model import decoder
+from hyperclone_core.model.decoder import ArrayOps
+from hyperclone_core.model.families import FAMILIES
+from hyperclone_core.model.spec import DecoderConfig, Family
+from hyperclone_core.model.structure import Params, slots
 
 from .ops import mx_dtype
 

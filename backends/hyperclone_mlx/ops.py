@@ -21,8 +21,8 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from hyperclone_core.growth import copy_ids, slice_copies, uniform_layout
-from hyperclone_core.noise import derive_seed, helmert, noise_factor, seed_words
+from hyperclone_core.algebra.growth import copy_ids, slice_copies, uniform_layout
+from hyperclone_core.algebra.noise import derive_seed, helmert, noise_factor, seed_words
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16, "float64": mx.float64}
 _NUMPY = {np.dtype(np.float32): mx.float32, np.dtype(np.float16): mx.float16, np.dtype(np.float64): mx.float64}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperclone_core.errors import HypercloneError
-from hyperclone_core.structure import slots
+from hyperclone_core.model.structure import slots
 from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError, optimizer_for
 from hyperclone_core.train import train as core_train
 
@@ -52,7 +52,7 @@ def trained_names(cfg: Mapping[str, Any], params: Mapping[str, torch.Tensor]) ->
     """The checkpoint's tensors, in checkpoint order: the family's stored slots when
     the config is of a supported family (refusing a model that lacks one), else
     every parameter."""
-    from hyperclone_core.families import family_for_config
+    from hyperclone_core.model.families import family_for_config
 
     try:
         family = family_for_config(cfg)

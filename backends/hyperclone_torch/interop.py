@@ -37,7 +37,7 @@ from torch import nn
 
 from hyperclone_core import Growth, family_for_config
 from hyperclone_core import plan as plan_growth
-from hyperclone_core.backend import run_program
+from hyperclone_core.run.interpreter import run_program
 from hyperclone_core.errors import HypercloneError
 
 from . import ops

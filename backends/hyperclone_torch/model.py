@@ -1,9 +1,9 @@
 """The decoder as a torch ``nn.Module``, running the core's one decoder definition.
 
-The maths is ``hyperclone_core.decoder``; this file supplies torch's ``ArrayOps``
+The maths is ``hyperclone_core.model.decoder``; this file supplies torch's ``ArrayOps``
 (F.linear, F.embedding, SDPA -- flash on CUDA --, F.layer_norm, torch.erf) and a
 module tree whose parameters are the checkpoint's tensors under the checkpoint's
-names (``hyperclone_core.structure.slots``), so HF folders load directly and
+names (``hyperclone_core.model.structure.slots``), so HF folders load directly and
 ``save_pretrained`` writes folders ``transformers`` loads.  Each layer is its own
 module (``model.layers.N``) whose forward runs ``decoder.block``: FSDP shards per
 layer and ``torch.compile`` compiles per layer.
@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperclone_core import decoder, family_for_config
-from hyperclone_core.decoder import ArrayOps
+from hyperclone_core.model import decoder
+from hyperclone_core import family_for_config
+from hyperclone_core.model.decoder import ArrayOps
 from hyperclone_core.errors import CheckpointError
-from hyperclone_core.spec import DecoderConfig, Family
-from hyperclone_core.structure import init_rule, layer_prefix, slots
+from hyperclone_core.model.spec import DecoderConfig, Family
+from hyperclone_core.model.structure import init_rule, layer_prefix, slots
 
 _HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 

@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from hyperclone_core.growth import block_copies, slice_copies, split_takes, uniform_layout
-from hyperclone_core.noise import helmert, noise_factor
+from hyperclone_core.algebra.growth import block_copies, slice_copies, split_takes, uniform_layout
+from hyperclone_core.algebra.noise import helmert, noise_factor
 
 _SCOPE: dict = {"active": False, "owned": {}, "out": None}
 

@@ -15,16 +15,16 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from hyperclone_core import Growth, HypercloneError, family_for_config, plan
-from hyperclone_core.backend import execute, run_program
-from hyperclone_core.dtypes import cast_numpy
-from hyperclone_core.plan import AddNoise, Plan, TensorPlan
-from hyperclone_core.testing import CASES, random_tokens, random_weights
-from hyperclone_core.tolerances import BF16_RELATIVE, F32_RELATIVE
+from hyperclone_core.run.interpreter import execute, run_program
+from hyperclone_core.io.dtypes import cast_numpy
+from hyperclone_core.algebra.planner import AddNoise, Plan, TensorPlan
+from hyperclone_core.model.testing import CASES, random_tokens, random_weights
+from hyperclone_core.expand.tolerances import BF16_RELATIVE, F32_RELATIVE
 
 # ---------------------------------------------------------------- bounds
 
 F32_BOUND = F32_RELATIVE
-"""float32: max |logits' - logits| <= F32_BOUND * max |logits| (``hyperclone_core.tolerances``:
+"""float32: max |logits' - logits| <= F32_BOUND * max |logits| (``hyperclone_core.expand.tolerances``:
 the bound ``hyperclone verify`` applies too)."""
 
 BF16_BOUND = BF16_RELATIVE
@@ -141,7 +141,7 @@ def source_weights(case: str, dtype: Optional[str] = None) -> dict:
 
 def oracle_tensor(p: Optional[Plan], tp: TensorPlan, weights: Mapping[str, np.ndarray], ops=None,
                   arrays: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
-    from hyperclone_core.numpy_backend import backend as numpy_backend
+    from hyperclone_core.run.numpy_backend import backend as numpy_backend
 
     tp = tp if ops is None else replace(tp, ops=tuple(ops))
     return run_program(numpy_backend, tp, p.arrays if arrays is None else arrays, np.array(weights[tp.source], copy=True))
@@ -149,7 +149,7 @@ def oracle_tensor(p: Optional[Plan], tp: TensorPlan, weights: Mapping[str, np.nd
 
 def run_shapes(shape: tuple, ops, arrays: Mapping[str, np.ndarray]) -> tuple:
     """The shape a program of Take/Reshape/Scale ops produces from ``shape``."""
-    from hyperclone_core.plan import Reshape, Take
+    from hyperclone_core.algebra.planner import Reshape, Take
 
     shape = tuple(shape)
     for op in ops:

@@ -7,7 +7,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from hyperclone_core import reference
+from hyperclone_core.run import reference
 from hyperclone_core.train import TrainConfig, optimizer_for
 
 from . import _suite as S

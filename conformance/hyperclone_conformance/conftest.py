@@ -11,7 +11,7 @@ from hyperclone_conformance.plugin import selected_backend
 
 @pytest.fixture(scope="session")
 def backend(pytestconfig):
-    from hyperclone_core.backend import load_backend
+    from hyperclone_core.run.protocol import load_backend
 
     return load_backend(selected_backend(pytestconfig))
 

@@ -36,7 +36,7 @@ def pytest_configure(config):
     if name is None:
         return
     from hyperclone_core import HypercloneError
-    from hyperclone_core.backend import load_backend
+    from hyperclone_core.run.protocol import load_backend
 
     try:
         load_backend(name)
@@ -49,7 +49,7 @@ def selected_backend(config, default=DEFAULT_BACKEND):
 
 
 def describe_backend(config, name) -> str:
-    from hyperclone_core.backend import load_backend
+    from hyperclone_core.run.protocol import load_backend
 
     b = load_backend(name)
     caps = ", ".join(sorted(getattr(b, "capabilities", ()))) or "none"

@@ -1,5 +1,5 @@
 """The backend's decoder equals the numpy oracle's (``reference.forward``, float64)
-on random weights, for every family in ``hyperclone_core.testing.CASES``."""
+on random weights, for every family in ``hyperclone_core.model.testing.CASES``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hyperclone_conformance import _suite as S
-from hyperclone_core import reference
+from hyperclone_core.run import reference
 
 pytestmark = pytest.mark.capability("forward")
 

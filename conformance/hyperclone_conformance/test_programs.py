@@ -65,7 +65,7 @@ def test_bfloat16_programs_are_bit_for_bit(backend, device, case, strategy, grow
 def test_reshape_programs_match_the_oracle(backend, device):
     """Programs that reshape between gathers (row-major order, as numpy's reshape):
     the plan format allows them, so every backend must execute them exactly."""
-    from hyperclone_core.plan import Reshape, Scale, Take, TensorPlan
+    from hyperclone_core.algebra.planner import Reshape, Scale, Take, TensorPlan
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 8)).astype(np.float32)

@@ -16,7 +16,7 @@ import pytest
 
 from hyperclone_conformance import _suite as S
 from hyperclone_conformance import _training as T
-from hyperclone_core.data import BatchSampler
+from hyperclone_core.train.data import BatchSampler
 from hyperclone_core.train import adamw_step, global_norm, lr_at, optimizer_for, train
 from hyperclone_core.train import checkpoint as ckpt
 

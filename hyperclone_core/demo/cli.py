@@ -1,6 +1,6 @@
 """``hyperclone demo``: pretrain a small model, clone it 2x, race it against a random
 twin and the small model kept training, on any backend that trains.  No download:
-the text is the embedded corpus (``hyperclone_core.corpus``) or ``--text FILE``.
+the text is the embedded corpus (``hyperclone_core.demo.corpus``) or ``--text FILE``.
 The defaults come from the sweep in ``docs/recipe.md``; ``benchmarks/speedup.py``
 runs the same race at any scale."""
 
@@ -13,10 +13,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
-from ..corpus import load as load_corpus
-from .. import __version__, recipe
-from ..argparsing import HelpFormatter, Parser, examples, fill
-from ..boundary import debug_requested, guarded
+from .corpus import load as load_corpus
+from .. import __version__
+from ..console import recipe
+from ..console.argparsing import HelpFormatter, Parser, examples, fill
+from ..console.boundary import debug_requested, guarded
 from ..errors import OutputError
 from ..io import AtomicDir, write_json
 from .plot import plot

@@ -20,13 +20,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..backend import execute, load_backend
-from ..corpus import Corpus
+from ..run.protocol import load_backend
+
+from ..run.interpreter import execute
+from .corpus import Corpus
 from ..errors import ConfigError, HypercloneError
-from ..families import family_for_config
-from ..plan import Growth, plan
-from ..progress import Progress
-from ..structure import init_weights
+from ..model.families import family_for_config
+from ..algebra.planner import Growth, plan
+from ..console.progress import Progress
+from ..model.structure import init_weights
 from ..train import TrainConfig, optimizer_for, train
 from . import report
 

@@ -15,14 +15,12 @@ One job per module:
 Never unpickles.
 """
 
-from ..dtypes import FLOAT_CODES
-from .atomic import (OUTPUT_MARK, TMP_MARK, AtomicDir, check_destination, clean_stale_tmp,
-                     is_hyperclone_output)
+from .dtypes import FLOAT_CODES
+from .atomic import OUTPUT_MARK, TMP_MARK, AtomicDir, check_destination, clean_stale_tmp, is_hyperclone_output
 from .checkpoint import AUX_FILES, BASE_PREFIXES, Checkpoint, copy_aux_files, load_weights, read_config
 from .checkpoint import _ignorable as _ignorable  # io.py exported it; kept for callers
 from .hf import save_checkpoint, write_hf_folder, write_json
-from .safetensors import (INDEX, SINGLE, SafetensorsFile, ShardedWriter, from_storage, to_storage,
-                          write_safetensors)
+from .safetensors import INDEX, SINGLE, SafetensorsFile, ShardedWriter, from_storage, to_storage, write_safetensors
 
 __all__ = [
     "AUX_FILES", "AtomicDir", "BASE_PREFIXES", "Checkpoint", "FLOAT_CODES", "INDEX", "OUTPUT_MARK", "SINGLE",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import FLOAT_CODES
+from .dtypes import FLOAT_CODES
 from ..errors import CheckpointError, ConfigError
-from ..structure import tied_away
+from ..model.structure import tied_away
 from .paths import _show, inside, is_regular, open_regular, read_small
 from .safetensors import INDEX, SafetensorsFile, from_storage
 
@@ -194,7 +194,7 @@ class Checkpoint:
     def validate(self, family, cfg, tie_ok: bool = True) -> None:
         """Refuse a checkpoint whose tensors disagree with its config (names, shapes,
         dtypes: every parameter is a float), naming them."""
-        from ..spec import tensor_names
+        from ..model.spec import tensor_names
 
         expected = tensor_names(family, cfg)
         self.bind(expected)

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
-from ..dtypes import CODES, NAMES, SAFETENSORS_DTYPES, bf16_to_f32, f32_to_bf16
+from .dtypes import CODES, NAMES, SAFETENSORS_DTYPES, bf16_to_f32, f32_to_bf16
 from ..errors import CheckpointError
 from .paths import _show, open_regular
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .. import __version__
-from .. import data as hdata
-from .. import recipe
-from ..argparsing import HelpFormatter, Parser, examples, fill
-from ..boundary import debug_requested, guarded
+from . import data as hdata
+from ..console import recipe
+from ..console.argparsing import HelpFormatter, Parser, examples, fill
+from ..console.boundary import debug_requested, guarded
 from ..errors import ConfigError, HypercloneError
 from .checkpoint import listed
 from .config import TrainConfig
@@ -154,9 +154,9 @@ def config_from(args) -> TrainConfig:
 
 
 def run(args) -> Any:
-    from ..backend import load_backend
+    from ..run.protocol import load_backend
     from ..io import Checkpoint, load_weights
-    from ..validate import read_model
+    from ..model.validate import read_model
 
     tc = config_from(args)
     bk = load_backend(args.backend)

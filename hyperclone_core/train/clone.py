@@ -11,12 +11,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..growth import copy_ids
-from ..program import Reshape, Take
+from ..algebra.growth import copy_ids
+from ..algebra.program import Reshape, Take
 
 
 def _roles_by_kind(plan) -> dict:
-    from ..families import FAMILIES
+    from ..model.families import FAMILIES
 
     return {r.kind: r for r in FAMILIES[plan.family].roles_for(plan.decoder)}
 

@@ -21,9 +21,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from .. import data as hdata
+from . import data as hdata
 from ..errors import EXIT_DIVERGED, EXIT_USAGE, CheckpointError, ConfigError, HypercloneError
-from ..progress import Progress
+from ..console.progress import Progress
 from . import checkpoint as ckpt
 from .clone import clone_lr_multipliers, symmetry, symmetry_pairs
 from .config import TrainConfig, lr_at
@@ -261,7 +261,7 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
 
 def _positions(hf: Mapping[str, Any]) -> Optional[int]:
     try:
-        from ..families import family_for_config
+        from ..model.families import family_for_config
 
         return family_for_config(hf).read(hf).positions
     except HypercloneError:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import load_backend
+from ..run.protocol import load_backend
 from ..io import load_weights
 from .config import TrainConfig
 from .loop import optimizer_for, train
@@ -39,7 +39,7 @@ def main(argv=None, exit_hard: bool = False) -> int:
     cut = len(tokens) - len(tokens) // 10
     plan = None
     if args.plan:
-        from ..plan import Plan
+        from ..algebra.planner import Plan
 
         plan = Plan.from_json(Path(args.plan).read_text())
     engine = bk.engine(hf, weights, cfg, optimizer_for(cfg, {n: w.shape for n, w in weights.items()}, plan))

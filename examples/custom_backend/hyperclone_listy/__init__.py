@@ -152,7 +152,7 @@ class ListyBackend:
     def forward(self, family, cfg, weights, tokens):
         """The core's decoder maths, run by numpy in float32: a backend gets its
         forward by handing the maths an array namespace, never by copying it."""
-        from hyperclone_core import reference
+        from hyperclone_core.run import reference
 
         return reference.forward(family, cfg, weights, tokens, dtype=np.float32)
 

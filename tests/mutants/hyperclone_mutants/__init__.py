@@ -12,11 +12,11 @@ import math
 
 import numpy as np
 
-from hyperclone_core import decoder
-from hyperclone_core.dtypes import bf16_to_f32
-from hyperclone_core.noise import mean_square, zero_sum_noise
-from hyperclone_core.numpy_backend import NumpyBackend
-from hyperclone_core.structure import Params
+from hyperclone_core.model import decoder
+from hyperclone_core.io.dtypes import bf16_to_f32
+from hyperclone_core.algebra.noise import mean_square, zero_sum_noise
+from hyperclone_core.run.numpy_backend import NumpyBackend
+from hyperclone_core.model.structure import Params
 
 
 class _Numpy(NumpyBackend):

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from . import decoder
-from .spec import DecoderConfig, Family
-from .structure import Params
+from ..model import decoder
+from ..model.spec import DecoderConfig, Family
+from ..model.structure import Params
 
 BLOCK_BYTES = 64 * 2**20
 

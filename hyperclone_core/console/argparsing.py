@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,6 +1,6 @@
 """The numpy reference backend: expand + forward, the oracle every backend is held to.
 
-Its forward is ``hyperclone_core.decoder`` run by numpy (``lazyweights``: ``NumpyOps`` whose
+Its forward is ``hyperclone_core.model.decoder`` run by numpy (``lazyweights``: ``NumpyOps`` whose
 linear and embed also take a big matrix in row blocks)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import os
 
 import numpy as np
 
-from . import io, lazyweights
-from .dtypes import cast_numpy
-from .growth import block_copies, split_takes, uniform_layout
-from .noise import gaussian, helmert, mean_square, noise_factor, zero_sum_noise
+from .. import io
+from . import lazyweights
+from ..io.dtypes import cast_numpy
+from ..algebra.growth import block_copies, split_takes, uniform_layout
+from ..algebra.noise import gaussian, helmert, mean_square, noise_factor, zero_sum_noise
 
 
 class NumpyBackend:
@@ -104,7 +105,7 @@ class NumpyBackend:
 
     def add_zero_sum_noise_power(self, x, axis, groups, power, seed, n_groups=None, chunk=1 << 16):
         """In place: zero-sum noise of mean power exactly ``power`` (a row block of
-        ``hyperclone_core.rowblocks``).  Uniform copies only (else None: the generic
+        ``hyperclone_core.run.rowblocks``).  Uniform copies only (else None: the generic
         path): the noise is ``H^T u`` (``noise.helmert``), u Box-Muller normals
         (``noise.gaussian``), added a cache-sized chunk at a time."""
         uniform = uniform_layout(groups)

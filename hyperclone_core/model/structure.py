@@ -3,7 +3,7 @@
 One description every backend reads: the stored tensors by checkpoint name with
 their slot (role kind, layer, expert) and shape, the tied-LM-head rule, the module
 path of the layer stack, and the init rule for training from scratch.  The decoder
-maths (``hyperclone_core.decoder``) asks for weights by slot through ``Params``;
+maths (``hyperclone_core.model.decoder``) asks for weights by slot through ``Params``;
 a backend that keeps its own modules (torch's ``nn.Module``) registers exactly the
 tensors ``slots`` lists, under the same names.
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from .initstream import InitStream
 from .spec import DecoderConfig, Family, Role, expand_pattern
 

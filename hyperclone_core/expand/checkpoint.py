@@ -21,19 +21,21 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import __version__, card
-from .backend import load_backend, run_program
-from .errors import CheckpointError, HypercloneError, OutputError, PlanError, UsageError, VerificationError
-from .io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, write_json
-from .io.safetensors import code_of, nbytes
-from .lazyweights import checkpoint_weights
-from .plan import Growth, Plan, plan
-from .spec import tensor_names
-from .progress import Progress
-from .rowblocks import gathers_only, row_program, run_rows
-from .testing import random_tokens
+from .. import __version__
+from . import card
+from ..run.protocol import load_backend
+from ..run.interpreter import run_program
+from ..errors import CheckpointError, HypercloneError, OutputError, PlanError, UsageError, VerificationError
+from ..io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, write_json
+from ..io.safetensors import code_of, nbytes
+from ..run.lazyweights import checkpoint_weights
+from ..algebra.planner import Growth, Plan, plan
+from ..model.spec import tensor_names
+from ..console.progress import Progress
+from ..run.rowblocks import gathers_only, row_program, run_rows
+from ..model.testing import random_tokens
 from .tolerances import coarsest, default_tolerance
-from .validate import MAX_DIM, MAX_LAYERS, read_model
+from ..model.validate import MAX_DIM, MAX_LAYERS, read_model
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -45,7 +47,7 @@ def make_plan(src_config: dict, *, width: float = 2, ffn: Optional[float] = None
     """The plan for the CLI's growth options; ``layers`` may be a total or ``"+K"``.
     Refuses sizes past ``validate.MAX_DIM`` / ``MAX_LAYERS`` before allocating anything,
     and strategy rules that match no tensor."""
-    from .strategy import parse
+    from ..algebra.strategy import parse
 
     family, cfg = read_model(src_config, where)
     rules = parse(strategy)
@@ -188,7 +190,7 @@ def write_tensors(bk, ck: Checkpoint, p: Plan, writer: ShardedWriter, out_dtypes
     passes through untouched, on the numpy backend: no arithmetic to differ); the rest
     run whole.  A helper thread rounds and writes while the next block computes; a
     backend with ``row_workers`` > 1 (numpy) computes that many blocks at once."""
-    from .numpy_backend import backend as bits
+    from ..run.numpy_backend import backend as bits
 
     cache: dict = {}
     with _WriteBehind(writer) as out:

@@ -7,11 +7,20 @@ Nothing about a family is special-cased elsewhere.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
-from .errors import ConfigError
-from .growth import segment_size
+from ..errors import ConfigError
+
+Factor = Union[str, int]
+Segment = tuple  # tuple[Factor, ...]: an ordered product of dims (names) and constants
+
+
+def segment_size(segment: Segment, sizes: Mapping[str, int]) -> int:
+    """The size of one segment of an axis under ``sizes``."""
+    return math.prod(f if isinstance(f, int) else sizes[f] for f in segment)
+
 
 DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",

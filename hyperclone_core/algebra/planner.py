@@ -25,10 +25,10 @@ import numpy as np
 
 from . import strategy as strategies
 from .certificate import Certificate, certify_coefficients
-from .errors import CertificateError, PlanError
+from ..errors import CertificateError, PlanError
 from .growth import AxisMap, ReplicationMap, axis_map
 from .program import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan, op_from_dict, op_to_dict
-from .spec import DecoderConfig, Family, Role, expand_pattern, tensor_names
+from ..model.spec import DecoderConfig, Family, Role, expand_pattern, tensor_names
 
 @dataclass(frozen=True)
 class Plan:
@@ -139,7 +139,7 @@ class Plan:
             d = dict(d)
             d["layer_types"] = tuple(d.get("layer_types") or ())
             if "qkv_layout" not in d:  # plans written before the layout was a config field
-                from .families import get_family
+                from ..model.families import get_family
 
                 read = get_family(doc["source_config"].get("model_type", doc["family"])).read(doc["source_config"])
                 d.update(qkv_layout=read.qkv_layout, fused_gate_up=read.fused_gate_up)

@@ -36,7 +36,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .errors import PlanError
+from ..errors import PlanError
 
 MIN_SNR_DB = 0.0
 """The SNR must exceed this (exclusive): noise weaker than the weights it is added to.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional
 
-from .errors import ConfigError, UsageError
+from ..errors import ConfigError, UsageError
 
 MAX_DIM = 2**22
 """Largest size of any dim (hidden, ffn, vocab, heads, ...), before and after growth: 4M,

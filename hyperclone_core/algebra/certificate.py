@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CertificateError
+from ..errors import CertificateError
 from .growth import AxisMap
 
 

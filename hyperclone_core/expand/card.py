@@ -16,11 +16,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from .dtypes import FLOAT_CODES
-from .families import family_for_config
-from .io.paths import inside, open_regular
-from .io.safetensors import code_of, nbytes
-from .structure import slots
+from ..io.dtypes import FLOAT_CODES
+from ..model.families import family_for_config
+from ..io.paths import inside, open_regular
+from ..io.safetensors import code_of, nbytes
+from ..model.structure import slots
 
 PAPER = ("Mohammad Samragh, Iman Mirzadeh, Keivan Alizadeh Vahid, Fartash Faghri, Minsik Cho, Moin Nabi, "
          "Devang Naik, Mehrdad Farajtabar. Scaling Smart: Accelerating Large Language Model Pre-training "
@@ -307,7 +307,7 @@ def write_docs(tmp, src, dst, report: dict, source_config: Mapping[str, Any], op
     """Into the folder being written: the source's card as BASE_MODEL_README.md, the
     model card README.md, and recipe.toml (the call's options, resolved).  Records the
     base card's name in ``report``."""
-    from . import recipe
+    from ..console import recipe
 
     base_card = copy_base_card(src, tmp)
     report["base_model_card"] = BASE_CARD if base_card else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from ..spec import DecoderConfig, Role, implicit_head_dim, in_, out, require, rope_params
 
 Q = "kv_heads*q_per_kv*head_dim"

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 TOKEN_DTYPES = ("uint8", "uint16", "uint32", "int32", "int64")
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py", ".json", ".csv", ".html", ".xml")

@@ -11,14 +11,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import PlanError
+from ..errors import PlanError
+from ..model.spec import Segment
 
-Factor = Union[str, int]
-Segment = tuple  # tuple[Factor, ...]
 
 LAYOUTS = ("tile", "interleave")
 
@@ -215,10 +214,6 @@ class AxisMap:
     def uniform(self) -> bool:
         c = self.counts
         return bool((c == c[0]).all())
-
-
-def segment_size(segment: Segment, sizes: Mapping[str, int]) -> int:
-    return math.prod(f if isinstance(f, int) else sizes[f] for f in segment)
 
 
 def axis_map(

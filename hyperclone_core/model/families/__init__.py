@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from ..spec import Family
 from .gpt_neox import gpt_neox
 from .llama import gemma, gemma2, llama, mistral, mixtral, olmo, olmo2, phi3, qwen2, qwen3

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .errors import CheckpointError, UsageError
-from .io.paths import read_small
+from ..errors import CheckpointError, UsageError
+from ..io.paths import read_small
 
 MAX_RECIPE_BYTES = 1 << 20
 """A recipe is a page of TOML; anything bigger is not one."""

@@ -34,9 +34,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
-from .backend import apply_ops, n_groups
-from .noise import derive_seed
-from .program import AddNoise, Reshape, Scale, Take, TensorPlan
+from .interpreter import apply_ops, n_groups
+from ..algebra.noise import derive_seed
+from ..algebra.program import AddNoise, Reshape, Scale, Take, TensorPlan
 
 BLOCK_ELEMS = 1 << 21
 """Destination elements per block (8 MiB of float32): the block's ops chain in the

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .errors import HypercloneError
+from ..errors import HypercloneError
 
 VAL_FRACTION = 0.1
 MIN_DOCSTRING = 80      # shorter docstrings are mostly "Return x." noise
@@ -160,7 +160,7 @@ def load(text: Optional[str] = None, val_fraction: float = VAL_FRACTION) -> Corp
 
 
 def main(argv=None) -> int:
-    """``python -m hyperclone_core.corpus [FILE]``: print the corpus's size and hash."""
+    """``python -m hyperclone_core.demo.corpus [FILE]``: print the corpus's size and hash."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         print(load(args[0] if args else None).describe())

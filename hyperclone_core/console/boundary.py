@@ -12,7 +12,7 @@ import traceback
 import warnings
 from typing import Callable
 
-from .errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, HypercloneError
+from ..errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, HypercloneError
 
 
 def _one_line(text: str) -> str:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _CHUNK = 1 << 22  # values per pass over a large tensor (a multiple of 16)
 

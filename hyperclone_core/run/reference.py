@@ -1,5 +1,5 @@
 """The numpy oracle: plans executed by the numpy backend, and the one decoder
-definition (``hyperclone_core.decoder``) run by numpy.
+definition (``hyperclone_core.model.decoder``) run by numpy.
 
 Every backend is held to these functions.  They favour clarity over speed.
 """
@@ -10,18 +10,18 @@ from typing import Mapping
 
 import numpy as np
 
-from . import decoder
-from .plan import Plan
-from .program import TensorPlan
-from .spec import DecoderConfig, Family
-from .structure import Params
+from ..model import decoder
+from ..algebra.planner import Plan
+from ..algebra.program import TensorPlan
+from ..model.spec import DecoderConfig, Family
+from ..model.structure import Params
 
 _OPS = decoder.NumpyOps()
 
 
 def expand_tensor(tp: TensorPlan, arrays: Mapping[str, np.ndarray], w: np.ndarray) -> np.ndarray:
     """Execute one tensor's program on a numpy array (float32/float64)."""
-    from .backend import run_program
+    from .interpreter import run_program
     from .numpy_backend import backend
 
     return run_program(backend, tp, arrays, np.asarray(w))
