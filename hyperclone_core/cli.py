@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .console import recipe
 from .model import validate
+from .algebra.strategy import DEFAULT as DEFAULT_STRATEGY
 from .console.argparsing import HelpFormatter, Parser, examples, fill
 from .console.boundary import debug_requested, guarded
 from .errors import EXIT_VERIFICATION, HypercloneError, UsageError
@@ -104,7 +105,7 @@ def _growth_args(p: argparse.ArgumentParser) -> None:
                    help="where copies go: in blocks (tile, the paper's) or side by side (interleave)")
     g.add_argument("--strategy", default=None,
                    help="symmetric, diagonal, first_copy, random_split:A or noisy:DB, or rules per role or name "
-                        "like mlp=noisy:10,attn=symmetric (default: noisy:10)")
+                        f"like mlp=noisy:10,attn=symmetric (default: {DEFAULT_STRATEGY})")
     g.add_argument("--seed", type=lambda t: validate.integer("--seed", t, 0, 2**63 - 1), default=0,
                    help="seed of the noise and random_split draws; same seed, same bytes")
     g.add_argument("--inexact", action="store_true",
@@ -148,12 +149,12 @@ def cmd_expand(a) -> int:
 
 def cmd_plan(a) -> int:
     from .expand.card import config_changes, config_dtype, format_changes, format_summary, summary
-    from .expand.checkpoint import make_plan
+    from .algebra.options import plan_growth
     from .io import Checkpoint, read_config
     from .model.validate import read_model
 
     cfg = read_config(a.src)
-    p = make_plan(cfg, **_growth_kwargs(a), where=os.path.join(a.src, "config.json"))
+    p = plan_growth(cfg, **_growth_kwargs(a), where=os.path.join(a.src, "config.json"))
     dtype_of = lambda name: config_dtype(cfg)  # noqa: E731 - --no-weights-check: as config.json states
     if not a.no_weights_check:
         fam, dec = read_model(cfg)

@@ -131,7 +131,7 @@ def test_report_exact_records_the_measurement(tmp_path, case_dir):
 
 
 def test_bf16_clone_gets_the_bf16_bound(tmp_path, case_dir, capsys):
-    from hyperclone_core.expand.checkpoint import tolerances
+    from hyperclone_core.expand import tolerances
 
     src = case_dir("llama")
     expand_checkpoint(src, tmp_path / "dst", dtype="bfloat16", progress=False, verify=False)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hyperclone_core.run.interpreter import run_program
-from hyperclone_core.expand.checkpoint import make_plan
+from hyperclone_core.algebra.options import plan_growth
 from hyperclone_core.io import Checkpoint
 from hyperclone_core.model.structure import slots
 from hyperclone_core.model.validate import read_model
@@ -63,7 +63,7 @@ def save_pretrained(folder, config: Mapping[str, Any], params: Mapping[str, Any]
 
 def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width: float = 2,
                   ffn: Optional[float] = None, ffn_size: Optional[int] = None, heads: Optional[float] = None,
-                  kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = "noisy:10", seed: int = 0,
+                  kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = None, seed: int = 0,
                   layout: str = "tile", mesh=None, rules: Optional[Mapping[str, Any]] = None,
                   return_plan: bool = False):
     """Grow a params pytree (HF names -> numpy or jax arrays) into one whose logits equal
@@ -74,8 +74,8 @@ def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width
     needed part of (``source_spec``), so the host never holds a grown tensor; ``rules``
     (role kind or glob -> PartitionSpec) override ``distributed.ROLE_AXES``.  The
     source is not modified."""
-    p = make_plan(dict(config), width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
-                  layers=layers, strategy=strategy, seed=seed, layout=layout, where="config")
+    p = plan_growth(dict(config), width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
+                    layers=layers, strategy=strategy, seed=seed, layout=layout, where="config")
     missing = sorted(s for s in p.sources() if s not in params)
     if missing:
         raise KeyError(f"expand_params: params lack {', '.join(missing[:6])} (keys are the checkpoint's HF names)")

@@ -22,11 +22,11 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from hyperclone_core import Growth, family_for_config
-from hyperclone_core import plan as make_plan
+from hyperclone_core import family_for_config
+from hyperclone_core.algebra.options import plan_growth
 from hyperclone_core.run.interpreter import run_program
 from hyperclone_core.errors import HypercloneError
-from hyperclone_core.model.structure import slots
+from hyperclone_core.model.structure import slots, tied_heads
 
 from .backend import backend
 
@@ -51,10 +51,10 @@ def model_config(model, config: Optional[Mapping[str, Any]] = None) -> dict:
         raise HypercloneError(f"expand_model takes an mlx-lm model (with .args), not {type(model).__name__}; "
                               "or pass config= (mlx_lm.load(path, return_config=True))")
     hf = {k: v for k, v in dataclasses.asdict(args).items() if v is not None}
-    if "tie_word_embeddings" not in hf:
+    if "tie_word_embeddings" not in hf:  # tied when the model holds none of the heads a tied checkpoint leaves out
         family = family_for_config(hf)
-        head = next((r.pattern for r in family.roles if r.kind == "lm_head"), "lm_head.weight")
-        hf["tie_word_embeddings"] = not any(k.endswith(head) for k, _ in tree_flatten(model.parameters()))
+        heads = tied_heads(family, family.read(dict(hf, tie_word_embeddings=True)))
+        hf["tie_word_embeddings"] = not any(k.endswith(h) for k, _ in tree_flatten(model.parameters()) for h in heads)
     return hf
 
 
@@ -131,7 +131,7 @@ def _check_holds(new, family, plan) -> None:
 
 
 def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads: Optional[float] = None,
-                 kv_heads: Optional[float] = None, layers: Optional[int] = None, strategy: Any = "noisy:10",
+                 kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = None,
                  seed: int = 0, layout: str = "tile", config: Optional[Mapping[str, Any]] = None,
                  return_plan: bool = False):
     """Grow an mlx-lm ``model`` (``mlx_lm.load`` / ``mlx_lm.utils.load_model``) into a
@@ -141,9 +141,9 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     default device in the model's dtype; the source is not modified."""
     hf = model_config(model, config)
     family = family_for_config(hf)
-    cfg = family.read(hf)
-    growth = Growth.of(cfg, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, layout=layout)
-    plan = make_plan(family, hf, growth, strategy, seed)
+    plan = plan_growth(hf, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, strategy=strategy,
+                       seed=seed, layout=layout, where=f"{type(model).__module__}.Model config")
+    cfg = plan.source_decoder
     src = _source_tensors(model, locate(model, family, cfg), family, cfg)
     new = type(model)(_grown_args(model, hf, plan, family))
     _check_holds(new, family, plan)

@@ -35,8 +35,9 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from hyperclone_core import Growth, family_for_config
-from hyperclone_core import plan as plan_growth
+from hyperclone_core import family_for_config
+from hyperclone_core.algebra.options import plan_growth
+from hyperclone_core.model.structure import tied_heads
 from hyperclone_core.run.interpreter import run_program
 from hyperclone_core.errors import HypercloneError
 
@@ -169,7 +170,7 @@ def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads: Optional[float] = None,
-                 kv_heads: Optional[float] = None, layers: Optional[int] = None, strategy: Any = "noisy:10",
+                 kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = None,
                  seed: int = 0, layout: str = "tile", untie: bool = False, return_plan: bool = False):
     """Grow ``model`` (transformers PreTrainedModel of a supported family, or a
     Decoder) into a model of the same class whose logits equal the source's.
@@ -178,10 +179,9 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     ``layers`` is the new total depth; tied embeddings stay tied unless ``untie``.  Runs on the model's device and dtype; the
     source is not modified and shares no storage with the result.
     """
-    family, hf = _hf_config(model)
-    cfg = family.read(hf)
-    growth = Growth.of(cfg, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, layout=layout)
-    plan = plan_growth(family, hf, growth, strategy, seed, untie=untie)
+    _, hf = _hf_config(model)
+    plan = plan_growth(hf, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, strategy=strategy,
+                       seed=seed, layout=layout, untie=untie, where=f"{type(model).__name__}.config")
 
     src_state = model.state_dict()
     new = _empty_like_class(model, plan)
@@ -205,7 +205,8 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
 
     missing = [n for n in meta if n not in out]
     tied = plan.decoder.tie_embeddings
-    if missing and not (tied and all(_is_lm_head(n) for n in missing)):
+    heads = {_in_memory(n) for n in tied_heads(plan.spec, plan.decoder)}
+    if missing and not all(n in heads for n in missing):
         raise HypercloneError(f"expand_model: the plan gives no values for {missing[:6]} of {type(new).__name__}")
     new.load_state_dict(out, strict=False, assign=True)
     if tied and hasattr(new, "tie_weights"):
@@ -416,8 +417,11 @@ def _return_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _is_lm_head(name: str) -> bool:
-    return name in ("lm_head.weight", "embed_out.weight")
+def _in_memory(name: str) -> str:
+    """A checkpoint name as transformers names the parameter in memory (``RENAMES``)."""
+    for pattern, repl in RENAMES:
+        name = pattern.sub(repl, name)
+    return name
 
 
 __all__ = ["expand_model", "locate", "Location", "parameters_on_meta", "RENAMES", "FUSED"]

@@ -32,14 +32,24 @@ def seed_words(seed: int, words: int = 2) -> tuple:
     return tuple((seed >> (32 * (words - 1 - k))) & 0xFFFFFFFF for k in range(words))
 
 
+def fnv1a63(data: bytes) -> int:
+    """The one seed derivation: FNV-1a (64-bit) over ``data``, folded to 63 bits so
+    every framework's RNG takes it."""
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) % (1 << 64)
+    return h % (1 << 63)
+
+
+def seed_for(seed: int, name: str) -> int:
+    """A tensor's seed: depends only on the plan's seed and the tensor's name."""
+    return fnv1a63(f"{seed}:{name}".encode())
+
+
 def derive_seed(seed: int, *path: int) -> int:
     """A 63-bit seed for a sub-stream (block ``b`` of a tensor, chunk ``c`` ...) that
-    depends on every bit of ``seed`` and ``path`` (FNV-1a over their bytes)."""
-    h = 1469598103934665603
-    for v in (int(seed), *map(int, path)):
-        for b in v.to_bytes(16, "little", signed=True):
-            h = ((h ^ b) * 1099511628211) % (1 << 64)
-    return h % (1 << 63)
+    depends on every bit of ``seed`` and ``path``."""
+    return fnv1a63(b"".join(int(v).to_bytes(16, "little", signed=True) for v in (seed, *path)))
 
 
 def gaussian(shape, seed) -> np.ndarray:
@@ -124,5 +134,5 @@ def mean_square(x: np.ndarray, chunk: int = 1 << 20) -> float:
     return total / max(flat.size, 1)
 
 
-__all__ = ["derive_seed", "gaussian", "helmert", "mean_square", "noise_factor", "project_zero_sum", "seed_words",
-           "zero_sum_noise"]
+__all__ = ["derive_seed", "fnv1a63", "gaussian", "helmert", "mean_square", "noise_factor", "project_zero_sum",
+           "seed_for", "seed_words", "zero_sum_noise"]

@@ -27,6 +27,7 @@ from . import strategy as strategies
 from .certificate import Certificate, certify_coefficients
 from ..errors import CertificateError, PlanError
 from .growth import AxisMap, ReplicationMap, axis_map
+from .noise import seed_for
 from .program import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan, op_from_dict, op_to_dict
 from ..model.spec import DecoderConfig, Family, Role, expand_pattern, tensor_names
 
@@ -45,6 +46,13 @@ class Plan:
     tensors: tuple
     arrays: Mapping[str, np.ndarray] = field(repr=False)
     certificate: Optional[Certificate] = None
+
+    @property
+    def spec(self) -> Family:
+        """The ``Family`` this plan grows (the registry's entry for the source's model_type)."""
+        from ..model.families import family_for_config
+
+        return family_for_config(self.source_config)
 
     @property
     def exact(self) -> bool:
@@ -465,14 +473,6 @@ def src_names_by_kind(names: Mapping[str, Any], kind: str) -> str:
         if role.kind == kind:
             return n
     raise PlanError(f"no tensor of kind {kind!r}")
-
-
-def seed_for(seed: int, name: str) -> int:
-    """A per-tensor seed that depends only on the plan's seed and the tensor name."""
-    h = 1469598103934665603
-    for b in f"{seed}:{name}".encode():
-        h = ((h ^ b) * 1099511628211) % (1 << 64)
-    return h % (1 << 63)
 
 
 def _head_fold(cfg: DecoderConfig, roles: Mapping[str, Role], r: int, old_sizes, new_sizes):

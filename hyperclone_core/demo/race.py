@@ -26,7 +26,8 @@ from ..run.interpreter import execute
 from .corpus import Corpus
 from ..errors import ConfigError, HypercloneError
 from ..model.families import family_for_config
-from ..algebra.planner import Growth, plan
+from ..algebra.options import plan_growth
+from ..algebra.strategy import DEFAULT as DEFAULT_STRATEGY
 from ..console.progress import Progress
 from ..model.structure import init_weights
 from ..train import TrainConfig, optimizer_for, train
@@ -44,7 +45,7 @@ class Settings:
     heads: int = 4
     ffn: int = 172
     width: int = 2
-    strategy: str = "noisy:10"
+    strategy: str = DEFAULT_STRATEGY
     seq_len: int = 64
     batch_size: int = 16
     pretrain_steps: int = 800
@@ -175,8 +176,7 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
     pre, small = run(bk, hf_small, small, train_config(st, st.pretrain_steps, st.pretrain_lr, st.seed + 1),
                      train_tokens, val_tokens, bar=bar)
 
-    fam = family_for_config(hf_small)
-    p = plan(fam, hf_small, Growth.of(fam.read(hf_small), width=st.width), st.strategy, seed=st.seed)
+    p = plan_growth(hf_small, width=st.width, strategy=st.strategy, seed=st.seed, where="the demo's small model")
     clone = execute(bk, p, small)
     n_clone = sum(int(np.prod(np.shape(w))) for w in clone.values())
     rows = max(1, min(4, len(val_tokens) // st.seq_len))

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from ..io.dtypes import FLOAT_CODES
-from ..model.families import family_for_config
 from ..io.paths import inside, open_regular
 from ..io.safetensors import code_of, nbytes
 from ..model.structure import slots
@@ -72,7 +71,7 @@ def summary(plan, source_dtype: Callable[[str], str], out_dtype: Optional[str] =
     tensors each checkpoint stores (a tied LM head is the embedding, counted once);
     ``source_dtype(name)`` is a source tensor's stored dtype, ``out_dtype`` the output's
     (None: each tensor keeps its source's)."""
-    family = family_for_config(plan.source_config)
+    family = plan.spec
     before = slots(family, plan.source_decoder)
     after = slots(family, plan.decoder)
     sources = {t.name: t.source for t in plan.tensors}
@@ -127,7 +126,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 
 def _why(key: str, before: Any, after: Any, plan, untie: bool) -> str:
-    family = family_for_config(plan.source_config)
+    family = plan.spec
     if key == "layer_types":
         return ("the per-layer attention pattern is written out: transformers derives it from the layer index, "
                 "which depth growth shifts; each inserted layer keeps its source layer's kind")
@@ -156,7 +155,7 @@ def config_changes(plan, config: Mapping[str, Any], asked: Mapping[str, str] = (
     """Every key of the written ``config`` that differs from the source's: ``asked``
     (dims the growth options set, plus ``asked`` keys -> the option that set them, e.g.
     the dtype) and ``unrequested`` (everything else, each with why)."""
-    family = family_for_config(plan.source_config)
+    family = plan.spec
     old, new = plan.source_decoder.sizes(), plan.decoder.sizes()
     old["heads"], new["heads"] = plan.source_decoder.heads, plan.decoder.heads
     grown = {d for d in new if old.get(d) != new[d]}

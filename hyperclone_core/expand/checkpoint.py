@@ -25,53 +25,20 @@ from .. import __version__
 from . import card
 from ..run.protocol import load_backend
 from ..run.interpreter import run_program
-from ..errors import CheckpointError, HypercloneError, OutputError, PlanError, UsageError, VerificationError
+from ..errors import CheckpointError, HypercloneError, OutputError, UsageError, VerificationError
 from ..io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, write_json
 from ..io.safetensors import code_of, nbytes
 from ..run.lazyweights import checkpoint_weights
-from ..algebra.planner import Growth, Plan, plan
+from ..algebra.options import plan_growth
+from ..algebra.planner import Plan
 from ..model.spec import tensor_names
 from ..console.progress import Progress
 from ..run.rowblocks import gathers_only, row_program, run_rows
 from ..model.testing import random_tokens
 from .tolerances import coarsest, default_tolerance
-from ..model.validate import MAX_DIM, MAX_LAYERS, read_model
+from ..model.validate import read_model
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-def make_plan(src_config: dict, *, width: float = 2, ffn: Optional[float] = None, ffn_size: Optional[int] = None,
-              heads: Optional[float] = None, kv_heads: Optional[float] = None, layers: Optional[Any] = None,
-              strategy: Any = None, seed: int = 0, inexact: bool = False, layout: str = "tile",
-              where: str = "config.json") -> Plan:
-    """The plan for the CLI's growth options; ``layers`` may be a total or ``"+K"``.
-    Refuses sizes past ``validate.MAX_DIM`` / ``MAX_LAYERS`` before allocating anything,
-    and strategy rules that match no tensor."""
-    from ..algebra.strategy import parse
-
-    family, cfg = read_model(src_config, where)
-    rules = parse(strategy)
-    if isinstance(layers, str):
-        text = layers.strip()
-        try:
-            layers = cfg.layers + int(text[1:]) if text.startswith("+") else int(text)
-        except ValueError:
-            raise UsageError(f"--layers {layers!r}: give a total depth (e.g. 26) or +K") from None
-    if layers is not None and not 1 <= layers <= MAX_LAYERS:
-        raise UsageError(f"--layers: {layers} layers is outside [1, {MAX_LAYERS}]")
-    growth = Growth.of(cfg, width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
-                       layers=layers, layout=layout)
-    big = {d: n for d, n in growth.sizes.items() if d != "layers" and n > MAX_DIM}
-    if big:
-        raise UsageError(f"the growth asks for {', '.join(f'{d}={n}' for d, n in big.items())}, past the "
-                         f"largest supported size {MAX_DIM}; choose smaller ratios")
-    p = plan(family, src_config, growth, rules, seed=seed, allow_inexact=inexact)
-    unused = rules.unmatched((n, role.kind) for n, (role, _, _) in tensor_names(family, p.decoder).items())
-    if unused:
-        raise PlanError(f"--strategy rule {', '.join(repr(k) for k in unused)} matches no tensor of this "
-                        f"{family.name} model; keys are role kinds (mlp, attn, embed, lm_head, norm, ...) or name "
-                        "globs (*.q_proj.*)")
-    return p
 
 
 def _backend(name: str, device: Optional[str]):
@@ -135,9 +102,9 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
     ck = Checkpoint(src)
     family, src_cfg = read_model(ck.config, str(src / "config.json"))
     ck.validate(family, src_cfg)
-    p = make_plan(ck.config, width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
-                  layers=layers, strategy=strategy, seed=seed, inexact=inexact, layout=layout,
-                  where=str(src / "config.json"))
+    p = plan_growth(ck.config, width=width, ffn=ffn, ffn_size=ffn_size, heads=heads, kv_heads=kv_heads,
+                    layers=layers, strategy=strategy, seed=seed, inexact=inexact, layout=layout,
+                    where=str(src / "config.json"))
     bk = _backend(backend, device)
     out_dtypes = {t.name: dtype or ck.dtype(t.source) for t in p.tensors}
     _check_space(dst.parent, sum(nbytes(t.shape, code_of(out_dtypes[t.name])) for t in p.tensors))

@@ -41,6 +41,12 @@ def tied_away(role: Role, cfg: DecoderConfig) -> bool:
     return role.kind == "lm_head" and cfg.tie_embeddings
 
 
+def tied_heads(family: Family, cfg: DecoderConfig) -> set:
+    """The checkpoint names ``tied_away`` leaves out of ``cfg``'s checkpoint (empty when
+    the embeddings are not tied): what a loader fills from the embedding table."""
+    return {n for n, s in slots(family, cfg, stored_only=False).items() if tied_away(s.role, cfg)}
+
+
 def slots(family: Family, cfg: DecoderConfig, stored_only: bool = True) -> dict:
     """Every tensor of ``cfg``'s checkpoint: name -> Slot, in role order.  A tied LM
     head is left out unless ``stored_only`` is False."""
@@ -123,4 +129,5 @@ class Params:
         return lambda kind, expert=None: self.by_slot.get((kind, i, expert))
 
 
-__all__ = ["Params", "Slot", "init_rule", "init_weights", "is_norm", "layer_prefix", "slots", "tied_away"]
+__all__ = ["Params", "Slot", "init_rule", "init_weights", "is_norm", "layer_prefix", "slots", "tied_away",
+           "tied_heads"]

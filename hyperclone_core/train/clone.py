@@ -16,9 +16,7 @@ from ..algebra.program import Reshape, Take
 
 
 def _roles_by_kind(plan) -> dict:
-    from ..model.families import FAMILIES
-
-    return {r.kind: r for r in FAMILIES[plan.family].roles_for(plan.decoder)}
+    return {r.kind: r for r in plan.spec.roles_for(plan.decoder)}
 
 
 def clone_lr_multipliers(plan, rule: str = "inverse_width") -> dict:
