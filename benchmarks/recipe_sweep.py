@@ -39,6 +39,7 @@ from hyperclone_core.io import write_json
 from hyperclone_core.demo.race import PRESERVATION_TOLERANCE, llama_config, random_weights
 from hyperclone_core.demo.report import forgetting_dip, speedup, with_pretraining
 from hyperclone_core.train import TrainConfig, clone_lr_multipliers
+from hyperclone_core.train.clone import CLONE_LR_RULES as RULES
 from hyperclone_torch import Decoder, expand_model, train
 
 
@@ -60,7 +61,7 @@ def preservation_error(small, clone, tokens) -> float:
 CACHE_VERSION = 2  # 2: initial weights from the core's init stream (the demo's), not torch's generator
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = {"embedded": None, "shakespeare": str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt")}
-CLONE_LR_RULES = ("", "inverse_width", "sqrt_inverse_width", "inverse_width_no_head", "head_only_inverse")
+CLONE_LR_RULES = ("", *RULES)
 
 
 @dataclass(frozen=True)
@@ -222,22 +223,11 @@ def race_schedule(p: Point) -> dict:
 
 
 def clone_lr_map(plan, rule: str) -> dict:
-    """Per-tensor LR multipliers (an explicit map for TrainConfig.clone_lr) from the
-    trainer's ``inverse_width`` rule (1/r on every weight whose input axis grew r-fold)
-    and its variants: square root, all but the LM head, the LM head only."""
+    """Per-tensor LR multipliers (an explicit map for TrainConfig.clone_lr) from a rule of
+    the trainer's registry (``hyperclone_core.train.clone.CLONE_LR_RULES``)."""
     if rule not in CLONE_LR_RULES:
         raise HypercloneError(f"clone_lr {rule!r}: use one of {', '.join(repr(r) for r in CLONE_LR_RULES)}")
-    if not rule:
-        return {}
-    base = clone_lr_multipliers(plan, "inverse_width")
-    kinds = {t.name: t.kind for t in plan.tensors}
-    if rule == "sqrt_inverse_width":
-        return {n: math.sqrt(m) for n, m in base.items()}
-    if rule == "inverse_width_no_head":
-        return {n: m for n, m in base.items() if kinds[n] != "lm_head"}
-    if rule == "head_only_inverse":
-        return {n: m for n, m in base.items() if kinds[n] == "lm_head"}
-    return base
+    return clone_lr_multipliers(plan, rule)
 
 
 def curve_of(result) -> list:

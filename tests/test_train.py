@@ -152,7 +152,7 @@ def test_grad_accumulation_matches_one_big_batch():
 
 def test_clone_lr_multipliers():
     _, grown, p = clone("symmetric")
-    mults = clone_lr_multipliers(p)
+    mults = clone_lr_multipliers(p, "inverse_width")
     for t in p.tensors:
         grown_in = len(t.shape) == 2 and t.kind != "embed"
         assert mults.get(t.name, 1.0) == (0.5 if grown_in else 1.0), t.name

@@ -66,7 +66,7 @@ SETTINGS_HELP = {
     "steps": "steps each of the three models trains in the race",
     "lr": "peak learning rate in the race (random twin, small model)",
     "clone_lr_scale": "the clone's peak learning rate is --lr times this",
-    "clone_lr": "per-tensor LR multipliers for the clone: none or inverse_width",
+    "clone_lr": "per-tensor LR multipliers for the clone: none or a rule of hyperclone train --clone-lr",
     "warmup_steps": "linear warmup steps of every run",
     "min_lr_ratio": "the cosine schedule ends at the peak learning rate times this",
     "weight_decay": "AdamW weight decay (matrices only)",

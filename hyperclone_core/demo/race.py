@@ -31,6 +31,7 @@ from ..algebra.strategy import DEFAULT as DEFAULT_STRATEGY
 from ..console.progress import Progress
 from ..model.structure import init_weights
 from ..train import TrainConfig, optimizer_for, train
+from ..train.config import peak_lr
 from . import report
 
 PRESERVATION_TOLERANCE = 1e-4  # float32; the conformance suite's bound
@@ -90,11 +91,12 @@ def llama_config(hidden: int, layers: int, heads: int, ffn: int, vocab: int = 25
     )
 
 
-def train_config(st: Settings, steps: int, lr: float, seed: int, clone_lr: str = "") -> TrainConfig:
+def train_config(st: Settings, steps: int, lr: float, seed: int, clone_lr: str = "",
+                 clone_lr_scale: float = 1.0) -> TrainConfig:
     kw = dict(steps=steps, batch_size=st.batch_size, seq_len=st.seq_len, lr=lr, min_lr_ratio=st.min_lr_ratio,
               warmup_steps=st.warmup_steps, weight_decay=st.weight_decay, grad_clip=st.grad_clip,
               eval_every=st.eval_every, eval_batches=st.eval_batches, seed=seed, device=st.device, dtype=st.dtype,
-              threads=st.threads)
+              threads=st.threads, clone_lr_scale=clone_lr_scale)
     if clone_lr:
         kw["clone_lr"] = clone_lr
     return TrainConfig(**kw)
@@ -194,16 +196,16 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
     hf_clone = dict(p.config)
     twin = random_weights(hf_clone, st.seed + 2)
     runs = {}
-    for name, hf, w, lr, clone_lr, pl in (
-        ("clone", hf_clone, clone, st.lr * st.clone_lr_scale, st.clone_lr, p),
-        ("random", hf_clone, twin, st.lr, "", None),
-        ("small_continue", hf_small, small, st.lr, "", None),
+    for name, hf, w, scale, clone_lr, pl in (
+        ("clone", hf_clone, clone, st.clone_lr_scale, st.clone_lr, p),
+        ("random", hf_clone, twin, 1.0, "", None),
+        ("small_continue", hf_small, small, 1.0, "", None),
     ):
-        log(f"training {name}: {st.steps} steps, peak lr {lr:g}" + (f", clone_lr {clone_lr}" if clone_lr else ""))
+        tc = train_config(st, st.steps, st.lr, st.seed + 3, clone_lr, scale)
+        log(f"training {name}: {st.steps} steps, peak lr {peak_lr(tc):g}" + (f", clone_lr {clone_lr}" if clone_lr else ""))
         t1 = time.perf_counter()
         bar.set_label(f"demo: train {name}")
-        runs[name], _ = run(bk, hf, w, train_config(st, st.steps, lr, st.seed + 3, clone_lr), train_tokens,
-                            val_tokens, pl, bar=bar)
+        runs[name], _ = run(bk, hf, w, tc, train_tokens, val_tokens, pl, bar=bar)
         log(f"  {name}: final val loss {curve(runs[name])[-1][1]:.4f} ({time.perf_counter() - t1:.0f} s)")
 
     bar.close()

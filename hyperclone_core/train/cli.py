@@ -19,6 +19,7 @@ from ..console.argparsing import HelpFormatter, Parser, examples, fill
 from ..console.boundary import debug_requested, guarded
 from ..errors import ConfigError, HypercloneError
 from .checkpoint import listed
+from .clone import clone_lr_choices
 from .config import TrainConfig
 from .loop import optimizer_for, train
 from .plot import plot_history
@@ -30,6 +31,7 @@ HELP = {
     "seq_len": "tokens per sequence",
     "grad_accum": "micro-steps per optimizer step (same global batch, less memory)",
     "lr": "peak learning rate",
+    "clone_lr_scale": "the peak LR is lr x this (a clone continuing its source's training often wants < 1)",
     "min_lr_ratio": "the cosine schedule ends at lr x this",
     "warmup_steps": "linear warmup steps",
     "weight_decay": "AdamW weight decay (matrices only)",
@@ -131,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name),
                        help=HELP.get(f.name, f.name.replace("_", " ")))
     p.add_argument("--betas", type=float, nargs=2, default=list(d.betas), help="AdamW betas")
-    p.add_argument("--clone-lr", default="", choices=["", "none", "inverse_width"],
-                   help="per-tensor LR multipliers from the plan: none, or inverse_width (1/r for inputs grown "
-                        "r-fold) (default: none)")
+    p.add_argument("--clone-lr", default="", choices=clone_lr_choices(),
+                   help="per-tensor LR multipliers from the plan: none, or a rule such as inverse_width (1/r for "
+                        "inputs grown r-fold) (default: none)")
     p.add_argument("--log-jsonl", help="metrics file (default: OUT/metrics.jsonl)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --out (starts fresh when there is none)")

@@ -5,6 +5,7 @@ weight-symmetry analysis, its Fig. 5).  Symmetric cloning without noise stays at
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -19,14 +20,10 @@ def _roles_by_kind(plan) -> dict:
     return {r.kind: r for r in plan.spec.roles_for(plan.decoder)}
 
 
-def clone_lr_multipliers(plan, rule: str = "inverse_width") -> dict:
-    """Per-tensor LR multipliers from a plan: ``inverse_width`` gives 1/r to a weight
-    whose input axis grew r-fold (mu-P style: its cloned entries hold 1/r of the
-    source's values, so a step of the source's size would be r times too large)."""
-    if rule in ("", "none"):
-        return {}
-    if rule != "inverse_width":
-        raise ConfigError(f"clone_lr rule {rule!r} is unknown; use inverse_width")
+def inverse_width_multipliers(plan) -> dict:
+    """1/r on every weight whose input axis grew r-fold (mu-P style: its cloned entries
+    hold 1/r of the source's values, so a step of the source's size would be r times
+    too large)."""
     roles = _roles_by_kind(plan)
     out = {}
     for t in plan.tensors:
@@ -40,6 +37,42 @@ def clone_lr_multipliers(plan, rule: str = "inverse_width") -> dict:
         if mult != 1.0:
             out[t.name] = mult
     return out
+
+
+def _kinds(plan) -> dict:
+    return {t.name: t.kind for t in plan.tensors}
+
+
+CLONE_LR_OFF = ("", "none")
+"""``TrainConfig.clone_lr`` values that turn per-tensor LR multipliers off."""
+
+CLONE_LR_RULES: dict = {
+    "inverse_width": inverse_width_multipliers,
+    "sqrt_inverse_width": lambda plan: {n: math.sqrt(m) for n, m in inverse_width_multipliers(plan).items()},
+    "inverse_width_no_head": lambda plan: {n: m for n, m in inverse_width_multipliers(plan).items()
+                                           if _kinds(plan)[n] != "lm_head"},
+    "head_only_inverse": lambda plan: {n: m for n, m in inverse_width_multipliers(plan).items() if _kinds(plan)[n] == "lm_head"},
+}
+"""The clone-LR rules, their one home: name -> (plan -> {tensor name: LR multiplier}).
+``hyperclone train --clone-lr``, the demo and the recipe sweep all take these names."""
+
+
+def clone_lr_choices() -> tuple:
+    """Every value ``TrainConfig.clone_lr`` takes as a string."""
+    return (*CLONE_LR_OFF, *CLONE_LR_RULES)
+
+
+def check_clone_lr(rule: str) -> None:
+    """Refuse a rule name the registry does not hold, listing the ones it does."""
+    if rule not in CLONE_LR_OFF and rule not in CLONE_LR_RULES:
+        raise ConfigError(f"clone_lr {rule!r} is unknown; use one of {', '.join(map(repr, CLONE_LR_RULES))}, "
+                          "'' or 'none' (off), or a tensor name -> multiplier map")
+
+
+def clone_lr_multipliers(plan, rule: str) -> dict:
+    """Per-tensor LR multipliers for a clone, by rule name (``CLONE_LR_RULES``)."""
+    check_clone_lr(rule)
+    return {} if rule in CLONE_LR_OFF else CLONE_LR_RULES[rule](plan)
 
 
 @dataclass(frozen=True)
@@ -101,4 +134,5 @@ def symmetry(get: Callable[[str], Optional[np.ndarray]], pairs: Sequence[CopyPai
     return {"overall": overall, "by_kind": kinds}
 
 
-__all__ = ["CopyPairs", "clone_lr_multipliers", "symmetry", "symmetry_pairs"]
+__all__ = ["CLONE_LR_OFF", "CLONE_LR_RULES", "CopyPairs", "check_clone_lr", "clone_lr_choices", "clone_lr_multipliers",
+           "inverse_width_multipliers", "symmetry", "symmetry_pairs"]

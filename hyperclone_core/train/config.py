@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Union
 
 from ..errors import ConfigError
+from .clone import check_clone_lr
 
-CLONE_LR_RULES = ("", "none", "inverse_width")
 DTYPES = ("float32", "bfloat16")
 
 RESUMABLE = frozenset({
@@ -57,6 +57,7 @@ class TrainConfig:
     dtype: str = "float32"
     compile: bool = False
     clone_lr: Union[str, Mapping[str, float]] = ""
+    clone_lr_scale: float = 1.0
     parallel: str = "none"
     mesh: str = ""
     threads: int = 0
@@ -76,7 +77,7 @@ class TrainConfig:
             setattr(self, name, v)
             if not lo <= v <= hi:
                 problems.append(f"{name} must be in [{lo}, {hi}] (got {v})")
-        for name in ("lr", "min_lr_ratio", "weight_decay", "eps", "grad_clip"):
+        for name in ("lr", "min_lr_ratio", "weight_decay", "eps", "grad_clip", "clone_lr_scale"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 problems.append(f"{name} must be a finite number (got {v!r})")
@@ -85,6 +86,8 @@ class TrainConfig:
         if not problems:
             if self.lr <= 0:
                 problems.append(f"lr must be > 0 (got {self.lr})")
+            if self.clone_lr_scale <= 0:
+                problems.append(f"clone_lr_scale must be > 0 (got {self.clone_lr_scale})")
             if not 0.0 <= self.min_lr_ratio <= 1.0:
                 problems.append(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
             if self.weight_decay < 0 or self.eps <= 0 or self.grad_clip < 0:
@@ -100,8 +103,10 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             problems.append(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if isinstance(self.clone_lr, str):
-            if self.clone_lr not in CLONE_LR_RULES:
-                problems.append(f"clone_lr {self.clone_lr!r}: use 'inverse_width', '' (off) or a name -> multiplier map")
+            try:
+                check_clone_lr(self.clone_lr)
+            except ConfigError as exc:
+                problems.append(str(exc))
         elif not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in dict(self.clone_lr).values()):
             problems.append("clone_lr multipliers must be finite numbers > 0")
         self.allow_change = tuple(self.allow_change or ())
@@ -147,14 +152,20 @@ def _norm(v):
     return v
 
 
+def peak_lr(cfg: TrainConfig) -> float:
+    """The schedule's peak: ``lr`` times the clone's ``clone_lr_scale`` (1 by default)."""
+    return cfg.lr * cfg.clone_lr_scale
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine to ``lr * min_lr_ratio`` at the last step."""
+    """Linear warmup to the peak LR, then cosine to ``peak * min_lr_ratio`` at the last step."""
+    peak = peak_lr(cfg)
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return peak * (step + 1) / cfg.warmup_steps
     span = max(cfg.steps - cfg.warmup_steps - 1, 1)
     t = min((step - cfg.warmup_steps) / span, 1.0)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * t))
+    floor = peak * cfg.min_lr_ratio
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * t))
 
 
-__all__ = ["CLONE_LR_RULES", "DTYPES", "RESUMABLE", "TrainConfig", "lr_at"]
+__all__ = ["DTYPES", "RESUMABLE", "TrainConfig", "lr_at", "peak_lr"]

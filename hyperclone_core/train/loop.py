@@ -25,10 +25,11 @@ from . import data as hdata
 from ..errors import EXIT_DIVERGED, EXIT_USAGE, CheckpointError, ConfigError, HypercloneError
 from ..console.progress import Progress
 from . import checkpoint as ckpt
-from .clone import clone_lr_multipliers, symmetry, symmetry_pairs
+from .clone import CLONE_LR_OFF, clone_lr_multipliers, symmetry, symmetry_pairs
 from .config import TrainConfig, lr_at
 from .engine import Engine
 from .optim import AdamW, decay_mask
+from .threads import LoopThreads
 
 
 class TrainError(HypercloneError):
@@ -75,7 +76,7 @@ def optimizer_for(config: TrainConfig, shapes: Mapping[str, tuple], plan=None) -
         unknown = sorted(set(mult) - set(shapes))
         if unknown:
             raise ConfigError(f"clone_lr names tensors the model does not have: {unknown[:6]}")
-    elif config.clone_lr in ("", "none"):
+    elif config.clone_lr in CLONE_LR_OFF:
         mult = {}
     else:
         if plan is None:
@@ -215,6 +216,7 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
         engine.barrier()
         result.checkpoint = str(folder)
 
+    threads = LoopThreads(engine, tc.threads, world, say)
     try:
         step = start
         while step < tc.steps:
@@ -223,7 +225,10 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
                 rec.update(evaluate(step))
             lr = lr_at(step, tc)
             micro = [sampler.batch(step, rank, world, m, tc.grad_accum) for m in range(tc.grad_accum)]
+            threads.before()
+            began = time.perf_counter()
             res = engine.step(micro, lr)
+            threads.after(time.perf_counter() - began)
             if not res.updated or not math.isfinite(res.loss):
                 result.stopped = f"non-finite loss ({res.loss}) at step {step}"
                 good = ckpt.newest_valid(out, say) if out is not None else None
