@@ -1,8 +1,8 @@
 """The planner: growth + family + strategy -> a certified, pure-data Plan.
 
-Each destination tensor gets a short program over five primitives (``reshape``,
-``take``, ``scale``, ``add_noise``, ``cast``) that any backend executes.  Before a
-plan is returned, ``certify`` proves it preserves the function:
+Each destination tensor gets a short program over six ops (``reshape``, ``take``,
+``scale``, ``offset``, ``add_noise``, ``cast``: ``program``) that any backend
+executes.  Before a plan is returned, ``certify`` proves it preserves the function:
 
 * on every grown ``in`` axis, the mixing coefficients of each output sum to 1 over
   the input copies of every old index (the rule ``coefficients``);

@@ -1,5 +1,6 @@
-"""The plan's program format: five primitives a backend executes per tensor, and the
-per-tensor program.  Pure data, printable and JSON-serializable (``Plan.to_json``)."""
+"""The plan's program format: the six ops a backend executes per tensor (Reshape, Take,
+Scale, Offset, AddNoise, Cast), and the per-tensor program.  Pure data, printable and
+JSON-serializable (``Plan.to_json``)."""
 
 from __future__ import annotations
 

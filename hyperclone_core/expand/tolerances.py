@@ -9,7 +9,7 @@ The conformance suite states the same bounds for backends (it keeps its own name
 from __future__ import annotations
 
 F32_RELATIVE = 1e-4
-"""float32 / float64 weights (the DESIGN.md bound)."""
+"""float32 / float64 weights (the bound docs/design.md states for function preservation)."""
 
 BF16_RELATIVE = 5e-2
 """bfloat16 weights: 8 significant bits (step 3.9e-3), and a split coefficient such as

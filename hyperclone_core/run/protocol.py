@@ -47,16 +47,22 @@ class ExpandBackend(Backend, Protocol):
     ``seed`` is 63-bit (``hyperclone_core.algebra.noise.seed_words`` splits it for RNGs that
     take 32-bit words).  ``add_scaled`` may reuse the noise buffer, never x.
 
-    Optional fast paths, used when present and held to the same checks:
+    Optional hooks, used when present and held to the same checks (the interpreter
+    and the streaming path read each with ``getattr``; this list is all of them):
     ``scale_(x, coeffs)`` in place on arrays the interpreter produced;
     ``scale_take(x, coeffs, [(axis, index), ...])`` a Scale and the Takes right
     after it in one pass (with ``take_axes``);
     ``add_zero_sum_noise(x, axis, groups, snr_db, seed, n_groups)`` the whole AddNoise
-    op (return None to decline); ``take_axes(x, [(axis, index), ...])`` consecutive
+    op (return None to decline); ``add_zero_sum_noise_power(x, axis, groups, power, seed,
+    n_groups)`` zero-sum noise of mean power exactly ``power`` added to a row block
+    (``rowblocks``; None to decline); ``take_axes(x, [(axis, index), ...])`` consecutive
     Takes in one pass; ``run_whole_program(tp, arrays, x, device, cache)`` a whole
     tensor program at once (a tracing backend compiles ``apply_ops`` once per program
-    and shape), returning None to decline.  Optional ``save_checkpoint(folder,
-    hf_config, weights)`` / ``load_checkpoint(folder)``: the HF layout, bit for bit.
+    and shape), returning None to decline.  Optional attributes: ``row_workers`` (int,
+    default 1) row blocks computed at once when streaming; ``lazy_weights`` (bool)
+    ``forward`` accepts ``lazyweights.StoredTensor`` handles, so verification streams
+    the checkpoint.  Optional ``save_checkpoint(folder, hf_config, weights)`` /
+    ``load_checkpoint(folder)``: the HF layout, bit for bit.
     """
 
     def asarray(self, a: np.ndarray, device: Optional[str] = None) -> Any: ...
@@ -75,9 +81,7 @@ class ExpandBackend(Backend, Protocol):
 class ForwardBackend(Backend, Protocol):
     """Capability ``forward``: logits of the decoder (``hyperclone_core.model.decoder`` run
     with the backend's ``ArrayOps``), weights given as numpy arrays by checkpoint
-    name.  Optional ``dtype=`` keyword ("float32", "bfloat16").  Optional
-    ``supports(cfg) -> str | None``: a reason this backend cannot run ``cfg`` (the
-    suite skips with it), None when it can."""
+    name.  Optional ``dtype=`` keyword ("float32", "bfloat16")."""
 
     def forward(self, family, cfg, weights: Mapping[str, np.ndarray], tokens) -> np.ndarray: ...
 
