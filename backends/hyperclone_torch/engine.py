@@ -189,7 +189,12 @@ class TorchEngine:
 
     def export_state(self) -> EngineState:
         full = distributed.full_model_state(self.module, self.par)
-        opt = distributed.full_optimizer_state(self.module, self.optimizer, self.par)
+        # Before the first step there are no moments to gather, and torch's helper would
+        # initialise them by taking a zero-LR step: the state would say 1 step, and the
+        # first real update would use step 2's bias correction.  Every rank steps
+        # together, so every rank skips the collective alike.
+        fresh = not self.optimizer.state
+        opt = {} if fresh else distributed.full_optimizer_state(self.module, self.optimizer, self.par)
         if not self.par.main:
             return EngineState({}, {}, {}, 0)
         st = opt.get("state", {})
