@@ -29,8 +29,9 @@ from hyperclone_core.errors import ConfigError
 from hyperclone_core.model.families import FAMILIES, family_for_config
 from hyperclone_core.model.spec import DecoderConfig
 from hyperclone_core.model.structure import slots
-from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError
+from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError, check_state, fixed_threads
 from hyperclone_core.train.optim import CLIP_EPS
+from hyperclone_core.train.threads import available_cores
 
 from . import distributed as D
 from .model import OPS, JaxOps, compute_dtype, lm_loss
@@ -55,6 +56,9 @@ class StepSpec:
     mult: tuple
     mesh: Any = None
     specs: tuple = ()
+    eps_mult: tuple = ()
+    wd_mult: tuple = ()
+    clip_weight: tuple = ()
 
     def tree(self, values) -> dict:
         return dict(zip(self.names, values))
@@ -63,7 +67,15 @@ class StepSpec:
 # ---------------------------------------------------------------- the optimizer
 
 
-def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
+def global_norm(grads: dict, weights: Optional[Mapping[str, float]] = None):
+    """``optim.global_norm``: with ``weights`` (``AdamW.clip_weight``), each tensor's
+    square sum weighted (a grown clone's source-equivalent norm)."""
+    if not weights:
+        return optax.tree.norm(grads)
+    return jnp.sqrt(sum(weights[n] * jnp.sum(jnp.square(g.astype(jnp.float32))) for n, g in grads.items()))
+
+
+def clip_by_global_norm(clip: float, weights: Optional[Mapping[str, float]] = None) -> optax.GradientTransformation:
     """The core's clip rule (``optim.clip_coefficient``): scale by min(1, clip / (norm +
     CLIP_EPS)); off for clip <= 0 or a non-finite norm.  optax's own clip omits the
     epsilon."""
@@ -71,7 +83,7 @@ def clip_by_global_norm(clip: float) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         if clip <= 0:
             return updates, state
-        norm = optax.tree.norm(updates)
+        norm = global_norm(updates, weights)
         coef = jnp.where(jnp.isfinite(norm), jnp.minimum(1.0, clip / (norm + CLIP_EPS)), 1.0)
         return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
 
@@ -87,17 +99,54 @@ def scale_by_tensor(mult: Mapping[str, float]) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def scale_by_adam_per_tensor(b1: float, b2: float, eps: Mapping[str, float]) -> optax.GradientTransformation:
+    """optax's Adam with a per-tensor eps (``AdamW.eps_mult``): optax's own moment
+    updates and bias corrections, ``m_hat / (sqrt(v_hat) + eps[n])`` per tensor."""
+    inner = optax.scale_by_adam(b1=b1, b2=b2, eps=0.0)
+
+    def update(updates, state, params=None):
+        _, new = inner.update(updates, state)
+        mu_hat = optax.tree.bias_correction(new.mu, b1, new.count)
+        nu_hat = optax.tree.bias_correction(new.nu, b2, new.count)
+        return {n: mu_hat[n] / (jnp.sqrt(nu_hat[n]) + eps[n]) for n in updates}, new
+
+    return optax.GradientTransformation(inner.init, update)
+
+
+def decayed_weights_per_tensor(wd: Mapping[str, float]) -> optax.GradientTransformation:
+    """Decoupled decay ``u + wd[n] p`` with a per-tensor rate (``AdamW.wd_mult``; 0: none)."""
+
+    def update(updates, state, params=None):
+        return {n: u + wd[n] * params[n] if wd[n] else u for n, u in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def adamw(spec: StepSpec, lr) -> optax.GradientTransformation:
     """``optim.AdamW`` as optax: clip, Adam moments with the core's betas/eps, decoupled
     decay on the decay set, the tensor's multiplier, then -lr.  The closed form's
-    p(1 - lr_n wd) - lr_n adam equals optax's p - lr_n (adam + wd p)."""
+    p(1 - lr_n wd) - lr_n adam equals optax's p - lr_n (adam + wd p).  A grown run's
+    per-tensor eps, decay and clip weights take the per-tensor transforms; without
+    them the chain is optax's own, as before."""
+    b1, b2 = spec.betas
+    adam = (scale_by_adam_per_tensor(b1, b2, spec.tree(spec.eps * m for m in spec.eps_mult)) if spec.eps_mult
+            else optax.scale_by_adam(b1=b1, b2=b2, eps=spec.eps))
+    decay = (decayed_weights_per_tensor(spec.tree(spec.weight_decay * m if d else 0.0
+                                                  for m, d in zip(spec.wd_mult, spec.decay))) if spec.wd_mult
+             else optax.add_decayed_weights(spec.weight_decay, mask=spec.tree(spec.decay)))
     return optax.chain(
-        clip_by_global_norm(spec.grad_clip),
-        optax.scale_by_adam(b1=spec.betas[0], b2=spec.betas[1], eps=spec.eps),
-        optax.add_decayed_weights(spec.weight_decay, mask=spec.tree(spec.decay)),
+        clip_by_global_norm(spec.grad_clip, spec.tree(spec.clip_weight) if spec.clip_weight else None),
+        adam,
+        decay,
         scale_by_tensor(spec.tree(spec.mult)),
         optax.scale_by_learning_rate(lr),
     )
+
+
+def _growth_maps(optimizer: AdamW, names) -> tuple:
+    """(eps_mult, wd_mult, clip_weight) per name for ``StepSpec``; () where the map is empty."""
+    return tuple(tuple(float(getattr(optimizer, k).get(n, 1.0)) for n in names) if getattr(optimizer, k) else ()
+                 for k in ("eps_mult", "wd_mult", "clip_weight"))
 
 
 # ---------------------------------------------------------------- the compiled pieces
@@ -142,7 +191,7 @@ def _grads(spec: StepSpec, params: dict, batches):
 
 def _update(spec: StepSpec, params: dict, state, grads: dict, loss, lr):
     """Clip, AdamW at ``lr``; parameters and state unchanged unless loss and gradient are finite."""
-    norm = optax.tree.norm(grads)
+    norm = global_norm(grads, spec.tree(spec.clip_weight) if spec.clip_weight else None)
     updates, new_state = adamw(spec, lr).update(grads, state, params)
     new_params = optax.apply_updates(params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(norm)
@@ -231,6 +280,8 @@ class JaxEngine:
             raise TrainError(f"the weights lack tensors the {family.name} config implies: {', '.join(missing[:6])}")
         self.names = list(stored)
         self.shapes = {n: tuple(stored[n].shape) for n in self.names}
+        D.initialize_multihost()  # before jax starts, as start_threads may start it
+        start_threads(config.threads)
         self.where = Placement.of(config, rules)
         self.rank, self.world = (jax.process_index(), jax.process_count())
         self._shardings = {n: self.where.sharding(stored[n].kind, self.shapes[n], rules) for n in self.names}
@@ -239,7 +290,8 @@ class JaxEngine:
                              float(optimizer.eps), float(optimizer.weight_decay), float(optimizer.grad_clip),
                              tuple(n in optimizer.decay for n in self.names),
                              tuple(optimizer.mult(n) for n in self.names), self.where.mesh,
-                             specs if self.where.mesh is not None else ())
+                             specs if self.where.mesh is not None else (),
+                             *_growth_maps(optimizer, self.names))
         work = config.steps * config.batch_size * config.seq_len * sum(math.prod(s) for s in self.shapes.values())
         self._jit = _COMPILED["quick" if work < QUICK_RUN_WORK else "full"]
         self._params = {n: self._put(np.asarray(weights[n], np.float32), n) for n in self.names}
@@ -298,13 +350,7 @@ class JaxEngine:
                            int(get(self._state, "count")))
 
     def import_state(self, state: EngineState) -> None:
-        missing = [n for n in self.names if n not in state.params]
-        if missing:
-            raise TrainError(f"the state lacks tensors {missing[:6]}")
-        bad = [n for n in self.names if tuple(np.shape(state.params[n])) != self.shapes[n]]
-        if bad:
-            raise TrainError(f"the state's {bad[0]} has shape {list(np.shape(state.params[bad[0]]))}, the model's is "
-                             f"{list(self.shapes[bad[0]])}")
+        check_state(state, self.names, self.shapes)
         self._params = {n: self._put(state.params[n], n) for n in self.names}
         fresh = self._jit["init"](self.spec, self._params)
         if state.adam_step == 0:
@@ -322,6 +368,55 @@ class JaxEngine:
         self._params, self._state = {}, None
 
 
+# ---------------------------------------------------------------- threads
+
+
+_STARTED_THREADS: Optional[int] = None
+"""The CPU pool size jax was started with by ``start_threads`` (None: started elsewhere
+or not yet, where the pool has one thread per CPU the process could use)."""
+
+
+def start_threads(asked: int) -> None:
+    """``TrainConfig.threads`` on jax.  XLA's CPU client sizes its thread pool once, when
+    jax starts, to the CPUs the process may run on then (no flag or option changes it:
+    ``xla_cpu_multi_thread_eigen`` off, per executable or in XLA_FLAGS, still ran the
+    work on the pool).  So a count is honoured by starting jax with this thread's CPU
+    affinity narrowed to that many CPUs, every thread's affinity restored once the
+    client stands (the pool keeps its size, its threads run on any CPU); once jax has
+    started, only its count is accepted (``fixed_threads``'s usage error).  0: jax's
+    own pool.  No set_threads hook: the loop cannot tune what cannot change."""
+    global _STARTED_THREADS
+    cores = available_cores()
+    if _backends_started():
+        fixed_threads("jax", asked, _STARTED_THREADS or cores,
+                      "jax sizes its CPU thread pool once, when it starts, and it has started in this process")
+        return
+    if not asked or asked == cores:
+        return
+    if asked > cores or not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
+        fixed_threads("jax", asked, cores, f"jax's CPU pool has one thread per CPU this process may use ({cores})")
+    allowed = os.sched_getaffinity(0)
+    narrow = set(sorted(allowed)[:asked])
+    os.sched_setaffinity(0, narrow)
+    try:
+        jax.devices()  # starts the clients: the CPU pool gets `asked` threads
+        _STARTED_THREADS = asked
+    finally:
+        for tid in os.listdir("/proc/self/task"):  # the pool's threads inherited the narrow mask
+            try:
+                if os.sched_getaffinity(int(tid)) == narrow:
+                    os.sched_setaffinity(int(tid), allowed)
+            except OSError:  # a thread that has ended
+                pass
+        os.sched_setaffinity(0, allowed)
+
+
+def _backends_started() -> bool:
+    from jax._src import xla_bridge  # no public spelling of "has jax started its clients"
+
+    return xla_bridge.backends_are_initialized()
+
+
 # ---------------------------------------------------------------- launcher
 
 
@@ -335,4 +430,4 @@ def launch_command(world: int, module_args: Sequence[str]) -> tuple:
 
 
 __all__ = ["JaxEngine", "Placement", "StepSpec", "adamw", "clip_by_global_norm", "launch_command",
-           "scale_by_tensor"]
+           "scale_by_tensor", "start_threads"]

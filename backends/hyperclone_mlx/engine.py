@@ -22,11 +22,19 @@ import numpy as np
 
 from hyperclone_core import family_for_config
 from hyperclone_core.model.structure import slots
-from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError, clip_coefficient
+from hyperclone_core.train import (AdamW, EngineState, StepResult, TrainConfig, TrainError, check_state,
+                                  clip_coefficient, fixed_threads)
 
 from . import distributed
 from . import model as mlx_model
 from .ops import use_device
+
+
+CPU_THREADS = "mlx runs its CPU work on one thread of its own and has no setting for more"
+"""Why ``--threads`` other than 1 is refused: measured with mlx 0.32 on Linux, a CPU
+matmul or elementwise op kept one core busy, the process holding two threads (the
+caller and mlx's CPU stream; its BLAS is the single-threaded reference one).  No
+set_threads hook: there is nothing for the loop to tune."""
 
 
 class MlxEngine:
@@ -54,6 +62,7 @@ class MlxEngine:
         if bad:
             raise TrainError(f"tensor {bad[0]} has shape {list(np.shape(weights[bad[0]]))}; the config implies "
                              f"{list(self.shapes[bad[0]])}")
+        fixed_threads("mlx", config.threads, 1, CPU_THREADS)
         use_device(config.device)
         self.par = par if par is not None else distributed.setup(config.parallel)
         self.rank, self.world = self.par.rank, self.par.world
@@ -68,8 +77,8 @@ class MlxEngine:
         self._value_and_grad = mx.compile(mx.value_and_grad(loss))
         self._loss = mx.compile(loss)
         self._groups = []
-        for wd, mult, names in optimizer.groups(self.names):
-            opt = optim.AdamW(learning_rate=0.0, betas=list(optimizer.betas), eps=optimizer.eps, weight_decay=wd,
+        for wd, mult, eps, names in optimizer.groups(self.names):
+            opt = optim.AdamW(learning_rate=0.0, betas=list(optimizer.betas), eps=eps, weight_decay=wd,
                               bias_correction=True)
             opt.init({n: self._params[n] for n in names})
             self._groups.append((opt, mult, names))
@@ -105,7 +114,7 @@ class MlxEngine:
         loss, grads = self._grads(micro_batches)
         if not math.isfinite(loss):
             return StepResult(loss, math.nan, False)
-        norm = _global_norm(grads)
+        norm = _global_norm(grads, self.spec.clip_weight)
         if not math.isfinite(norm):
             return StepResult(loss, norm, False)
         for opt, mult, _ in self._groups:
@@ -139,16 +148,14 @@ class MlxEngine:
         return EngineState(self.params(), m, v, steps.pop() if steps else 0)
 
     def import_state(self, state: EngineState) -> None:
-        missing = [n for n in self.names if n not in state.params]
-        if missing:
-            raise TrainError(f"the state lacks tensors {missing[:6]}")
+        check_state(state, self.names, self.shapes)
         self._params = {n: mx.array(np.array(state.params[n], dtype=np.float32)) for n in self.names}
         for opt, _, names in self._groups:
             opt.state["step"] = mx.array(int(state.adam_step), dtype=mx.uint64)
             for n in names:
                 zero = np.zeros(self.shapes[n], np.float32)
-                first = state.exp_avg.get(n, zero) if state.adam_step else zero
-                second = state.exp_avg_sq.get(n, zero) if state.adam_step else zero
+                first = state.exp_avg[n] if state.adam_step else zero
+                second = state.exp_avg_sq[n] if state.adam_step else zero
                 opt.state[n] = {"m": mx.array(np.array(first, dtype=np.float32)),
                                 "v": mx.array(np.array(second, dtype=np.float32))}
         mx.eval(self._params, [opt.state for opt, _, _ in self._groups])
@@ -160,11 +167,16 @@ class MlxEngine:
         pass
 
 
-def _global_norm(grads: Mapping[str, mx.array]) -> float:
-    """L2 norm over every gradient entry (float32 sums per tensor, added in float64)."""
-    sums = [mx.sum(mx.square(g.astype(mx.float32))) for g in grads.values()]
+def _global_norm(grads: Mapping[str, mx.array], weights: Optional[Mapping[str, float]] = None) -> float:
+    """L2 norm over every gradient entry (float32 sums per tensor, added in float64);
+    with ``weights`` (``AdamW.clip_weight``) each tensor's square sum is weighted
+    (``optim.global_norm``: a grown clone's source-equivalent norm)."""
+    names = list(grads)
+    sums = [mx.sum(mx.square(grads[n].astype(mx.float32))) for n in names]
     mx.eval(sums)
-    return math.sqrt(sum(float(s.item()) for s in sums))
+    if not weights:
+        return math.sqrt(sum(float(s.item()) for s in sums))
+    return math.sqrt(sum(float(weights.get(n, 1.0)) * float(s.item()) for n, s in zip(names, sums)))
 
 
 __all__ = ["MlxEngine"]

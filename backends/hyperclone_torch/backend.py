@@ -1,21 +1,18 @@
-"""The torch backend object: plan primitives, the decoder forward, the training
-engine and its launcher, and checkpoints bit for bit."""
+"""The torch backend object: plan primitives (``ops.TorchArrays``), the decoder
+forward, the training engine and its launcher; checkpoints bit for bit come with
+the primitives (the core's ``ArrayPrimitives``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
 
-from hyperclone_core.io import Checkpoint
-
 from . import ops
-from .io import read_tensor, save_checkpoint
 
 
-class TorchBackend:
+class TorchBackend(ops.TorchArrays):
     name = "torch"
     # distributed: DDP and FSDP2 under torchrun (hyperclone train --parallel ddp|fsdp)
     capabilities = frozenset({"expand", "forward", "train", "distributed"})
@@ -40,24 +37,11 @@ class TorchBackend:
 
     # ---------------------------------------------------------------- primitives
     def asarray(self, a, device=None):
-        return ops.asarray(a, device or self.device)
+        return super().asarray(a, device or self.device)
 
-    to_numpy = staticmethod(ops.to_numpy)
-    take = staticmethod(ops.take)
-    take_axes = staticmethod(ops.take_axes)
-    scale_take = staticmethod(ops.scale_take)
-    scale = staticmethod(ops.scale)
-    scale_ = staticmethod(ops.scale_)
-    zero_sum_noise = staticmethod(ops.zero_sum_noise)
-    add_zero_sum_noise = staticmethod(ops.add_zero_sum_noise)
-    mean_square = staticmethod(ops.mean_square)
-    add_scaled = staticmethod(ops.add_scaled)
-    reshape = staticmethod(ops.reshape)
-    cast = staticmethod(ops.cast)
-
-    @staticmethod
-    def shape(x) -> tuple:
-        return tuple(x.shape)
+    def from_stored(self, raw, dtype):
+        t = super().from_stored(raw, dtype)
+        return t.to(self.device) if self.device else t
 
     # ---------------------------------------------------------------- model
     def _decoder(self, family, cfg, weights, dtype):
@@ -81,30 +65,18 @@ class TorchBackend:
     # ---------------------------------------------------------------- training
     def engine(self, hf_config, weights, config, optimizer):
         """A ``TorchEngine`` over a Decoder holding (a float32 copy of) ``weights``."""
-        from .engine import TorchEngine, apply_threads
+        from .engine import TorchEngine
         from .model import Decoder
 
-        apply_threads(config, sum(int(np.prod(np.shape(w))) for w in weights.values()))
         model = Decoder.from_weights(hf_config, weights, dtype=torch.float32)
         return TorchEngine(model, config, optimizer)
 
     def launch_command(self, world, module_args):
-        from .engine import launch_command
+        from .distributed import launch_command
 
         return launch_command(world, module_args)
-
-    # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, folder, hf_config: Mapping[str, Any], weights: Mapping[str, torch.Tensor],
-                        force: bool = False, max_shard_bytes: int = 5 * 2**30) -> Path:
-        """HF layout, atomically, each tensor in its own dtype (bfloat16 included)."""
-        return save_checkpoint(folder, hf_config, weights, force=force, max_shard_bytes=max_shard_bytes)
-
-    def load_checkpoint(self, folder) -> tuple:
-        ck = Checkpoint(folder)
-        dev = self.device
-        return ck.config, {n: read_tensor(ck, n).to(dev) if dev else read_tensor(ck, n) for n in ck.names()}
 
 
 backend = TorchBackend()
 
-__all__ = ["TorchBackend", "backend", "read_tensor"]
+__all__ = ["TorchBackend", "backend"]

@@ -24,7 +24,8 @@ from torch import nn
 
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.model.structure import slots
-from hyperclone_core.train import AdamW, EngineState, StepResult, TrainConfig, TrainError, optimizer_for
+from hyperclone_core.train import (AdamW, EngineState, StepResult, TrainConfig, TrainError, check_state,
+                                  clip_coefficient, optimizer_for)
 from hyperclone_core.train import train as core_train
 
 from . import distributed
@@ -66,29 +67,6 @@ def trained_names(cfg: Mapping[str, Any], params: Mapping[str, torch.Tensor]) ->
     return expected
 
 
-def auto_threads(n_params: int) -> int:
-    """Intra-op threads when the user gives none: small models run faster on one
-    thread (torch's thread pool costs more than it gives, and collapses when another
-    process is busy), large ones use every core (benchmarks/threads.py measures the
-    crossover)."""
-    return 1 if n_params < THREADS_CROSSOVER else max(torch.get_num_threads(), 1)
-
-
-THREADS_CROSSOVER = 30_000_000
-"""Below this, one thread.  benchmarks/threads.py on the 2-core VM (2026-11-27, two
-other jobs busy, so 'quiet' was ~1 core free): 2 threads were slower at every size,
-25.6M params included -- 2086 vs 3568 ms/step quiet (1.71x), 6573 vs 17148 busy
-(2.61x); 3.3M: 627 vs 6333 quiet.  No crossover up to 25.6M (it was 20M, provisional);
-the size past which 2 threads win on a truly idle machine was not measured."""
-
-
-def apply_threads(config: TrainConfig, n_params: int) -> None:
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif config.device in ("cpu", "auto") and not torch.cuda.is_available():
-        torch.set_num_threads(auto_threads(n_params))
-
-
 FUSED_ADAMW = ("cuda", "cpu")
 """Devices whose parameters take torch's fused AdamW kernel: one pass per tensor
 instead of foreach's several (on CPU, 1 thread: 5.2 vs 13.9 ms per step for a 3M
@@ -104,6 +82,8 @@ class TorchEngine:
                  par: Optional[distributed.Parallel] = None):
         self.cfg = config
         self.spec = optimizer
+        if config.threads:  # explicit: on every device (host-side work uses them too)
+            torch.set_num_threads(config.threads)
         self.par = par if par is not None else distributed.setup(config.parallel, config.device)
         self.module = module
         self.config = model_config(module)
@@ -121,13 +101,24 @@ class TorchEngine:
         # global norm in this order, and runs trained this way have always summed so
         in_module_order = [n for n in named if n in self.shapes]
         self._clip_params = [named[n] for n in in_module_order]
-        groups = [{"params": [named[n] for n in ns], "weight_decay": wd, "lr_mult": mult, "names": ns}
-                  for wd, mult, ns in optimizer.groups(in_module_order)]
+        self._clip_weights = [float(optimizer.clip_weight.get(n, 1.0)) for n in in_module_order] \
+            if optimizer.clip_weight else None
+        groups = [{"params": [named[n] for n in ns], "weight_decay": wd, "lr_mult": mult, "eps": eps, "names": ns}
+                  for wd, mult, eps, ns in optimizer.groups(in_module_order)]
         self.optimizer = torch.optim.AdamW(
             [{k: v for k, v in g.items() if k != "names"} for g in groups], lr=1.0, betas=tuple(optimizer.betas),
             eps=optimizer.eps, fused=self.device.type in FUSED_ADAMW or None)
         self._group_names = [g["names"] for g in groups]
         self.forward = torch.compile(self.wrapped) if config.compile else self.wrapped
+
+    def set_threads(self, n: int) -> bool:
+        """The loop's thread hook (``hyperclone_core.train.threads``): torch resizes its
+        intra-op pool at any time.  Off the CPU the steps do not wait on it: False,
+        nothing changed."""
+        if self.device.type != "cpu":
+            return False
+        torch.set_num_threads(int(n))
+        return True
 
     # ------------------------------------------------------------ steps
     def _amp(self):
@@ -146,7 +137,23 @@ class TorchEngine:
 
     def _grad_norm(self) -> float:
         clip = self.spec.grad_clip if self.spec.grad_clip > 0 else math.inf
+        if self._clip_weights is not None:
+            return self._weighted_clip(clip)
         return float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self._clip_params, clip)))
+
+    @torch.no_grad()
+    def _weighted_clip(self, clip: float) -> float:
+        """``optim.global_norm`` with ``clip_weight`` (a grown clone's source-equivalent
+        norm), then torch's clip rule on it: clip_grad_norm_ has no per-tensor weights."""
+        sq = [float(distributed.full_tensor(torch.linalg.vector_norm(p.grad, dtype=torch.float32))) ** 2 * w
+              for p, w in zip(self._clip_params, self._clip_weights) if p.grad is not None]
+        norm = math.sqrt(sum(sq))
+        coef = clip_coefficient(norm, clip if math.isfinite(clip) else 0.0)
+        if coef < 1.0:
+            for p in self._clip_params:
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+        return norm
 
     def step(self, micro_batches: Sequence[np.ndarray], lr: float) -> StepResult:
         for g in self.optimizer.param_groups:
@@ -207,9 +214,7 @@ class TorchEngine:
         return EngineState({n: _numpy(full[n]) for n in self.names}, m, v, steps.pop() if steps else 0)
 
     def import_state(self, state: EngineState) -> None:
-        missing = [n for n in self.names if n not in state.params]
-        if missing:
-            raise TrainError(f"the state lacks tensors {missing[:6]}")
+        check_state(state, self.names, self.shapes)
         weights = {n: torch.from_numpy(np.ascontiguousarray(state.params[n])) for n in self.names}
         distributed.load_full_model_state(self.module, weights, self.par)
         if state.adam_step == 0:
@@ -269,4 +274,4 @@ def launch_command(world: int, module_args: Sequence[str]) -> tuple:
     return argv, {"OMP_NUM_THREADS": "1"}, {"parallel": "ddp"}
 
 
-__all__ = ["TorchEngine", "auto_threads", "launch_command", "lm_loss", "logits_of", "model_config", "train"]
+__all__ = ["TorchEngine", "launch_command", "lm_loss", "logits_of", "model_config", "train"]

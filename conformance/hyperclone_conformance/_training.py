@@ -47,7 +47,10 @@ DIST_TOL = 1e-5
 
 
 def config(device: Optional[str], **kw) -> TrainConfig:
-    return TrainConfig(**dict(CONFIG, device=device or "auto", threads=1, **kw))
+    """The checks' TrainConfig.  ``threads`` stays 0 (each backend's own policy): a count
+    is refused by a backend that fixes its threads when it starts (jax, started by the
+    suite's earlier checks) or has only one (mlx)."""
+    return TrainConfig(**dict(CONFIG, device=device or "auto", **kw))
 
 
 def tokens(vocab: int, n: int = 3000, seed: int = 0) -> np.ndarray:
@@ -72,3 +75,26 @@ def oracle_loss(case: str, cfg, weights: Mapping[str, np.ndarray], batch: np.nda
 
 def relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
+
+
+def state_problems(state, shapes: Mapping[str, tuple]) -> list:
+    """What is wrong with an exported ``EngineState`` for a model of ``shapes`` (name ->
+    shape), each naming the tensor: parameters and both moments for exactly these
+    names, each a numpy float32 array of the full shape with finite values."""
+    problems = []
+    for part in ("params", "exp_avg", "exp_avg_sq"):
+        arrays = getattr(state, part)
+        extra, missing = sorted(set(arrays) - set(shapes)), sorted(set(shapes) - set(arrays))
+        if missing or extra:
+            problems.append(f"{part}: tensors {missing[:3]} missing, {extra[:3]} not the model's")
+        for n in sorted(set(arrays) & set(shapes)):
+            a = arrays[n]
+            if not isinstance(a, np.ndarray):
+                problems.append(f"{part}[{n}]: a {type(a).__name__}, not a numpy array")
+            elif a.dtype != np.float32:
+                problems.append(f"{part}[{n}]: dtype {a.dtype}, not float32")
+            elif tuple(a.shape) != tuple(shapes[n]):
+                problems.append(f"{part}[{n}]: shape {list(a.shape)}, the tensor's is {list(shapes[n])}")
+            elif not np.isfinite(a).all():
+                problems.append(f"{part}[{n}]: non-finite values")
+    return problems

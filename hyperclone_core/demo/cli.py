@@ -76,7 +76,7 @@ SETTINGS_HELP = {
     "seed": "seed of the initializations and the batch order",
     "device": "auto (a GPU when there is one), cpu, cuda, mps, gpu",
     "dtype": "compute dtype: float32, or bfloat16 on GPUs",
-    "threads": "intra-op CPU threads (0: the backend's policy, 1 for models this small)",
+    "threads": "intra-op CPU threads (0: automatic: the fastest count, timed on each run's first steps)",
 }
 
 

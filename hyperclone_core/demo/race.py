@@ -64,7 +64,7 @@ class Settings:
     seed: int = 0
     device: str = "auto"               # auto: a GPU when there is one
     dtype: str = "float32"             # TrainConfig.dtype: bfloat16 compute for GPUs
-    threads: int = 0                   # intra-op CPU threads; 0 = the backend's policy (1 for small models)
+    threads: int = 0                   # intra-op CPU threads; 0 = automatic (train/threads.py: measured)
 
     def small_config(self, vocab: int = 256) -> dict:
         return llama_config(self.hidden, self.layers, self.heads, self.ffn, vocab, self.seq_len)

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from .. import __version__
+from . import checkpoint as ckpt
 from . import data as hdata
 from ..console import recipe
 from ..console.argparsing import HelpFormatter, Parser, examples, fill
 from ..console.boundary import debug_requested, guarded
-from ..errors import ConfigError, HypercloneError
-from .checkpoint import listed
+from ..errors import CheckpointError, ConfigError, HypercloneError, OptionError
+from ..io import runout
 from .clone import clone_lr_choices
 from .config import TrainConfig
 from .loop import optimizer_for, train
@@ -46,12 +51,13 @@ HELP = {
     "dtype": "compute dtype: float32, or bfloat16 (parameters stay float32)",
     "parallel": "distributed mode of the backend (torch: none, ddp, fsdp under torchrun)",
     "mesh": "device mesh for backends that shard over one (e.g. data=2,fsdp=2,tensor=2)",
-    "threads": "intra-op CPU threads (0: automatic, 1 for small models)",
+    "threads": "intra-op CPU threads (0: automatic: the fastest count, timed on the run's first steps)",
 }
 RECIPE_EXCLUDE = ("resume", "allow_change", "no_progress")
 """Options OUT/recipe.toml leaves out: how this invocation continued or displayed a run,
 not what the run is (a replay starts fresh)."""
 PATHS = ("model_dir", "data", "val_data", "out", "plan", "log_jsonl")
+MAX_PLAN_BYTES = 256 << 20
 EXAMPLES = examples(
     "hyperclone train wide --data corpus.txt --out runs/wide --steps 2000 --lr 3e-4",
     "hyperclone train wide --data corpus.txt --out runs/wide --steps 4000 --resume",
@@ -65,18 +71,20 @@ def plan_of(folder):
     (older folders; needs the source folder still in place).  None when the folder
     is not a clone, or the plan cannot be recovered (said as a warning: the symmetry
     monitor and clone-aware LRs then have nothing to work with)."""
-    from .. import Growth, Plan, family_for_config, plan
+    from .. import Growth, family_for_config, plan
     from ..io import read_config
 
+    from ..io.paths import read_small
+
     folder = Path(folder)
-    if (folder / "plan.json").is_file():
-        return Plan.from_json((folder / "plan.json").read_text())
+    if os.path.lexists(folder / "plan.json"):
+        return read_plan(folder / "plan.json", "plan")
     report = folder / "hyperclone.json"
-    if not report.is_file():
+    if not os.path.lexists(report):
         return None
     try:
-        rep = json.loads(report.read_text())
-        src_cfg = read_config(rep["source"])
+        rep = json.loads(read_small(report, "report", MAX_PLAN_BYTES))
+        src_cfg = read_config(Path(folder) / rep["source"])  # relative to the folder (absolute before 0.2)
         growth = dict(rep["growth"])
     except (HypercloneError, OSError, KeyError, TypeError, ValueError) as exc:
         warnings.warn(f"{folder}: no plan.json, and the plan cannot be rebuilt from hyperclone.json ({exc}); "
@@ -91,13 +99,15 @@ def lineage(model_dir, backend: str) -> dict:
     """What each checkpoint's hyperclone.json records about where the model came from."""
     out: dict = {"hyperclone_version": __version__, "trained_from": str(Path(model_dir).resolve()), "backend": backend}
     rep = Path(model_dir) / "hyperclone.json"
-    if rep.is_file():
+    if os.path.lexists(rep):
+        from ..io.paths import read_small
+
         try:
-            base = json.loads(rep.read_text())
+            base = json.loads(read_small(rep, "report", MAX_PLAN_BYTES))
             out["clone"] = {k: base[k] for k in ("source", "family", "growth", "strategy", "seed") if k in base}
             if "clone" in base:
                 out["clone"] = base["clone"]
-        except (OSError, ValueError, TypeError):
+        except (HypercloneError, OSError, ValueError, TypeError, KeyError, RecursionError):
             pass
     return out
 
@@ -152,7 +162,111 @@ def config_from(args) -> TrainConfig:
     kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
           if f.name not in ("out_dir", "progress", "allow_change") and hasattr(args, f.name)}
     allow = tuple(x.strip() for x in (args.allow_change or "").split(",") if x.strip())
-    return TrainConfig(**kw, out_dir=args.out, progress=not args.no_progress, allow_change=allow)
+    try:
+        return TrainConfig(**kw, out_dir=args.out, progress=not args.no_progress, allow_change=allow)
+    except OptionError as exc:  # name the flags, not the fields
+        text = str(exc).replace("TrainConfig: ", "")
+        for f in sorted(fields(TrainConfig), key=lambda f: -len(f.name)):
+            text = re.sub(rf"(?<![-\w]){f.name}(?![\w])", "--" + f.name.replace("_", "-"), text)
+        raise OptionError(text) from None
+
+
+def check_options(args) -> None:
+    """What the config's own checks do not see, refused before any file is read (usage
+    errors, exit 2, naming the option)."""
+    v = args.val_fraction
+    if not (isinstance(v, float) and math.isfinite(v) and 0.0 <= v < 1.0):
+        raise OptionError(f"--val-fraction {v}: must be a number in [0, 1) (the share of --data held out)")
+    if args.data_dtype is not None and args.data_dtype not in hdata.TOKEN_DTYPES:
+        raise OptionError(f"--data-dtype {args.data_dtype!r}: use one of {', '.join(hdata.TOKEN_DTYPES)}")
+    for flag in ("model_dir", "data", "out", "val_data", "plan", "log_jsonl", "tokenizer"):
+        value = getattr(args, flag, None)
+        if value is not None and (value == "" or "\0" in value):
+            raise OptionError(f"--{flag.replace('_', '-')}: an empty path or one holding a NUL byte")
+
+
+def check_backend(bk, name: str, tc: TrainConfig) -> None:
+    """Refuse, by name, what this backend cannot do (capabilities per backend): training
+    at all, a --parallel mode, a --mesh, a --device.  A backend states its modes with
+    ``parallel_modes`` and may check a device with ``check_device(text)``."""
+    caps = getattr(bk, "capabilities", ())
+    if "train" not in caps:
+        raise OptionError(f"--backend {name}: this backend does not train (capabilities: {', '.join(sorted(caps))})")
+    modes = tuple(getattr(bk, "parallel_modes", ("none",)))
+    if (tc.parallel or "none") not in modes:
+        raise OptionError(f"--parallel {tc.parallel}: the {name} backend has no such mode (it has: "
+                          f"{', '.join(modes)})")
+    if tc.mesh and "mesh" not in modes:
+        raise OptionError(f"--mesh {tc.mesh}: the {name} backend does not shard over a device mesh")
+    check = getattr(bk, "check_device", None)
+    if check is not None and tc.device not in ("", "auto"):
+        try:
+            check(tc.device)
+        except HypercloneError as exc:
+            raise OptionError(f"--device {tc.device}: {exc}") from None
+
+
+def check_resources(tc: TrainConfig, hf: dict, shapes: dict) -> None:
+    """Refuse, before anything is allocated, a micro-batch whose activations cannot fit
+    this machine's memory (a lower bound: logits and their gradient, and the residual
+    stream kept per layer for the backward pass)."""
+    total = _physical_memory()
+    if not total:
+        return
+    world = max(int(os.environ.get("WORLD_SIZE", "1") or 1), 1)
+    rows = -(-tc.batch_size // (tc.grad_accum * world)) * tc.seq_len
+    vocab = int(hf.get("vocab_size") or 0)
+    hidden = int(hf.get("hidden_size") or 0)
+    layers = int(hf.get("num_hidden_layers") or 0)
+    params = sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values())
+    need = 4 * (rows * (3 * vocab + 8 * hidden * max(layers, 1)) + 4 * params)
+    if need > total:
+        raise OptionError(
+            f"--batch-size {tc.batch_size} x --seq-len {tc.seq_len} (with --grad-accum {tc.grad_accum}) needs at "
+            f"least {need / 2**30:.1f} GiB for one micro-step, and this machine has {total / 2**30:.1f} GiB; lower "
+            "--batch-size or --seq-len, or raise --grad-accum")
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def read_plan(path, what: str):
+    """A plan file read as a bounded regular file and parsed; a file that is not a plan
+    is an input error naming it."""
+    from .. import Plan
+    from ..io.paths import read_small
+
+    raw = read_small(path, what, MAX_PLAN_BYTES)
+    try:
+        return Plan.from_json(raw.decode("utf-8"))
+    except (HypercloneError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not a plan hyperclone wrote ({' '.join(str(exc).split())[:160]}); pass the "
+                          "clone's plan.json, or leave --plan out") from None
+
+
+def inputs_of(args) -> dict:
+    """Every file and folder the run reads, by what it is (for the output checks)."""
+    found = {"model folder": args.model_dir, "training data": args.data, "validation data": args.val_data,
+             "plan": args.plan, "recipe": getattr(args, "config", None)}
+    if args.tokenizer not in (None, "auto", "bytes"):
+        found["tokenizer"] = args.tokenizer
+    return found
+
+
+def out_dir(args, inputs: dict) -> runout.RunDir:
+    """OUT as ``runout.RunDir`` for a train run, checked (nothing written yet).  The one
+    input OUT may hold is the run's own recipe.toml given back as --config to resume it:
+    the run rewrites it as its record, which is what that file is for."""
+    inputs = dict(inputs)
+    own = Path(args.out) / "recipe.toml"
+    if inputs.get("recipe") and runout.identity(inputs["recipe"]) == runout.identity(own) and \
+            (runout.RunDir(args.out, "train").owner() == "train" or ckpt.previous_run(args.out)):
+        inputs.pop("recipe")
+    return runout.RunDir(args.out, "train", inputs, files=ckpt.RUN_FILES, legacy=ckpt.previous_run).check()
 
 
 def run(args) -> Any:
@@ -160,14 +274,18 @@ def run(args) -> Any:
     from ..io import Checkpoint, load_weights
     from ..model.validate import read_model
 
+    check_options(args)
     tc = config_from(args)
+    inputs = inputs_of(args)
+    rd = out_dir(args, inputs)
+    if tc.log_jsonl:
+        runout.check_file_output(tc.log_jsonl, "--log-jsonl", dict(inputs, **{"run's recipe": rd.out / "recipe.toml"}))
     bk = load_backend(args.backend)
-    if "train" not in getattr(bk, "capabilities", ()):
-        raise ConfigError(f"--backend {args.backend}: this backend does not train "
-                          f"(capabilities: {', '.join(sorted(bk.capabilities))})")
+    check_backend(bk, args.backend, tc)
     ck = Checkpoint(args.model_dir)
     family, cfg = read_model(ck.config, str(Path(args.model_dir) / "config.json"))  # values checked first
     ck.validate(family, cfg)
+    check_resources(tc, dict(ck.config), {n: ck.shape(n) for n in ck.names()})
     hf, weights = load_weights(args.model_dir)
     vocab = int(hf.get("vocab_size") or 0) or None
     tok = hdata.get_tokenizer(args.tokenizer, args.model_dir)
@@ -178,51 +296,59 @@ def run(args) -> Any:
         tokens, val = hdata.hold_out(tokens, args.val_fraction, min_val=args.seq_len + 1)
     else:
         val = None
-    if args.plan:
-        from .. import Plan
-
-        try:
-            plan = Plan.from_json(Path(args.plan).read_text())
-        except OSError as exc:
-            raise ConfigError(f"--plan {args.plan}: unreadable ({exc.strerror})") from None
-    else:
-        plan = plan_of(args.model_dir)
+    plan = read_plan(args.plan, "plan (--plan)") if args.plan else plan_of(args.model_dir)
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
-    engine = bk.engine(hf, weights, tc, optimizer_for(tc, shapes, plan))
+    try:
+        engine = bk.engine(hf, weights, tc, optimizer_for(tc, shapes, plan))
+    except (OptionError, CheckpointError):
+        raise
+    except ConfigError as exc:  # the model and data are checked by now: what is left is how it was asked to run
+        raise OptionError(str(exc)) from None
     del weights
     metrics = Path(tc.log_jsonl) if tc.log_jsonl else Path(args.out) / "metrics.jsonl"
-
-    def redraw(rec):  # OUT/loss.png, refreshed at each evaluation from the whole run's metrics
-        if rec.get("val_loss") is not None and engine.rank == 0 and metrics.is_file():
-            plot_history([json.loads(x) for x in metrics.read_text().splitlines() if x.strip()],
-                         Path(args.out) / "loss.png")
-
-    resolved = getattr(args, "recipe", None)
-    fresh = not listed(args.out)
+    claimed = None
     try:
-        if resolved is not None and engine.rank == 0 and fresh:
-            write_recipe(args.out, resolved)  # before a step: an interrupted run can be replayed too
+        if engine.rank == 0:
+            claimed = rd.claim()  # OUT is this run's from here on (the mark, the lock)
+
+        def redraw(rec):  # OUT/loss.png, refreshed at each evaluation from the whole run's metrics
+            if rec.get("val_loss") is not None and engine.rank == 0 and metrics.is_file():
+                history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+                claimed.replace("loss.png", lambda tmp: plot_history(history, tmp))
+
+        resolved = getattr(args, "recipe", None)
+        fresh = not ckpt.listed(args.out)
+        if resolved is not None and claimed is not None and fresh:
+            write_recipe(claimed, resolved)  # before a step: an interrupted run can be replayed too
         result = train(engine, tc, tokens, val, plan=plan, source_dir=args.model_dir, callback=redraw,
                        lineage=lineage(args.model_dir, args.backend))
-        if engine.rank == 0:
-            plot_history(result.history, Path(args.out) / "loss.png")
+        if claimed is not None:
+            claimed.replace("loss.png", lambda tmp: plot_history(result.history, tmp))
             if resolved is not None and not fresh:
-                write_recipe(args.out, resolved)  # a resumed run: what it was resumed with, once accepted
+                write_recipe(claimed, resolved)  # a resumed run: what it was resumed with, once accepted
         return result, engine.rank
     finally:
-        engine.close()
+        try:
+            engine.close()
+        finally:
+            if claimed is not None:
+                claimed.release()
 
 
 def write_recipe(out, resolved: dict) -> Path:
-    """OUT/recipe.toml: every option of the run, paths absolute, for ``--config``."""
-    Path(out).mkdir(parents=True, exist_ok=True)
+    """OUT/recipe.toml: every option of the run, paths absolute, for ``--config``.
+    ``out``: the run's claimed ``RunDir`` (or a folder, for callers outside a run)."""
     doc = dict(resolved)
     for k in PATHS:
         if doc.get(k) is not None:
             doc[k] = str(Path(doc[k]).resolve())
     if doc.get("tokenizer") not in (None, "auto", "bytes") and Path(doc["tokenizer"]).exists():
         doc["tokenizer"] = str(Path(doc["tokenizer"]).resolve())
-    return recipe.write(Path(out) / "recipe.toml", doc, recipe.header("train", __version__))
+    header = recipe.header("train", __version__)
+    if isinstance(out, runout.RunDir):
+        return out.replace("recipe.toml", lambda tmp: recipe.write(tmp, doc, header))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return recipe.write(Path(out) / "recipe.toml", doc, header)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -20,6 +20,15 @@ from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..errors import EXIT_USAGE, HypercloneError
+
+
+class TrainError(HypercloneError):
+    """Training cannot start as asked (options that do not fit the model, the data or the
+    run being resumed); says what to change."""
+
+    exit_code = EXIT_USAGE
+
 
 @dataclass
 class StepResult:
@@ -67,7 +76,17 @@ class Engine(Protocol):
     sharded).  ``import_state`` then ``step`` continues a run bit for bit on the same
     engine and device.  ``config`` is the HF config dict (what checkpoints' config.json
     gets), ``names``/``shapes`` the trained tensors in checkpoint order, ``backend``
-    the backend's registered name."""
+    the backend's registered name.  ``import_state`` starts with ``check_state``.
+
+    Threads (``TrainConfig.threads``, ``--threads``; policy in ``threads.py``): an engine
+    whose framework can resize its CPU thread pool at any time has the optional hook
+    ``set_threads(n) -> bool``: use ``n`` intra-op threads from the next step on, and
+    return whether its steps' speed depends on them (False on a GPU: the loop then
+    leaves the count alone).  The loop calls it with an explicit count once, or with
+    the automatic policy's counts as it measures them.  An engine without the hook
+    settles ``config.threads`` when it is built: honoured where the framework allows
+    (jax sizes its pool when it starts), else refused with ``threads.fixed_threads``'s
+    usage error; 0 leaves the framework's own count."""
 
     backend: str
     config: Mapping[str, Any]
@@ -86,6 +105,33 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def check_state(state: EngineState, names: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> None:
+    """Refuse a state that does not fit the model ``names``/``shapes`` describe, naming
+    the tensor: every parameter present with the model's shape and a floating dtype, the
+    same for both moments unless ``adam_step`` is 0 (a fresh optimizer: engines then
+    ignore them), and ``adam_step`` an integer >= 0.  Tensors the model does not have
+    are ignored.  What every engine's ``import_state`` checks before its framework work."""
+    step = state.adam_step
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise TrainError(f"adam_step: {step!r}, expected an integer >= 0 (the optimizer steps taken)")
+    parts = [("params", state.params)]
+    if step:
+        parts += [("exp_avg", state.exp_avg), ("exp_avg_sq", state.exp_avg_sq)]
+    for part, arrays in parts:
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise TrainError(f"{part} lacks {missing[0]!r}{more}: the state is not this model's (or is incomplete)")
+        for n in names:
+            a = arrays[n]
+            have, want = tuple(np.shape(a)), tuple(int(d) for d in shapes[n])
+            if have != want:
+                raise TrainError(f"{part}[{n!r}]: shape {have}, the model has {want}")
+            dtype = a.dtype if isinstance(a, np.ndarray) else np.asarray(a).dtype
+            if dtype.kind != "f" and dtype.name != "bfloat16":
+                raise TrainError(f"{part}[{n!r}]: dtype {dtype}, expected floating point (float32)")
+
+
 @runtime_checkable
 class Launcher(Protocol):
     """Capability ``distributed``: how the backend starts ``world`` data-parallel
@@ -97,4 +143,4 @@ class Launcher(Protocol):
     def launch_command(self, world: int, module_args: Sequence[str]) -> tuple: ...
 
 
-__all__ = ["Engine", "EngineState", "Launcher", "StepResult"]
+__all__ = ["Engine", "EngineState", "Launcher", "StepResult", "TrainError", "check_state"]

@@ -2,7 +2,8 @@
 
 Per step: evaluate on the cadence (validation loss and the symmetry monitor), take
 the schedule's LR, hand the engine this rank's micro-batches of the global batch
-(a pure function of seed and step, so resume needs no sampler state), stop on a
+(a pure function of seed and step, so resume needs no sampler state) on the step's
+CPU threads (``threads.py``: the user's count, or the fastest one timed), stop on a
 non-finite loss, record, checkpoint on the cadence.  Resume refuses a run that
 would silently differ (config, data or model changed) and starts from the newest
 *valid* checkpoint, saying so.
@@ -22,21 +23,15 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from . import data as hdata
-from ..errors import EXIT_DIVERGED, EXIT_USAGE, CheckpointError, ConfigError, HypercloneError
+from ..errors import EXIT_DIVERGED, CheckpointError, ConfigError, HypercloneError
 from ..console.progress import Progress
+from ..io import runout
 from . import checkpoint as ckpt
 from .clone import CLONE_LR_OFF, clone_lr_multipliers, symmetry, symmetry_pairs
 from .config import TrainConfig, lr_at
-from .engine import Engine
+from .engine import Engine, TrainError
 from .optim import AdamW, decay_mask
 from .threads import LoopThreads
-
-
-class TrainError(HypercloneError):
-    """Training cannot start as asked (options that do not fit the model, the data or the
-    run being resumed); says what to change."""
-
-    exit_code = EXIT_USAGE
 
 
 class NonFiniteLoss(TrainError):
@@ -117,7 +112,8 @@ def _first_difference(a: Mapping, b: Mapping) -> str:
 
 def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=None,
           callback: Optional[Callable[[dict], Optional[bool]]] = None, source_dir=None,
-          lineage: Optional[Mapping[str, Any]] = None, log: Callable[[str], None] = _stderr) -> TrainResult:
+          lineage: Optional[Mapping[str, Any]] = None, log: Callable[[str], None] = _stderr,
+          optimizer: Optional[AdamW] = None) -> TrainResult:
     """Train the engine's model for ``config.steps`` optimizer steps.
 
     ``train_data``/``val_data``: 1-D token arrays (memory-maps welcome) or token/text
@@ -126,6 +122,8 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
     returning False stops the run (a checkpoint is written).  ``source_dir``: the
     model folder, whose tokenizer and generation files every checkpoint carries;
     ``lineage``: what ``hyperclone.json`` of each checkpoint records besides the step.
+    ``optimizer``: the engine's AdamW when it carries per-tensor maps a growth set
+    (``train.grow``): checkpoints keep them, so a resumed grown run continues exactly.
     """
     tc = config  # the TrainConfig (cfg is a DecoderConfig everywhere)
     hf = dict(engine.config)
@@ -153,21 +151,26 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
     result = TrainResult()
     out = Path(tc.out_dir) if tc.out_dir else None
     start = 0
-    if out is not None:
-        existing = ckpt.listed(out)
-        if existing and not tc.resume:
-            raise TrainError(f"{out} already holds {existing[-1][1].name}; pass --resume to continue it, or choose "
-                             "a new --out")
-        if tc.resume and existing:
-            start = _resume(engine, tc, out, existing, model_fp, data_fp, result, say)
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-        engine.barrier()
-    log_path = Path(tc.log_jsonl) if tc.log_jsonl else (out / "metrics.jsonl" if out else None)
+    # OUT is this run's alone while it runs (runout.RunDir: its mark, its lock); the CLI
+    # claims it first and this claim is then the same one
+    run = runout.RunDir(out, "train", legacy=ckpt.previous_run).claim() if out is not None and main else None
     logf = None
-    if log_path is not None and main:
-        log_path.write_text("".join(json.dumps(h) + "\n" for h in result.history))
-        logf = open(log_path, "a")
+    try:
+        if out is not None:
+            existing = ckpt.listed(out)
+            if existing and not tc.resume:
+                raise TrainError(f"{out} already holds {existing[-1][1].name}; pass --resume to continue it, or "
+                                 "choose a new --out")
+            if tc.resume and existing:
+                start = _resume(engine, tc, out, existing, model_fp, data_fp, result, say)
+            engine.barrier()
+        log_path = Path(tc.log_jsonl) if tc.log_jsonl else (out / "metrics.jsonl" if out else None)
+        if log_path is not None and main:
+            logf = runout.open_log(log_path, "".join(json.dumps(h) + "\n" for h in result.history))
+    except BaseException:
+        if run is not None:
+            run.release()
+        raise
 
     tokens_per_step = tc.batch_size * tc.seq_len
     t0 = time.perf_counter() - (result.history[-1].get("seconds", 0.0) if result.history else 0.0)
@@ -211,7 +214,7 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
                        "data": dict(data_fp, position=step), "val_loss": val_loss,
                        "engine": {"backend": getattr(engine, "backend", type(engine).__name__)}}
             lin = dict(lineage or {}, step=step, data=data_fp)
-            ckpt.save(folder, state, hf, trainer, aux_from=source_dir, lineage=lin)
+            ckpt.save(folder, state, hf, trainer, aux_from=source_dir, lineage=lin, optimizer=optimizer)
             ckpt.prune(out, tc.save_total_limit, tc.keep_best, log=say)
         engine.barrier()
         result.checkpoint = str(folder)
@@ -262,6 +265,8 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
         bar.close()
         if logf is not None:
             logf.close()
+        if run is not None:
+            run.release()
 
 
 def _positions(hf: Mapping[str, Any]) -> Optional[int]:
@@ -273,6 +278,10 @@ def _positions(hf: Mapping[str, Any]) -> Optional[int]:
         return hf.get("max_position_embeddings")
 
 
+def shapes_of(engine) -> dict:
+    return {n: tuple(int(d) for d in s) for n, s in engine.shapes.items()}
+
+
 def _resume(engine, tc: TrainConfig, out: Path, existing: list, model_fp: dict, data_fp: dict,
             result: TrainResult, say) -> int:
     """Load the newest valid checkpoint into the engine after checking it belongs to
@@ -280,8 +289,8 @@ def _resume(engine, tc: TrainConfig, out: Path, existing: list, model_fp: dict, 
     never deleted) so the run's next checkpoint is the newest again."""
     folder = ckpt.newest_valid(out, say)
     if folder is None:
-        raise TrainError(f"--resume: none of the {len(existing)} checkpoint(s) in {out} can be resumed from "
-                         f"(the newest: {ckpt.problem(existing[-1][1])}); start a new --out")
+        raise CheckpointError(f"--resume: none of the {len(existing)} checkpoint(s) in {out} can be resumed from "
+                                   f"(the newest: {ckpt.problem(existing[-1][1])}); start a new --out")
     saved = ckpt.read_state(folder)
     if saved.get("model") != model_fp:
         raise CheckpointError(f"{folder} was written while training another model "
@@ -298,12 +307,14 @@ def _resume(engine, tc: TrainConfig, out: Path, existing: list, model_fp: dict, 
     if saved["step"] >= tc.steps:
         raise TrainError(f"{folder.name} is already at step {saved['step']}, not before --steps {tc.steps}: "
                          f"nothing to train; pass --steps larger than {saved['step']} to continue")
+    # read and checked against the model (every weight and moment: name, shape, dtype) before
+    # anything is renamed or written, and before the engine sees it
+    state, _ = ckpt.load(folder, list(engine.names), getattr(engine, "backend", None), shapes=shapes_of(engine))
     for step, other in existing:
         if step > saved["step"]:
             aside = other.with_name(f"{other.name}.invalid-{os.getpid()}")
             other.rename(aside)
             say(f"set aside {other.name} (not resumable) as {aside.name}")
-    state, _ = ckpt.load(folder, list(engine.names), getattr(engine, "backend", None))
     engine.import_state(state)
     start = int(saved["step"])
     # a finished run's closing evaluation is redone at the start of its next step
