@@ -49,7 +49,7 @@ EXPAND_EXAMPLES = examples(
     "hyperclone expand small wide --width 2",
     "hyperclone expand small wide --width 2 --layers +4 --strategy noisy:10 --max-shard-size 2GB",
     "hyperclone expand --config grow.toml                # every option from a recipe file",
-    "hyperclone expand --config wide/recipe.toml small wide2   # replay a run, to another folder")
+    "hyperclone expand --config wide/recipe.toml         # replay a run, into wide-replay")
 PLAN_EXAMPLES = examples(
     "hyperclone plan small --width 2 --ffn 1.5",
     "hyperclone plan small --width 2 --json > plan.json",
@@ -328,7 +328,7 @@ def _run(argv: list) -> int:
     sub = parser.commands.get(name)
     path = recipe.config_path(rest) if sub is not None else None
     if path is not None:
-        recipe.apply(sub, rest, path, ignore=PLAN_IGNORES if name == "plan" else ())
+        recipe.apply(sub, rest, path, ignore=PLAN_IGNORES if name == "plan" else (), paths=("src", "dst"))
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "delegate", None):
         return _delegate(args.delegate, args.backend, extra)

@@ -150,3 +150,31 @@ def test_plan_summary_counts_what_the_checkpoints_hold(tmp_path, case_dir, capsy
     text = capsys.readouterr().out
     assert text.startswith("summary: ") and f"parameters {s['params_before']:,} -> {s['params_after']:,}" in text
     assert all(re.search(rf"^  {re.escape(r['kind'])} +\d+ -> \d+ ", text, re.M) for r in s["roles"])
+
+
+def test_the_card_inherits_the_base_cards_license_language_datasets_and_tags(tmp_path, case_dir):
+    """A pushed clone of an Apache-2.0 model must not read "license: unknown"."""
+    import shutil
+
+    from hyperclone_core.expand.card import front_matter
+    from hyperclone_core.expand.checkpoint import expand_checkpoint
+
+    src = tmp_path / "base"
+    shutil.copytree(case_dir("llama"), src)
+    (src / "README.md").write_text("---\nlicense: apache-2.0\nlanguage:\n- en\n- fr\ndatasets: [wikitext, 'c4']\n"
+                                   "tags:\n- tiny\nwidget: {text: hi}\n---\n# Base\n")
+    expand_checkpoint(src, tmp_path / "grown", width=2, progress=False)
+    fm = front_matter((tmp_path / "grown" / "README.md").read_text())
+    assert fm["license"] == "apache-2.0" and fm["language"] == ["en", "fr"] and fm["datasets"] == ["wikitext", "c4"]
+    assert {"hyperclone", "llama", "tiny"} <= set(fm["tags"]) and "widget" not in fm
+    assert "base_model_relation" not in fm  # an untrained clone is no finetune
+    for name in ("README.md", "hyperclone.json", "recipe.toml"):
+        assert str(tmp_path) not in (tmp_path / "grown" / name).read_text(), name
+
+
+def test_front_matter_reads_only_what_it_understands():
+    from hyperclone_core.expand.card import front_matter
+
+    assert front_matter("no front matter") == {}
+    assert front_matter("---\nlicense: mit\n") == {}  # never closed
+    assert front_matter("---\nlicense: 'mit'\ntags: []\n---\n") == {"license": "mit", "tags": []}

@@ -58,7 +58,8 @@ def test_written_recipe_holds_every_option_resolved(tmp_path, case_dir):
     assert expand(src, tmp_path / "w", "--width", "2", "--max-shard-size", "30KB") == 0
     doc = tomllib.loads((tmp_path / "w" / "recipe.toml").read_text())
     assert doc["strategy"] == "noisy:10" and doc["width"] == 2 and doc["max_shard_size"] == 30_000
-    assert doc["src"] == str(src.resolve()) and doc["dst"] == str((tmp_path / "w").resolve())
+    # paths relative to the recipe's folder: no path of this machine, and the replay goes to a fresh folder
+    assert doc["src"] == os.path.relpath(src.resolve(), (tmp_path / "w").resolve()) and doc["dst"] == "../w-replay"
     expand_opts = {a.dest for a in build_parser().commands["expand"]._actions if a.option_strings or a.dest in
                    ("src", "dst")}
     not_recorded = {"help", "debug", "config", "force", "quiet"}  # how it ran, not what it made
@@ -192,3 +193,24 @@ def test_train_recipe_replays_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert train_main(["--config", str(tmp_path / "run.toml")]) == 2  # no --out anywhere
     assert "needs --out" in capsys.readouterr().err
+
+
+def test_the_written_replay_command_runs_as_written_from_anywhere(tmp_path, case_dir, monkeypatch):
+    """recipe.toml's header says `hyperclone expand --config recipe.toml`: run from the
+    output folder, or naming the recipe from another folder, it writes the same bytes
+    into NAME-replay beside the output; a second replay refuses the now-existing folder."""
+    src = case_dir("llama")
+    out = tmp_path / "runs" / "w"
+    assert expand(src, out, "--width", "2", "--seed", "5") == 0
+    head = [line for line in (out / "recipe.toml").read_text().splitlines() if line.startswith("#")]
+    command = next(line.lstrip("# ").split("  (")[0].strip() for line in head if "--config" in line)
+    assert command == "hyperclone expand --config recipe.toml"
+    monkeypatch.chdir(out)
+    assert main(command.split()[1:]) == 0
+    assert weights_bytes(tmp_path / "runs" / "w-replay") == weights_bytes(out)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["expand", "--config", str(out / "recipe.toml")]) != 0  # w-replay exists now: refused
+    for f in (out / "recipe.toml", out / "README.md", out / "hyperclone.json"):
+        assert str(tmp_path) not in f.read_text(), f

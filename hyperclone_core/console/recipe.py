@@ -7,6 +7,13 @@ A recipe is flat: one key per option, named as the option without its dashes
 through, so a file cannot set what the command line could not.  Flags given on the
 command line override the file.  The writer is ours (the standard library reads
 TOML from 3.11 but writes none); it writes what the reader reads back unchanged.
+
+Paths in a recipe are relative to the recipe's own folder (``src = "../small"``):
+a written recipe carries no path of the machine that wrote it, and replays from any
+working directory.  Reading, a relative path that starts with ``./`` or ``../``, or
+names something beside the recipe, is taken from the recipe's folder; any other value
+(a hub id such as ``org/name``, or a path relative to where the command runs) is used
+as written.
 """
 
 from __future__ import annotations
@@ -191,14 +198,46 @@ def _given(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set:
     return set(vars(ns))
 
 
-def apply(parser: argparse.ArgumentParser, argv: Sequence[str], path, ignore: Iterable[str] = ()) -> dict:
+def portable(value, folder) -> Optional[str]:
+    """A path option as a recipe in ``folder`` records it: relative to ``folder``
+    (``../small``, ``./data.bin``).  A value that names nothing here and no file to be
+    made here (a hub id such as ``org/name``) is kept as typed."""
+    if value is None:
+        return None
+    text = os.fspath(value)
+    if not (os.path.lexists(text) or os.path.isabs(text) or os.path.isdir(os.path.dirname(text) or ".")):
+        return text
+    try:
+        rel = os.path.relpath(os.path.abspath(text), os.path.abspath(folder))
+    except ValueError:  # pragma: no cover - another drive (Windows)
+        return text
+    return rel if rel.startswith("..") else os.path.join(".", rel)
+
+
+def _from_recipe(value: Any, path) -> Any:
+    """A recipe's path value as the command uses it: relative ones written by
+    ``portable`` (or naming something beside the recipe) are taken from the recipe's
+    folder; anything else is kept."""
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    folder = os.path.dirname(os.fspath(path)) or "."
+    beside = os.path.join(folder, value)
+    if value.startswith(("./", "../", "." + os.sep, ".." + os.sep)) or os.path.lexists(beside):
+        return os.path.normpath(beside)
+    return value
+
+
+def apply(parser: argparse.ArgumentParser, argv: Sequence[str], path, ignore: Iterable[str] = (),
+          paths: Iterable[str] = ()) -> dict:
     """Make the recipe at ``path`` the defaults of ``parser`` (so flags in ``argv``
     override it); returns the recipe's values by dest.  An unknown key, a bad value,
     or two options of one mutually exclusive group in the file are refused; keys in
-    ``ignore`` are skipped (another command's options)."""
+    ``ignore`` are skipped (another command's options); the dests in ``paths`` are
+    paths, taken relative to the recipe's folder (``_from_recipe``)."""
     doc = read(path)
     options = _options(parser)
     skip = set(ignore)
+    path_dests = set(paths)
     values = {}
     for key, value in doc.items():
         dest = key.replace("-", "_")
@@ -207,6 +246,11 @@ def apply(parser: argparse.ArgumentParser, argv: Sequence[str], path, ignore: It
         if dest not in options:
             known = ", ".join(sorted(options))
             raise UsageError(f"--config {path}: unknown option {key!r}; {parser.prog} takes: {known}")
+        if dest in values:
+            raise UsageError(f"--config {path}: {_flag(options[dest])} is set twice (as {key!r} and under its "
+                             "other spelling); keep one")
+        if dest in path_dests:
+            value = _from_recipe(value, path)
         values[dest] = _convert(path, key, value, options[dest])
     given = _given(parser, argv)
     for group in parser._mutually_exclusive_groups:
@@ -223,24 +267,29 @@ def apply(parser: argparse.ArgumentParser, argv: Sequence[str], path, ignore: It
 def config_path(argv: Sequence[str]) -> Optional[str]:
     """The ``--config`` value in ``argv`` (``--config F`` or ``--config=F``), or None."""
     argv = list(argv)
+    found = []
     for k, tok in enumerate(argv):
         if tok == "--":
-            return None
+            break
         if tok == "--config":
             if k + 1 >= len(argv):
                 raise UsageError("--config needs a TOML file")
-            return argv[k + 1]
-        if tok.startswith("--config="):
-            return tok.split("=", 1)[1]
-    return None
+            found.append(argv[k + 1])
+        elif tok.startswith("--config="):
+            found.append(tok.split("=", 1)[1])
+    if len(found) > 1:
+        raise UsageError(f"--config is given {len(found)} times ({', '.join(found)}); a run reads one recipe")
+    return found[0] if found else None
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str], required: Sequence[str] = ()) -> argparse.Namespace:
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str], required: Sequence[str] = (),
+          paths: Iterable[str] = ()) -> argparse.Namespace:
     """Parse ``argv`` with ``parser``, the ``--config`` recipe (if any) as defaults.
-    ``required`` names dests that must come from the command line or the recipe."""
+    ``required`` names dests that must come from the command line or the recipe;
+    ``paths`` the dests that are paths (relative to the recipe's folder in a recipe)."""
     path = config_path(argv)
     if path is not None:
-        apply(parser, argv, path)
+        apply(parser, argv, path, paths=paths)
     args = parser.parse_args(list(argv))
     missing = [d for d in required if getattr(args, d, None) is None]
     if missing:
@@ -262,23 +311,34 @@ def resolved(parser: argparse.ArgumentParser, args: argparse.Namespace, exclude:
     return out
 
 
-def header(command: str, version: str) -> list:
-    """The comment lines at the top of a written recipe."""
-    return [f"hyperclone {version}: the resolved options of this `hyperclone {command}` run (recipe file,",
-            "flags and defaults together). Replay it with:",
-            f"  hyperclone {command} --config recipe.toml",
-            "Flags on that command line override these values."]
+def header(command: str, version: str, replay_into: Optional[str] = None) -> list:
+    """The comment lines at the top of a written recipe; ``replay_into``: where its
+    replay writes (a fresh folder, so the command runs as written)."""
+    lines = [f"hyperclone {version}: the resolved options of this `hyperclone {command}` run (recipe file,",
+             "flags and defaults together; paths relative to this file's folder). Replay it with:",
+             f"  hyperclone {command} --config recipe.toml      (from this folder, or give the recipe's path)"]
+    if replay_into:
+        lines.append(f"which writes {replay_into}, a fresh folder beside this one (it must not exist yet).")
+    return lines + ["Flags on that command line override these values."]
 
 
 _EXPAND_DROP = ("progress", "force", "tolerance_default")
 
 
+def replay_folder(out) -> str:
+    """Where the replay of a run written to ``out`` goes: ``../NAME-replay``, relative
+    to the recipe inside ``out``."""
+    return os.path.join("..", f"{Path(os.path.abspath(out)).name}-replay")
+
+
 def for_expand(options: Mapping[str, Any], strategy: str) -> dict:
     """``expand_checkpoint``'s arguments as the recipe ``hyperclone expand --config``
-    reads: option names, paths resolved, the strategy as resolved (None means its
-    default), switches as the CLI spells them."""
+    reads: option names, paths relative to the destination (where the recipe is
+    written; ``dst`` is the replay's fresh folder beside it), the strategy as resolved
+    (None means its default), switches as the CLI spells them."""
     o = dict(options)
-    out = {"src": str(Path(o.pop("src")).resolve()), "dst": str(Path(o.pop("dst")).resolve())}
+    dst = o.pop("dst")
+    out = {"src": portable(o.pop("src"), dst), "dst": replay_folder(dst)}
     o["strategy"] = strategy
     o["no_verify"] = not o.pop("verify", True)
     o["max_shard_size"] = o.pop("max_shard_bytes", None)
@@ -288,5 +348,5 @@ def for_expand(options: Mapping[str, Any], strategy: str) -> dict:
     return out
 
 
-__all__ = ["CONFIG_HELP", "apply", "config_path", "dumps", "for_expand", "header", "parse", "read", "resolved",
-           "write"]
+__all__ = ["CONFIG_HELP", "apply", "config_path", "dumps", "for_expand", "header", "parse", "portable", "read",
+           "replay_folder", "resolved", "write"]

@@ -209,11 +209,79 @@ def base_model_name(config: Mapping[str, Any], src: Path) -> tuple:
     return Path(src).resolve().name, False
 
 
-def _front_matter(base: str, hub_id: bool, family: str) -> str:
-    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-             "tags:", "- hyperclone", "- hypercloning", f"- {family}"]
+INHERITED = ("license", "license_name", "license_link", "language", "datasets", "tags")
+"""Front-matter keys a grown model's card takes from its base model's card: what the
+clone is under and about does not change by growing it."""
+
+
+def _scalar(text: str) -> Any:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def front_matter(text: str) -> dict:
+    """The simple YAML front matter of a model card (``---`` ... ``---``): top-level
+    keys with a scalar, a ``[a, b]`` list or ``- item`` lines.  Anything richer is
+    skipped, never guessed at."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    out: dict = {}
+    key = None
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return out
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = re.match(r"^([A-Za-z_][\w-]*):\s*(.*)$", line)
+        if m:
+            key, value = m.group(1), m.group(2).strip()
+            if value.startswith("[") and value.endswith("]"):
+                out[key] = [_scalar(v) for v in value[1:-1].split(",") if v.strip()]
+            elif value:
+                out[key] = _scalar(value)
+            else:
+                out[key] = []
+            continue
+        item = re.match(r"^\s*-\s+(.*)$", line)
+        if item and key is not None and isinstance(out.get(key), list):
+            out[key].append(_scalar(item.group(1)))
+        elif not line.startswith((" ", "\t")):
+            key = None
+    return {}  # no closing ---: not front matter
+
+
+def inherited(src) -> dict:
+    """The base card's ``INHERITED`` keys (empty when the source has no card)."""
+    path = Path(src) / "README.md"
+    try:
+        with open_regular(path, "README.md") as f:
+            text = f.read(1 << 20).decode("utf-8", "replace")
+    except Exception:  # no card, or one we may not read: nothing is inherited
+        return {}
+    fm = front_matter(text)
+    return {k: fm[k] for k in INHERITED if fm.get(k) not in (None, "", [])}
+
+
+def _yaml_value(key: str, value: Any) -> list:
+    if isinstance(value, list):
+        return [f"{key}:"] + [f"- {v}" for v in value]
+    return [f"{key}: {value}"]
+
+
+def _front_matter(base: str, hub_id: bool, family: str, base_meta: Mapping[str, Any] = ()) -> str:
+    meta = dict(base_meta)
+    tags = ["hyperclone", "hypercloning", family]
+    tags += [t for t in (meta.pop("tags", None) or []) if t not in tags]
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    for k in INHERITED:
+        if k in meta:
+            lines += _yaml_value(k, meta[k])
+    lines += _yaml_value("tags", tags)
     if hub_id:
-        lines += [f"base_model: {base}", "base_model_relation: finetune"]
+        lines += [f"base_model: {base}"]
     return "\n".join(lines + ["---", ""])
 
 
@@ -222,15 +290,16 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
     as the user named them: the card's commands use them)."""
     dst, src = Path(dst), Path(src)
     base, hub = base_model_name(src_config, src)
+    base_meta = inherited(src)
     fam = report["family"]
     p = report["parameters"]
     sizes = report["sizes"]
-    folder = str(dst)
+    folder = dst.name  # as loaded from the folder above it; on the Hub, the repo id
     v = report.get("verification")
     cert = report["certificate"]
     growth_rows = [f"| {d} | {sizes['before'][d]} | {sizes['after'][d]} |" for d in sizes["after"]
                    if sizes["before"].get(d) != sizes["after"][d]]
-    out = [_front_matter(base, hub, fam),
+    out = [_front_matter(base, hub, fam, base_meta),
            f"# {dst.name}: {base} grown by HyperCloning", "",
            f"This {fam} model was grown from **{base}** with [hyperclone](https://arxiv.org/abs/2409.12903) "
            f"{report['hyperclone_version']}: every weight of the base model is copied into a wider"
@@ -238,9 +307,11 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
            + " model that computes the same function, so training it starts from what the base model knows.",
            "It has not been trained since it was grown: its outputs are the base model's.", "",
            "## Growth", "",
-           f"- base model: {base} (source folder `{report['source']}`)"
-           + (f"; its own model card is kept as [{BASE_CARD}]({BASE_CARD})" if base_card else ""),
-           f"- options: {' '.join(f'{k}={v_}' for k, v_ in report['growth'].items())}",
+           f"- base model: {base}"
+           + (f"; its own model card is kept as [{BASE_CARD}]({BASE_CARD})" if base_card else "")
+           + (f"; {', '.join(k for k in INHERITED if k in base_meta)} are the base model's, from its card"
+              if base_meta else ""),
+           f"- options: `{report.get('options') or 'defaults'}`",
            f"- strategy: `{report['strategy']}`, seed {report['seed']}",
            f"- parameters: {p['before']:,} -> {p['after']:,} (x{p['after'] / max(p['before'], 1):.2f}); "
            f"stored bytes {_size(p['bytes_before'])} -> {_size(p['bytes_after'])} ({report['dtype']})",
@@ -257,12 +328,15 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
     elif v:
         out.append("- measured: the logits were not finite (written because --inexact allowed it)")
     else:
-        out.append(f"- measured: not checked (--no-verify); run `hyperclone verify {report['source']} {folder}`")
+        out.append(f"- measured: not checked (--no-verify); run `hyperclone verify BASE {folder}` with the base "
+                   "model's folder or hub id as BASE")
     changes = report.get("config_changes", {}).get("unrequested") or []
     if changes:
         out += ["", "## config.json changes beyond the growth", ""]
         out += [f"- `{c['key']}`: {_show(c['before'])} -> {_show(c['after'])}: {c['why']}" for c in changes]
-    out += ["", "## Load it", "", "transformers:", "", "```python",
+    out += ["", "## Load it", "",
+            f"`{folder}` below is this folder, as seen from the folder above it; once it is pushed to the "
+            f"Hugging Face Hub, put its repo id there (`ORG/{folder}`).", "", "transformers:", "", "```python",
             "from transformers import AutoModelForCausalLM",
             f"model = AutoModelForCausalLM.from_pretrained({folder!r})",
             "```", "", "hyperclone's PyTorch backend (`pip install 'hyperclone[torch]'`):", "", "```python",
@@ -278,13 +352,17 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
                 f"model, tokenizer = mlx_lm.load({folder!r})", "```"]
     out += ["", "Train it (the clone-aware trainer reads `plan.json` for its symmetry monitor):", "", "```bash",
             f"hyperclone train {folder} --data corpus.txt --out runs/{dst.name}", "```", "",
-            "Replay the growth exactly (same bytes; the same noise, drawn from the same seed):", "", "```bash",
-            f"hyperclone expand --config {folder}/recipe.toml {src} {folder}-replay", "```", "",
+            "Replay the growth exactly (same bytes; the same noise, drawn from the same seed) into a fresh folder "
+            f"`{folder}-replay` beside this one, from the base model where the recipe found it:", "", "```bash",
+            f"hyperclone expand --config {folder}/recipe.toml", "```", "",
             "## Files", "",
             "- `config.json`, `*.safetensors`: the grown model; tokenizer and generation files are the base model's",
             "- `hyperclone.json`: source, growth, strategy, seed, certificate, measured error, config changes",
-            "- `plan.json`: the plan (per tensor, its program over five primitives)",
+            "- `plan.json`: the plan (per tensor, its program over six ops)",
             "- `recipe.toml`: every option of the run, for `hyperclone expand --config`",
+            "- `.hyperclone-output`: hyperclone's mark that it wrote this folder (what lets a later run "
+            "replace it); leave it out of an upload: `huggingface-cli upload ORG/NAME . --exclude "
+            "'.hyperclone-output'`",
             "", "## Reference", "", PAPER, "", "```bibtex", BIBTEX, "```", ""]
     return "\n".join(out)
 
@@ -312,7 +390,7 @@ def write_docs(tmp, src, dst, report: dict, source_config: Mapping[str, Any], op
     report["base_model_card"] = BASE_CARD if base_card else None
     Path(tmp, "README.md").write_text(model_card(report, dst, src, source_config, base_card))
     recipe.write(Path(tmp) / "recipe.toml", recipe.for_expand(options, report["strategy"]),
-                 recipe.header("expand", report["hyperclone_version"]))
+                 recipe.header("expand", report["hyperclone_version"], replay_into=recipe.replay_folder(dst)))
 
 
 def copy_base_card(src: Path, tmp: Path) -> bool:
@@ -327,5 +405,6 @@ def copy_base_card(src: Path, tmp: Path) -> bool:
     return True
 
 
-__all__ = ["BASE_CARD", "PAPER", "base_model_name", "config_changes", "config_dtype", "copy_base_card", "facts",
-           "format_changes", "format_summary", "model_card", "summary", "write_docs"]
+__all__ = ["BASE_CARD", "INHERITED", "PAPER", "base_model_name", "config_changes", "config_dtype", "copy_base_card",
+           "facts", "format_changes", "format_summary", "front_matter", "inherited", "model_card", "summary",
+           "write_docs"]

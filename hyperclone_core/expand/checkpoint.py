@@ -17,12 +17,13 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from .. import __version__
 from . import card
+from ..console import recipe
 from ..run.protocol import load_backend
 from ..run.interpreter import run_program
 from ..errors import CheckpointError, HypercloneError, OutputError, UsageError, VerificationError
@@ -122,8 +123,9 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
         aux = copy_aux_files(src, tmp)
         report = {
             "hyperclone_version": __version__,
-            "source": str(src.resolve()),
+            "source": recipe.portable(src, dst),  # relative to this folder: no path of this machine
             "family": p.family,
+            "options": typed_options(options),
             "growth": p.growth,
             "strategy": p.strategy,
             "seed": seed,
@@ -148,6 +150,23 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
         write_json(tmp / "hyperclone.json", report)
         (tmp / "plan.json").write_text(p.to_json(indent=None))  # the trainer's symmetry monitor reads it
     return report
+
+
+GROWTH_OPTIONS = ("width", "ffn", "ffn_size", "heads", "kv_heads", "layers", "layout")
+
+
+def typed_options(options: Mapping[str, Any]) -> str:
+    """The growth options as the user gave them (``--width 2 --ffn 1.5``): what the card
+    and hyperclone.json show beside the resulting sizes."""
+    out = []
+    for k in GROWTH_OPTIONS:
+        v = options.get(k)
+        if v is None or (k == "layout" and v == "tile"):
+            continue
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out.append(f"--{k.replace('_', '-')} {v}")
+    return " ".join(out)
 
 
 def write_tensors(bk, ck: Checkpoint, p: Plan, writer: ShardedWriter, out_dtypes: dict, device, bar) -> None:
