@@ -48,6 +48,12 @@ class ConfigError(HypercloneError):
     exit_code = EXIT_INPUT
 
 
+class OptionError(UsageError, ConfigError):
+    """An option value a run cannot use (out of range, not for this backend, past this
+    machine): a usage error (exit 2) that ``except ConfigError`` still catches, as the
+    trainer's checks raised ConfigError before they were usage errors."""
+
+
 class OutputError(HypercloneError):
     """A destination that may not or cannot be written; nothing of the user's was touched."""
 

@@ -1,13 +1,18 @@
 """The one error boundary every ``hyperclone`` command runs inside: each expected
 failure becomes one line on stderr and the exit code of its class (``errors.py``);
 anything else is an internal error (exit 70) whose traceback ``--debug`` or
-``HYPERCLONE_DEBUG=1`` shows.  Ctrl-C is exit 130 with one line."""
+``HYPERCLONE_DEBUG=1`` shows.  Ctrl-C is exit 130 with one line, and so are the
+termination signals (SIGTERM, SIGHUP, SIGUSR1, SIGUSR2): each becomes a
+``KeyboardInterrupt`` in the main thread, so every cleanup that runs for Ctrl-C (temp
+folders, temp files, locks) runs for them too."""
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from typing import Callable
@@ -16,7 +21,8 @@ from ..errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OUTPUT, H
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """One line, printable whatever bytes a path held (undecodable ones shown escaped)."""
+    return " ".join(str(text).encode("utf-8", "backslashreplace").decode("utf-8").split())
 
 
 def _classify(exc: BaseException) -> tuple:
@@ -39,6 +45,44 @@ def _classify(exc: BaseException) -> tuple:
                            "hyperclone: rerun with --debug and report the traceback")
 
 
+class Terminated(KeyboardInterrupt):
+    """A termination signal, raised where the main thread is, like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+TERMINATING = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _catch_signals() -> dict:
+    """Turn the termination signals into ``Terminated`` while a command runs (main thread
+    only; a signal someone else handles or ignores is left alone); returns what to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    saved = {}
+    for sig in TERMINATING:
+        try:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                saved[sig] = signal.signal(sig, _raise_terminated)
+        except (OSError, ValueError):
+            pass
+    return saved
+
+
+def _restore(saved: dict) -> None:
+    for sig, handler in saved.items():
+        try:
+            signal.signal(sig, handler)
+        except (OSError, ValueError):
+            pass
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"hyperclone: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
 
@@ -51,12 +95,14 @@ def guarded(run: Callable[[], int], debug: bool = False, prog: str = "hyperclone
     """``run()``'s exit code; every failure becomes one line and its class's code."""
     show = warnings.showwarning
     warnings.showwarning = _warning_line
+    saved = _catch_signals()
     try:
         return int(run() or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: interrupted (Ctrl-C); nothing partial was left behind", file=sys.stderr)
+        how = (signal.Signals(exc.signum).name if isinstance(exc, Terminated) else "Ctrl-C")
+        print(f"{prog}: interrupted ({how}); nothing partial was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # --help, or a delegated command's own exit
         if exc.code is None or isinstance(exc.code, int):
@@ -73,7 +119,8 @@ def guarded(run: Callable[[], int], debug: bool = False, prog: str = "hyperclone
             pass
         return code
     finally:
+        _restore(saved)
         warnings.showwarning = show
 
 
-__all__ = ["debug_requested", "guarded"]
+__all__ = ["TERMINATING", "Terminated", "debug_requested", "guarded"]

@@ -8,7 +8,8 @@ generation files, ``hyperclone.json`` (lineage) -- plus ``trainer/``:
   AdamW's moments by checkpoint name;
 - ``state.json``: format, step, AdamW step, the run's config, the model's and the
   data's fingerprints, the data position, the history so far, and which engine
-  wrote it.
+  wrote it; for a run grown in training, ``adamw``: the per-tensor LR, eps and
+  weight-decay multipliers and clip weights the growth set (``adamw_of`` restores them).
 
 Engine-private arrays (``EngineState.extra``) go to ``trainer/engine.safetensors``
 and are read back only by an engine of the same backend.
@@ -20,6 +21,7 @@ import hashlib
 import json
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -27,7 +29,9 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..io import Checkpoint, SafetensorsFile, write_hf_folder, write_json, write_safetensors
-from .engine import EngineState
+from ..io.paths import read_small
+from .engine import EngineState, TrainError, check_state
+from .optim import ADJUSTMENTS, AdamW
 
 FORMAT = "hyperclone.trainer/2"
 OLD_FORMATS = ("hyperclone.trainer/1",)
@@ -54,6 +58,30 @@ def listed(out) -> list:
     return sorted(found)
 
 
+RUN_FILES = ("metrics.jsonl", "loss.png", "recipe.toml")
+"""What ``hyperclone train`` writes in OUT besides its checkpoint folders."""
+
+
+def previous_run(out) -> bool:
+    """Whether ``out`` (unmarked: written before runs marked their folder) holds only
+    what a training run writes, with at least one checkpoint of its: then it is a
+    previous run, which ``--resume`` continues.  A folder holding anything else is
+    someone else's."""
+    out = Path(out)
+    ours = False
+    try:
+        for p in out.iterdir():
+            if p.name in RUN_FILES or p.name.startswith(".") or ".invalid-" in p.name:
+                continue
+            if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and p.is_dir() and not p.is_symlink():
+                ours = ours or _is_ours(p)
+                continue
+            return False
+    except OSError:
+        return False
+    return ours
+
+
 def model_fingerprint(hf_config: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> dict:
     return {"model_type": hf_config.get("model_type"), "shapes": {n: list(s) for n, s in shapes.items()}}
 
@@ -63,6 +91,9 @@ def data_fingerprint(tokens: Optional[np.ndarray], sample_bytes: int = 1 << 20) 
     cheap on a memory-mapped file of any size, and different for any realistic change."""
     if tokens is None:
         return None
+    from .data import check_mapped
+
+    check_mapped(tokens)
     arr = np.asarray(tokens).reshape(-1)
     raw = arr.view(np.uint8) if arr.flags.c_contiguous else np.ascontiguousarray(arr).view(np.uint8)
     h = hashlib.sha256()
@@ -104,17 +135,62 @@ def problem(folder) -> Optional[str]:
     return None
 
 
+MAX_STATE_BYTES = 256 << 20
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _schema_problem(state) -> Optional[str]:
+    """What in a state.json does not have the type the trainer reads it as (None: all do)."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    if not _count(state.get("step")):
+        return f"step is {state.get('step')!r}, not an integer >= 0"
+    if "adam_step" in state and not _count(state["adam_step"]):
+        return f"adam_step is {state['adam_step']!r}, not an integer >= 0"
+    history = state.get("history", [])
+    if not isinstance(history, list):
+        return "history is not a list"
+    for k, h in enumerate(history):
+        if not isinstance(h, dict) or not _count(h.get("step")):
+            return f"history[{k}] is not a record with an integer step"
+        bad = [key for key in ("train_loss", "val_loss", "lr", "grad_norm", "seconds", "symmetry") if not _number(h.get(key))]
+        if bad:
+            return f"history[{k}].{bad[0]} is {h[bad[0]]!r}, not a number"
+    for key in ("config", "engine", "data"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            return f"{key} is not an object"
+    model = state.get("model", {})
+    shapes = model.get("shapes") if isinstance(model, dict) else None
+    if not isinstance(shapes, dict) or not all(
+            isinstance(n, str) and isinstance(s, list) and all(_count(d) for d in s) for n, s in shapes.items()):
+        return "model.shapes is not a map of tensor names to shapes"
+    if not _number(state.get("val_loss")):
+        return f"val_loss is {state.get('val_loss')!r}, not a number"
+    return None
+
+
 def read_state(folder) -> dict:
+    """``trainer/state.json``, read as a regular file of bounded size (a FIFO is refused,
+    never waited on) and checked against its schema: every field the trainer reads has
+    its type, so nothing downstream meets a string where it counts steps."""
     path = Path(folder) / TRAINER_DIR / STATE_FILE
     try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        state = json.loads(read_small(path, "training state", MAX_STATE_BYTES))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: unreadable ({exc}); resume from an earlier checkpoint or start a new --out") from None
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt not in (FORMAT,) + OLD_FORMATS:
         raise CheckpointError(f"{path}: not a hyperclone training state (format {fmt!r})")
-    if not isinstance(state.get("step"), int) or state["step"] < 0 or not isinstance(state.get("history", []), list):
-        raise CheckpointError(f"{path}: step or history is missing or invalid")
+    why = _schema_problem(state)
+    if why is not None:
+        raise CheckpointError(f"{path}: {why}; resume from an earlier checkpoint or start a new --out")
     return state
 
 
@@ -131,9 +207,13 @@ def newest_valid(out, log=None) -> Optional[Path]:
 
 
 def save(folder, state: EngineState, hf_config: Mapping[str, Any], trainer: Mapping[str, Any],
-         aux_from=None, lineage: Optional[Mapping[str, Any]] = None) -> Path:
+         aux_from=None, lineage: Optional[Mapping[str, Any]] = None, optimizer: Optional[AdamW] = None) -> Path:
     """Write one checkpoint atomically (an HF folder plus ``trainer/``); refuses to
-    replace an existing folder."""
+    replace an existing folder.  ``optimizer``: the run's AdamW, whose per-tensor maps
+    (set by a growth) are kept in ``state.json`` when it has any."""
+    adjust = optimizer.adjustments() if optimizer is not None else {}
+    if any(adjust.values()):
+        trainer = dict(trainer, adamw=adjust)
 
     def trainer_files(tmp: Path) -> None:
         (tmp / TRAINER_DIR).mkdir()
@@ -152,9 +232,14 @@ def save(folder, state: EngineState, hf_config: Mapping[str, Any], trainer: Mapp
                            metadata={"hyperclone": "train"}, aux_from=aux_from, before_commit=trainer_files)
 
 
-def load(folder, names: Sequence[str], backend: Optional[str] = None) -> tuple:
+def load(folder, names: Sequence[str], backend: Optional[str] = None,
+         shapes: Optional[Mapping[str, Sequence[int]]] = None) -> tuple:
     """(EngineState, trainer state) of a checkpoint, for the tensors ``names``.
-    Engine-private arrays are returned only to the backend that wrote them."""
+    Engine-private arrays are returned only to the backend that wrote them.  Every
+    weight and moment is checked (name, shape, dtype) against ``shapes`` (the model
+    being trained; default: the checkpoint's own weights) before it is returned: a
+    state that does not fit is a CheckpointError naming the tensor, never an engine's
+    crash or a silently reshaped optimizer."""
     folder = Path(folder)
     state = read_state(folder)
     ck = Checkpoint(folder)
@@ -168,6 +253,12 @@ def load(folder, names: Sequence[str], backend: Optional[str] = None) -> tuple:
         km, kv = (f"state/{n}/exp_avg", f"state/{n}/exp_avg_sq") if old else (f"exp_avg/{n}", f"exp_avg_sq/{n}")
         if km not in opt.keys() or kv not in opt.keys():
             raise CheckpointError(f"{folder / TRAINER_DIR / OPT_FILE}: no moments for {n}")
+        for k in (km, kv):  # the writer stores float32 of the parameter's shape: anything else is not this run's
+            if opt.dtype(k) != "float32" or opt.shape(k) != tuple(params[n].shape):
+                raise CheckpointError(
+                    f"{folder / TRAINER_DIR / OPT_FILE}: {k} is {opt.dtype(k)} of shape {list(opt.shape(k))}, but the "
+                    f"model's {n} is float32 of shape {list(params[n].shape)}; this optimizer state does not belong "
+                    "to this model (resume from another checkpoint, or start a new --out)")
         m[n] = np.array(opt.raw(km), dtype=np.float32)
         v[n] = np.array(opt.raw(kv), dtype=np.float32)
     if old:  # torch wrote a step per tensor; they are equal
@@ -179,7 +270,24 @@ def load(folder, names: Sequence[str], backend: Optional[str] = None) -> tuple:
     if extra_path.is_file() and backend is not None and state.get("engine", {}).get("backend") == backend:
         f = SafetensorsFile(extra_path)
         extra = {k: np.array(f.raw(k)) for k in f.keys()}
-    return EngineState(params, m, v, step, extra), state
+    loaded = EngineState(params, m, v, step, extra)
+    want = {n: tuple(shapes[n]) if shapes is not None and n in shapes else params[n].shape for n in names}
+    try:  # the core's check every engine's import_state runs, here before any engine sees the state
+        check_state(loaded, list(names), want)
+    except TrainError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+    return loaded, state
+
+
+def adamw_of(trainer: Mapping[str, Any], base: AdamW) -> AdamW:
+    """``base`` (the run's AdamW as its config makes it) with the per-tensor maps a
+    grown run's checkpoint kept (``trainer``: ``load``'s state); ``base`` unchanged
+    for a run that never grew."""
+    saved = trainer.get("adamw") or {}
+    bad = [k for k in saved if k not in ADJUSTMENTS or not isinstance(saved[k], dict)]
+    if bad:
+        raise CheckpointError(f"{STATE_FILE}: adamw holds unknown or malformed entries {bad}")
+    return replace(base, **{k: {n: float(v) for n, v in saved[k].items()} for k in saved})
 
 
 def prune(out, keep: int, keep_best: bool = False, log=None) -> list:
@@ -222,6 +330,7 @@ def val_loss_at(folder) -> Optional[float]:
 
 
 __all__ = [
-    "EXTRA_FILE", "FORMAT", "OPT_FILE", "STATE_FILE", "TRAINER_DIR", "data_fingerprint", "folder_for", "listed",
+    "EXTRA_FILE", "FORMAT", "RUN_FILES", "previous_run", "adamw_of",
+    "OPT_FILE", "STATE_FILE", "TRAINER_DIR", "data_fingerprint", "folder_for", "listed",
     "load", "model_fingerprint", "newest_valid", "problem", "prune", "read_state", "save", "val_loss_at",
 ]

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OptionError
 from .clone import check_clone_lr
 
 DTYPES = ("float32", "bfloat16")
@@ -116,7 +116,7 @@ class TrainConfig:
         if (self.resume or self.save_every or self.save_total_limit) and not self.out_dir:
             problems.append("resume, save_every and save_total_limit need out_dir (--out)")
         if problems:
-            raise ConfigError("TrainConfig: " + "; ".join(problems))
+            raise OptionError("TrainConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         d = asdict(self)

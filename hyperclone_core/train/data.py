@@ -9,20 +9,61 @@ same sequences as a single-process run.
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HypercloneError
+from ..io.paths import open_regular, read_small
 
 TOKEN_DTYPES = ("uint8", "uint16", "uint32", "int32", "int64")
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".py", ".json", ".csv", ".html", ".xml")
+MAX_TEXT_BYTES = 1 << 31
+"""A text file is read whole and tokenized in memory; past 2 GiB, tokenize it once into
+a ``.bin``/``.npy`` token file (memory-mapped, any size)."""
+MAX_TOKENIZER_BYTES = 256 << 20
 
 
 class DataError(ConfigError):
     """A data file that cannot be used for training as given."""
+
+
+class TokenMap(np.memmap):
+    """A memory-mapped token file that knows its file and the size it was mapped at, so
+    ``check_mapped`` can refuse to read it once another process has truncated it (a
+    read past the end of a mapping is SIGBUS, which no Python code can catch).  Views
+    and slices carry the guard along."""
+
+    def __array_finalize__(self, obj):
+        super().__array_finalize__(obj)
+        self._guard = getattr(obj, "_guard", None)
+
+
+def check_mapped(tokens) -> None:
+    """Refuse to read a memory-mapped token file that shrank since it was mapped."""
+    guard = getattr(tokens, "_guard", None)
+    if guard is None:
+        return
+    f, need, shown = guard
+    try:
+        now = os.fstat(f.fileno()).st_size
+    except (OSError, ValueError):
+        raise DataError(f"{shown}: the data file can no longer be read") from None
+    if now < need:
+        raise DataError(f"{shown}: the data file shrank from {need} to {now} bytes while this run read it "
+                        "(another process truncated or rewrote it in place); nothing more was read from it. "
+                        "Give the run a file nobody changes")
+
+
+def _mapped(f, path: Path, dtype, offset: int, count: int) -> np.ndarray:
+    need = offset + count * np.dtype(dtype).itemsize
+    arr = TokenMap(f, dtype=dtype, mode="r", offset=offset, shape=(count,))
+    arr._guard = (f, need, str(path))
+    return arr
 
 
 class ByteTokenizer:
@@ -52,7 +93,13 @@ class HFTokenizer:
                 "(pip install 'hyperclone[hf]'), or pass --tokenizer bytes"
             ) from None
         self.path = Path(path)
-        self._tok = Tokenizer.from_file(str(self.path))
+        raw = read_small(self.path, "tokenizer", MAX_TOKENIZER_BYTES)
+        try:
+            self._tok = Tokenizer.from_str(raw.decode("utf-8"))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers package raises its own types
+            raise DataError(f"{self.path}: not a tokenizer the `tokenizers` package can read "
+                            f"({' '.join(str(exc).split())[:160]}); pass --tokenizer bytes or another "
+                            "tokenizer.json") from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> np.ndarray:
@@ -70,18 +117,14 @@ def get_tokenizer(name: str = "auto", model_dir=None):
         return ByteTokenizer()
     if name == "auto":
         cand = Path(model_dir) / "tokenizer.json" if model_dir is not None else None
-        if cand is not None and cand.is_file():
-            try:
-                import tokenizers  # noqa: F401
-            except ImportError:
-                return ByteTokenizer()
-            return HFTokenizer(cand)
+        if cand is not None and os.path.lexists(cand):
+            return HFTokenizer(cand)  # never bytes in its place: it says what to install
         return ByteTokenizer()
     p = Path(name)
     if p.is_dir():
         p = p / "tokenizer.json"
-    if not p.is_file():
-        raise DataError(f"tokenizer {name!r}: not 'bytes', 'auto' or a tokenizer.json file")
+    if not os.path.lexists(p):
+        raise DataError(f"--tokenizer {name!r}: not 'bytes', 'auto' or a tokenizer.json file")
     return HFTokenizer(p)
 
 
@@ -92,39 +135,29 @@ def load_tokens(path, dtype: Optional[str] = None, vocab: Optional[int] = None, 
     With ``vocab``, refuses ids the model cannot embed, naming the file and the id.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
+    if suffix in (".npy", ".bin"):
+        f = _open_data(path)
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"{path}: not a plain .npy array ({exc}); save tokens with np.save") from None
-        if arr.dtype.kind not in "ui":
-            raise DataError(f"{path}: holds {arr.dtype} values; token files must hold integers "
-                            f"({', '.join(TOKEN_DTYPES)})")
-        if arr.ndim != 1:
-            arr = arr.reshape(-1)
-        if dtype is not None and np.dtype(dtype) != arr.dtype:
-            raise DataError(f"{path}: --data-dtype {dtype} given but the .npy holds {arr.dtype}; drop the flag")
-    elif suffix == ".bin":
-        if dtype is None:
-            raise DataError(f"{path}: a .bin token file has no header; say its dtype "
-                            f"(--data-dtype uint16 or uint32)")
-        if str(dtype) not in TOKEN_DTYPES:
-            raise DataError(f"{path}: dtype {dtype!r} is not a token dtype; use one of {', '.join(TOKEN_DTYPES)}")
-        item = np.dtype(dtype).itemsize
-        size = path.stat().st_size
-        if size % item:
-            raise DataError(f"{path}: {size} bytes is not a multiple of {item} ({dtype}): the dtype is wrong "
-                            "or the file is truncated")
-        arr = np.memmap(path, dtype=dtype, mode="r")
+            arr = _npy(f, path, dtype) if suffix == ".npy" else _bin(f, path, dtype)
+        except BaseException:
+            f.close()
+            raise
     else:
         tok = tokenizer or ByteTokenizer()
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = read_small(path, "data file", MAX_TEXT_BYTES)
+        except HypercloneError as exc:
+            raise DataError(str(exc) + ("; tokenize a large text once into a .bin or .npy token file"
+                                        if "too large" in str(exc) else "")) from None
+        try:
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise DataError(f"{path}: not UTF-8 text; token files must end in .bin (raw) or .npy") from None
+        if suffix in (".jsonl", ".ndjson"):
+            warnings.warn(f"{path}: a JSON Lines file is trained on as its raw text (braces, keys and quotes "
+                          "included); extract the text field into a .txt file if that is not what you want",
+                          stacklevel=2)
         arr = tok.encode(text)
         if vocab is not None and getattr(tok, "vocab_size", 0) > vocab:
             raise DataError(f"{path}: the tokenizer has {tok.vocab_size} ids but the model's vocab is {vocab}; "
@@ -136,10 +169,64 @@ def load_tokens(path, dtype: Optional[str] = None, vocab: Optional[int] = None, 
     return arr
 
 
+def _open_data(path: Path):
+    try:
+        return open_regular(path, "data file")
+    except HypercloneError as exc:
+        raise DataError(str(exc).replace("missing (data file)", "no such data file")) from None
+
+
+def _npy(f, path: Path, dtype) -> np.ndarray:
+    """A .npy file's array, memory-mapped from the open file ``f`` (its header parsed
+    here: no pickles, and the size it promises checked against the file)."""
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(f)
+        reader = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, npdtype = reader(f)
+    except (ValueError, OSError, SyntaxError, TypeError) as exc:
+        raise DataError(f"{path}: not a plain .npy array ({' '.join(str(exc).split())[:160]}); save tokens with "
+                        "np.save") from None
+    if npdtype.hasobject or npdtype.kind not in "ui":
+        raise DataError(f"{path}: holds {npdtype} values; token files must hold integers "
+                        f"({', '.join(TOKEN_DTYPES)})")
+    if dtype is not None and np.dtype(dtype) != npdtype:
+        raise DataError(f"{path}: --data-dtype {dtype} given but the .npy holds {npdtype}; drop the flag")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    offset = f.tell()
+    size = os.fstat(f.fileno()).st_size
+    if offset + count * npdtype.itemsize > size:
+        raise DataError(f"{path}: the header promises {count} tokens ({offset + count * npdtype.itemsize} bytes) but "
+                        f"the file has {size} bytes: it is truncated")
+    if count == 0:
+        raise DataError(f"{path}: holds no tokens")
+    return _mapped(f, path, npdtype, offset, count)
+
+
+def _bin(f, path: Path, dtype) -> np.ndarray:
+    if dtype is None:
+        raise DataError(f"{path}: a .bin token file has no header; say its dtype "
+                        f"(--data-dtype uint16 or uint32)")
+    if str(dtype) not in TOKEN_DTYPES:
+        raise DataError(f"{path}: dtype {dtype!r} is not a token dtype; use one of {', '.join(TOKEN_DTYPES)}")
+    item = np.dtype(dtype).itemsize
+    size = os.fstat(f.fileno()).st_size
+    if size % item:
+        raise DataError(f"{path}: {size} bytes is not a multiple of {item} ({dtype}): the dtype is wrong "
+                        "or the file is truncated")
+    if size == 0:
+        raise DataError(f"{path}: holds no tokens")
+    return _mapped(f, path, np.dtype(dtype), 0, size // item)
+
+
 def check_vocab(tokens: np.ndarray, vocab: int, what: str = "tokens", chunk: int = 1 << 24) -> None:
     """Refuse ids outside [0, vocab), scanning in chunks (token files can be huge)."""
     hi, lo = -1, 0
     for a in range(0, len(tokens), chunk):
+        check_mapped(tokens)
         part = np.asarray(tokens[a:a + chunk])
         hi = max(hi, int(part.max()))
         lo = min(lo, int(part.min()))
@@ -156,7 +243,7 @@ def check_vocab(tokens: np.ndarray, vocab: int, what: str = "tokens", chunk: int
 def hold_out(tokens: np.ndarray, val_fraction: float = 0.05, min_val: int = 0) -> tuple:
     """(train, val) views: the last ``val_fraction`` of the tokens is held out."""
     if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     n_val = max(int(len(tokens) * val_fraction), min_val) if val_fraction else 0
     if n_val >= len(tokens):
         raise DataError(f"{len(tokens)} tokens cannot hold out {n_val} for validation; give more data")
@@ -204,6 +291,7 @@ class BatchSampler:
         k = rank * n_micro + micro
         starts = self.starts(step)[k * per:(k + 1) * per]
         idx = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
+        check_mapped(self.tokens)
         return np.asarray(self.tokens[idx], dtype=np.int64)
 
 
@@ -216,6 +304,6 @@ def fixed_batches(tokens: np.ndarray, n: int, batch_size: int, seq_len: int, see
 
 
 __all__ = [
-    "BatchSampler", "ByteTokenizer", "DataError", "HFTokenizer", "check_vocab", "fixed_batches",
+    "BatchSampler", "ByteTokenizer", "DataError", "HFTokenizer", "TokenMap", "check_mapped", "check_vocab", "fixed_batches",
     "get_tokenizer", "hold_out", "load_tokens",
 ]
