@@ -171,7 +171,8 @@ def cmd_plan(a) -> int:
     else:
         print(format_summary(s))
         extra = format_changes(changes)
-        print(f"{extra}\n{p}" if extra else p)
+        body = str(p) if a.programs else p.brief()
+        print(f"{extra}\n{body}" if extra else body)
     return 0
 
 
@@ -266,12 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = command("plan", "print the plan and its certificate without touching weights", PLAN_EXAMPLES,
                  "Print what expand would do: a summary (parameters and bytes before and after, per role), "
-                 "the config.json changes beyond the growth, then each tensor's program and the certificate. "
-                 "No weight is read or written.")
+                 "the config.json changes beyond the growth and the certificate (--programs adds each tensor's "
+                 "program). No weight is read or written.")
     pl.add_argument("src", nargs="?", help="source checkpoint folder (required, on the command line or in --config)")
     pl.add_argument("--config", metavar="FILE",
                     help="a TOML recipe of expand; its growth options are used, the others ignored (default: none)")
     _growth_args(pl)
+    pl.add_argument("--programs", action="store_true", help="also print every tensor's program (ops and maps)")
     pl.add_argument("--json", action="store_true",
                     help="print the plan as JSON (hyperclone.plan/1, readable by Plan.from_json) with the summary")
     pl.add_argument("--no-weights-check", action="store_true",

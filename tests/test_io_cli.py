@@ -64,8 +64,11 @@ def test_plan_command_prints_and_serializes(tmp_path, capsys):
     cfg = testing.CASES["phi3"]
     io.save_checkpoint(tmp_path / "src", cfg, testing.random_weights(cfg))
     assert main(["plan", str(tmp_path / "src"), "--width", "2", "--ffn", "1.5"]) == 0
-    text = capsys.readouterr().out
-    assert "certificate: EXACT" in text and "model.layers.0.mlp.gate_up_proj.weight" in text
+    text = capsys.readouterr().out  # the summary and the certificate; the programs on request
+    assert "certificate: EXACT" in text and "take(axis=" not in text and len(text.splitlines()) < 40
+    assert main(["plan", str(tmp_path / "src"), "--width", "2", "--ffn", "1.5", "--programs"]) == 0
+    full = capsys.readouterr().out
+    assert "certificate: EXACT" in full and "model.layers.0.mlp.gate_up_proj.weight" in full and "take(axis=" in full
     assert main(["plan", str(tmp_path / "src"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["config"]["hidden_size"] == 64 and doc["certificate"]["exact"]

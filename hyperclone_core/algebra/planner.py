@@ -29,6 +29,7 @@ from ..errors import CertificateError, PlanError
 from .growth import AxisMap, ReplicationMap, axis_map
 from .noise import seed_for
 from .program import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan, op_from_dict, op_to_dict
+from ..model.rope import freeze
 from ..model.spec import DecoderConfig, Family, Role, expand_pattern, tensor_names
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ class Plan:
         body = [t.describe() for t in self.tensors]
         cert = [self.certificate.summary()] if self.certificate else []
         return "\n".join(head + body + cert)
+
+    def brief(self) -> str:
+        """``str(plan)`` without the per-tensor programs: the growth and the certificate."""
+        lines = str(self).splitlines()
+        cert = [self.certificate.summary()] if self.certificate else []
+        return "\n".join(lines[:2] + [f"  {len(self.tensors)} tensor programs (hyperclone plan --programs prints "
+                                       "them)"] + cert)
 
     # --------------------------------------------------------------- JSON
     def to_json(self, indent: Optional[int] = 1) -> str:
@@ -146,6 +154,7 @@ class Plan:
         def dec(d):
             d = dict(d)
             d["layer_types"] = tuple(d.get("layer_types") or ())
+            d["rope_scaling"] = freeze(d.get("rope_scaling") or ())
             if "qkv_layout" not in d:  # plans written before the layout was a config field
                 from ..model.families import get_family
 
