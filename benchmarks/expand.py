@@ -93,11 +93,11 @@ elif mode == "official-live":  # the public implementation, from the checkout na
     grown = clone(model, embedding_dim_multiplier=2, up_project_multiplier=2)
 elif mode == "populate":  # the floor: the destination's bytes faulted in by every core, after the same start as hf-live
     import os, torch, transformers, hyperclone_torch
-    from hyperclone_torch import interop
+    from hyperclone_torch import populate
     source, dst_bytes = strategy.rsplit(",", 1)
     model = transformers.AutoModelForCausalLM.from_pretrained(source)
     t0 = time.perf_counter()
-    with interop._Populator([((int(dst_bytes),), torch.uint8)], threads=(os.cpu_count() or 1) - 1) as ahead:
+    with populate._Populator([((int(dst_bytes),), torch.uint8)], threads=(os.cpu_count() or 1) - 1) as ahead:
         floor = ahead.get(0)
 elif mode == "baseline-hf":
     import torch, transformers, hyperclone_torch

@@ -1,6 +1,6 @@
-"""Destination pages faulted in ahead of an in-memory expansion: ``ops.mapped_empty``
-/ ``ops.populate`` fault in what they say (both the madvise path and the page-touch
-fallback), and ``interop._Populator`` hands every tensor over whole, in order, within
+"""Destination pages faulted in ahead of an in-memory expansion: ``populate.mapped_empty``
+/ ``populate.populate`` fault in what they say (both the madvise path and the page-touch
+fallback), and ``populate._Populator`` hands every tensor over whole, in order, within
 its budget, with any helper-thread count and chunk size, passing errors on; none of it
 changes a bit of ``expand_model``'s result."""
 
@@ -14,7 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hyperclone_torch import expand_model, interop, ops  # noqa: E402
+from hyperclone_torch import expand_model  # noqa: E402
+from hyperclone_torch import populate as pages  # noqa: E402
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="anonymous mappings + madvise: Linux only")
 transformers.logging.set_verbosity_error()
@@ -26,23 +27,23 @@ def _rss() -> int:
 
 
 def test_small_tensors_are_not_mapped():
-    assert ops.mapped_empty((16, 16), torch.float32) is None
-    t = ops.populated_empty((16, 16), torch.float32)
+    assert pages.mapped_empty((16, 16), torch.float32) is None
+    t = pages.populated_empty((16, 16), torch.float32)
     assert t.shape == (16, 16) and t.dtype == torch.float32
 
 
 @linux
 @pytest.mark.parametrize("madvise", [True, False], ids=["madvise", "touch-fallback"])
 def test_populate_faults_the_pages_in(madvise, monkeypatch):
-    monkeypatch.setitem(ops._POPULATE, "madvise", madvise)
+    monkeypatch.setitem(pages._POPULATE, "madvise", madvise)
     before = _rss()
-    t = ops.mapped_empty((64 * MiB // 2,), torch.bfloat16)
+    t = pages.mapped_empty((64 * MiB // 2,), torch.bfloat16)
     assert t is not None and t.shape == (32 * MiB,) and t.dtype == torch.bfloat16 and t.is_contiguous()
     assert _rss() - before < 4 * MiB  # the mapping alone holds no pages
-    ops.populate(t, 0, 24 * MiB + 123)  # an unaligned stop: its page is faulted too
+    pages.populate(t, 0, 24 * MiB + 123)  # an unaligned stop: its page is faulted too
     mid = _rss()
     assert 23 * MiB <= mid - before <= 30 * MiB
-    ops.populate(t, 24 * MiB + 123)  # the rest, from an unaligned start
+    pages.populate(t, 24 * MiB + 123)  # the rest, from an unaligned start
     assert 62 * MiB <= _rss() - before <= 72 * MiB
     t.fill_(1.5)  # writable, and the whole range is ours
     assert float(t.float().sum()) == 1.5 * t.numel()
@@ -50,9 +51,9 @@ def test_populate_faults_the_pages_in(madvise, monkeypatch):
 
 @linux
 def test_populate_refuses_strided_tensors():
-    t = ops.mapped_empty((1024, 1024), torch.float32)
+    t = pages.mapped_empty((1024, 1024), torch.float32)
     with pytest.raises(ValueError, match="contiguous"):
-        ops.populate(t.t())
+        pages.populate(t.t())
 
 
 BUDDYINFO = """Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3
@@ -67,27 +68,27 @@ def test_free_huge_bytes_counts_blocks_of_a_huge_page_and_more():
     huge = page << 9
     # orders 9 and 10 of every zone: DMA 1 + 3 * 2, DMA32 17 + 437 * 2, Normal 61 + 0 * 2 huge pages
     expected = (1 + 6 + 17 + 874 + 61) * huge
-    assert ops.free_huge_bytes(BUDDYINFO, huge=huge) == expected
-    assert ops.free_huge_bytes(BUDDYINFO, huge=page << 10) == (3 + 437) * (page << 10)
-    assert ops.free_huge_bytes(BUDDYINFO, huge=0) == 0
+    assert pages.free_huge_bytes(BUDDYINFO, huge=huge) == expected
+    assert pages.free_huge_bytes(BUDDYINFO, huge=page << 10) == (3 + 437) * (page << 10)
+    assert pages.free_huge_bytes(BUDDYINFO, huge=0) == 0
 
 
 def test_huge_pages_pay_only_where_allowed_and_free(monkeypatch):
-    monkeypatch.setattr(ops, "free_huge_bytes", lambda *a, **k: 3 << 30)
-    monkeypatch.setattr(ops, "thp_mode", lambda: "madvise")
-    assert ops.huge_pages_pay(1 << 30) and not ops.huge_pages_pay(3 << 30)
-    monkeypatch.setattr(ops, "thp_mode", lambda: "never")
-    assert not ops.huge_pages_pay(1 << 20)
+    monkeypatch.setattr(pages, "free_huge_bytes", lambda *a, **k: 3 << 30)
+    monkeypatch.setattr(pages, "thp_mode", lambda: "madvise")
+    assert pages.huge_pages_pay(1 << 30) and not pages.huge_pages_pay(3 << 30)
+    monkeypatch.setattr(pages, "thp_mode", lambda: "never")
+    assert not pages.huge_pages_pay(1 << 20)
 
 
 @linux
 def test_huge_mappings_are_aligned_and_get_huge_pages():
-    huge = ops.huge_page_bytes()
+    huge = pages.huge_page_bytes()
     if not huge:
         pytest.skip("no transparent huge pages in this kernel")
-    t = ops.mapped_empty((5 * huge // 4 + 3,), torch.float32, huge=True)
+    t = pages.mapped_empty((5 * huge // 4 + 3,), torch.float32, huge=True)
     assert t.data_ptr() % huge == 0 and t.shape == (5 * huge // 4 + 3,)
-    if ops.thp_mode() not in ("always", "madvise") or ops.free_huge_bytes() < 16 * 5 * huge:
+    if pages.thp_mode() not in ("always", "madvise") or pages.free_huge_bytes() < 16 * 5 * huge:
         pytest.skip("huge pages disabled or scarce right now")
 
     def anon_huge():
@@ -95,7 +96,7 @@ def test_huge_mappings_are_aligned_and_get_huge_pages():
                     if line.startswith("AnonHugePages"))
 
     before = anon_huge()
-    ops.populate(t)
+    pages.populate(t)
     assert anon_huge() - before >= 4 * huge  # 5 huge pages' worth, at least 4 of them whole
     t.fill_(2.0)
     assert float(t.sum()) == 2.0 * t.numel()
@@ -113,7 +114,7 @@ def _specs():
 def test_populator_hands_over_each_tensor_whole_and_in_order(threads, chunk):
     specs = _specs()
     got = []
-    with interop._Populator(specs, threads=threads, chunk=chunk) as ahead:
+    with pages._Populator(specs, threads=threads, chunk=chunk) as ahead:
         for k, spec in enumerate(specs):
             t = ahead.get(k)
             if spec is None or spec[0] == (3, 5):
@@ -131,15 +132,15 @@ def test_populator_hands_over_each_tensor_whole_and_in_order(threads, chunk):
 def test_populator_keeps_within_its_ahead_budget(monkeypatch):
     specs = [((MiB // 4,), torch.float32)] * 12  # 12 tensors of 1 MiB
     seen = []
-    real = ops.populate
-    pop = interop._Populator(specs, ahead_bytes=3 * MiB, threads=2, chunk=256 * 1024)
+    real = pages.populate
+    pop = pages._Populator(specs, ahead_bytes=3 * MiB, threads=2, chunk=256 * 1024)
 
     def watch(t, start=0, stop=None):
         with pop.cv:
             seen.append(sum(x.numel() * x.element_size() for x in pop.mapped.values()))
         real(t, start, stop)
 
-    monkeypatch.setattr(ops, "populate", watch)
+    monkeypatch.setattr(pages, "populate", watch)
     with pop as ahead:
         for k in range(len(specs)):
             threading.Event().wait(0.002)  # let the helpers run ahead as far as they may
@@ -154,8 +155,8 @@ def test_populator_passes_a_helper_error_on(threads, where, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("populate failed")
 
-    monkeypatch.setattr(ops, where, broken)
-    with interop._Populator(_specs(), threads=threads) as ahead:
+    monkeypatch.setattr(pages, where, broken)
+    with pages._Populator(_specs(), threads=threads) as ahead:
         with pytest.raises(OSError, match="populate failed"):
             ahead.get(0)
 
@@ -170,7 +171,7 @@ def test_populating_ahead_changes_no_bit_of_the_clone(llama, strategy, monkeypat
     torch.set_num_threads(1)
 
     made = []
-    real = ops.mapped_empty
+    real = pages.mapped_empty
 
     def recorded(shape, dtype, huge=False):
         t = real(shape, dtype, huge=huge)
@@ -181,9 +182,9 @@ def test_populating_ahead_changes_no_bit_of_the_clone(llama, strategy, monkeypat
     def grown(**settings):
         made.clear()
         with monkeypatch.context() as m:
-            m.setattr(ops, "mapped_empty", recorded)
+            m.setattr(pages, "mapped_empty", recorded)
             for name, value in settings.items():
-                m.setattr(ops if name == "POPULATE_MIN_BYTES" else interop, name, value)
+                m.setattr(pages, name, value)
             return expand_model(llama, width=2, strategy=strategy, seed=3).state_dict()
 
     plain = grown(POPULATE_MIN_BYTES=1 << 62)  # nothing mapped: torch's allocator throughout

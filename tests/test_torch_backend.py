@@ -94,15 +94,15 @@ def test_zero_sum_noise_law(groups):
     sum 0 over each old index's copies, reproducible per seed."""
     g = torch.from_numpy(groups)
     shape = (4000, len(groups))
-    n = ops.zero_sum_noise(shape, 1, g, 7, torch.zeros(1))
+    n = backend.zero_sum_noise(shape, 1, g, 7, torch.zeros(1))
     assert n.shape == shape and n.dtype == torch.float32
     sums = torch.zeros(shape[0], int(groups.max()) + 1).index_add_(1, g, n)
     assert float(sums.abs().max()) < 1e-5
     k = np.bincount(groups)[groups]
     var = n.double().pow(2).mean(0).numpy()
     np.testing.assert_allclose(var, (k - 1) / k, rtol=0.1, atol=0.03)
-    assert torch.equal(n, ops.zero_sum_noise(shape, 1, g, 7, torch.zeros(1)))
-    assert not torch.equal(n, ops.zero_sum_noise(shape, 1, g, 8, torch.zeros(1)))
+    assert torch.equal(n, backend.zero_sum_noise(shape, 1, g, 7, torch.zeros(1)))
+    assert not torch.equal(n, backend.zero_sum_noise(shape, 1, g, 8, torch.zeros(1)))
 
 
 @pytest.mark.parametrize("axis,groups", [
@@ -116,10 +116,10 @@ def test_in_place_noise_matches_the_generic_path(axis, groups):
     shape = (60, 12) if axis == 1 else (60, 7)
     clean = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     x = clean.clone()
-    got = ops.add_zero_sum_noise(x, axis, g, 10.0, seed=5)
+    got = backend.add_zero_sum_noise(x, axis, g, 10.0, seed=5)
     assert got is x
-    noise = ops.zero_sum_noise(shape, axis, g, 5, clean)
-    factor = math.sqrt(ops.mean_square(clean) / ops.mean_square(noise) / 10.0)
+    noise = backend.zero_sum_noise(shape, axis, g, 5, clean)
+    factor = math.sqrt(backend.mean_square(clean) / backend.mean_square(noise) / 10.0)
     np.testing.assert_allclose(got.numpy(), (clean + factor * noise).numpy(), rtol=0, atol=1e-6)
     n = (got - clean).double()
     sums = torch.zeros(n.shape, dtype=torch.float64).index_add_(axis, g, n).narrow(axis, 0, int(groups.max()) + 1)
@@ -132,9 +132,9 @@ def test_in_place_noise_declines_what_it_cannot_do():
     tile = torch.arange(8) % 4
     y = torch.randn(6, 8)
     before = y.clone()
-    assert ops.add_zero_sum_noise(y, 1, torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]), 10.0, 0) is None  # uneven
-    assert ops.add_zero_sum_noise(y.bfloat16(), 1, tile, 10.0, 0) is None
-    assert ops.add_zero_sum_noise(y.t(), 0, tile, 10.0, 0) is None  # not contiguous
+    assert backend.add_zero_sum_noise(y, 1, torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]), 10.0, 0) is None  # uneven
+    assert backend.add_zero_sum_noise(y.bfloat16(), 1, tile, 10.0, 0) is None
+    assert backend.add_zero_sum_noise(y.t(), 0, tile, 10.0, 0) is None  # not contiguous
     assert torch.equal(y, before)
 
 

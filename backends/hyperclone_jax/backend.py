@@ -1,10 +1,10 @@
-"""The jax backend object: plan primitives and whole-program compilation (sharded
-over a Mesh when given one), the decoder forward, the training engine and its
-launcher, and checkpoints bit for bit."""
+"""The jax backend object: plan primitives (``ops.JaxArrays``) and whole-program
+compilation (sharded over a Mesh when given one), the decoder forward, the
+training engine and its launcher; checkpoints bit for bit come with the
+primitives (the core's ``ArrayPrimitives``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import jax
@@ -14,7 +14,7 @@ from . import distributed as D
 from . import ops, programs
 
 
-class JaxBackend:
+class JaxBackend(ops.JaxArrays):
     """``mesh``/``rules`` (optional): expansion then produces every destination tensor
     with the sharding its role's rule names (``distributed.spec_for``)."""
 
@@ -42,19 +42,6 @@ class JaxBackend:
             return ops.asarray(a, sharding=D.replicated(self.mesh))
         return ops.asarray(a, device)
 
-    to_numpy = staticmethod(ops.to_numpy)
-    take = staticmethod(ops.take)
-    scale = staticmethod(ops.scale)
-    zero_sum_noise = staticmethod(ops.zero_sum_noise)
-    mean_square = staticmethod(ops.mean_square)
-    add_scaled = staticmethod(ops.add_scaled)
-    reshape = staticmethod(ops.reshape)
-    cast = staticmethod(ops.cast)
-
-    @staticmethod
-    def shape(x) -> tuple:
-        return tuple(x.shape)
-
     def target(self, kind: str, shape: tuple):
         """Where a destination tensor of role ``kind`` goes (None: the default device)."""
         return None if self.mesh is None else D.sharding_for(kind, shape, self.mesh, self.rules)
@@ -78,21 +65,7 @@ class JaxBackend:
         return JaxEngine(hf_config, weights, config, optimizer, rules=self.rules)
 
     def launch_command(self, world, module_args):
-        from .engine import launch_command
-
-        return launch_command(world, module_args)
-
-    # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, folder, hf_config: Mapping[str, Any], weights: Mapping[str, Any], force: bool = False,
-                        max_shard_bytes: int = 5 * 2**30) -> Path:
-        from .io import save_checkpoint
-
-        return save_checkpoint(folder, hf_config, weights, force=force, max_shard_bytes=max_shard_bytes)
-
-    def load_checkpoint(self, folder) -> tuple:
-        from .io import load_checkpoint
-
-        return load_checkpoint(folder)
+        return D.launch_command(world, module_args)
 
 
 backend = JaxBackend()

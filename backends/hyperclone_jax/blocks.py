@@ -38,12 +38,13 @@ from jax.sharding import PartitionSpec
 from hyperclone_core.algebra.noise import helmert, noise_factor
 from hyperclone_core.algebra.planner import AddNoise, Cast, Offset, Reshape, Scale, Take
 
-from .ops import add_scaled, cast, jax_dtype, scale
+from .ops import JaxArrays, jax_dtype
 
 BLOCK_ELEMENTS = 1 << 16
 """Elements of one block per device (256 KiB of float32): XLA's working set per
 device is a few blocks, whatever the tensor's size."""
 
+_ARRAYS = JaxArrays()
 _PRE = (Take, Scale, Cast, Offset)
 _POST = (Scale, Cast, Offset)
 _U32 = jnp.uint32
@@ -214,11 +215,11 @@ class Blocks:
             for e in range(self.nd):
                 if c.shape[e] > 1:
                     c = _take(c, coords[e], e)
-            return scale(x, c)
+            return _ARRAYS.scale(x, c)
         if isinstance(op, Cast):
-            return cast(x, op.dtype)
+            return _ARRAYS.cast(x, op.dtype)
         if isinstance(op, Offset):
-            return add_scaled(x, jnp.full(x.shape, op.value, jnp.float32), 1.0)
+            return _ARRAYS.add_scaled(x, jnp.full(x.shape, op.value, jnp.float32), 1.0)
         return x  # Take: composed into the gather from the source
 
     def values(self, src, src_offs, offs, start, size):

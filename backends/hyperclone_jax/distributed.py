@@ -20,6 +20,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import re
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -215,6 +217,15 @@ def barrier(name: str = "hyperclone") -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def launch_command(world: int, module_args: Sequence[str]) -> tuple:
+    """One process whose jax sees ``world`` host devices, the TrainConfig putting them
+    on the mesh's data axis (a single controller shards the batch itself)."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    env = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={int(world)}".strip(),
+           "JAX_PLATFORMS": "cpu"}
+    return [sys.executable, *module_args], env, {"parallel": "mesh", "mesh": f"data={int(world)}"}
+
+
 __all__ = ["AXES", "BATCH_AXES", "LOGICAL", "ROLE_AXES", "barrier", "batch_sharding", "batch_ways",
-           "initialize_multihost", "make_mesh", "mesh_from", "parse_mesh", "place", "process_allgather", "replicated",
-           "role_axes", "sharding_for", "spec_for"]
+           "initialize_multihost", "launch_command", "make_mesh", "mesh_from", "parse_mesh", "place", "process_allgather",
+           "replicated", "role_axes", "sharding_for", "spec_for"]

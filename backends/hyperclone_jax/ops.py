@@ -1,6 +1,7 @@
 """The plan primitives on jax arrays, and each tensor program compiled whole.
 
-The primitives are ``jax.numpy`` functions.  Run one at a time they would each
+The primitives are the core's ``ArrayPrimitives`` over ``jax.numpy``; ``JaxArrays``
+adds only conversion, the RNG, the x64-aware cast and the fused noise op.  Run one at a time they would each
 compile per shape and dispatch per call: ``programs.run_whole_program`` compiles
 each tensor program whole (``blocks`` runs the noisy ones block by block).  Noise
 is drawn from ``jax.random`` keys made of all 63 bits of the plan's seed
@@ -19,6 +20,7 @@ import numpy as np
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.algebra.growth import uniform_layout
 from hyperclone_core.algebra.noise import helmert, noise_factor, seed_words
+from hyperclone_core.run.arrayops import ArrayPrimitives
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
 PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}
@@ -62,36 +64,6 @@ def asarray(a, device=None, sharding=None) -> jax.Array:
         return a
     where = sharding if sharding is not None else device_of(device)
     return jax.device_put(a if isinstance(a, jax.Array) else np.asarray(a), where)
-
-
-def to_numpy(x) -> np.ndarray:
-    """A host numpy array; bfloat16 widens exactly to float32 (what the core's writers take)."""
-    a = np.asarray(jax.device_get(x))
-    return a.astype(np.float32) if a.dtype == jnp.bfloat16 else a
-
-
-# ---------------------------------------------------------------- primitives
-
-
-def take(x, axis: int, index):
-    return jnp.take(x, index, axis=axis)
-
-
-def scale(x, coeffs):
-    return x * coeffs.astype(x.dtype)
-
-
-def reshape(x, shape):
-    return jnp.reshape(x, tuple(shape))
-
-
-def cast(x, dtype):
-    """``x`` as ``dtype``; float64 without jax's x64 mode stays float32 (the values a
-    float64 cast of them holds exactly: the program computed in float32)."""
-    dt = jax_dtype(dtype)
-    if dt == jnp.float64 and not jax.config.jax_enable_x64:
-        dt = jnp.float32
-    return x.astype(dt)
 
 
 def rng_key(seed) -> jax.Array:
@@ -152,24 +124,38 @@ def host_layout(groups) -> Optional[tuple]:
     return u if u is not None and u[1] > 1 else None
 
 
-# the generic (eager) path, used only where the whole-program hook declines
+class JaxArrays(ArrayPrimitives):
+    """What jax makes different from ``ArrayPrimitives`` (``take``, ``scale``,
+    ``reshape``, ``mean_square``, ``add_scaled``, ``zero_sum_noise`` are its defaults
+    over ``jax.numpy``): conversion, the RNG, and float64 without x64."""
+
+    xp = jnp
+    DTYPES = DTYPES
+
+    def asarray(self, a, device=None):
+        return asarray(a, device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        """A host numpy array; bfloat16 widens exactly to float32 (what the core's writers take)."""
+        a = np.asarray(jax.device_get(x))
+        return a.astype(np.float32) if a.dtype == jnp.bfloat16 else a
+
+    def from_stored(self, raw: np.ndarray, dtype: str, sharding=None) -> jax.Array:
+        """A stored tensor in its stored dtype (bfloat16 bits viewed as ``ml_dtypes.bfloat16``,
+        not converted), on ``sharding`` when given."""
+        return jax.device_put(raw.view(jnp.bfloat16) if dtype == "bfloat16" else raw, sharding)
+
+    def cast(self, x, dtype):
+        """``x`` as ``dtype``; float64 without jax's x64 mode stays float32 (the values a
+        float64 cast of them holds exactly: the program computed in float32)."""
+        dt = jax_dtype(dtype)
+        if dt == jnp.float64 and not jax.config.jax_enable_x64:
+            dt = jnp.float32
+        return x.astype(dt)
+
+    def normal(self, shape, seed: int, like):
+        return jax.random.normal(rng_key(seed), tuple(shape), jnp.float32)
 
 
-def zero_sum_noise(shape, axis: int, groups, seed: int, like, count: Optional[int] = None):
-    g = np.asarray(groups)
-    count = int(g.max()) + 1 if count is None else count
-    return gaussian_zero_sum(shape, axis, jnp.asarray(g), rng_key(seed), count, host_layout(g))
-
-
-def mean_square(x) -> float:
-    xf = jnp.asarray(x, jnp.float32)
-    return float(jnp.mean(xf * xf)) if xf.size else 0.0
-
-
-def add_scaled(x, noise, factor: float):
-    return (x.astype(jnp.float32) + noise * factor).astype(x.dtype)
-
-
-__all__ = ["DTYPES", "QUICK_BELOW", "QUICK_COMPILE", "add_noise", "add_scaled", "asarray", "cast", "device_of",
-           "host_layout", "jax_dtype", "mean_square", "project_zero_sum", "reshape", "rng_key", "scale", "take", "to_numpy",
-           "zero_sum_noise"]
+__all__ = ["DTYPES", "JaxArrays", "QUICK_BELOW", "QUICK_COMPILE", "add_noise", "asarray", "device_of", "host_layout",
+           "jax_dtype", "project_zero_sum", "rng_key"]

@@ -30,7 +30,7 @@ from hyperclone_core.algebra.noise import seed_words
 from hyperclone_core.algebra.planner import AddNoise, Reshape, Scale, Take, TensorPlan
 
 from . import blocks
-from .ops import QUICK_BELOW, QUICK_COMPILE, add_noise, add_scaled, asarray, cast, host_layout, reshape, scale, take
+from .ops import QUICK_BELOW, QUICK_COMPILE, JaxArrays, add_noise, asarray, host_layout
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,10 @@ def structure(tp: TensorPlan, arrays, sharding=None) -> tuple:
     return Structure(tuple(ops), tuple(specs), keys, tuple(noise), sharding, quick, block), args, seeds
 
 
-class _Tracing:
-    """The primitives ``apply_ops`` calls while a program is traced: every plan
-    array is already a traced argument in the interpreter's cache, and AddNoise
-    reads its key from the traced seeds by slot."""
+class _Tracing(JaxArrays):
+    """The primitives ``apply_ops`` calls while a program is traced (``JaxArrays``'):
+    every plan array is already a traced argument in the interpreter's cache, and
+    AddNoise reads its key from the traced seeds by slot."""
 
     def __init__(self, keys, noise: tuple, constants: frozenset = frozenset()):
         self.keys, self.noise, self.constants = keys, noise, constants
@@ -114,10 +114,6 @@ class _Tracing:
             return jnp.full(a.shape, a.flat[0], a.dtype)
         raise HypercloneError("internal: a plan array was requested that the jax program did not pass in "
                               "(the interpreter's cache keys changed?)")
-
-    shape = staticmethod(lambda x: tuple(x.shape))
-    take, scale, reshape, cast = staticmethod(take), staticmethod(scale), staticmethod(reshape), staticmethod(cast)
-    add_scaled = staticmethod(add_scaled)
 
     def add_zero_sum_noise(self, x, axis, groups, snr_db, seed, count=None):
         count, layout = self.noise[seed]

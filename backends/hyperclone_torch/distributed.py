@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import sys
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -186,5 +188,15 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def launch_command(world: int, module_args: Sequence[str]) -> tuple:
+    """torchrun with ``world`` CPU/GPU workers on this host (gloo on CPU, nccl on CUDA)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
+            "--master-addr", "127.0.0.1", "--master-port", str(port), *module_args]
+    return argv, {"OMP_NUM_THREADS": "1"}, {"parallel": "ddp"}
+
+
 __all__ = ["MODES", "Parallel", "decoder_layers", "full_model_state", "full_optimizer_state", "full_tensor", "global_shapes",
-           "load_full_model_state", "load_full_optimizer_state", "setup"]
+           "launch_command", "load_full_model_state", "load_full_optimizer_state", "setup"]

@@ -25,10 +25,8 @@ import contextlib
 import copy
 import ctypes
 import importlib
-import mmap
 import re
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -44,6 +42,7 @@ from hyperclone_core.errors import HypercloneError
 from . import ops
 from .backend import backend
 from .model import Decoder
+from .populate import _Populator
 
 RENAMES = (
     (re.compile(r"^embed_out\.weight$"), "lm_head.weight"),
@@ -237,157 +236,6 @@ def _execute(tp, plan, src_state, src: Location, dst: Location, meta, out, cache
 def _final_dtype(tp, dtype: torch.dtype) -> torch.dtype:
     casts = [op.dtype for op in tp.ops if type(op).__name__ == "Cast"]
     return ops.torch_dtype(casts[-1]) if casts else dtype
-
-
-POPULATE_THREADS = 1
-"""Helper threads that fault the destination's pages in ahead of the copies of an
-in-memory CPU expansion; the copying thread joins them while it waits."""
-
-POPULATE_CHUNK = 16 << 20
-"""Bytes per ``populate`` call: small enough that a waiting thread finds work and
-that the mm's read lock is held briefly, large enough to amortise the call."""
-
-POPULATE_AHEAD_BYTES = 1 << 30
-"""Most destination bytes mapped and not yet handed to the copies."""
-
-HUGE_PAGES: Optional[bool] = False
-"""Back the destination with transparent huge pages: True / False, or None to
-decide per expansion (``ops.huge_pages_pay`` on the bytes to be mapped).  Off by
-default: on the 2-core VM, 3.2 GiB populated by 2 threads took 0.21-2.8 s with
-huge pages against 0.53-2.05 s without, run after run (fast only when just-freed
-huge pages were reused; slow when each had to be faulted in from the hypervisor);
-not measured on bare metal, where huge pages usually fault faster."""
-
-
-class _Populator:
-    """Destination storage faulted in ahead (``ops.mapped_empty`` + ``ops.populate``):
-    while the main thread copies tensor k, ``threads`` helpers fault in the pages of
-    k+1, ... chunk by chunk, at most ``ahead_bytes`` of mapped, untaken storage
-    ahead.  ``get(k)`` returns tensor k's storage once all its pages are in, the
-    calling thread populating k's remaining chunks itself rather than waiting
-    (None where ``specs[k]`` is None or no mapping could be made).  Helpers fill
-    tensors in order, so the main thread never waits for a later one."""
-
-    def __init__(self, specs: list, ahead_bytes: Optional[int] = None, threads: Optional[int] = None,
-                 chunk: Optional[int] = None, huge: Optional[bool] = None):
-        self.specs = list(specs)
-        if huge is None:
-            huge = HUGE_PAGES
-        if huge is None:
-            mapped = [ops.nbytes(*s) for s in self.specs if s]
-            huge = ops.huge_pages_pay(sum(n for n in mapped if n >= ops.POPULATE_MIN_BYTES))
-        self.huge = bool(huge)
-        self.ahead = POPULATE_AHEAD_BYTES if ahead_bytes is None else int(ahead_bytes)
-        self.chunk = max(mmap.PAGESIZE, int(chunk or POPULATE_CHUNK))
-        self.mapped: dict = {}      # k -> tensor (mapping made, not yet taken)
-        self.pending: dict = {}     # k -> chunks claimed and not yet populated
-        self.next_k, self.next_off = 0, 0   # the next unclaimed chunk
-        self.taken = -1
-        self.cv = threading.Condition()
-        self.stop = False
-        self.error: Optional[BaseException] = None
-        n = POPULATE_THREADS if threads is None else int(threads)
-        self.threads = [threading.Thread(target=self._run, daemon=True, name=f"hyperclone-populate-{i}")
-                        for i in range(n)] if any(specs) else []
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        with self.cv:
-            self.stop = True
-            self.cv.notify_all()
-        for t in self.threads:
-            if t.ident is not None:
-                t.join()
-        self.mapped.clear()
-
-    def _bytes_ahead(self) -> int:
-        return sum(t.nbytes for t in self.mapped.values())
-
-    def _claim(self, only: Optional[int] = None):
-        """Under the lock: the next chunk to populate as (k, tensor, start, stop), or
-        None (nothing left, ``only`` given and the next chunk is not k's, or the
-        ahead budget is spent).  Makes tensor k's mapping on its first chunk."""
-        while self.next_k < len(self.specs):
-            k = self.next_k
-            if self.specs[k] is None or k <= self.taken and k not in self.mapped:
-                self.next_k, self.next_off = k + 1, 0
-                continue
-            if only is not None and k != only:
-                return None
-            if k not in self.mapped:
-                if only is None and self.mapped and self._bytes_ahead() >= self.ahead:
-                    return None
-                t = ops.mapped_empty(*self.specs[k], huge=self.huge)
-                if t is None:
-                    self.specs[k] = None
-                    continue
-                self.mapped[k], self.pending[k] = t, 0
-            t = self.mapped[k]
-            start = self.next_off
-            stop = min(t.nbytes, start + self.chunk)
-            self.next_off = stop
-            if stop >= t.nbytes:
-                self.next_k, self.next_off = k + 1, 0
-            self.pending[k] += 1
-            return k, t, start, stop
-        return None
-
-    def _fill(self, job) -> None:
-        k, t, start, stop = job
-        try:
-            ops.populate(t, start, stop)
-        except BaseException as e:  # reported to get(); the copy must not use half-faulted state silently
-            with self.cv:
-                self.error = self.error or e
-        with self.cv:
-            self.pending[k] -= 1
-            self.cv.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self.cv:
-                job = None
-                while not self.stop and self.error is None:
-                    try:
-                        job = self._claim()
-                    except BaseException as e:  # a mapping that failed oddly: get() raises it
-                        self.error = e
-                        self.cv.notify_all()
-                        return
-                    if job is not None or self.next_k >= len(self.specs):
-                        break
-                    self.cv.wait()
-                if job is None:
-                    return
-            self._fill(job)
-
-    def _done(self, k: int) -> bool:
-        return k in self.mapped and self.pending.get(k) == 0 and self.next_k > k
-
-    def get(self, k: int):
-        while True:
-            with self.cv:
-                if self.error is not None:
-                    raise self.error
-                if self.specs[k] is None:
-                    return None
-                if self._done(k):
-                    self.taken = k
-                    self.pending.pop(k, None)
-                    t = self.mapped.pop(k)
-                    self.cv.notify_all()
-                    return t
-                job = self._claim(only=k) if self.next_k <= k else None
-                if job is None:
-                    if self.next_k > k and k not in self.mapped:  # skipped: no mapping could be made
-                        return None
-                    self.cv.wait()
-                    continue
-            self._fill(job)
 
 
 COPY_THREADS = 1

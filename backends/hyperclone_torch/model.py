@@ -281,12 +281,13 @@ class Decoder(nn.Module):
         ``dtype`` None keeps the stored dtype (bfloat16 stays bfloat16)."""
         from hyperclone_core.io import Checkpoint
 
-        from .io import read_tensor
+        from .ops import TorchArrays
 
         ck = Checkpoint(folder)
         model = cls.from_config(ck.config)
         ck.validate(model.family, model.decoder)
-        model.assign({name: read_tensor(ck, name).to(device=device, dtype=dtype)
+        stored = TorchArrays().from_stored
+        model.assign({name: stored(np.asarray(ck.raw(name)), ck.dtype(name)).to(device=device, dtype=dtype)
                       for name in model.shapes if name in ck})
         return model
 
@@ -323,13 +324,14 @@ class Decoder(nn.Module):
 
     def save_pretrained(self, folder, force: bool = False, max_shard_bytes: int = 5 * 2**30):
         """Write the HF layout atomically (config.json + safetensors); loads in transformers."""
-        from .io import save_checkpoint
+        from .ops import TorchArrays
 
         config = dict(self.config)
         dtypes = {p.dtype for p in self.parameters()}
         if len(dtypes) == 1:
             config["torch_dtype"] = str(next(iter(dtypes))).replace("torch.", "")
-        return save_checkpoint(folder, config, self.state_dict(), force=force, max_shard_bytes=max_shard_bytes)
+        return TorchArrays().save_checkpoint(folder, config, self.state_dict(), force=force,
+                                             max_shard_bytes=max_shard_bytes)
 
     def compile_layers(self, **options) -> "Decoder":
         """``torch.compile`` each layer in place (one graph per block, so the tables and

@@ -1,4 +1,5 @@
-"""The plan primitives on torch tensors, on the tensor's own device.
+"""The plan primitives on torch tensors, on the tensor's own device (``TorchArrays``:
+what torch makes different from the core's ``ArrayPrimitives``).
 
 Dtype-preserving: a bfloat16 weight stays bfloat16 (coefficients are cast to the
 weight's dtype, noise is drawn in float32 and added in the weight's dtype).
@@ -8,18 +9,13 @@ The caller's source is never written.  Inside ``inplace_scope()`` (what
 primitive of this module allocated during the scope, saving a fresh allocation
 (and its page faults) per op; outside it every op returns a new tensor.  There,
 ``provide_output`` also hands the next result's storage in (``expand_model``
-passes pages faulted in ahead: see ``mapped_empty`` and ``populate``).
+passes pages faulted in ahead: see ``populate``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import math
-import mmap
-import sys
 import weakref
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -27,6 +23,7 @@ import torch
 
 from hyperclone_core.algebra.growth import block_copies, slice_copies, split_takes, uniform_layout
 from hyperclone_core.algebra.noise import helmert, noise_factor
+from hyperclone_core.run.arrayops import ArrayPrimitives
 
 _SCOPE: dict = {"active": False, "owned": {}, "out": None}
 
@@ -63,159 +60,6 @@ def _output(shape, dtype, device) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
 
-POPULATE_MIN_BYTES = 1 << 20
-"""Smaller CPU tensors come from torch's allocator (their faults cost nothing)."""
-
-MADV_POPULATE_WRITE = 23
-"""Linux >= 5.14: fault a range in for writing, under the mm's read lock."""
-MADV_HUGEPAGE = 14
-
-_POPULATE = {"madvise": sys.platform.startswith("linux")}
-
-
-def nbytes(shape, dtype: torch.dtype) -> int:
-    """Bytes of a tensor of ``shape`` and ``dtype``."""
-    return math.prod(int(s) for s in shape) * dtype.itemsize
-
-
-_THP = Path("/sys/kernel/mm/transparent_hugepage")
-
-
-def huge_page_bytes() -> int:
-    """The size of a transparent huge page here (2 MiB on x86-64), 0 where there are none."""
-    try:
-        return int((_THP / "hpage_pmd_size").read_text())
-    except (OSError, ValueError):
-        return 0
-
-
-def thp_mode() -> str:
-    """The kernel's transparent-huge-page policy: 'always', 'madvise', 'never' ('' off Linux)."""
-    try:
-        text = (_THP / "enabled").read_text()
-    except OSError:
-        return ""
-    return text[text.find("[") + 1:text.find("]")] if "[" in text else ""
-
-
-def free_huge_bytes(buddyinfo: Optional[str] = None, huge: Optional[int] = None) -> int:
-    """Free memory held in blocks of at least one huge page (``/proc/buddyinfo``): what
-    huge-page faults can take without the kernel first compacting or reclaiming."""
-    huge = huge_page_bytes() if huge is None else huge
-    if buddyinfo is None:
-        try:
-            buddyinfo = Path("/proc/buddyinfo").read_text()
-        except OSError:
-            return 0
-    total = 0
-    for line in buddyinfo.splitlines():
-        counts = line.split("zone", 1)[-1].split()[1:]  # "Node 0, zone Normal c0 c1 ...": counts by order
-        for order, count in enumerate(counts):
-            block = mmap.PAGESIZE << order
-            if huge and block >= huge and count.isdigit():
-                total += int(count) * block
-    return total
-
-
-HUGE_PAGE_MARGIN = 1.5
-"""Huge pages only when free huge blocks cover this many times what will be mapped."""
-
-
-def huge_pages_pay(nbytes: int) -> bool:
-    """Whether ``nbytes`` of fresh memory can be backed by transparent huge pages
-    without the kernel first compacting or reclaiming for each: the kernel allows
-    them and ``/proc/buddyinfo`` shows free huge blocks covering ``HUGE_PAGE_MARGIN``
-    times ``nbytes``.  Measured on the 2-core VM: with the page cache holding all
-    but 3 GiB, 3.2 GiB took 2.5 s with huge pages against 0.6 s without."""
-    return thp_mode() in ("always", "madvise") and free_huge_bytes() >= HUGE_PAGE_MARGIN * nbytes
-
-
-def mapped_empty(shape, dtype, huge: bool = False) -> Optional[torch.Tensor]:
-    """An uninitialised CPU tensor on an anonymous mapping of its own, pages not
-    yet faulted in (``populate`` faults them, in as many pieces and threads as the
-    caller likes); None off Linux or below ``POPULATE_MIN_BYTES``.  ``huge``: align
-    the tensor to a huge page and ask for transparent huge pages
-    (``MADV_HUGEPAGE``; see ``huge_pages_pay``).  The tensor keeps the mapping
-    alive (``torch.frombuffer``); it is unmapped when freed."""
-    shape = tuple(int(s) for s in shape)
-    size = nbytes(shape, dtype)
-    if size < POPULATE_MIN_BYTES or not sys.platform.startswith("linux"):
-        return None
-    pmd = huge_page_bytes() if huge else 0
-    try:
-        buf = mmap.mmap(-1, size + pmd, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    except (OSError, ValueError):
-        return None
-    offset = 0
-    if pmd:
-        base = torch.frombuffer(buf, dtype=torch.uint8, count=1).data_ptr()
-        offset = (-base) % pmd  # the slack is never touched, so it costs address space only
-        _madvise(base, size + pmd, MADV_HUGEPAGE)  # advice: refused (EINVAL) where THP is compiled out
-    return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=offset).view(shape)
-
-
-def populate(t: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> None:
-    """Fault in bytes ``[start, stop)`` of contiguous CPU tensor ``t`` for writing.
-
-    One ``madvise(MADV_POPULATE_WRITE)`` per call: the kernel maps the range
-    without a page fault per 4 KiB page, and several threads may populate pieces
-    of one mapping at once (``MAP_POPULATE`` at ``mmap`` time cannot: each new
-    mapping waits for the mm's write lock while another thread's populate holds
-    it for reading, so populating threads ran one at a time on the 2-core VM:
-    3.2 GiB in 1.3 s with 2 threads either way, 0.63-0.73 s with 2 threads on
-    ``madvise``).  Where the kernel lacks it, one byte per page is written
-    instead (a demand fault per page; the contents are uninitialised anyway)."""
-    stop = t.nbytes if stop is None else min(int(stop), t.nbytes)
-    start = max(0, int(start))
-    if stop <= start:
-        return
-    if not t.is_contiguous() or t.device.type != "cpu":
-        raise ValueError(f"populate: needs a contiguous CPU tensor, got {t.device.type} "
-                         f"{'contiguous' if t.is_contiguous() else 'strided'} {tuple(t.shape)}")
-    page = mmap.PAGESIZE
-    if _POPULATE["madvise"]:
-        addr = t.data_ptr() + start
-        lo = addr - addr % page  # madvise wants a page-aligned start; the range may reach into the page before
-        if _madvise(lo, addr + (stop - start) - lo) == 0:
-            return
-        _POPULATE["madvise"] = False  # EINVAL: kernel < 5.14 (or not Linux); touch pages from now on
-    flat = t.view(-1).view(torch.uint8) if t.dim() else t.reshape(1).view(torch.uint8)
-    first = start + (-(t.data_ptr() + start)) % page
-    flat[start:start + 1].zero_()
-    flat[first:stop:page].zero_()
-
-
-def _madvise(addr: int, length: int, advice: int = MADV_POPULATE_WRITE) -> int:
-    lib = _POPULATE.get("libc")
-    if lib is None:
-        try:
-            lib = ctypes.CDLL(None, use_errno=True)
-            lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            lib.madvise.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            return -1
-        _POPULATE["libc"] = lib
-    return lib.madvise(addr, length, advice)
-
-
-def populated_empty(shape, dtype, huge: Optional[bool] = False) -> torch.Tensor:
-    """An uninitialised CPU tensor whose pages are already faulted in
-    (``populate``) rather than by one page fault per 4 KiB page on first write
-    (measured on the 2-core VM, 3.4 GB: 2.2-3.3 s of demand faults, 1.4-2.1 s
-    populated).  ``huge``: back it with transparent huge pages (default off; see
-    ``interop.HUGE_PAGES`` for what they measured here); None asks
-    ``huge_pages_pay``.  Falls back to ``torch.empty`` off Linux or for small
-    tensors."""
-    if huge is None:
-        size = nbytes(shape, dtype)
-        huge = size >= POPULATE_MIN_BYTES and huge_pages_pay(size)
-    t = mapped_empty(shape, dtype, huge=huge)
-    if t is None:
-        return torch.empty(tuple(int(s) for s in shape), dtype=dtype)
-    populate(t)
-    return t
-
-
 def _own(t: torch.Tensor) -> torch.Tensor:
     if _SCOPE["active"]:
         _SCOPE["owned"][id(t)] = weakref.ref(t)
@@ -241,28 +85,6 @@ def torch_dtype(name) -> torch.dtype:
     return DTYPES[key]
 
 
-def asarray(a, device=None) -> torch.Tensor:
-    if isinstance(a, torch.Tensor):
-        return a.to(device) if device is not None else a
-    arr = np.asarray(a)
-    if arr.dtype == np.uint64:
-        arr = arr.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
-
-
-def to_numpy(x: torch.Tensor) -> np.ndarray:
-    x = x.detach()
-    if x.dtype == torch.bfloat16:
-        x = x.float()
-    return x.cpu().numpy()
-
-
-def take(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
-    if index.device != x.device:
-        index = index.to(x.device)
-    return _own(torch.index_select(x, axis, index))
-
-
 MAX_RUNS = 256
 """Most slice copies one axis's Take may become; beyond it, index_select."""
 MAX_BLOCKS = 4096
@@ -282,59 +104,6 @@ def _copy_pattern(index: torch.Tensor):
     result = slice_copies(index.cpu().numpy(), MAX_RUNS)
     _PATTERNS[id(index)] = (weakref.ref(index), result)
     return result
-
-
-def take_axes(x: torch.Tensor, takes) -> torch.Tensor:
-    """Several Takes (distinct axes) in one pass: the result is allocated once and
-    filled by block copies, so no intermediate the size of a partial result is
-    made and each destination byte is written once.  Axes whose map has no short
-    slice pattern go through ``index_select`` first."""
-    takes = [(axis, index.to(x.device) if index.device != x.device else index) for axis, index in takes]
-    gathers, blocks = split_takes(takes, _copy_pattern, MAX_BLOCKS)
-    for axis, index in gathers:
-        x = torch.index_select(x, axis, index)
-    if not blocks:
-        return _own(x)
-    shape, copies = block_copies(x.shape, blocks)
-    out = _output(shape, x.dtype, x.device)
-    for dst, src in copies:
-        out[dst].copy_(x[src])
-    return _own(out)
-
-
-def scale_take(x: torch.Tensor, coeffs: torch.Tensor, takes) -> torch.Tensor:
-    """A Scale, then Takes on distinct axes, in one pass: every block copy writes
-    ``x[src] * coeffs[src]`` straight into the result, so neither a scaled copy of
-    the source nor a second pass over the result is made.  Bit for bit the two ops
-    (one IEEE multiply per element either way)."""
-    c = coeffs.to(device=x.device, dtype=x.dtype)
-    if c.dim() < x.dim():
-        c = c.reshape((1,) * (x.dim() - c.dim()) + tuple(c.shape))
-    takes = [(axis, index.to(x.device) if index.device != x.device else index) for axis, index in takes]
-    gathers, blocks = split_takes(takes, _copy_pattern, MAX_BLOCKS)
-    if gathers or c.dim() != x.dim() or torch.broadcast_shapes(x.shape, c.shape) != x.shape:
-        return take_axes(scale(x, coeffs), takes)
-    shape, copies = block_copies(x.shape, blocks)
-    out = _output(shape, x.dtype, x.device)
-    for dst, src in copies:
-        csrc = tuple(s if c.shape[ax] > 1 else slice(None) for ax, s in enumerate(src))
-        torch.mul(x[src], c[csrc], out=out[dst])
-    return _own(out)
-
-
-def scale(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    c = coeffs.to(device=x.device, dtype=x.dtype)
-    if _owned(x) and torch.broadcast_shapes(x.shape, c.shape) == x.shape:
-        return x.mul_(c)
-    return _own(x * c)
-
-
-def scale_(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """``scale`` in place, on an array the interpreter produced itself."""
-    c = coeffs.to(device=x.device, dtype=x.dtype)
-    if torch.broadcast_shapes(x.shape, c.shape) != x.shape:
-        return scale(x, coeffs)
-    return x.mul_(c)
 
 
 _LAYOUTS: dict = {}
@@ -392,95 +161,167 @@ def gaussian(shape, seed: int, device) -> torch.Tensor:
     return out
 
 
-def zero_sum_noise(shape, axis: int, groups: torch.Tensor, seed: int, like: torch.Tensor,
-                   n_groups: Optional[int] = None) -> torch.Tensor:
-    """Gaussian noise (float32, seeded torch.Generator on ``like``'s device),
-    projected to sum 0 over the copies of each group along ``axis``."""
-    device = like.device
-    shape = tuple(shape)
-    uniform = _uniform_copies(groups)
-    if uniform is not None and uniform[1] > 1:
-        # The projection of k iid N(0, 1) onto the zero-sum subspace has the same law
-        # as H^T u with u ~ N(0, I_{k-1}) (H: Helmert rows): draw (k-1)/k of the noise.
+class TorchArrays(ArrayPrimitives):
+    """The plan primitives on torch tensors: what torch makes different from
+    ``ArrayPrimitives`` (``shape`` and ``reshape`` are its defaults)."""
+
+    xp = torch
+    DTYPES = DTYPES
+
+    def dtype(self, name) -> torch.dtype:
+        return torch_dtype(name)
+
+    def astype(self, x, dtype):
+        return x.to(dtype)
+
+    def asarray(self, a, device=None) -> torch.Tensor:
+        if isinstance(a, torch.Tensor):
+            return a.to(device) if device is not None else a
+        arr = np.asarray(a)
+        if arr.dtype == np.uint64:
+            arr = arr.astype(np.int64)
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+
+    def to_numpy(self, x: torch.Tensor) -> np.ndarray:
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.cpu().numpy()
+
+    def from_stored(self, raw: np.ndarray, dtype: str) -> torch.Tensor:
+        """A stored tensor as torch, in its stored dtype (bfloat16 bits viewed, not converted)."""
+        t = torch.from_numpy(raw.copy())
+        return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+    def take(self, x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+        if index.device != x.device:
+            index = index.to(x.device)
+        return _own(torch.index_select(x, axis, index))
+
+    def take_axes(self, x: torch.Tensor, takes) -> torch.Tensor:
+        """Several Takes (distinct axes) in one pass: the result is allocated once and
+        filled by block copies, so no intermediate the size of a partial result is
+        made and each destination byte is written once.  Axes whose map has no short
+        slice pattern go through ``index_select`` first."""
+        takes = [(axis, index.to(x.device) if index.device != x.device else index) for axis, index in takes]
+        gathers, blocks = split_takes(takes, _copy_pattern, MAX_BLOCKS)
+        for axis, index in gathers:
+            x = torch.index_select(x, axis, index)
+        if not blocks:
+            return _own(x)
+        shape, copies = block_copies(x.shape, blocks)
+        out = _output(shape, x.dtype, x.device)
+        for dst, src in copies:
+            out[dst].copy_(x[src])
+        return _own(out)
+
+    def scale_take(self, x: torch.Tensor, coeffs: torch.Tensor, takes) -> torch.Tensor:
+        """A Scale, then Takes on distinct axes, in one pass: every block copy writes
+        ``x[src] * coeffs[src]`` straight into the result, so neither a scaled copy of
+        the source nor a second pass over the result is made.  Bit for bit the two ops
+        (one IEEE multiply per element either way)."""
+        c = coeffs.to(device=x.device, dtype=x.dtype)
+        if c.dim() < x.dim():
+            c = c.reshape((1,) * (x.dim() - c.dim()) + tuple(c.shape))
+        takes = [(axis, index.to(x.device) if index.device != x.device else index) for axis, index in takes]
+        gathers, blocks = split_takes(takes, _copy_pattern, MAX_BLOCKS)
+        if gathers or c.dim() != x.dim() or torch.broadcast_shapes(x.shape, c.shape) != x.shape:
+            return self.take_axes(self.scale(x, coeffs), takes)
+        shape, copies = block_copies(x.shape, blocks)
+        out = _output(shape, x.dtype, x.device)
+        for dst, src in copies:
+            csrc = tuple(s if c.shape[ax] > 1 else slice(None) for ax, s in enumerate(src))
+            torch.mul(x[src], c[csrc], out=out[dst])
+        return _own(out)
+
+    def scale(self, x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+        c = coeffs.to(device=x.device, dtype=x.dtype)
+        if _owned(x) and torch.broadcast_shapes(x.shape, c.shape) == x.shape:
+            return x.mul_(c)
+        return _own(x * c)
+
+    def scale_(self, x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+        """``scale`` in place, on an array the interpreter produced itself."""
+        c = coeffs.to(device=x.device, dtype=x.dtype)
+        if torch.broadcast_shapes(x.shape, c.shape) != x.shape:
+            return self.scale(x, coeffs)
+        return x.mul_(c)
+
+    def zero_sum_noise(self, shape, axis: int, groups: torch.Tensor, seed: int, like: torch.Tensor,
+                       n_groups: Optional[int] = None) -> torch.Tensor:
+        """Gaussian noise (float32, seeded torch.Generator on ``like``'s device),
+        projected to sum 0 over the copies of each group along ``axis``."""
+        device = like.device
+        shape = tuple(shape)
+        uniform = _uniform_copies(groups)
+        if uniform is not None and uniform[1] > 1:
+            # The projection of k iid N(0, 1) onto the zero-sum subspace has the same law
+            # as H^T u with u ~ N(0, I_{k-1}) (H: Helmert rows): draw (k-1)/k of the noise.
+            m, k, layout = uniform
+            inner = shape[:axis] + (m,) + shape[axis + 1:]
+            u = gaussian((k - 1,) + inner, seed, device)
+            h = torch.from_numpy(helmert(k))  # stays on the host: its entries are scalars
+            out = torch.empty(shape, device=device, dtype=torch.float32)
+            split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
+            view = out.view(split)
+            for c in range(k):
+                dst = view.select(axis if layout == "tile" else axis + 1, c)
+                torch.mul(u[0], float(h[0, c]), out=dst)
+                for r in range(1, k - 1):
+                    dst.add_(u[r], alpha=float(h[r, c]))
+            return _own(out)
+        noise = gaussian(shape, seed, device)
+        groups = groups.to(device=device, dtype=torch.long)
+        m = int(groups.max()) + 1
+        sums_shape = list(shape)
+        sums_shape[axis] = m
+        sums = torch.zeros(sums_shape, dtype=noise.dtype, device=device).index_add_(axis, groups, noise)
+        counts = torch.bincount(groups, minlength=m).to(noise.dtype)
+        view = [1] * len(shape)
+        view[axis] = m
+        means = sums.div_(counts.view(view))
+        return _own(noise.sub_(torch.index_select(means, axis, groups)))
+
+    def add_zero_sum_noise(self, x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db: float, seed: int,
+                           n_groups: Optional[int] = None):
+        """The whole AddNoise op in place, with no noise buffer of x's size: for k uniform copies the noise is H^T u
+        (``zero_sum_noise``'s law and seed), and since H's rows are orthonormal its
+        power is exactly u's, so x takes ``factor * h[r, c] * u[r]`` copy by copy.
+        The interpreter calls it only on arrays it produced itself: x is written.
+        Returns None (the interpreter then runs the generic path) for uneven copies,
+        non-float32/64 dtypes or a non-contiguous x."""
+        uniform = _uniform_copies(groups)
+        if uniform is None or uniform[1] < 2 or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64):
+            return None
         m, k, layout = uniform
-        inner = shape[:axis] + (m,) + shape[axis + 1:]
-        u = gaussian((k - 1,) + inner, seed, device)
-        h = torch.from_numpy(helmert(k))  # stays on the host: its entries are scalars
-        out = torch.empty(shape, device=device, dtype=torch.float32)
+        shape = tuple(x.shape)
+        u = gaussian((k - 1,) + shape[:axis] + (m,) + shape[axis + 1:], seed, x.device)
+        factor = noise_factor(self.mean_square(x), self.mean_square(u) * u.numel() / x.numel(), snr_db)
+        if factor == 0.0:
+            return x
+        h = torch.from_numpy(helmert(k))
         split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
-        view = out.view(split)
+        view = x.view(split)
         for c in range(k):
             dst = view.select(axis if layout == "tile" else axis + 1, c)
-            torch.mul(u[0], float(h[0, c]), out=dst)
-            for r in range(1, k - 1):
-                dst.add_(u[r], alpha=float(h[r, c]))
-        return _own(out)
-    noise = gaussian(shape, seed, device)
-    groups = groups.to(device=device, dtype=torch.long)
-    m = int(groups.max()) + 1
-    sums_shape = list(shape)
-    sums_shape[axis] = m
-    sums = torch.zeros(sums_shape, dtype=noise.dtype, device=device).index_add_(axis, groups, noise)
-    counts = torch.bincount(groups, minlength=m).to(noise.dtype)
-    view = [1] * len(shape)
-    view[axis] = m
-    means = sums.div_(counts.view(view))
-    return _own(noise.sub_(torch.index_select(means, axis, groups)))
-
-
-def add_zero_sum_noise(x: torch.Tensor, axis: int, groups: torch.Tensor, snr_db: float, seed: int,
-                       n_groups: Optional[int] = None):
-    """The whole AddNoise op in place, with no noise buffer of x's size: for k uniform copies the noise is H^T u
-    (``zero_sum_noise``'s law and seed), and since H's rows are orthonormal its
-    power is exactly u's, so x takes ``factor * h[r, c] * u[r]`` copy by copy.
-    The interpreter calls it only on arrays it produced itself: x is written.
-    Returns None (the interpreter then runs the generic path) for uneven copies,
-    non-float32/64 dtypes or a non-contiguous x."""
-    uniform = _uniform_copies(groups)
-    if uniform is None or uniform[1] < 2 or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64):
-        return None
-    m, k, layout = uniform
-    shape = tuple(x.shape)
-    u = gaussian((k - 1,) + shape[:axis] + (m,) + shape[axis + 1:], seed, x.device)
-    factor = noise_factor(mean_square(x), mean_square(u) * u.numel() / x.numel(), snr_db)
-    if factor == 0.0:
+            for r in range(k - 1):
+                dst.add_(u[r], alpha=factor * float(h[r, c]))
         return x
-    h = torch.from_numpy(helmert(k))
-    split = shape[:axis] + ((k, m) if layout == "tile" else (m, k)) + shape[axis + 1:]
-    view = x.view(split)
-    for c in range(k):
-        dst = view.select(axis if layout == "tile" else axis + 1, c)
-        for r in range(k - 1):
-            dst.add_(u[r], alpha=factor * float(h[r, c]))
-    return x
+
+    def mean_square(self, x: torch.Tensor) -> float:
+        """mean(x**2), accumulated in float64."""
+        if x.numel() == 0:
+            return 0.0
+        dt = torch.float32 if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float64
+        return float(torch.linalg.vector_norm(x.detach(), dtype=dt).double() ** 2 / x.numel())
+
+    def add_scaled(self, x: torch.Tensor, noise: torch.Tensor, factor: float) -> torch.Tensor:
+        if _owned(x) and noise.shape == x.shape:
+            return x.add_(noise, alpha=factor)
+        if _owned(noise) and noise.dtype == x.dtype:
+            return torch.add(x, noise, alpha=factor, out=noise)
+        return _own((x.float() + noise * factor).to(x.dtype))
 
 
-def mean_square(x: torch.Tensor) -> float:
-    """mean(x**2), accumulated in float64."""
-    if x.numel() == 0:
-        return 0.0
-    dt = torch.float32 if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float64
-    return float(torch.linalg.vector_norm(x.detach(), dtype=dt).double() ** 2 / x.numel())
-
-
-def add_scaled(x: torch.Tensor, noise: torch.Tensor, factor: float) -> torch.Tensor:
-    if _owned(x) and noise.shape == x.shape:
-        return x.add_(noise, alpha=factor)
-    if _owned(noise) and noise.dtype == x.dtype:
-        return torch.add(x, noise, alpha=factor, out=noise)
-    return _own((x.float() + noise * factor).to(x.dtype))
-
-
-def reshape(x: torch.Tensor, shape) -> torch.Tensor:
-    return x.reshape(tuple(shape))
-
-
-def cast(x: torch.Tensor, dtype) -> torch.Tensor:
-    return x.to(torch_dtype(dtype))
-
-
-__all__ = ["asarray", "to_numpy", "take", "take_axes", "scale_take", "populated_empty", "mapped_empty", "populate", "nbytes",
-           "huge_pages_pay", "free_huge_bytes", "huge_page_bytes", "thp_mode",
-           "provide_output", "scale",
-           "scale_", "zero_sum_noise", "mean_square", "add_scaled", "reshape", "cast", "add_zero_sum_noise",
-           "torch_dtype", "DTYPES", "inplace_scope", "release"]
+__all__ = ["CHUNK", "DTYPES", "MAX_BLOCKS", "MAX_RUNS", "TorchArrays", "gaussian", "inplace_scope", "provide_output",
+           "release", "torch_dtype"]

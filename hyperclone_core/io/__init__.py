@@ -10,7 +10,8 @@ One job per module:
   regular files);
 - ``atomic``: destination safety (``AtomicDir``: what may be replaced, atomic
   rename, fsync, recovery after a kill);
-- ``hf``: writing a whole checkpoint folder (``write_hf_folder``).
+- ``hf``: writing a whole checkpoint folder (``write_hf_folder``), and a backend's
+  arrays to and from one through its converters (``save_arrays``, ``load_arrays``).
 
 Never unpickles.
 """
@@ -19,12 +20,12 @@ from .dtypes import FLOAT_CODES
 from .atomic import OUTPUT_MARK, TMP_MARK, AtomicDir, check_destination, clean_stale_tmp, is_hyperclone_output
 from .checkpoint import AUX_FILES, BASE_PREFIXES, Checkpoint, copy_aux_files, load_weights, read_config
 from .checkpoint import _ignorable as _ignorable  # io.py exported it; kept for callers
-from .hf import save_checkpoint, write_hf_folder, write_json
+from .hf import load_arrays, save_arrays, save_checkpoint, write_hf_folder, write_json
 from .safetensors import INDEX, SINGLE, SafetensorsFile, ShardedWriter, from_storage, to_storage, write_safetensors
 
 __all__ = [
     "AUX_FILES", "AtomicDir", "BASE_PREFIXES", "Checkpoint", "FLOAT_CODES", "INDEX", "OUTPUT_MARK", "SINGLE",
     "SafetensorsFile", "ShardedWriter", "TMP_MARK", "check_destination", "clean_stale_tmp", "copy_aux_files",
-    "from_storage", "is_hyperclone_output", "load_weights", "read_config", "save_checkpoint", "to_storage",
-    "write_hf_folder", "write_json", "write_safetensors",
+    "from_storage", "is_hyperclone_output", "load_arrays", "load_weights", "read_config", "save_arrays",
+    "save_checkpoint", "to_storage", "write_hf_folder", "write_json", "write_safetensors",
 ]

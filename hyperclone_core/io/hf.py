@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import numpy as np
 
 from .atomic import AtomicDir
-from .checkpoint import copy_aux_files
+from .checkpoint import Checkpoint, copy_aux_files
 from .paths import inside
 from .safetensors import ShardedWriter
 
@@ -76,6 +76,30 @@ def write_hf_folder(folder, config: Mapping[str, Any], tensors: Mapping[str, Any
     return Path(folder)
 
 
+def save_arrays(folder, config: Mapping[str, Any], arrays: Mapping[str, Any], to_numpy: Callable[[Any], np.ndarray],
+                dtype_name: Callable[[Any], str], *, force: bool = False, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write a backend's arrays as a checkpoint: each stored in its own dtype
+    (``dtype_name``), pulled to the host with ``to_numpy`` one tensor at a time as it
+    is written (bfloat16 as its exact float32 widening, rounded back to the same
+    bits here), so the host never holds the model.  numpy arrays pass as they are."""
+    items = [(n, a, dtype_name(a)) for n, a in arrays.items()]
+    layout = [(n, tuple(a.shape), d) for n, a, d in items]
+    with AtomicDir(folder, force=force) as tmp:
+        w = ShardedWriter(tmp, layout, max_shard_bytes)
+        for n, a, _ in items:
+            w.write(n, np.asarray(a) if isinstance(a, np.ndarray) else np.asarray(to_numpy(a)))
+        w.close()
+        write_json(tmp / "config.json", dict(config))
+    return Path(folder)
+
+
+def load_arrays(folder, from_stored: Callable[[np.ndarray, str], Any]) -> tuple:
+    """(config, {name: from_stored(raw, dtype name)}) of a checkpoint folder, read with
+    the core's reader; ``raw`` is the stored array (bfloat16 as its uint16 bits)."""
+    ck = Checkpoint(folder)
+    return ck.config, {n: from_stored(np.asarray(ck.raw(n)), ck.dtype(n)) for n in ck.names()}
+
+
 def save_checkpoint(folder, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
                     dtype: Optional[str] = None, max_shard_bytes: int = 5 * 2**30, force: bool = False,
                     extra_files: Optional[Mapping[str, str]] = None) -> Path:
@@ -84,4 +108,4 @@ def save_checkpoint(folder, config: Mapping[str, Any], tensors: Mapping[str, np.
                            extra_files=extra_files)
 
 
-__all__ = ["save_checkpoint", "write_hf_folder", "write_json"]
+__all__ = ["load_arrays", "save_arrays", "save_checkpoint", "write_hf_folder", "write_json"]

@@ -12,13 +12,15 @@ import numpy as np
 
 from .. import io
 from . import lazyweights
+from .arrayops import ArrayPrimitives
 from ..io.dtypes import cast_numpy
 from ..algebra.growth import block_copies, split_takes, uniform_layout
 from ..algebra.noise import gaussian, helmert, mean_square, noise_factor, zero_sum_noise
 
 
-class NumpyBackend:
+class NumpyBackend(ArrayPrimitives):
     name = "numpy"
+    xp = np
     lazy_weights = True  # forward takes lazyweights.StoredTensor handles (verification streams)
     capabilities = frozenset({"expand", "forward"})
     row_workers = max(1, min(4, os.cpu_count() or 1))
@@ -34,18 +36,15 @@ class NumpyBackend:
     def device_name(self) -> str:
         return "cpu (numpy)"
 
-    # array primitives
+    # what numpy makes different (shape, take, scale, reshape: ``ArrayPrimitives``)
     def asarray(self, a, device=None):
         return np.asarray(a)
 
     def to_numpy(self, x):
         return np.asarray(x)
 
-    def shape(self, x):
-        return x.shape
-
-    def take(self, x, axis, index):
-        return np.take(x, index, axis=axis)
+    def astype(self, x, dtype):
+        return x.astype(dtype, copy=False)
 
     def take_axes(self, x, takes):
         """Consecutive Takes as block copies into one result (see growth.slice_copies)."""
@@ -59,9 +58,6 @@ class NumpyBackend:
         for dst, src in copies:
             out[dst] = x[src]
         return out
-
-    def scale(self, x, coeffs):
-        return np.multiply(x, coeffs.astype(x.dtype, copy=False))
 
     def scale_(self, x, coeffs):
         return np.multiply(x, coeffs.astype(x.dtype, copy=False), out=x)
@@ -144,9 +140,6 @@ class NumpyBackend:
         noise += x
         return noise.astype(x.dtype, copy=False)
 
-    def reshape(self, x, shape):
-        return x.reshape(shape)
-
     def cast(self, x, dtype):
         return cast_numpy(x, dtype)
 
@@ -164,11 +157,8 @@ class NumpyBackend:
 
         return lazyweights.forward(family, cfg, weights, tokens, convert, dt.itemsize)
 
-    # checkpoints
-    def save_checkpoint(self, folder, hf_config, weights):
-        """Float arrays keep their dtype; a bfloat16 checkpoint is saved with dtype="bfloat16"."""
-        io.save_checkpoint(folder, hf_config, weights)
-
+    # checkpoints (saved by ``ArrayPrimitives``: float arrays keep their dtype; a
+    # bfloat16 checkpoint loads as float32 values and is saved back as float32)
     def load_checkpoint(self, folder):
         ck = io.Checkpoint(folder)
         return ck.config, {n: np.array(ck.raw(n)) if ck.dtype(n) != "bfloat16" else ck.read(n)
