@@ -144,3 +144,35 @@ def test_gpt_neox_with_mlx_lms_shape_loads(hf_folder, tmp_path):
     expand_checkpoint(src, dst, width=2, backend="mlx", progress=False)
     model, _ = mlx_lm.load(str(dst))
     assert _rel(_mlx_logits(model, TOKENS), _hf_logits(dst, TOKENS)) <= TOL
+
+
+ROPE_SCALING = {
+    "linear": ("llama", dict(rope_type="linear", factor=4.0, rope_theta=10000.0), 12),
+    "dynamic": ("llama", dict(rope_type="dynamic", factor=2.0, rope_theta=10000.0), 80),
+    "yarn": ("llama", dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16, rope_theta=10000.0), 12),
+    "llama3": ("llama", dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                             original_max_position_embeddings=8192, rope_theta=500000.0), 12),
+    # mlx-lm's LongRoPE always runs the long factors: compare past the original length
+    "longrope": ("phi3", dict(rope_type="longrope", short_factor=[1.0, 1.1, 1.5, 2.0],
+                              long_factor=[1.0, 2.0, 4.0, 8.0], original_max_position_embeddings=16,
+                              rope_theta=10000.0), 24),
+}
+
+
+@pytest.mark.parametrize("variant", list(ROPE_SCALING))
+def test_scaled_rope_reaches_mlx_lm(variant, hf_folder, tmp_path):
+    """transformers 5 saves RoPE scaling only in rope_parameters; mlx-lm reads rope_scaling
+    (phi3's needs its 'type' key): the grown folder carries both, so mlx-lm runs the same
+    scaled RoPE as transformers on the source."""
+    case, params, T = ROPE_SCALING[variant]
+    changes = dict(rope_parameters=params, rope_theta=params["rope_theta"])
+    if variant == "llama3":
+        changes["max_position_embeddings"] = 131072
+    if case == "phi3":
+        changes["original_max_position_embeddings"] = 16
+    src, dst = hf_folder(case, **changes), tmp_path / "grown"
+    expand_checkpoint(src, dst, width=2, backend="mlx", progress=False)
+    model, _ = mlx_lm.load(str(dst))
+    tokens = np.random.default_rng(1).integers(3, 96, (2, T))
+    got, want = _mlx_logits(model, tokens), _hf_logits(src, tokens)
+    assert _rel(got, want) <= TOL, f"{variant}: mlx-lm on the grown folder vs transformers on the source"

@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 import mlx.core as mx
 import numpy as np
 
-from hyperclone_core.model import decoder
+from hyperclone_core.model import decoder, rope
 from hyperclone_core.model.decoder import ArrayOps
 from hyperclone_core.model.families import FAMILIES
 from hyperclone_core.model.spec import DecoderConfig, Family
@@ -30,14 +30,20 @@ class MlxOps(ArrayOps):
     ``mx.fast.scaled_dot_product_attention`` (causal, sliding windows as a boolean
     mask, GQA without repeating k/v) except under a softcap, which needs the scores;
     ``mx.fast.rms_norm`` / ``layer_norm`` (the same formulas); ``mx.fast.rope`` in
-    its non-traditional (rotate-half) form, the only RoPE the families use -- with
-    ``rope_theta`` None the core's table RoPE runs instead.  ``top_k`` ranks by
+    its non-traditional (rotate-half) form, the only RoPE the families use, from
+    ``rope_theta`` (default RoPE) or from the core's frequencies ``rope_freqs`` (a
+    scaled variant, its attention factor ``rope_scale`` applied to the rotated
+    features) -- with neither (no RoPE, or a variant whose frequencies depend on the
+    sequence length) the core's table RoPE runs instead.  ``top_k`` ranks by
     comparison counts: stable (ties to the lower index) on every device, and no
     gradient flows through the indices."""
 
-    def __init__(self, rope_theta: Optional[float] = None):
+    def __init__(self, rope_theta: Optional[float] = None, rope_freqs: Optional[tuple] = None,
+                 rope_scale: float = 1.0):
         super().__init__(mx)
         self.rope_theta = rope_theta
+        self.rope_freqs = None if rope_freqs is None else mx.array(np.asarray(rope_freqs), dtype=mx.float32)
+        self.rope_scale = rope_scale
 
     def compute_dtype(self, dtype):
         return mx.float32 if dtype in (mx.bfloat16, mx.float16) else dtype
@@ -84,10 +90,14 @@ class MlxOps(ArrayOps):
         return mx.fast.layer_norm(x, w, b, eps)
 
     def rope(self, x, cos, sin):
-        if self.rope_theta is None:
+        if self.rope_theta is None and self.rope_freqs is None:
             return super().rope(x, cos, sin)
-        y = mx.fast.rope(mx.swapaxes(x, 1, 2), cos.shape[-1], traditional=False, base=self.rope_theta,
-                         scale=1.0, offset=0)
+        rd = cos.shape[-1]
+        if self.rope_scale != 1.0:  # rope is linear: scaling the rotated features scales cos and sin
+            rot = x[..., :rd] * self.rope_scale
+            x = mx.concatenate([rot, x[..., rd:]], axis=-1) if x.shape[-1] > rd else rot
+        y = mx.fast.rope(mx.swapaxes(x, 1, 2), rd, traditional=False, base=self.rope_theta,
+                         scale=1.0, offset=0, freqs=self.rope_freqs)
         return mx.swapaxes(y, 1, 2)
 
     def attention(self, q, k, v, *, scale, window, softcap):
@@ -110,12 +120,19 @@ class MlxOps(ArrayOps):
 
 
 @functools.lru_cache(maxsize=64)
-def mlx_ops(rope_theta: Optional[float]) -> MlxOps:
-    return MlxOps(rope_theta)
+def mlx_ops(rope_theta: Optional[float], rope_freqs: Optional[tuple] = None, rope_scale: float = 1.0) -> MlxOps:
+    return MlxOps(rope_theta, rope_freqs, rope_scale)
 
 
 def ops_for(cfg: DecoderConfig) -> MlxOps:
-    return mlx_ops(float(cfg.rope_theta) if cfg.pos == "rope" else None)
+    """The fused RoPE where its frequencies are fixed: default RoPE from theta, a scaled
+    variant from the core's inverse frequencies (MLX takes their reciprocals)."""
+    if cfg.pos != "rope" or cfg.rope_type in rope.LENGTH_DEPENDENT or cfg.rope_type == "proportional":
+        return mlx_ops(None)
+    if cfg.rope_type == "default":
+        return mlx_ops(float(cfg.rope_theta))
+    inv, factor = rope.inv_freq(cfg, 0)
+    return mlx_ops(None, tuple((1.0 / inv).tolist()), factor)
 
 
 def logits(family: Family, cfg: DecoderConfig, weights: Mapping[str, mx.array], tokens: mx.array,

@@ -144,6 +144,9 @@ def _why(key: str, before: Any, after: Any, plan, untie: bool) -> str:
     if key in family.rope_keys:
         return ("RoPE mirrored at the top level from rope_parameters: mlx-lm and transformers 4.x read only the "
                 "top-level key and would silently run their default")
+    if key == "rope_scaling":
+        return ("RoPE scaling mirrored from rope_parameters (the type also as 'type'): mlx-lm and transformers "
+                "4.x read only rope_scaling and would silently run unscaled RoPE")
     return "changed by the family's config writer"
 
 

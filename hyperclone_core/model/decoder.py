@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from . import rope
 from .spec import DecoderConfig
 
 ACT_ALIASES = {"swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -42,12 +43,13 @@ def activation_key(name: str) -> str:
 
 
 def rope_tables(cfg: DecoderConfig, T: int) -> tuple:
-    """cos, sin of shape (T, rotary_dim) in float64 on the host (exact angles at long positions)."""
-    rd = cfg.rotary_dim or cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, rd, 2, dtype=np.float64) / rd))
+    """cos, sin of shape (T, rotary_dim) in float64 on the host (exact angles at long
+    positions), for the config's RoPE variant (``rope.ROPE_TYPES``) at length T, times
+    the variant's attention factor as transformers applies it."""
+    inv, factor = rope.inv_freq(cfg, T)
     freqs = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
     emb = np.concatenate([freqs, freqs], -1)
-    return np.cos(emb), np.sin(emb)
+    return np.cos(emb) * factor, np.sin(emb) * factor
 
 
 def causal_mask(T: int, window: int = 0) -> np.ndarray:

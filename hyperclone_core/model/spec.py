@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Optional, Union
 
 from ..errors import ConfigError
+from .rope import hf_scaling, rope_params
 
 Factor = Union[str, int]
 Segment = tuple  # tuple[Factor, ...]: an ordered product of dims (names) and constants
@@ -145,6 +146,8 @@ class DecoderConfig:
     pos: str = "rope"                 # rope | learned
     rope_theta: float = 10000.0
     rotary_dim: int = 0               # 0 = head_dim
+    rope_type: str = "default"        # a key of rope.ROPE_TYPES
+    rope_scaling: tuple = ()          # the type's parameters, sorted (key, value) pairs (rope.rope_fields)
     learned_pos_offset: int = 0
     qk_norm: str = ""                 # "" | head | full
     qkv_bias: bool = False
@@ -192,15 +195,6 @@ class DecoderConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def rope_params(hf: Mapping[str, Any]) -> dict:
-    """RoPE settings from a transformers 5 ``rope_parameters`` or 4.x top-level keys."""
-    rp = dict(hf.get("rope_parameters") or {})
-    theta = rp.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))  # GPT-NeoX 4.x: rotary_emb_base
-    partial = rp.get("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
-    rope_type = rp.get("rope_type", (hf.get("rope_scaling") or {}).get("rope_type", "default"))
-    return dict(theta=float(theta), partial=float(partial), rope_type=rope_type)
 
 
 @dataclass(frozen=True)
@@ -271,6 +265,9 @@ class Family:
             out[theta_key] = rope["theta"]
             if "partial_rotary_factor" in rp:
                 out[partial_key] = rope["partial"]
+        scaling = hf_scaling(out) if self.rope_keys else {}
+        if scaling:
+            out["rope_scaling"] = scaling  # the same: transformers 5 reads rope_scaling first
         return out
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ...errors import ConfigError
-from ..spec import DecoderConfig, Role, implicit_head_dim, in_, out, require, rope_params
+from ..rope import rope_fields
+from ..spec import DecoderConfig, Role, implicit_head_dim, in_, out, require
 
 Q = "kv_heads*q_per_kv*head_dim"
 KV = "kv_heads*head_dim"
@@ -89,20 +90,17 @@ def layer_types(hf: Mapping[str, Any], family: str, layers: int, window) -> tupl
     return tuple("sliding_attention" if rule(hf, i) else "full_attention" for i in range(layers))
 
 
-def read_llama_like(hf: Mapping[str, Any], family: str, **flags) -> DecoderConfig:
-    """Dims and the common flags of a Llama-style config; ``flags`` override."""
+def read_llama_like(hf: Mapping[str, Any], family: str, original_default=None, **flags) -> DecoderConfig:
+    """Dims and the common flags of a Llama-style config; ``flags`` override.
+    ``original_default``: the config class's ``original_max_position_embeddings``
+    where it has one (see ``rope.rope_fields``)."""
     require(hf, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
     hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     kv = int(hf.get("num_key_value_heads") or heads)
     if heads % kv:
         raise ConfigError(f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})")
     head_dim = implicit_head_dim(hf, hidden, heads)
-    rope = rope_params(hf)
-    if rope["rope_type"] not in ("default", None):
-        raise ConfigError(
-            f"rope_type {rope['rope_type']!r} is not supported by the neutral decoder yet; "
-            "supported: default"
-        )
+    positions = int(hf.get("max_position_embeddings") or 2048)
     act = hf.get("hidden_act") or hf.get("hidden_activation") or "silu"
     window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
     if family not in SLIDING_DEFAULTS:
@@ -110,13 +108,11 @@ def read_llama_like(hf: Mapping[str, Any], family: str, **flags) -> DecoderConfi
     base = dict(
         family=family, vocab=int(hf["vocab_size"]), hidden=hidden, ffn=int(hf["intermediate_size"]),
         layers=int(hf["num_hidden_layers"]), heads=heads, kv_heads=kv, head_dim=head_dim,
-        positions=int(hf.get("max_position_embeddings") or 2048),
+        positions=positions,
         norm_eps=float(hf.get("rms_norm_eps", hf.get("layer_norm_eps", 1e-5)) or 1e-5),
-        act=act, rope_theta=rope["theta"], rotary_dim=int(head_dim * rope["partial"]),
+        act=act, **rope_fields(hf, head_dim, positions, original_default),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         sliding_window=int(window or 0), layer_types=layer_types(hf, family, int(hf["num_hidden_layers"]), window),
     )
-    if base["rotary_dim"] == head_dim:
-        base["rotary_dim"] = 0
     base.update(flags)
     return DecoderConfig(**base)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..spec import DecoderConfig, Family, Role, in_, out, require, rope_params
+from ..rope import rope_fields
+from ..spec import DecoderConfig, Family, Role, in_, out, require
 from ._common import Q, has
 
 G = "gpt_neox"
@@ -43,17 +44,16 @@ def read(hf) -> DecoderConfig:
     require(hf, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
     hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     head_dim = hidden // heads
-    rope = rope_params(hf)
-    rd = int(head_dim * rope["partial"])
+    positions = int(hf.get("max_position_embeddings") or 2048)
     bias = bool(hf.get("attention_bias", True))
     return DecoderConfig(
         family="gpt_neox", vocab=int(hf["vocab_size"]), hidden=hidden, ffn=int(hf["intermediate_size"]),
         layers=int(hf["num_hidden_layers"]), heads=heads, kv_heads=heads, head_dim=head_dim,
-        positions=int(hf.get("max_position_embeddings") or 2048),
+        positions=positions,
         norm="layer", norm_eps=float(hf.get("layer_norm_eps") or 1e-5), norm_bias=True,
         parallel_residual=bool(hf.get("use_parallel_residual", True)),
-        mlp="plain", act=hf.get("hidden_act") or "gelu", pos="rope", qkv_layout="per_head", rope_theta=rope["theta"],
-        rotary_dim=0 if rd == head_dim else rd,
+        mlp="plain", act=hf.get("hidden_act") or "gelu", pos="rope", qkv_layout="per_head",
+        **rope_fields(hf, head_dim, positions),
         qkv_bias=bias, o_bias=bias, mlp_bias=True,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...errors import ConfigError
+from ..rope import raw_params
 from ..spec import Family, Role, in_, out
 from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, gated_mlp, norm, read_llama_like
 
@@ -119,11 +119,16 @@ PHI3_ROLES = (
 )
 
 
+PHI3_ROPE_ALIASES = {"su": "longrope", "yarn": "longrope"}
+"""What transformers' Phi-3 config reads these rope types as (its only scaled RoPE is LongRoPE)."""
+
+
 def _phi3(hf):
-    if (hf.get("rope_scaling") or {}).get("type") not in (None, "default") or \
-            (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-        raise ConfigError("phi3 with long-context rope scaling is not supported yet; supported: default rope")
-    return read_llama_like(hf, "phi3", qkv_layout="concat", fused_gate_up=True)
+    rp = raw_params(hf)
+    alias = PHI3_ROPE_ALIASES.get(rp.get("rope_type"))
+    if alias:
+        hf = dict(hf, rope_scaling=None, rope_parameters=dict(rp, rope_type=alias, type=alias))
+    return read_llama_like(hf, "phi3", original_default=4096, qkv_layout="concat", fused_gate_up=True)
 
 
 phi3 = Family("phi3", ("phi3",), PHI3_ROLES, _phi3, LLAMA_KEYS, "Phi3ForCausalLM")
