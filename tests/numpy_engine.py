@@ -76,7 +76,7 @@ class NumpyEngine:
         loss, grads = self._mean(micro_batches)
         if self.poison_at is not None and self.t == self.poison_at:
             loss = math.nan
-        norm = global_norm(grads)
+        norm = global_norm(grads, self.opt.clip_weight)  # the source-equivalent norm of a grown run
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return StepResult(loss, norm, False)
         self.t += 1

@@ -239,3 +239,7 @@ MUTANTS = {
 globals().update(MUTANTS)
 TORCH_MUTANTS = ("mutant_wd_sign", "mutant_batch_order", "mutant_late_loss")
 ALL = tuple(MUTANTS) + TORCH_MUTANTS
+
+from .growth import register as _register_growth  # noqa: E402  (issue 21: growth inside training)
+
+ALL += _register_growth(globals())

@@ -1,0 +1,220 @@
+"""Growth inside a run: the training state grown with the plan, so a symmetric clone
+continues the source's training instead of restarting it (docs/growth-in-training.md
+has the derivation and the cases where exactness is impossible).
+
+A plan maps the source's parameters linearly, ``theta' = P theta`` (gathers and
+scales; Gemma's ``1 + w`` offsets are affine with the same linear part), and the
+clone computes the source's function for any source weights, so
+``P^T grad L'(P theta) = grad L(theta)``.  In a symmetric clone each of the ``c``
+clone entries of a source entry holds ``a W[src]`` and, by symmetry, the same
+gradient ``b G[src]``: ``P^T`` gives ``c a b = 1``.  Then AdamW continues exactly
+with ``m' = b m``, ``v' = b^2 v``, the step kept, and per tensor an LR multiplier
+``a``, an eps multiplier ``b``, a weight-decay multiplier ``1 / a`` and a clip
+weight ``1 / (b^2 c)`` (the source's squared norm is ``sum_t |g'_t|^2 / (b_t^2 c_t)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+
+from ..algebra.planner import Plan, layer_map
+from ..algebra.program import AddNoise, Reshape, Scale, Take
+from ..errors import ConfigError
+from ..model.spec import tensor_names
+from ..run.reference import execute, expand_tensor
+from .engine import EngineState
+from .optim import AdamW
+
+MOMENTS = ("carry", "asymmetric", "reset")
+"""How the moments cross a growth: ``carry`` (every copy gets the source's, scaled),
+``asymmetric`` (the first copy of each source entry carries them, the other copies
+restart at zero: a symmetry breaker), ``reset`` (a fresh AdamW: zero moments, step 0,
+what growing a finished checkpoint has always done)."""
+
+UNIFORM_RTOL = 1e-6
+"""A tensor's per-entry factors within this of each other count as one scalar (the
+plan stores coefficients such as 1/3 in float32)."""
+
+
+@dataclass(frozen=True)
+class TensorFactors:
+    """How one grown tensor relates to its source: each clone entry holds ``a`` times
+    its source entry, ``c`` clone entries share a source entry, and the gradient
+    scales by ``b = 1 / (c a)``.  ``a == 0``: an inserted layer's zeroed writer.
+    ``inexact``: why this tensor cannot follow the source exactly ('' when it can)."""
+
+    name: str
+    source: str
+    a: float
+    b: float
+    c: float
+    inserted: bool = False
+    inexact: str = ""
+
+
+@dataclass
+class GrownState:
+    """What ``grow_state`` returns: the grown ``EngineState``, the grown run's AdamW
+    (the source's with the growth's multipliers folded in), the per-tensor factors,
+    and the reasons the grown run cannot follow the source exactly (empty: it can)."""
+
+    state: EngineState
+    optimizer: AdamW
+    factors: dict = field(default_factory=dict)
+    inexact: tuple = ()
+
+
+def _linear(tp):
+    """The program's linear part on a tensor of ones: the per-entry factor ``a``."""
+    ops = tuple(op for op in tp.ops if isinstance(op, (Take, Reshape, Scale)))
+    return dataclasses.replace(tp, ops=ops)
+
+
+def _gather(tp):
+    ops = tuple(op for op in tp.ops if isinstance(op, (Take, Reshape)))
+    return dataclasses.replace(tp, ops=ops)
+
+
+def _index(plan: Plan, tp) -> np.ndarray:
+    """Flat source index of every clone entry (the program's gathers on an arange)."""
+    src = np.arange(int(np.prod(tp.source_shape)), dtype=np.float64).reshape(tp.source_shape)
+    return np.rint(expand_tensor(_gather(tp), plan.arrays, src)).astype(np.int64).reshape(-1)
+
+
+def _inserted_names(plan: Plan) -> set:
+    """Tensors of the layers depth growth inserted."""
+    lmap = layer_map(plan.source_decoder.layers, plan.decoder.layers)
+    return {n for n, (_, i, _) in tensor_names(plan.spec, plan.decoder).items() if i is not None and lmap[i][1]}
+
+
+def tensor_factors(plan: Plan) -> dict:
+    """``TensorFactors`` of every tensor of ``plan``, by destination name."""
+    inserted = _inserted_names(plan)
+    per_source: dict = {}
+    for tp in plan.tensors:
+        if tp.name not in inserted:
+            per_source.setdefault(tp.source, []).append(tp.name)
+    out = {}
+    for tp in plan.tensors:
+        idx = _index(plan, tp)
+        a_e = np.asarray(expand_tensor(_linear(tp), plan.arrays, np.ones(tp.source_shape, np.float64)),
+                         np.float64).reshape(-1)
+        n_src = int(np.prod(tp.source_shape))
+        c_src = np.bincount(idx, minlength=n_src).astype(np.float64)
+        a_src = np.bincount(idx, weights=a_e, minlength=n_src) / np.maximum(c_src, 1)  # mean over copies
+        seen = c_src > 0
+        a, c = float(np.mean(a_src[seen])), float(np.mean(c_src[seen]))
+        why = []
+        if not np.allclose(a_e, a_e[0], rtol=UNIFORM_RTOL, atol=0) and tp.name not in inserted:
+            if np.allclose(a_src[seen], a, rtol=UNIFORM_RTOL, atol=0):
+                why.append(f"asymmetric mixing ({tp.strategy}): copies hold different shares, so their gradients "
+                           "differ and the copies part by design")
+            else:
+                why.append("uneven growth: entries hold different shares "
+                           f"({np.min(a_src[seen]):.4g} to {np.max(a_src[seen]):.4g}), a per-tensor LR cannot match all")
+        if not np.all(c_src[seen] == c_src[seen][0]) and tp.name not in inserted:
+            why.append("uneven growth: source entries have different copy counts, a per-tensor clip weight "
+                       "cannot match all")
+        if len(per_source.get(tp.source, ())) > 1:
+            why.append(f"untied from {tp.source}: the source's one tensor served two uses, whose Adam second "
+                       "moment (of the summed gradient) cannot be split between the clone's two tensors")
+        if not seen.all():
+            why.append("the plan drops source entries")
+        b = 1.0 / (c * a) if a != 0.0 else 0.0
+        out[tp.name] = TensorFactors(tp.name, tp.source, a, b, c, tp.name in inserted, "; ".join(why))
+    return out
+
+
+def grow_optimizer(plan: Plan, source: AdamW, factors: Optional[Mapping[str, TensorFactors]] = None,
+                   shapes: Optional[Mapping] = None, inserted_lr: float = 1.0) -> AdamW:
+    """The grown run's AdamW: the source's hyper-parameters, its per-tensor maps carried
+    to the clone's tensors, times the growth's (LR ``a``, eps ``b``, decay ``1/a``, clip
+    weight ``1/(b^2 c)``).  Inserted layers train at ``inserted_lr`` times the LR with
+    the source layer's eps and decay; frozen (``inserted_lr`` 0) they weigh 0 in the
+    clip norm, so the rest clips as the source does."""
+    from .optim import decay_mask
+
+    factors = tensor_factors(plan) if factors is None else factors
+    shapes = {tp.name: tp.shape for tp in plan.tensors} if shapes is None else shapes
+    lr, eps, wd, clip = {}, {}, {}, {}
+    for n, f in factors.items():
+        s = f.source
+        if f.inserted:
+            lr_n, eps_n, wd_n = source.mult(s) * inserted_lr, _get(source.eps_mult, s), _get(source.wd_mult, s)
+            clip_n = _get(source.clip_weight, s) if inserted_lr else 0.0
+        else:
+            lr_n = source.mult(s) * f.a
+            eps_n = _get(source.eps_mult, s) * f.b
+            wd_n = _get(source.wd_mult, s) / f.a
+            clip_n = _get(source.clip_weight, s) / (f.b * f.b * f.c)
+        for table, v in ((lr, lr_n), (eps, eps_n), (wd, wd_n), (clip, clip_n)):
+            if v != 1.0:
+                table[n] = float(v)
+    return dataclasses.replace(source, decay=decay_mask(shapes), lr_mult=lr, eps_mult=eps, wd_mult=wd,
+                               clip_weight=clip)
+
+
+def _get(table: Mapping[str, float], name: str) -> float:
+    return float(table.get(name, 1.0))
+
+
+def grow_state(plan: Plan, state: EngineState, optimizer: AdamW, moments: str = "carry",
+               inserted_lr: float = 1.0) -> GrownState:
+    """Grow a run's whole training state with ``plan``: the parameters through the
+    plan's programs (noise and all, float32), the moments through the same gathers
+    without noise, scaled per entry as the clone's gradients scale (``b`` and ``b^2``),
+    the AdamW step kept; inserted layers start with zero moments.  ``optimizer`` is
+    the source run's AdamW; the grown run must use ``GrownState.optimizer``."""
+    if moments not in MOMENTS:
+        raise ConfigError(f"moments {moments!r}: use one of {', '.join(MOMENTS)}")
+    if inserted_lr < 0:
+        raise ConfigError(f"inserted_lr must be >= 0 (got {inserted_lr})")
+    missing = sorted(plan.sources() - set(state.params))
+    if missing:
+        raise ConfigError(f"the training state lacks the plan's source tensors {missing[:6]}; grow the state of "
+                          "the run the plan was made for")
+    factors = tensor_factors(plan)
+    params = {n: np.asarray(w, np.float32) for n, w in execute(plan, {s: np.asarray(state.params[s], np.float32)
+                                                                      for s in plan.sources()}).items()}
+    m, v = {}, {}
+    for tp in plan.tensors:
+        f = factors[tp.name]
+        if moments == "reset" or f.inserted or f.a == 0.0:
+            m[tp.name] = np.zeros(tp.shape, np.float32)
+            v[tp.name] = np.zeros(tp.shape, np.float32)
+            continue
+        idx = _index(plan, tp)
+        a_e = np.asarray(expand_tensor(_linear(tp), plan.arrays, np.ones(tp.source_shape, np.float64)),
+                         np.float64).reshape(-1)
+        n_src = int(np.prod(tp.source_shape))
+        total = np.bincount(idx, weights=a_e, minlength=n_src)  # c a per source entry
+        b_e = np.divide(1.0, total[idx], out=np.zeros_like(a_e), where=total[idx] != 0)
+        if moments == "asymmetric":
+            keep = np.zeros(idx.size, bool)
+            keep[np.unique(idx, return_index=True)[1]] = True  # the first copy of each source entry
+            b_e = np.where(keep, b_e, 0.0)
+        src_m = np.asarray(state.exp_avg[tp.source], np.float64).reshape(-1)
+        src_v = np.asarray(state.exp_avg_sq[tp.source], np.float64).reshape(-1)
+        m[tp.name] = (b_e * src_m[idx]).astype(np.float32).reshape(tp.shape)
+        v[tp.name] = (b_e * b_e * src_v[idx]).astype(np.float32).reshape(tp.shape)
+    step = 0 if moments == "reset" else int(state.adam_step)
+    opt = grow_optimizer(plan, optimizer, factors, {n: p.shape for n, p in params.items()}, inserted_lr)
+    inexact = sorted(f"{f.name}: {f.inexact}" for f in factors.values() if f.inexact)
+    if inserted_lr and any(f.inserted for f in factors.values()):
+        inexact.append("inserted layers: the source has none, so once their zeroed writers train (inserted_lr "
+                       f"{inserted_lr:g}) the clone leaves the source's trajectory; 0 freezes them and keeps it")
+    if not plan.exact:
+        inexact += [f"the plan itself: {why}" for why in (plan.certificate.inexact if plan.certificate else ())]
+    noisy = sorted(tp.name for tp in plan.tensors if any(isinstance(op, AddNoise) for op in tp.ops))
+    if noisy:
+        inexact.append(f"noise on {len(noisy)} tensors: the copies differ, so their gradients do (a symmetry breaker)")
+    if moments != "carry":
+        inexact.append(f"moments {moments!r}: the copies do not carry the source's optimizer state")
+    return GrownState(EngineState(params, m, v, step), opt, factors, tuple(inexact))
+
+
+__all__ = ["GrownState", "MOMENTS", "TensorFactors", "grow_optimizer", "grow_state", "tensor_factors"]
