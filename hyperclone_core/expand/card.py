@@ -274,7 +274,8 @@ def _yaml_value(key: str, value: Any) -> list:
     return [f"{key}: {value}"]
 
 
-def _front_matter(base: str, hub_id: bool, family: str, base_meta: Mapping[str, Any] = ()) -> str:
+def _front_matter(base: str, hub_id: bool, family: str, base_meta: Mapping[str, Any] = (),
+                  revision: Optional[str] = None) -> str:
     meta = dict(base_meta)
     tags = ["hyperclone", "hypercloning", family]
     tags += [t for t in (meta.pop("tags", None) or []) if t not in tags]
@@ -285,6 +286,8 @@ def _front_matter(base: str, hub_id: bool, family: str, base_meta: Mapping[str, 
     lines += _yaml_value("tags", tags)
     if hub_id:
         lines += [f"base_model: {base}"]
+        if revision:
+            lines += [f"base_model_revision: {revision}"]
     return "\n".join(lines + ["---", ""])
 
 
@@ -292,7 +295,8 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
     """README.md of a grown folder, from its hyperclone.json report (``dst`` and ``src``
     as the user named them: the card's commands use them)."""
     dst, src = Path(dst), Path(src)
-    base, hub = base_model_name(src_config, src)
+    source_hub = report.get("source_hub")
+    base, hub = (source_hub["repo_id"], True) if source_hub else base_model_name(src_config, src)
     base_meta = inherited(src)
     fam = report["family"]
     p = report["parameters"]
@@ -302,7 +306,8 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
     cert = report["certificate"]
     growth_rows = [f"| {d} | {sizes['before'][d]} | {sizes['after'][d]} |" for d in sizes["after"]
                    if sizes["before"].get(d) != sizes["after"][d]]
-    out = [_front_matter(base, hub, fam, base_meta),
+    out = [_front_matter(base, hub, fam, base_meta,
+                         (source_hub.get("revision") or source_hub.get("commit")) if source_hub else None),
            f"# {dst.name}: {base} grown by HyperCloning", "",
            f"This {fam} model was grown from **{base}** with [hyperclone](https://arxiv.org/abs/2409.12903) "
            f"{report['hyperclone_version']}: every weight of the base model is copied into a wider"
@@ -311,6 +316,8 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
            "It has not been trained since it was grown: its outputs are the base model's.", "",
            "## Growth", "",
            f"- base model: {base}"
+           + (f" at revision {source_hub['revision']}" if source_hub and source_hub.get("revision") else "")
+           + (f" (commit {source_hub['commit']})" if source_hub and source_hub.get("commit") else "")
            + (f"; its own model card is kept as [{BASE_CARD}]({BASE_CARD})" if base_card else "")
            + (f"; {', '.join(k for k in INHERITED if k in base_meta)} are the base model's, from its card"
               if base_meta else ""),

@@ -27,7 +27,7 @@ from ..console import recipe
 from ..run.protocol import load_backend
 from ..run.interpreter import run_program
 from ..errors import CheckpointError, HypercloneError, OutputError, UsageError, VerificationError
-from ..io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, write_json
+from ..io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, hub, write_json
 from ..io.safetensors import code_of, nbytes
 from ..run.lazyweights import checkpoint_weights
 from ..algebra.options import plan_growth
@@ -96,7 +96,8 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
     written, unless ``inexact`` was asked for (then the report states the drift)."""
     options = dict(locals())  # the call as given: DST/recipe.toml replays it
     t0 = time.perf_counter()
-    src, dst = Path(src), Path(dst)
+    src, source_hub = hub.resolve(src)  # a hub id: its snapshot in the cache
+    dst = Path(dst)
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not supported; use one of {', '.join(FLOAT_DTYPES)}")
     check_destination(dst, force, protect=(src,))  # refuse a bad DST before any work
@@ -115,7 +116,7 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
     with AtomicDir(dst, force=force, protect=(src,)) as tmp:
         writer = ShardedWriter(tmp, [(t.name, t.shape, out_dtypes[t.name]) for t in p.tensors],
                                max_shard_bytes, metadata={"hyperclone": __version__})
-        bar = Progress(len(p.tensors), f"expand {src.name}", "tensor", enabled=progress, every=5.0)
+        bar = Progress(len(p.tensors), f"expand {source_hub or src.name}", "tensor", enabled=progress, every=5.0)
         write_tensors(bk, ck, p, writer, out_dtypes, device, bar)
         bar.close()
         writer.close()
@@ -123,7 +124,8 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
         aux = copy_aux_files(src, tmp)
         report = {
             "hyperclone_version": __version__,
-            "source": recipe.portable(src, dst),  # relative to this folder: no path of this machine
+            # relative to this folder (no path of this machine), or the hub id as given
+            "source": str(source_hub) if source_hub else recipe.portable(src, dst),
             "family": p.family,
             "options": typed_options(options),
             "growth": p.growth,
@@ -139,6 +141,9 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
             "copied_files": aux,
             "seconds_expand": round(time.perf_counter() - t0, 3),
         }
+        if source_hub:
+            report["source_hub"] = {"repo_id": source_hub.repo_id, "revision": source_hub.revision,
+                                    "commit": source_hub.commit}
         if verify:
             v = verify_checkpoints(src, tmp, backend=backend, tolerance=tolerance)
             report["verification"] = v

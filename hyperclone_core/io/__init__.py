@@ -6,6 +6,8 @@ One job per module:
   one at a time, shards streamed, bfloat16 <-> storage conversion);
 - ``checkpoint``: reading a checkpoint folder (config, index, shards, aux files),
   trusting nothing in it;
+- ``hub``: a hub id (``ORG/NAME[@REVISION]``) to its snapshot folder through
+  ``huggingface_hub`` (imported only then), wherever a checkpoint folder is read;
 - ``paths``: source safety (files named by a checkpoint stay inside it and are
   regular files);
 - ``atomic``: destination safety (``AtomicDir``: what may be replaced, atomic

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import hub
 from .dtypes import FLOAT_CODES
 from ..errors import CheckpointError, ConfigError
 from ..model.structure import tied_away
 from .paths import _show, inside, is_regular, open_regular, read_small
-from .safetensors import INDEX, SafetensorsFile, from_storage
+from .safetensors import INDEX, SINGLE, SafetensorsFile, from_storage
 
 AUX_FILES = (
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -52,7 +53,8 @@ def _load_json(path, what: str, limit: int, error=CheckpointError):
 
 
 def read_config(folder) -> dict:
-    folder = Path(folder)
+    """config.json of a checkpoint folder (or of a hub id's snapshot, see ``hub``)."""
+    folder, _ = hub.resolve(folder)
     if not folder.exists():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     if not folder.is_dir():
@@ -71,10 +73,12 @@ def read_config(folder) -> dict:
 
 
 class Checkpoint:
-    """A checkpoint folder: config and tensors by name, read lazily."""
+    """A checkpoint folder: config and tensors by name, read lazily.  ``folder`` may be
+    a hub id (``ORG/NAME[@REVISION]``, see ``hub``): ``self.folder`` is then its
+    snapshot in the cache and ``self.hub`` says which (None for a local folder)."""
 
     def __init__(self, folder):
-        self.folder = Path(folder)
+        self.folder, self.hub = hub.resolve(folder)
         self.config = read_config(self.folder)
         self.files: dict = {}
         self.where: dict = {}
@@ -92,6 +96,7 @@ class Checkpoint:
             for fname in shards:
                 for k in self._open(fname, "a shard").keys():
                     weight_map.setdefault(k, fname)
+        self._one_source(weight_map, os.path.lexists(index))
         for fname in sorted(set(weight_map.values())):
             self._open(fname, f"{INDEX}'s weight_map")
         holders: dict = {}
@@ -108,6 +113,21 @@ class Checkpoint:
             if name not in self.files[fname].header:
                 raise CheckpointError(f"{self.folder / fname}: the index lists tensor {_show(name)}, the shard lacks it")
             self.where[name] = self.files[fname]
+
+    def _one_source(self, weight_map: dict, indexed: bool) -> None:
+        """Refuse a folder whose weights a loader would read from other files than this
+        reader: transformers loads a ``model.safetensors`` in preference to any index,
+        so a single file beside an index (or beside other shards) naming other files is
+        two checkpoints in one folder, and which one counts is a guess."""
+        if not os.path.lexists(self.folder / SINGLE):
+            return
+        others = sorted(set(weight_map.values()) - {SINGLE})
+        if others:
+            where = f"{INDEX} names {', '.join(others[:3])}" if indexed else f"{', '.join(others[:3])} lie beside it"
+            raise CheckpointError(
+                f"{self.folder}: holds both {SINGLE} and another set of weights ({where}); transformers loads "
+                f"{SINGLE}, hyperclone would read the others. Keep one: remove {SINGLE} or "
+                f"{INDEX if indexed else 'the other shards'}")
 
     def _read_index(self, index: Path) -> dict:
         inside(self.folder, INDEX, "the index")

@@ -271,10 +271,11 @@ def out_dir(args, inputs: dict) -> runout.RunDir:
 
 def run(args) -> Any:
     from ..run.protocol import load_backend
-    from ..io import Checkpoint, load_weights
+    from ..io import Checkpoint, hub, load_weights
     from ..model.validate import read_model
 
     check_options(args)
+    args.model_dir = str(hub.resolve(args.model_dir)[0])  # a hub id: its snapshot, for every reader below
     tc = config_from(args)
     inputs = inputs_of(args)
     rd = out_dir(args, inputs)
