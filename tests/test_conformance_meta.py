@@ -1,8 +1,9 @@
 """The conformance suite, run as a third party runs it (``pytest --pyargs
 hyperclone_conformance`` in a subprocess, from a directory outside the source
 tree): the reference backend passes with hundreds of checks actually run, the
-example third-party backend passes, a subtly broken backend fails with the
-family and the tensor named, and the plugin stays out of unrelated runs."""
+example third-party backend passes (expand, forward and train), a subtly broken
+backend fails with the family and the tensor named, and the plugin stays out of
+unrelated runs."""
 
 from __future__ import annotations
 
@@ -65,10 +66,13 @@ def test_numpy_backend_passes_from_the_installed_package(env, tmp_path):
 
 
 def test_custom_backend_passes(env, tmp_path):
-    rc, out = suite(env, tmp_path, "--hyperclone-backend", "listy")
+    """The example third-party backend passes the whole suite: expand, forward and train."""
+    rc, out = suite(env, tmp_path, "--hyperclone-backend", "listy", "-rA")
     assert rc == 0, out[-3000:]
     assert counts(out)["passed"] >= 700
-    assert "hyperclone backend: listy 0.1.0" in out
+    assert "hyperclone backend: listy 0.1.0" in out and "capabilities: expand, forward, train" in out
+    trained = re.findall(r"^PASSED \S*test_train\.py::(\S+)", out, re.M)
+    assert len(trained) >= 10 and any(t.startswith("test_gradients_match") for t in trained), trained
 
 
 def test_broken_backend_fails_naming_family_and_tensor(env, tmp_path):

@@ -4,7 +4,9 @@ It exists to show what a third-party backend needs (and nothing more): the plan
 primitives written natively for its own array type, ``to_numpy``/``asarray`` at the
 boundary, and an entry point.  Its ``forward`` reuses the numpy oracle, which is
 how a new backend can claim the ``forward`` capability before it has a model of
-its own; replace it with yours.
+its own; replace it with yours.  Its ``engine`` (capability ``train``, ``engine.py``)
+differentiates the core's decoder maths with a small tape and leaves the training
+policy to the core: a framework with autodiff replaces the tape with its own.
 
 Run the conformance suite against it::
 
@@ -44,7 +46,7 @@ def _strides(shape):
 
 class ListyBackend:
     name = "listy"
-    capabilities = frozenset({"expand", "forward"})
+    capabilities = frozenset({"expand", "forward", "train"})
 
     def version(self) -> str:
         return __version__
@@ -155,6 +157,13 @@ class ListyBackend:
         from hyperclone_core.run import reference
 
         return reference.forward(family, cfg, weights, tokens, dtype=np.float32)
+
+    # -- training ---------------------------------------------------------------
+    def engine(self, hf_config, weights, config, optimizer):
+        """A ``ListyEngine`` (``hyperclone_core.train.Engine``) over a float32 copy of ``weights``."""
+        from .engine import ListyEngine
+
+        return ListyEngine(hf_config, weights, config, optimizer)
 
 
 backend = ListyBackend()
