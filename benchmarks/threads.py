@@ -1,96 +1,118 @@
-"""Intra-op threads for CPU training: 1 vs all cores, on a quiet machine and next to
-one busy process, at several model sizes.  What the torch engine's automatic policy
-(``hyperclone_torch.engine.auto_threads``: 1 thread below a parameter count) is chosen
-from::
+"""Intra-op threads for CPU training: the automatic policy (``--threads 0``,
+``hyperclone_core.train.threads``: the run's first steps timed at each count, the
+fastest kept) against every fixed count, on a quiet machine and next to one busy
+process, at three model sizes::
 
-    python benchmarks/threads.py                  # all sizes, quiet and busy
-    python benchmarks/threads.py --sizes demo,4x --steps 20
+    python benchmarks/threads.py                      # all sizes, quiet and busy
+    python benchmarks/threads.py --sizes demo --rounds 2 --no-busy
 
-Each cell is the median of ``--repeats`` timings of ``--steps`` optimizer steps (after
-warmup) in milliseconds per step; ``tN/t1`` is the N-thread time over the 1-thread
-time (> 1: one thread is faster).
+Each run is ``hyperclone_core.train.train`` on the torch engine (CPU, float32), timed
+whole -- the automatic policy's measuring steps included -- as tokens per second.
+A fixed count's run stops after ``--max-seconds`` (its rate is its rate; a count 10x
+too slow need not run the whole length); the automatic policy's runs all its steps.
+All runs of a row happen in this one process, the variants taking turns within each
+round; a variant's figure is its best round.  ``auto/best`` divides the automatic
+policy's tokens/s by the best fixed count's (>= 0.90 is the target).  The busy
+process is a pure-Python loop: exactly one core kept busy.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-SIZES = {  # name: (hidden, layers, heads, ffn, seq_len, batch)
-    "demo-small": (64, 2, 4, 172, 64, 16),
-    "demo": (128, 2, 4, 344, 64, 16),
-    "4x": (256, 4, 4, 688, 128, 16),
-    "30M": (512, 8, 8, 1376, 128, 8),
+SIZES = {  # name: (hidden, layers, heads, ffn, seq_len, batch, steps)
+    "demo": (128, 2, 4, 344, 64, 16, 200),    # the demo's clone, batch and run (--quick: 200 steps; 0.46M)
+    "10M": (384, 6, 6, 1024, 128, 8, 80),     # the ~10M Llama at 8 x 128 of the issue
+    "30M": (576, 8, 9, 1536, 128, 8, 40),
 }
-BUSY = "import numpy as np\na = np.random.rand(300, 300)\nwhile True:\n    a = a @ a / 300.0\n"
+BUSY = "while True:\n    pass\n"
 
 
-def measure(size: str, threads: int, steps: int, repeats: int) -> tuple:
-    import torch
-
+def run(size: str, threads: int, steps: int, max_seconds: float = 0.0) -> tuple:
+    """(tokens/s, the policy's messages) of one training run (stopped after
+    ``max_seconds`` if > 0)."""
     from hyperclone_core.demo.race import llama_config, random_weights
-    from hyperclone_core.train import TrainConfig, optimizer_for
+    from hyperclone_core.train import TrainConfig, optimizer_for, train
     from hyperclone_torch import backend
 
-    hidden, layers, heads, ffn, seq, batch = SIZES[size]
+    hidden, layers, heads, ffn, seq, batch, _ = SIZES[size]
     cfg = llama_config(hidden, layers, heads, ffn, 256, seq)
     w = random_weights(cfg, seed=0)
-    tc = TrainConfig(steps=steps, batch_size=batch, seq_len=seq, device="cpu", threads=threads, eval_every=0)
+    tc = TrainConfig(steps=steps, batch_size=batch, seq_len=seq, lr=1e-4, warmup_steps=0, eval_every=0,
+                     device="cpu", threads=threads)
     eng = backend.engine(cfg, w, tc, optimizer_for(tc, {n: a.shape for n, a in w.items()}))
-    assert torch.get_num_threads() == threads
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 256, (batch, seq + 1)) for _ in range(4)]
-    for b in batches[:2]:
-        eng.step([b], 1e-4)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for k in range(steps):
-            eng.step([batches[k % 4]], 1e-4)
-        times.append((time.perf_counter() - t0) / steps * 1e3)
+    tokens = np.random.default_rng(0).integers(0, 256, 200_000)
+    said: list = []
+    t0 = time.perf_counter()
+    res = train(eng, tc, tokens, log=said.append,
+                callback=lambda rec: not (max_seconds and time.perf_counter() - t0 > max_seconds))
+    seconds = time.perf_counter() - t0
     eng.close()
-    return statistics.median(times), sum(a.size for a in w.values())
+    return res.steps_done * batch * seq / seconds, [s for s in said if s.startswith("threads:")]
 
 
-def run_cell(size: str, threads: int, steps: int, repeats: int) -> tuple:
-    """In a fresh process: torch's thread pool is sized once per process."""
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import threads as t; "
-            f"ms, n = t.measure({size!r}, {threads}, {steps}, {repeats}); print(ms, n)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
-    ms, n = out.stdout.split()
-    return float(ms), int(n)
+def chosen(messages: list) -> str:
+    """The count the policy last settled on, from its messages."""
+    for m in reversed(messages):
+        for verb in ("uses ", "keeps "):
+            if verb in m:
+                return m.split(verb, 1)[1].split(",", 1)[0]
+    return "?"
+
+
+def row(size: str, counts: list, rounds: int, steps: int, max_seconds: float) -> dict:
+    variants = [0] + counts
+    run(size, counts[-1], 3)  # the process's one-time costs (kernels, allocator) before any timed run
+    best = {v: 0.0 for v in variants}
+    picks = []
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for v in order:
+            tps, said = run(size, v, steps, max_seconds if v else 0.0)
+            best[v] = max(best[v], tps)
+            if v == 0:
+                picks.append(chosen(said))
+    return {"best": best, "picks": picks}
 
 
 def main(argv=None) -> int:
+    from hyperclone_core.demo.race import llama_config, random_weights
+    from hyperclone_core.train.threads import available_cores
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated of {', '.join(SIZES)}")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--max-threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--rounds", type=int, default=1, help="turns of every variant per row (best one kept)")
+    ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply each size's steps per run")
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="a fixed count's run stops after this")
     ap.add_argument("--no-busy", action="store_true", help="skip the rows next to a busy process")
     args = ap.parse_args(argv)
-    n = args.max_threads
-    print(f"{'size':<11} {'params':>11} {'load':<6} {'1 thread ms/step':>17} {f'{n} threads ms/step':>18} "
-          f"{'tN/t1':>7}")
+    counts = list(range(1, available_cores() + 1))
+    fixed = "".join(f"{f'{c} thr tok/s':>13}" for c in counts)
+    print(f"{'size':<5} {'params':>11} {'load':<6} {'steps':>5} {'auto tok/s':>11} {'chose':>6}{fixed} "
+          f"{'best fixed':>10} {'auto/best':>9}", flush=True)
     for size in args.sizes.split(","):
+        hidden, layers, heads, ffn, seq, _, steps = SIZES[size]
+        params = sum(a.size for a in random_weights(llama_config(hidden, layers, heads, ffn, 256, seq), 0).values())
+        steps = max(int(steps * args.steps_scale), 10)
         for load in ("quiet",) + (() if args.no_busy else ("busy",)):
             hog = subprocess.Popen([sys.executable, "-c", BUSY]) if load == "busy" else None
             try:
                 time.sleep(0.5 if hog else 0)
-                one, params = run_cell(size, 1, args.steps, args.repeats)
-                many, _ = run_cell(size, n, args.steps, args.repeats)
+                res = row(size, counts, args.rounds, steps, args.max_seconds)
             finally:
                 if hog is not None:
                     hog.kill()
                     hog.wait()
-            print(f"{size:<11} {params:>11,} {load:<6} {one:>17.1f} {many:>18.1f} {many / one:>7.2f}", flush=True)
+            b = res["best"]
+            top = max(counts, key=lambda c: b[c])
+            cells = "".join(f"{b[c]:>13,.0f}" for c in counts)
+            print(f"{size:<5} {params:>11,} {load:<6} {steps:>5} {b[0]:>11,.0f} {'/'.join(res['picks']):>6}{cells} "
+                  f"{f'{top} thr':>10} {b[0] / b[top]:>9.2f}", flush=True)
     return 0
 
 

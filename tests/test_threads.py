@@ -42,43 +42,67 @@ def test_candidates_are_powers_of_two_and_every_core(cores, expected):
     assert T.candidates(cores) == expected
 
 
-def test_tuner_keeps_the_fastest_count_and_ignores_the_settling_steps():
+def test_tuner_keeps_the_fastest_count_and_ignores_the_warmup_step():
     times = {1: 0.30, 2: 0.18, 4: 0.21}
     tuner = T.ThreadTuner((1, 2, 4))
-    # the first step of each count is slow (a compile, a pool starting): untimed
-    said = drive(tuner, lambda n, k: 50.0 if k % 4 == 0 else times[n], 12)
+    # the run's first step is slow (a compile, an allocation): untimed
+    said = drive(tuner, lambda n, k: 50.0 if k == 0 else times[n], 8)
     assert not tuner.measuring and tuner.chosen == 2
     assert tuner.measured == times
     assert len(said) == 1 and "uses 2" in said[0] and "1: 300.0, 2: 180.0, 4: 210.0" in said[0]
-    # steady at the choice: no re-measuring
+    # steady at the choice, noisy by +-10%: no re-measuring
     assert drive(tuner, lambda n, k: times[n] * (1.1 if k % 2 else 0.95), 50) == []
     assert tuner.threads() == 2
+
+
+def test_tuner_takes_turns_and_drops_a_clearly_slower_count_after_one_step():
+    order = []
+
+    def at(n, k):
+        order.append(n)
+        return {1: 0.1, 2: 1.0}[n]  # 2 threads next to a busy process: 10x slower
+
+    said = drive(T.ThreadTuner((1, 2)), at, 3)
+    assert order == [1, 1, 2]  # the warmup, then one turn each
+    assert said == ["threads: uses 1, the fastest measured (median ms/step by thread count: 1: 100.0, 2: 1000.0; "
+                    "--threads N fixes a count)"]
+    # close counts take all their turns
+    order.clear()
+    tuner = T.ThreadTuner((1, 2))
+    drive(tuner, lambda n, k: order.append(n) or {1: 0.10, 2: 0.12}[n], 7)
+    assert order == [1, 1, 2, 1, 2, 1, 2] and tuner.chosen == 1 and tuner.measured == {1: 0.10, 2: 0.12}
 
 
 def test_tuner_measures_again_when_the_step_time_drifts_and_moves_to_the_new_fastest():
     quiet, busy = {1: 0.30, 2: 0.18}, {1: 0.33, 2: 0.60}  # another process takes a core
     tuner = T.ThreadTuner((1, 2), window=4)
-    drive(tuner, lambda n, k: quiet[n], 8)
-    assert tuner.chosen == 2
+    drive(tuner, lambda n, k: quiet[n], 3 + 4)  # choose, then the reference window
+    assert tuner.chosen == 2 and tuner.reference == pytest.approx(0.18)
     said = drive(tuner, lambda n, k: busy[n], 4)
-    assert len(said) == 1 and "moved from 180.0 to 600.0 ms at 2" in said[0] and tuner.measuring
-    said = drive(tuner, lambda n, k: busy[n], 8)
+    assert said == ["threads: the step time moved from 180.0 to 600.0 ms at 2 thread(s); measuring 2, 1 again"]
+    said = drive(tuner, lambda n, k: busy[n], 2 + 4)
     assert tuner.chosen == 1 and "uses 1" in said[0]
-    # the machine quiets down: 1 thread gets faster than measured, which is a drift too
+    # the machine quietens: 1 thread gets faster than its reference, which is a drift too
     said = drive(tuner, lambda n, k: quiet[n] / 1.5, 4)
-    assert "moved" in said[0] and tuner.measuring
-    drive(tuner, lambda n, k: quiet[n], 8)
+    assert "moved from 330.0 to 200.0 ms at 1" in said[0] and tuner.measuring
+    drive(tuner, lambda n, k: quiet[n], 2)
     assert tuner.chosen == 2
+
+
+def test_a_burst_of_slow_steps_is_not_a_drift():
+    tuner = T.ThreadTuner((1, 2), window=4)
+    drive(tuner, lambda n, k: 0.1 * n, 3 + 4)
+    assert drive(tuner, lambda n, k: 0.1 * n * (3.0 if k % 4 else 1.0), 40) == []  # 3 slow steps in 4, for ever
 
 
 def test_tuner_measures_again_every_recheck_steps():
     tuner = T.ThreadTuner((1, 2), recheck_every=20)
-    drive(tuner, lambda n, k: 0.1 * n, 8)
+    drive(tuner, lambda n, k: 0.1 * n, 3)
     assert tuner.chosen == 1
     said = drive(tuner, lambda n, k: 0.1 * n, 20)
     assert said == ["threads: 20 steps at 1 thread(s); measuring again"] and tuner.measuring
-    assert tuner.threads() == 1  # the count in use is measured first: no switch before its trials
-    said = drive(tuner, lambda n, k: 0.1 * n, 8)
+    assert tuner.threads() == 1  # the count in use first
+    said = drive(tuner, lambda n, k: 0.1 * n, 2)
     assert "keeps 1" in said[0]
 
 
@@ -137,10 +161,10 @@ def _run(monkeypatch, cores: int, threads: int = 0, **engine_kw):
 
 def test_loop_measures_each_count_and_trains_at_the_fastest(monkeypatch):
     eng, said = _run(monkeypatch, cores=4, speeds={1: 0.4, 2: 0.25, 4: 0.3})
-    # 1 settle + 3 timed steps per count, then the choice for the rest of the run
-    assert eng.threads_per_step == [1] * 4 + [2] * 4 + [4] * 4 + [2] * 8
+    # the warmup step, turns (1 is dropped after its first: over 1.5x the leader), then the choice
+    assert eng.threads_per_step == [1, 1, 2, 4, 2, 4, 2, 4] + [2] * 12
     assert [s for s in said if s.startswith("threads:")] == [
-        "threads: uses 2, the fastest measured (ms/step by thread count: 1: 400.0, 2: 250.0, 4: 300.0; "
+        "threads: uses 2, the fastest measured (median ms/step by thread count: 1: 400.0, 2: 250.0, 4: 300.0; "
         "--threads N fixes a count)"]
 
 

@@ -53,21 +53,36 @@ class ThreadTuner:
 
     ``threads()`` is the count for the next step; ``record(seconds)`` takes that step's
     time and returns a sentence when it decided something (a choice, or a re-measure).
-    Measuring: per candidate, ``settle`` untimed steps (the first step of a run compiles
-    or allocates; a resized pool starts its threads), then ``trials`` timed ones whose
-    median is the candidate's time; the fastest wins.  Running: the median of the last
-    ``window`` steps is watched; beyond ``drift`` times the chosen count's measured time
-    either way, or ``recheck_every`` steps after the choice (0: never), it measures again."""
+
+    Measuring: after ``warmup`` untimed steps (a run's first step compiles or
+    allocates), the candidates take turns, one timed step each per round, for up to
+    ``trials`` rounds; after each round a candidate whose fastest step is over
+    ``abandon`` times the leader's median is dropped, and the measuring ends as soon
+    as one is left.  Turns and early drops keep the cost of trying a bad count to about
+    one step: next to a busy process torch's 2 threads ran a small model's step 10x
+    slower than 1 thread, and a whole trial of such steps cost more than the choice
+    gained.  The fastest median wins.
+
+    Running: the first ``window`` steps at the choice set its reference time; when
+    all of the last ``window`` steps are over ``drift`` times it (another process took
+    cores) or under it by that factor (the machine quietened), or ``recheck_every``
+    steps after the choice (0: never), it measures again, the count in use first.
+    Requiring every step of the window, not their median, keeps a shared machine's
+    noise from re-measuring on every burst."""
 
     counts: tuple
     trials: int = 3
-    settle: int = 1
+    warmup: int = 1
+    abandon: float = 1.5
     drift: float = 1.3
     window: int = 6
     recheck_every: int = 400
     chosen: Optional[int] = None
     measured: dict = field(default_factory=dict)
-    _queue: list = field(default_factory=list)
+    reference: Optional[float] = None
+    _active: list = field(default_factory=list)
+    _turn: int = 0
+    _round: int = 0
     _times: dict = field(default_factory=dict)
     _recent: list = field(default_factory=list)
     _since: int = 0
@@ -77,54 +92,69 @@ class ThreadTuner:
             raise ValueError(f"thread counts must be >= 1, got {self.counts}")
         self.counts = tuple(int(c) for c in self.counts)
         if len(self.counts) == 1:
-            self.chosen = self.counts[0]
+            self.chosen, self.warmup = self.counts[0], 0
         else:
             self._start()
 
     def _start(self) -> None:
-        # the count in use first: no switch (and its settle) between the last run step and the first trial
         first = [self.chosen] if self.chosen in self.counts else []
-        order = first + [c for c in self.counts if c not in first]
-        self._queue = [(c, k >= self.settle) for c in order for k in range(self.settle + self.trials)]
+        self._active = first + [c for c in self.counts if c not in first]
+        self._turn = self._round = 0
         self._times = {c: [] for c in self.counts}
-        self._recent = []
+        self._recent, self.reference = [], None
 
     @property
     def measuring(self) -> bool:
-        return bool(self._queue)
+        return bool(self._active)
 
     def threads(self) -> int:
-        return self._queue[0][0] if self._queue else self.chosen
+        return self._active[self._turn] if self._active else self.chosen
 
     def record(self, seconds: float) -> Optional[str]:
-        if self._queue:
-            count, timed = self._queue.pop(0)
-            if timed:
-                self._times[count].append(float(seconds))
-            return self._choose() if not self._queue else None
-        if self.chosen is None or len(self.counts) == 1:
+        if self.warmup > 0:
+            self.warmup -= 1
+            return None
+        if self._active:
+            return self._trial(float(seconds))
+        if len(self.counts) == 1:
             return None
         self._since += 1
         self._recent = (self._recent + [float(seconds)])[-self.window:]
-        base = self.measured[self.chosen]
-        now = statistics.median(self._recent)
-        if len(self._recent) == self.window and not base / self.drift <= now <= base * self.drift:
+        if len(self._recent) < self.window:
+            return None
+        if self.reference is None:
+            self.reference = statistics.median(self._recent)
+            return None
+        ref = self.reference
+        if min(self._recent) > ref * self.drift or max(self._recent) < ref / self.drift:
+            now = statistics.median(self._recent)
             self._start()
-            return (f"threads: the step time moved from {base * 1e3:.1f} to {now * 1e3:.1f} ms at {self.chosen} "
-                    f"thread(s); measuring {', '.join(map(str, self.counts))} again")
+            return (f"threads: the step time moved from {ref * 1e3:.1f} to {now * 1e3:.1f} ms at {self.chosen} "
+                    f"thread(s); measuring {', '.join(map(str, self._active))} again")
         if self.recheck_every and self._since >= self.recheck_every:
             self._start()
             return f"threads: {self._since} steps at {self.chosen} thread(s); measuring again"
         return None
 
+    def _trial(self, seconds: float) -> Optional[str]:
+        self._times[self._active[self._turn]].append(seconds)
+        self._turn += 1
+        if self._turn < len(self._active):
+            return None
+        self._turn, self._round = 0, self._round + 1
+        lead = min(statistics.median(self._times[c]) for c in self._active)
+        self._active = [c for c in self._active if min(self._times[c]) <= self.abandon * lead]
+        if len(self._active) > 1 and self._round < self.trials:
+            return None
+        return self._choose()
+
     def _choose(self) -> str:
         self.measured = {c: statistics.median(t) for c, t in self._times.items() if t}
-        before = self.chosen
-        self.chosen = min(self.measured, key=lambda c: (self.measured[c], c))
-        self._since, self._recent = 0, []
+        best = min(self._active, key=lambda c: (self.measured[c], c))
+        verb = "keeps" if best == self.chosen else "uses"
+        self.chosen, self._active, self._since, self._recent = best, [], 0, []
         table = ", ".join(f"{c}: {self.measured[c] * 1e3:.1f}" for c in self.counts if c in self.measured)
-        verb = "keeps" if before == self.chosen else "uses"
-        return (f"threads: {verb} {self.chosen}, the fastest measured (ms/step by thread count: {table}; "
+        return (f"threads: {verb} {best}, the fastest measured (median ms/step by thread count: {table}; "
                 "--threads N fixes a count)")
 
 
