@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from ..algebra.planner import Plan, layer_map
 from ..algebra.program import AddNoise, Reshape, Scale, Take
-from ..errors import ConfigError
+from ..errors import ConfigError, HypercloneError, UsageError
 from ..model.spec import tensor_names
 from ..run.reference import execute, expand_tensor
 from .engine import EngineState
@@ -217,4 +217,144 @@ def grow_state(plan: Plan, state: EngineState, optimizer: AdamW, moments: str = 
     return GrownState(EngineState(params, m, v, step), opt, factors, tuple(inexact))
 
 
-__all__ = ["GrownState", "MOMENTS", "TensorFactors", "grow_optimizer", "grow_state", "tensor_factors"]
+# ---------------------------------------------------------------- growing a live run
+
+PLAN_KEYS = ("width", "ffn", "ffn_size", "heads", "kv_heads", "layers", "strategy", "layout", "seed", "inexact",
+             "untie")
+"""Growth options that make the plan (``options.plan_growth``'s, ``expand``'s flags)."""
+STATE_KEYS = ("moments", "inserted_lr")
+"""Growth options that say how the training state crosses the growth (``grow_state``'s)."""
+GROW_KEYS = PLAN_KEYS + STATE_KEYS
+
+
+def _option(what: str, key: str, value: str):
+    """One growth option's value, checked by the CLI's own validators (``model.validate``)."""
+    from ..model import validate
+
+    label = f"{what} {key}"
+    if key in ("width", "ffn", "heads", "kv_heads"):
+        return validate.finite(label, value, 0.0, validate.MAX_RATIO, lo_open=True)
+    if key == "ffn_size":
+        return validate.integer(label, value, 1, validate.MAX_DIM)
+    if key == "layers":
+        try:
+            return validate.depth(value)
+        except UsageError as exc:
+            raise UsageError(str(exc).replace("--layers", label)) from None
+    if key == "seed":
+        return validate.integer(label, value, 0, 2**63 - 1)
+    if key == "inserted_lr":
+        return validate.finite(label, value, 0.0)
+    if key in ("inexact", "untie"):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise UsageError(f"{label} {value!r}: use true or false")
+        return value.lower() in ("true", "1", "yes")
+    if key == "layout" and value not in ("tile", "interleave"):
+        raise UsageError(f"{label} {value!r}: use tile or interleave")
+    if key == "moments" and value not in MOMENTS:
+        raise UsageError(f"{label} {value!r}: use one of {', '.join(MOMENTS)}")
+    if key == "strategy":
+        from ..algebra.strategy import parse
+
+        try:
+            parse(value)
+        except (HypercloneError, ValueError) as exc:
+            raise UsageError(f"{label} {value!r}: {exc}") from None
+    if not value:
+        raise UsageError(f"{label}: empty value")
+    return value
+
+
+def parse_growth(text: str, what: str = "--grow") -> dict:
+    """Growth options from their text, ``"width=2,ffn=2,layers=+2,strategy=noisy:10,
+    moments=asymmetric"`` -> ``{"width": 2.0, ...}``: keys are ``GROW_KEYS`` (``-`` or
+    ``_``: ``kv-heads`` is ``kv_heads``), each value checked as ``expand``'s flag is.  A
+    strategy of several rules keeps its commas: after ``strategy=``, a part whose key is
+    not a growth key (``attn=symmetric``) continues the strategy.  ``what`` names the
+    option in errors."""
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"{what}: empty growth options; give e.g. width=2 or width=2,layers=+2")
+    raw: dict = {}
+    last = None
+    for part in text.split(","):
+        part = part.strip()
+        key, eq, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if last == "strategy" and eq and key not in GROW_KEYS:
+            raw["strategy"] += "," + part  # the next rule of a per-role strategy
+            continue
+        if not eq or not key:
+            raise UsageError(f"{what} {text!r}: {part!r} is not KEY=VALUE; keys: {', '.join(GROW_KEYS)}")
+        if key not in GROW_KEYS:
+            raise UsageError(f"{what} {text!r}: unknown key {key!r}; keys: {', '.join(GROW_KEYS)}")
+        if key in raw:
+            raise UsageError(f"{what} {text!r}: {key} given twice")
+        raw[key], last = value.strip(), key
+    if "ffn" in raw and "ffn_size" in raw:
+        raise UsageError(f"{what} {text!r}: give ffn or ffn_size, not both")
+    return {k: _option(what, k, v) for k, v in raw.items()}
+
+
+def format_growth_options(options: Mapping[str, Any]) -> str:
+    """The text ``parse_growth`` reads back to ``options``."""
+    def show(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+
+    return ",".join(f"{k}={show(v)}" for k, v in options.items() if v is not None)
+
+
+@dataclass
+class GrownRun:
+    """A live run after ``grow_engine``: the new engine (the old one is closed), the plan
+    (the run's plan from now on: the symmetry monitor's), the AdamW the grown run must
+    use (checkpoints keep it), the grown HF config, and ``grow_state``'s result (the
+    factors and the reasons a clone cannot follow the source exactly)."""
+
+    engine: Any
+    plan: Plan
+    optimizer: AdamW
+    hf_config: dict
+    grown: GrownState
+
+
+def split_growth(options: Mapping[str, Any]) -> tuple:
+    """(plan options, state options) of a growth-options mapping; unknown keys refused."""
+    unknown = sorted(set(options) - set(GROW_KEYS))
+    if unknown:
+        raise UsageError(f"growth options {unknown}: unknown; keys: {', '.join(GROW_KEYS)}")
+    return ({k: v for k, v in options.items() if k in PLAN_KEYS and v is not None},
+            {k: v for k, v in options.items() if k in STATE_KEYS and v is not None})
+
+
+def grow_engine(engine, backend, options: Mapping[str, Any], config, optimizer: AdamW, *, moments: str = "carry",
+                seed: int = 0, where: str = "the run's model") -> GrownRun:
+    """Grow a live run on any backend that trains: export the engine's whole state, plan
+    the growth of its model with ``options`` (``parse_growth``'s keys; ``moments`` and
+    ``seed`` there win over the arguments), grow the state (``grow_state``), close the
+    old engine and build the grown one with ``backend.engine(plan.config, params,
+    config, optimizer)`` (``backend``: a backend object, or that callable itself),
+    then import the grown state.  On every rank alike (export is collective; the plan
+    is a pure function of the config, the options and the seed)."""
+    from ..algebra.options import plan_growth
+
+    plan_opts, state_opts = split_growth(options)
+    plan_opts.setdefault("seed", seed)
+    state = engine.export_state()
+    plan = plan_growth(dict(engine.config), where=where, **plan_opts)
+    grown = grow_state(plan, state, optimizer, moments=state_opts.get("moments", moments),
+                       inserted_lr=float(state_opts.get("inserted_lr", 1.0)))
+    del state
+    engine.close()
+    build = backend if callable(backend) and not hasattr(backend, "engine") else backend.engine
+    hf = dict(plan.config)
+    new = build(hf, grown.state.params, config, grown.optimizer)
+    new.import_state(grown.state)
+    return GrownRun(new, plan, grown.optimizer, hf, grown)
+
+
+__all__ = ["GROW_KEYS", "GrownRun", "GrownState", "MOMENTS", "TensorFactors", "format_growth_options",
+           "grow_engine", "grow_optimizer", "grow_state", "parse_growth", "split_growth", "tensor_factors"]
