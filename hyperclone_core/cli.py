@@ -324,7 +324,7 @@ PLAN_IGNORES = ("dst", "dtype", "max_shard_size", "force", "no_verify", "toleran
 """Options of an expand recipe that plan has no use for (plan --config reads expand recipes)."""
 
 
-def _run(argv: list) -> int:
+def _run(argv: list, debug: bool = False) -> int:
     parser = build_parser()
     name, rest = _command(argv)
     sub = parser.commands.get(name)
@@ -333,7 +333,7 @@ def _run(argv: list) -> int:
         recipe.apply(sub, rest, path, ignore=PLAN_IGNORES if name == "plan" else (), paths=("src", "dst"))
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "delegate", None):
-        return _delegate(args.delegate, args.backend, extra)
+        return _delegate(args.delegate, args.backend, extra + (["--debug"] if debug else []))  # their boundary prints it
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     needs = {"expand": ("src", "dst"), "plan": ("src",)}.get(args.command, ())
@@ -351,7 +351,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = debug_requested(argv)
     if "--debug" in argv and next((a for a in argv if not a.startswith("-")), None) in ("train", "demo"):
         argv = [a for a in argv if a != "--debug"]  # their own parsers do not know it
-    return guarded(lambda: _run(argv), debug)
+    return guarded(lambda: _run(argv, debug), debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,16 @@ class JaxBackend(ops.JaxArrays):
     name = "jax"
     # distributed: one controller over a Mesh (data, fsdp, tensor); multi-host via jax.distributed
     capabilities = frozenset({"expand", "forward", "train", "distributed"})
+    parallel_modes = ("none", "mesh")  # hyperclone train --parallel mesh --mesh data=N,fsdp=N,tensor=N
+
+    def check_device(self, device: str) -> None:
+        """Refuse a --device jax does not have, by name, before any work."""
+        from hyperclone_core.errors import HypercloneError, UsageError
+
+        try:
+            ops.device_of(device)
+        except (HypercloneError, ValueError) as exc:
+            raise UsageError(str(exc).replace(f"device {device!r}: ", "")) from None
 
     def __init__(self, mesh=None, rules: Optional[Mapping[str, Any]] = None):
         self.mesh, self.rules = mesh, rules

@@ -17,6 +17,20 @@ class MlxBackend(ops.MlxArrays):
     name = "mlx"
     # distributed: data parallel over mx.distributed (ring, under mlx.launch)
     capabilities = frozenset({"expand", "forward", "train", "distributed"})
+    parallel_modes = ("none", "ddp")  # ddp: data parallel over mx.distributed, under mlx.launch
+
+    def check_device(self, device: str) -> None:
+        """Refuse a --device MLX does not have, by name, before any work (MLX has one cpu
+        and at most one Metal gpu: no index but 0)."""
+        from hyperclone_core.errors import UsageError
+
+        kind, _, index = str(device).partition(":")
+        if index not in ("", "0"):
+            raise UsageError(f"MLX has one {kind or 'cpu'} device; use {kind or 'cpu'} without an index")
+        try:
+            ops.use_device(kind)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def version(self) -> str:
         return mx.__version__

@@ -16,6 +16,30 @@ class TorchBackend(ops.TorchArrays):
     name = "torch"
     # distributed: DDP and FSDP2 under torchrun (hyperclone train --parallel ddp|fsdp)
     capabilities = frozenset({"expand", "forward", "train", "distributed"})
+    parallel_modes = ("none", "ddp", "fsdp")  # hyperclone train --parallel (refused by name otherwise)
+
+    def check_device(self, device: str) -> None:
+        """Refuse a --device this torch cannot use, by name, before any work."""
+        from hyperclone_core.errors import UsageError
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise UsageError("not a torch device; use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if not count:
+                raise UsageError("this torch has no CUDA device (a CPU-only build, or no GPU visible); use --device "
+                                 "cpu or auto")
+            if dev.index is not None and dev.index >= count:
+                raise UsageError(f"torch sees {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        elif dev.type == "mps":
+            if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+                raise UsageError("this torch has no MPS device; use --device cpu or auto")
+        elif dev.type != "cpu":
+            raise UsageError(f"torch device type {dev.type!r} is not one hyperclone trains on; use cpu, cuda or mps")
+        elif dev.index not in (None, 0):
+            raise UsageError("torch has one cpu device (cpu or cpu:0)")
     # A launched training worker that has finished leaves with os._exit: gloo's threads
     # outlive destroy_process_group (the group stays referenced), and about 1 exit in
     # 100 aborted in their teardown after the results were written and the group

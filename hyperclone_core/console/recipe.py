@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -125,11 +126,38 @@ def dumps(doc: Mapping[str, Any], header: Iterable[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _utf8_only(doc: Mapping[str, Any], path) -> dict:
+    """``doc`` less the values TOML cannot hold (a path with bytes that are not UTF-8),
+    each named in a warning: the run goes on, its recipe says what it left out."""
+    def fits(v) -> bool:
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(v, Mapping):
+            return all(fits(k) and fits(x) for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            return all(fits(x) for x in v)
+        return True
+
+    out = {}
+    for k, v in doc.items():
+        if fits(k) and fits(v):
+            out[k] = v
+        else:
+            shown = str(v).encode("utf-8", "backslashreplace").decode("utf-8")
+            name = Path(path).name.split(".hyperclone-tmp-")[0].lstrip(".") or Path(path).name  # never a temp name
+            warnings.warn(f"{name}: leaves out {k} ({shown}): TOML holds UTF-8 text only, and this path's bytes are "
+                          "not UTF-8; give it on the command line when replaying", stacklevel=3)
+    return out
+
+
 def write(path, doc: Mapping[str, Any], header: Iterable[str] = ()) -> Path:
     """Write ``doc`` as TOML to ``path`` atomically (a temp file renamed over it)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(dumps(doc, header))
+    tmp.write_text(dumps(_utf8_only(doc, path), header))
     os.replace(tmp, path)
     return path
 

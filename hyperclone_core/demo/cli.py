@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,35 +20,106 @@ from .. import __version__
 from ..console import recipe
 from ..console.argparsing import HelpFormatter, Parser, examples, fill
 from ..console.boundary import debug_requested, guarded
-from ..errors import OutputError
-from ..io import AtomicDir, write_json
+from ..errors import HypercloneError, OptionError
+from ..io import OUTPUT_MARK, runout, write_json
 from .plot import plot
 from .race import PRESETS, Settings, compare
 from .report import finite, summarize
 
 
+DEMO_FILES = ("results.json", "loss.png", "recipe.toml")
+
+
+def previous_output(out) -> bool:
+    """An unmarked folder (written before runs marked theirs) holding a previous demo's
+    results.json and nothing but what the demo writes."""
+    out = Path(out)
+    try:
+        names = {p.name for p in out.iterdir()}
+    except OSError:
+        return False
+    return "results.json" in names and names <= set(DEMO_FILES) | {OUTPUT_MARK, runout.RUN_MARK, runout.LOCK}
+
+
+def out_dir(out, inputs: Optional[dict] = None) -> runout.RunDir:
+    """OUT as the demo's ``runout.RunDir``, checked before any training (nothing written)."""
+    return runout.RunDir(out, "demo", inputs, files=DEMO_FILES, legacy=previous_output).check()
+
+
 def write_outputs(results: dict, out, resolved: Optional[dict] = None) -> Path:
-    """results.json, loss.png and (given the resolved options) recipe.toml, written
-    atomically into ``out``.  An existing folder is replaced only if it holds a
-    previous results.json (never a user's folder)."""
-    out = check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """results.json, loss.png and (given the resolved options) recipe.toml, each written
+    beside its name and renamed over it, in the demo's OUT (``out``: a claimed RunDir,
+    or a folder, then claimed here).  Only these files are ever replaced: anything else
+    in OUT stays, and nothing is written through a symlink."""
+    run = out if isinstance(out, runout.RunDir) else out_dir(out).claim()
     doc = {k: v for k, v in results.items() if k != "curves"}
-    with AtomicDir(out, force=True) as tmp:
-        write_json(tmp / "results.json", finite(doc))
-        plot(results, tmp / "loss.png")
+    try:
+        run.replace("results.json", lambda tmp: write_json(tmp, finite(doc)))
+        run.replace("loss.png", lambda tmp: plot(results, tmp))
         if resolved is not None:
-            recipe.write(tmp / "recipe.toml", resolved, recipe.header("demo", __version__))
-    return out
+            run.replace("recipe.toml", lambda tmp: recipe.write(tmp, resolved, recipe.header("demo", __version__)))
+    finally:
+        if run is not out:
+            run.release()
+    return run.out
 
 
 def check_out(out) -> Path:
-    """Refuse, before any training, to replace a folder that is not a previous output."""
-    out = Path(out)
-    if out.exists() and not (out / "results.json").is_file():
-        raise OutputError(f"--out {out} exists and is not a previous demo output (no results.json); "
-                              "choose another folder")
-    return out
+    """Refuse, before any training, an OUT the demo may not write (``runout.RunDir``)."""
+    return out_dir(out).out
+
+
+SETTING_LIMITS = {
+    "hidden": (1, 8192), "layers": (1, 64), "heads": (1, 256), "ffn": (1, 65536), "width": (1, 16),
+    "seq_len": (1, 8192), "batch_size": (1, 4096), "pretrain_steps": (0, 10**7), "steps": (1, 10**7),
+    "warmup_steps": (0, 10**7), "eval_every": (1, 10**7), "eval_batches": (1, 10**4), "seed": (0, 2**63 - 1),
+    "threads": (0, 4096),
+}
+"""The demo's settings, bounded where a value past them is a typo rather than a wish
+(a demo of a model this size needs no more)."""
+
+
+def check_backend(name: str, device: str) -> None:
+    """The backend trains and has ``device``, refused by name before any work."""
+    from ..run.protocol import load_backend
+
+    bk = load_backend(name)
+    caps = getattr(bk, "capabilities", ())
+    if "train" not in caps:
+        raise OptionError(f"--backend {name}: this backend does not train (capabilities: {', '.join(sorted(caps))})")
+    check = getattr(bk, "check_device", None)
+    if check is not None and device not in ("", "auto"):
+        try:
+            check(device)
+        except HypercloneError as exc:
+            raise OptionError(f"--device {device}: {exc}") from None
+
+
+def check_settings(st: Settings) -> None:
+    """Refuse, before any work, settings the race cannot run (usage errors naming the option)."""
+    for name, (lo, hi) in SETTING_LIMITS.items():
+        v = getattr(st, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise OptionError(f"--{name.replace('_', '-')} {v!r}: must be an integer in [{lo}, {hi}]")
+    for name in ("pretrain_lr", "lr", "clone_lr_scale", "min_lr_ratio", "weight_decay", "grad_clip"):
+        v = getattr(st, name)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name.endswith("lr") and v == 0):
+            raise OptionError(f"--{name.replace('_', '-')} {v!r}: must be a finite number"
+                              + (" > 0" if name.endswith("lr") else " >= 0"))
+    if st.hidden % st.heads:
+        raise OptionError(f"--hidden {st.hidden} must be a multiple of --heads {st.heads}")
+    wide = {"hidden": st.hidden * st.width, "ffn": st.ffn * st.width}
+    params = st.layers * (4 * wide["hidden"] ** 2 + 3 * wide["hidden"] * wide["ffn"]) + 2 * 256 * wide["hidden"]
+    acts = st.batch_size * st.seq_len * (3 * 256 + 8 * wide["hidden"] * st.layers)
+    need = 4 * (4 * params + acts)
+    try:
+        total = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    if total and need > total:
+        raise OptionError(f"--hidden {st.hidden} x --width {st.width}, --layers {st.layers}, --batch-size "
+                          f"{st.batch_size} x --seq-len {st.seq_len} need at least {need / 2**30:.1f} GiB, and this "
+                          f"machine has {total / 2**30:.1f} GiB; choose smaller settings")
 
 
 # ---------------------------------------------------------------- CLI
@@ -133,16 +206,19 @@ def _main(argv: list) -> int:
     args = recipe.parse(parser, [a for a in argv if a != "--debug"])
     base = PRESETS[args.preset or ("quick" if args.quick else "default")]
     st = settings_from(args, base)
-    check_out(args.out)
+    check_settings(st)
+    check_backend(args.backend, st.device)
+    run = out_dir(args.out, {"text": args.text, "recipe": getattr(args, "config", None)})
     corpus = load_corpus(args.text)
     print(corpus.describe())
-    results = compare(st, corpus, backend=args.backend, progress=not args.no_progress)
-    print()
-    print(summarize(results))
-    resolved = dict(recipe.resolved(parser, args, exclude=("json", "no_progress", "quick", "out")),
-                    **asdict(st))  # every setting as run, whichever preset or file it came from
-    resolved["text"] = None if args.text is None else str(Path(args.text).resolve())
-    out = write_outputs(results, args.out, resolved)
+    with run:  # OUT is this demo's while it races (the mark, the lock): a rival demo is refused
+        results = compare(st, corpus, backend=args.backend, progress=not args.no_progress)
+        print()
+        print(summarize(results))
+        resolved = dict(recipe.resolved(parser, args, exclude=("json", "no_progress", "quick", "out")),
+                        **asdict(st))  # every setting as run, whichever preset or file it came from
+        resolved["text"] = None if args.text is None else str(Path(args.text).resolve())
+        out = write_outputs(results, run, resolved)
     print(f"\nwrote {out / 'results.json'}, {out / 'loss.png'} and {out / 'recipe.toml'} "
           f"({results['summary']['seconds']:.0f} s)")
     if args.json:

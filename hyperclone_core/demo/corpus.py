@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import os
 import re
 import sys
 import sysconfig
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..errors import HypercloneError
+from ..errors import ConfigError, HypercloneError
 
 VAL_FRACTION = 0.1
 MIN_DOCSTRING = 80      # shorter docstrings are mostly "Return x." noise
@@ -32,7 +33,10 @@ _SKIP_DIRS = frozenset({"test", "tests", "site-packages", "dist-packages", "idle
                         "turtledemo", "ensurepip", "__pycache__"})
 
 
-class CorpusError(HypercloneError):
+MAX_TEXT_BYTES = 1 << 30
+
+
+class CorpusError(ConfigError):
     """The text for training cannot be read (missing, not UTF-8, too small)."""
 
 
@@ -141,11 +145,17 @@ def text_blocks(text: str, block_bytes: int = BLOCK_BYTES) -> list:
 
 def from_file(path, val_fraction: float = VAL_FRACTION) -> Corpus:
     """Any UTF-8 text file, split by block (see ``text_blocks``)."""
+    from ..io.paths import read_small
+
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise CorpusError(f"--text {path}: no such file; give a UTF-8 text file (or omit --text for the default)")
+    try:  # a regular file of bounded size (a FIFO or a device is refused, never waited on)
+        raw = read_small(p, "text file (--text)", MAX_TEXT_BYTES)
+    except HypercloneError as exc:
+        raise CorpusError(f"--text: {exc}") from None
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorpusError(
             f"--text {path}: not UTF-8 (byte {e.start}: {e.reason}); convert it, e.g. "

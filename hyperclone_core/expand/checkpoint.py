@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from . import card
 from ..console import recipe
 from ..run.protocol import load_backend
 from ..run.interpreter import run_program
-from ..errors import CheckpointError, HypercloneError, OutputError, UsageError, VerificationError
+from ..errors import CheckpointError, HypercloneError, OutputError, PlanError, UsageError, VerificationError
 from ..io import AtomicDir, Checkpoint, ShardedWriter, check_destination, copy_aux_files, hub, write_json
 from ..io.safetensors import code_of, nbytes
 from ..run.lazyweights import checkpoint_weights
@@ -145,7 +146,12 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
             report["source_hub"] = {"repo_id": source_hub.repo_id, "revision": source_hub.revision,
                                     "commit": source_hub.commit}
         if verify:
-            v = verify_checkpoints(src, tmp, backend=backend, tolerance=tolerance)
+            try:
+                v = verify_checkpoints(src, tmp, backend=backend, tolerance=tolerance)
+            except CheckpointError as exc:  # the source was read finite: a non-finite clone is the growth's doing
+                if str(tmp) not in str(exc):
+                    raise
+                raise _overflowed(str(exc).replace(str(tmp), str(dst)), dst, p.strategy) from None
             report["verification"] = v
             report["exact"] = bool(p.exact and v["passed"])
             if not v["finite"] or (not v["passed"] and not inexact):
@@ -155,6 +161,17 @@ def expand_checkpoint(src, dst, *, width: float = 2, ffn: Optional[float] = None
         write_json(tmp / "hyperclone.json", report)
         (tmp / "plan.json").write_text(p.to_json(indent=None))  # the trainer's symmetry monitor reads it
     return report
+
+
+def _overflowed(message: str, dst, strategy) -> PlanError:
+    """The clone held NaN/Inf though every source tensor was finite: the strategy (its
+    noise, scaled to weights near float32's limit, or its mixing) overflowed.  Blames
+    the strategy, names the tensor and never the temp folder."""
+    m = re.search(r"tensor (\S+) holds", message)
+    what = f"tensor {m.group(1)}" if m else "a tensor"
+    return PlanError(f"{dst} was not written: the clone's {what} overflowed to NaN/Inf while growing, though the "
+                     f"source's weights are all finite: the strategy ({strategy}) does not fit weights this large "
+                     "(its noise is scaled to them). Grow with --strategy symmetric (no noise), or rescale the source")
 
 
 GROWTH_OPTIONS = ("width", "ffn", "ffn_size", "heads", "kv_heads", "layers", "layout")

@@ -110,7 +110,8 @@ def check_file_output(path, option: str, inputs: Mapping[str, object]) -> Path:
 
 
 def _tmp_name(name: str) -> str:
-    return f".{name}{TMP_MARK}{os.getpid()}-{os.urandom(3).hex()}"
+    """A hidden temp name beside ``name``, keeping its suffix (a plot's format is read from it)."""
+    return f".{name}{TMP_MARK}{os.getpid()}-{os.urandom(3).hex()}{Path(name).suffix}"
 
 
 def replace_file(path, write: Callable[[Path], None]) -> Path:
