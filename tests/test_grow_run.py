@@ -86,3 +86,70 @@ def test_grow_engine_with_a_factory_and_depth():
     assert run.engine.export_state().adam_step == 0
     assert any("moments 'reset'" in why for why in run.grown.inexact)
     run.engine.close()
+
+
+def _run(tmp, *, grow=("4:width=2",), stop_after=None, resume=False, schedule="cosine", steps=10, backend=None,
+         model=None, out="out"):
+    from hyperclone_core.train import train
+
+    hf = dict(CASES["llama"])
+    w = model or random_weights(hf, seed=3)
+    tc = TrainConfig(steps=steps, batch_size=2, seq_len=8, lr=3e-3, warmup_steps=2, save_every=2, eval_every=2,
+                     eval_batches=1, out_dir=str(tmp / out), device="cpu", threads=1, grow=grow, resume=resume,
+                     schedule=schedule, rewarm_steps=2)
+    bk, eng = _engine(hf, w, tc)
+    tokens = np.random.default_rng(5).integers(0, hf["vocab_size"], 3000)
+    stop = (lambda rec: rec["step"] != stop_after) if stop_after is not None else None
+    res = train(eng, tc, tokens, tokens[:500], callback=stop, log=lambda m: None,
+                optimizer=optimizer_for(tc, {n: tuple(a.shape) for n, a in w.items()}),
+                backend=backend)
+    return res
+
+
+def test_a_run_grows_at_its_step_and_checkpoints_the_grown_model(tmp_path):
+    import json
+
+    res = _run(tmp_path, grow=("4:width=2,strategy=symmetric",))
+    g = res.growths
+    assert [e["step"] for e in g] == [4] and g[0]["after"]["sizes"]["hidden"] == 2 * g[0]["before"]["sizes"]["hidden"]
+    assert g[0]["after"]["params"] > g[0]["before"]["params"] and not g[0]["inexact"]
+    assert res.engine.config["hidden_size"] == 2 * CASES["llama"]["hidden_size"]
+    assert [h["step"] for h in res.history if "train_loss" in h] == list(range(10))
+    out = tmp_path / "out"
+    cfg = lambda k: json.loads((out / f"checkpoint-{k:07d}" / "config.json").read_text())  # noqa: E731
+    assert cfg(4)["hidden_size"] == CASES["llama"]["hidden_size"]  # written before the growth at step 4
+    assert cfg(6)["hidden_size"] == 2 * CASES["llama"]["hidden_size"]
+    state = json.loads((out / "checkpoint-0000006" / "trainer" / "state.json").read_text())
+    assert state["growths_done"] == 1 and state["adamw"]["lr_mult"]
+    assert state["config"]["grow"] == ["4:width=2,strategy=symmetric"]
+    sym = [h["symmetry"] for h in res.history if h.get("symmetry") is not None]
+    assert sym and sym[0] == pytest.approx(1.0)  # the monitor watches the growth's copies
+    res.engine.close()
+
+
+@pytest.mark.parametrize("stop_after", [3, 5])
+def test_a_grown_run_interrupted_and_resumed_is_the_uninterrupted_run(tmp_path, stop_after):
+    """Stopped before the growth (checkpoint-4 is of the small model) or after it
+    (checkpoint-6 of the grown one), then resumed from the small model as given: bit
+    for bit the run that was never interrupted."""
+    full = _run(tmp_path, out="full", schedule="wsd")
+    part = _run(tmp_path, out="part", stop_after=stop_after, schedule="wsd")
+    part.engine.close()
+    resumed = _run(tmp_path, out="part", resume=True, schedule="wsd")
+    assert resumed.resumed_from.endswith(f"checkpoint-{stop_after + 1:07d}")
+    a = [h["train_loss"] for h in full.history if "train_loss" in h]
+    b = [h["train_loss"] for h in resumed.history if "train_loss" in h]
+    assert a == b
+    assert [e["step"] for e in resumed.growths] == [4]
+    pa, pb = full.engine.params(), resumed.engine.params()
+    assert all(np.array_equal(pa[n], pb[n]) for n in pa)
+    full.engine.close()
+    resumed.engine.close()
+
+
+def test_resume_refuses_another_growth_schedule(tmp_path):
+    from hyperclone_core.errors import HypercloneError
+
+    _run(tmp_path, stop_after=5).engine.close()
+    with pytest.raises(HypercloneError, match="grow"):
+        _run(tmp_path, resume=True, grow=("4:width=2,ffn=3",))

@@ -6,10 +6,16 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Union
 
-from ..errors import ConfigError, OptionError
+from ..errors import ConfigError, OptionError, UsageError
 from .clone import check_clone_lr
 
 DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "wsd")
+"""``cosine``: warmup, then cosine to the floor at the last step.  ``wsd``
+(warmup-stable-decay): warmup, the peak held, then a decay to the floor over the last
+``decay_steps`` (or ``decay_fraction`` of the run): a stage that ends un-annealed,
+what growth inside a run wants."""
+DECAY_SHAPES = ("linear", "cosine")
 
 RESUMABLE = frozenset({
     "steps", "eval_every", "eval_batches", "save_every", "save_total_limit", "keep_best", "out_dir",
@@ -25,6 +31,7 @@ _LIMITS = {
     "steps": (1, 10**9), "batch_size": (1, 10**7), "seq_len": (1, 10**7), "grad_accum": (1, 10**5),
     "warmup_steps": (0, 10**9), "eval_every": (0, 10**9), "eval_batches": (1, 10**5),
     "save_every": (0, 10**9), "save_total_limit": (0, 10**6), "seed": (0, 2**63 - 1), "threads": (0, 4096),
+    "decay_steps": (0, 10**9), "rewarm_steps": (0, 10**9),
 }
 
 
@@ -65,6 +72,12 @@ class TrainConfig:
     allow_change: tuple = field(default_factory=tuple)
     log_jsonl: Union[str, None] = None
     progress: bool = False
+    schedule: str = "cosine"
+    decay_steps: int = 0
+    decay_fraction: float = 0.2
+    decay_shape: str = "linear"
+    rewarm_steps: int = 0
+    grow: tuple = field(default_factory=tuple)
 
     def __post_init__(self):
         problems = []
@@ -77,7 +90,7 @@ class TrainConfig:
             setattr(self, name, v)
             if not lo <= v <= hi:
                 problems.append(f"{name} must be in [{lo}, {hi}] (got {v})")
-        for name in ("lr", "min_lr_ratio", "weight_decay", "eps", "grad_clip", "clone_lr_scale"):
+        for name in ("lr", "min_lr_ratio", "weight_decay", "eps", "grad_clip", "clone_lr_scale", "decay_fraction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 problems.append(f"{name} must be a finite number (got {v!r})")
@@ -102,6 +115,16 @@ class TrainConfig:
             problems.append(f"betas must be two numbers in [0, 1) (got {self.betas!r})")
         if self.dtype not in DTYPES:
             problems.append(f"dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if self.decay_shape not in DECAY_SHAPES:
+            problems.append(f"decay_shape {self.decay_shape!r}: use one of {', '.join(DECAY_SHAPES)}")
+        if isinstance(self.decay_fraction, float) and not 0.0 <= self.decay_fraction <= 1.0:
+            problems.append(f"decay_fraction must be in [0, 1] (got {self.decay_fraction})")
+        try:
+            self.grow = tuple(growth_text(g) for g in growth_schedule(self.grow, int(self.steps)))
+        except (UsageError, TypeError, ValueError) as exc:
+            problems.append(str(exc))
         if isinstance(self.clone_lr, str):
             try:
                 check_clone_lr(self.clone_lr)
@@ -122,6 +145,7 @@ class TrainConfig:
         d = asdict(self)
         d["betas"] = list(self.betas)
         d["allow_change"] = list(self.allow_change)
+        d["grow"] = list(self.grow)
         if not isinstance(self.clone_lr, str):
             d["clone_lr"] = dict(self.clone_lr)
         return d
@@ -157,15 +181,76 @@ def peak_lr(cfg: TrainConfig) -> float:
     return cfg.lr * cfg.clone_lr_scale
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to the peak LR, then cosine to ``peak * min_lr_ratio`` at the last step."""
+def growth_schedule(grow, steps: int) -> list:
+    """``[(step, options), ...]`` of a run's growth schedule (``TrainConfig.grow``:
+    ``"STEP:OPTIONS"`` texts, ``train.grow.parse_growth``'s OPTIONS), steps strictly
+    increasing, each before the run's last step."""
+    from .grow import parse_growth
+
+    if isinstance(grow, str):
+        grow = (grow,)
+    out = []
+    for g in grow or ():
+        if not isinstance(g, str):
+            raise UsageError(f"--grow {g!r}: give STEP:OPTIONS, e.g. 200:width=2")
+        at, colon, options = g.partition(":")
+        if not colon:
+            raise UsageError(f"--grow {g!r}: give STEP:OPTIONS, e.g. 200:width=2,layers=+2")
+        from ..model.validate import integer
+
+        step = integer(f"--grow {g!r}: step", at, 0, 10**9)
+        if out and step <= out[-1][0]:
+            raise UsageError(f"--grow {g!r}: growth steps must increase (after step {out[-1][0]})")
+        if step >= steps:
+            raise UsageError(f"--grow {g!r}: step {step} is not before the run's last step (--steps {steps})")
+        out.append((step, parse_growth(options, f"--grow {at}:")))
+    return out
+
+
+def growth_text(entry) -> str:
+    """The canonical ``"STEP:OPTIONS"`` text of one ``growth_schedule`` entry."""
+    from .grow import format_growth_options
+
+    return f"{entry[0]}:{format_growth_options(entry[1])}"
+
+
+def _base_lr(step: int, cfg: TrainConfig) -> float:
     peak = peak_lr(cfg)
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
+    floor = peak * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        d = cfg.decay_steps or int(round(cfg.decay_fraction * cfg.steps))
+        start = cfg.steps - d
+        if d <= 0 or step < start:
+            return peak
+        t = min((step - start + 1) / d, 1.0)
+        if cfg.decay_shape == "cosine":
+            return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * t))
+        return peak - (peak - floor) * t
     span = max(cfg.steps - cfg.warmup_steps - 1, 1)
     t = min((step - cfg.warmup_steps) / span, 1.0)
-    floor = peak * cfg.min_lr_ratio
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * t))
 
 
-__all__ = ["DTYPES", "RESUMABLE", "TrainConfig", "lr_at", "peak_lr"]
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """The LR of ``step`` over the whole run, across its growths (the step counter goes
+    on): linear warmup to the peak LR, then ``cosine`` to ``peak * min_lr_ratio`` at the
+    last step, or ``wsd``: the peak held, then a linear (``decay_shape``) or cosine decay
+    to that floor over the last ``decay_steps`` (0: ``decay_fraction`` of the steps),
+    reaching it at the last step.  ``rewarm_steps``: after each growth the schedule's LR
+    ramps up again linearly over that many steps (1/R, 2/R, ... of it)."""
+    lr = _base_lr(step, cfg)
+    if cfg.rewarm_steps and cfg.grow:
+        for at in _growth_steps(cfg.grow):
+            if at <= step < at + cfg.rewarm_steps:
+                return lr * (step - at + 1) / cfg.rewarm_steps
+    return lr
+
+
+def _growth_steps(grow) -> list:
+    return [int(g.partition(":")[0]) for g in grow]
+
+
+__all__ = ["DECAY_SHAPES", "DTYPES", "RESUMABLE", "SCHEDULES", "TrainConfig", "growth_schedule", "growth_text",
+           "lr_at", "peak_lr"]

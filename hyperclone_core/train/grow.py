@@ -330,6 +330,37 @@ def split_growth(options: Mapping[str, Any]) -> tuple:
             {k: v for k, v in options.items() if k in STATE_KEYS and v is not None})
 
 
+def engine_factory(backend):
+    """``backend.engine`` of a backend object, or ``backend`` itself when it is already
+    that callable ``(hf_config, weights, config, optimizer) -> Engine``."""
+    if hasattr(backend, "engine"):
+        return backend.engine
+    if callable(backend):
+        return backend
+    raise ConfigError(f"{backend!r} is neither a backend with .engine nor an engine factory")
+
+
+def plan_for(hf_config: Mapping[str, Any], options: Mapping[str, Any], seed: int = 0,
+             where: str = "the run's model") -> Plan:
+    """The plan growth ``options`` make for a model of ``hf_config`` (``seed``: the
+    noise and random-split draws' unless the options give one): a pure function of
+    the config, so a resumed run re-derives the plans of its past growths."""
+    from ..algebra.options import plan_growth
+
+    plan_opts, _ = split_growth(options)
+    plan_opts.setdefault("seed", seed)
+    return plan_growth(dict(hf_config), where=where, **plan_opts)
+
+
+def sizes_of(decoder) -> dict:
+    """A model's sizes in the config's words, for a growth event's record."""
+    return {k: int(getattr(decoder, k)) for k in ("hidden", "ffn", "heads", "kv_heads", "layers")}
+
+
+def plan_shapes(plan: Plan) -> dict:
+    return {tp.name: tuple(int(d) for d in tp.shape) for tp in plan.tensors}
+
+
 def grow_engine(engine, backend, options: Mapping[str, Any], config, optimizer: AdamW, *, moments: str = "carry",
                 seed: int = 0, where: str = "the run's model") -> GrownRun:
     """Grow a live run on any backend that trains: export the engine's whole state, plan
@@ -339,22 +370,19 @@ def grow_engine(engine, backend, options: Mapping[str, Any], config, optimizer: 
     config, optimizer)`` (``backend``: a backend object, or that callable itself),
     then import the grown state.  On every rank alike (export is collective; the plan
     is a pure function of the config, the options and the seed)."""
-    from ..algebra.options import plan_growth
-
-    plan_opts, state_opts = split_growth(options)
-    plan_opts.setdefault("seed", seed)
+    _, state_opts = split_growth(options)
     state = engine.export_state()
-    plan = plan_growth(dict(engine.config), where=where, **plan_opts)
+    plan = plan_for(engine.config, options, seed, where)
     grown = grow_state(plan, state, optimizer, moments=state_opts.get("moments", moments),
                        inserted_lr=float(state_opts.get("inserted_lr", 1.0)))
     del state
     engine.close()
-    build = backend if callable(backend) and not hasattr(backend, "engine") else backend.engine
     hf = dict(plan.config)
-    new = build(hf, grown.state.params, config, grown.optimizer)
+    new = engine_factory(backend)(hf, grown.state.params, config, grown.optimizer)
     new.import_state(grown.state)
     return GrownRun(new, plan, grown.optimizer, hf, grown)
 
 
-__all__ = ["GROW_KEYS", "GrownRun", "GrownState", "MOMENTS", "TensorFactors", "format_growth_options",
-           "grow_engine", "grow_optimizer", "grow_state", "parse_growth", "split_growth", "tensor_factors"]
+__all__ = ["GROW_KEYS", "GrownRun", "GrownState", "MOMENTS", "TensorFactors", "engine_factory", "format_growth_options",
+           "grow_engine", "grow_optimizer", "grow_state", "parse_growth", "plan_for", "plan_shapes", "sizes_of",
+           "split_growth", "tensor_factors"]

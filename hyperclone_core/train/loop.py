@@ -28,9 +28,10 @@ from ..console.progress import Progress
 from ..io import runout
 from . import checkpoint as ckpt
 from .clone import CLONE_LR_OFF, clone_lr_multipliers, symmetry, symmetry_pairs
-from .config import TrainConfig, lr_at
+from .config import TrainConfig, growth_schedule, lr_at
 from .engine import Engine, TrainError
 from .optim import AdamW, decay_mask
+from .grow import engine_factory, grow_engine, plan_for, plan_shapes, sizes_of
 from .threads import LoopThreads
 
 
@@ -52,6 +53,14 @@ class TrainResult:
     checkpoint: Optional[str] = None
     stopped: str = ""
     resumed_from: Optional[str] = None
+    engine: Any = None
+    """The engine the run ended with: the one it was given, or the one its last growth
+    (or a resume into a grown checkpoint) built -- then the caller closes this one."""
+
+    @property
+    def growths(self) -> list:
+        """The run's growth events (``{"step", "options", "before", "after", ...}``)."""
+        return [h["growth"] for h in self.history if h.get("growth") is not None]
 
     @property
     def train_losses(self) -> list:
@@ -113,7 +122,7 @@ def _first_difference(a: Mapping, b: Mapping) -> str:
 def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=None,
           callback: Optional[Callable[[dict], Optional[bool]]] = None, source_dir=None,
           lineage: Optional[Mapping[str, Any]] = None, log: Callable[[str], None] = _stderr,
-          optimizer: Optional[AdamW] = None) -> TrainResult:
+          optimizer: Optional[AdamW] = None, backend=None) -> TrainResult:
     """Train the engine's model for ``config.steps`` optimizer steps.
 
     ``train_data``/``val_data``: 1-D token arrays (memory-maps welcome) or token/text
@@ -124,6 +133,16 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
     ``lineage``: what ``hyperclone.json`` of each checkpoint records besides the step.
     ``optimizer``: the engine's AdamW when it carries per-tensor maps a growth set
     (``train.grow``): checkpoints keep them, so a resumed grown run continues exactly.
+
+    Growth inside the run (``config.grow``, ``"STEP:OPTIONS"``): at the start of step
+    STEP the loop grows the engine with ``grow.grow_engine`` -- ``backend`` (a backend
+    object or its ``engine`` factory; default: the engine's registered backend) builds
+    the grown engine, the growth's plan becomes the symmetry monitor's, the history
+    gets a growth record, and checkpoints from then on are of the grown model with
+    the grown AdamW's maps.  ``--resume`` of a checkpoint before or after a growth
+    rebuilds the engine the checkpoint holds (re-deriving the growths' plans) and
+    continues bit for bit.  The loop closes the engines it replaces (the given one
+    included) and returns the one it ended with as ``TrainResult.engine``.
     """
     tc = config  # the TrainConfig (cfg is a DecoderConfig everywhere)
     hf = dict(engine.config)
@@ -143,10 +162,76 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
     val_batches = [] if val is None else hdata.fixed_batches(val, tc.eval_batches, tc.batch_size, tc.seq_len,
                                                               tc.seed, rank, world)
     pairs = symmetry_pairs(plan) if plan is not None else []
+    growths = growth_schedule(tc.grow, tc.steps)
+    done = 0  # growths applied to the engine so far
+    given = engine
     data_fp = {"seed": tc.seed, "train": ckpt.data_fingerprint(tokens), "val": ckpt.data_fingerprint(val)}
     model_fp = ckpt.model_fingerprint(hf, shapes)
     main = rank == 0
     say = log if main else (lambda _m: None)
+
+    def factory():
+        if backend is not None:
+            return engine_factory(backend)
+        from ..run.protocol import load_backend
+
+        try:
+            return engine_factory(load_backend(engine.backend))
+        except HypercloneError as exc:
+            raise TrainError(f"growing the run needs the engine's backend ({exc}); pass train(..., backend=)") \
+                from None
+
+    def source_optimizer() -> AdamW:
+        return optimizer if optimizer is not None else optimizer_for(tc, shapes, plan)
+
+    def adopt(saved: Mapping[str, Any]):
+        """How a checkpoint of this run is resumed: None (into the engine as it is), a
+        model mismatch (str), or (names, shapes, build) of the engine it holds: the
+        model its past growths made (their plans re-derived), with the AdamW maps the
+        checkpoint kept."""
+        nonlocal done, plan, pairs, optimizer, hf, shapes, model_fp
+        n = saved.get("growths_done")
+        n = sum(1 for at, _ in growths if at < int(saved["step"])) if n is None else int(n)
+        if n > len(growths):
+            return (f"it was written after {n} growths, and this run's --grow schedule has {len(growths)}")
+        target_hf, target_shapes, target_plan = hf, shapes, plan
+        if saved.get("model") != model_fp:
+            if not n:
+                return None
+            h = hf
+            for i in range(n):
+                target_plan = plan_for(h, growths[i][1], tc.seed)
+                h = dict(target_plan.config)
+            target_hf, target_shapes = h, plan_shapes(target_plan)
+            fp = ckpt.model_fingerprint(target_hf, target_shapes)
+            if fp != saved.get("model"):
+                then = (saved.get("config") or {}).get("grow")
+                return (f"the model this run's first {n} growth(s) make differs from the checkpoint's "
+                        f"({_first_difference(saved.get('model', {}), fp)}); the run grew with --grow "
+                        f"{' --grow '.join(then or ['(none)'])}")
+            base = AdamW(betas=tuple(tc.betas), eps=tc.eps, weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
+                         decay=decay_mask(target_shapes))
+        else:
+            base = source_optimizer()
+        target_opt = ckpt.adamw_of(saved, base)
+        done = n
+        if target_hf is hf and (optimizer is None or optimizer.adjustments() == target_opt.adjustments()):
+            return "same"
+        old_names = list(engine.names)
+
+        def build(state):
+            nonlocal hf, shapes, model_fp, plan, pairs, optimizer
+            engine.close()
+            new = factory()(dict(target_hf), state.params, tc, target_opt)
+            hf, shapes, optimizer = dict(new.config), shapes_of(new), target_opt
+            model_fp = ckpt.model_fingerprint(hf, shapes)
+            if target_plan is not plan:
+                plan = target_plan
+                pairs = symmetry_pairs(plan)
+            return new
+
+        names = old_names if target_hf is hf else list(target_shapes)
+        return names, target_shapes, build
 
     result = TrainResult()
     out = Path(tc.out_dir) if tc.out_dir else None
@@ -162,7 +247,7 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
                 raise TrainError(f"{out} already holds {existing[-1][1].name}; pass --resume to continue it, or "
                                  "choose a new --out")
             if tc.resume and existing:
-                start = _resume(engine, tc, out, existing, model_fp, data_fp, result, say)
+                start, engine = _resume(engine, tc, out, existing, model_fp, data_fp, result, say, adopt)
             engine.barrier()
         log_path = Path(tc.log_jsonl) if tc.log_jsonl else (out / "metrics.jsonl" if out else None)
         if log_path is not None and main:
@@ -214,15 +299,42 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
                        "data": dict(data_fp, position=step), "val_loss": val_loss,
                        "engine": {"backend": getattr(engine, "backend", type(engine).__name__)}}
             lin = dict(lineage or {}, step=step, data=data_fp)
+            if growths:
+                trainer["growths_done"] = done
+                lin["growths"] = result.growths
             ckpt.save(folder, state, hf, trainer, aux_from=source_dir, lineage=lin, optimizer=optimizer)
             ckpt.prune(out, tc.save_total_limit, tc.keep_best, log=say)
         engine.barrier()
         result.checkpoint = str(folder)
 
+    def grow(step: int) -> None:
+        """The run's next growth, at the start of ``step``: the engine rebuilt grown, its
+        plan the monitor's, its AdamW the checkpoints', a growth record."""
+        nonlocal engine, hf, shapes, model_fp, plan, pairs, optimizer, threads, done
+        _, options = growths[done]
+        before = {"sizes": _sizes(hf), "params": _count(shapes)}
+        run = grow_engine(engine, factory(), options, tc, source_optimizer(), seed=tc.seed)
+        engine, hf, optimizer = run.engine, dict(run.hf_config), run.optimizer
+        shapes = shapes_of(engine)
+        model_fp = ckpt.model_fingerprint(hf, shapes)
+        plan, pairs = run.plan, symmetry_pairs(run.plan)
+        threads = LoopThreads(engine, tc.threads, world, say)
+        done += 1
+        early.pop(step, None)  # an evaluation a checkpoint did just before: of the model before the growth
+        event = {"step": step, "index": done, "options": tc.grow[done - 1].partition(":")[2],
+                 "before": before, "after": {"sizes": _sizes(hf), "params": _count(shapes)},
+                 "inexact": list(run.grown.inexact)}
+        emit({"step": step, "growth": event, "seconds": round(time.perf_counter() - t0, 4)})
+        say(f"grew at step {step}: {event['options']} ({before['params']:,} -> {event['after']['params']:,} "
+            "parameters)" + (f"; inexact: {len(event['inexact'])} reason(s), see the growth record"
+                             if event["inexact"] else ""))
+
     threads = LoopThreads(engine, tc.threads, world, say)
     try:
         step = start
         while step < tc.steps:
+            while done < len(growths) and growths[done][0] <= step:
+                grow(step)
             rec: dict = {"step": step}
             if evaluates_at(step):
                 rec.update(evaluate(step))
@@ -252,6 +364,7 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
                 checkpoint(step)
             if stop:
                 result.stopped = f"stopped by the callback after step {step - 1}"
+                result.engine = engine
                 return result
         result.steps_done = tc.steps
         if val_batches or pairs:
@@ -260,7 +373,12 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
                 emit(final)
         if out is not None and result.checkpoint != str(ckpt.folder_for(out, tc.steps)):
             checkpoint(tc.steps)
+        result.engine = engine
         return result
+    except BaseException:
+        if engine is not given:  # built here: nobody else holds it
+            engine.close()
+        raise
     finally:
         bar.close()
         if logf is not None:
@@ -278,24 +396,44 @@ def _positions(hf: Mapping[str, Any]) -> Optional[int]:
         return hf.get("max_position_embeddings")
 
 
+def _sizes(hf: Mapping[str, Any]) -> dict:
+    try:
+        from ..model.families import family_for_config
+
+        return sizes_of(family_for_config(hf).read(hf))
+    except HypercloneError:
+        return {}
+
+
+def _count(shapes: Mapping[str, tuple]) -> int:
+    return int(sum(int(np.prod(s, dtype=np.int64)) for s in shapes.values()))
+
+
 def shapes_of(engine) -> dict:
     return {n: tuple(int(d) for d in s) for n, s in engine.shapes.items()}
 
 
 def _resume(engine, tc: TrainConfig, out: Path, existing: list, model_fp: dict, data_fp: dict,
-            result: TrainResult, say) -> int:
+            result: TrainResult, say, adopt: Optional[Callable] = None) -> tuple:
     """Load the newest valid checkpoint into the engine after checking it belongs to
-    this run; returns its step.  Newer invalid checkpoints are set aside (renamed,
-    never deleted) so the run's next checkpoint is the newest again."""
+    this run; returns its step and the engine holding it (``adopt``: the loop's answer
+    to which model the checkpoint holds -- a grown run's is rebuilt).  Newer invalid
+    checkpoints are set aside (renamed, never deleted) so the run's next checkpoint is
+    the newest again."""
     folder = ckpt.newest_valid(out, say)
     if folder is None:
         raise CheckpointError(f"--resume: none of the {len(existing)} checkpoint(s) in {out} can be resumed from "
                                    f"(the newest: {ckpt.problem(existing[-1][1])}); start a new --out")
     saved = ckpt.read_state(folder)
-    if saved.get("model") != model_fp:
+    how = adopt(saved) if adopt is not None else None
+    if isinstance(how, str) and how != "same":
+        raise CheckpointError(f"{folder} does not continue this run: {how}; resume with the run's --grow schedule, "
+                              "or train into a new --out")
+    if how is None and saved.get("model") != model_fp:
         raise CheckpointError(f"{folder} was written while training another model "
                               f"({_first_difference(saved.get('model', {}), model_fp)}); resume only the model it "
                               "was trained from, or train into a new --out")
+    names, shapes, build = how if isinstance(how, tuple) else (list(engine.names), shapes_of(engine), None)
     changed = tc.changed_fields(saved.get("config", {}))
     old_data = {k: v for k, v in (saved.get("data") or {}).items() if k in ("train", "val")}
     if old_data and old_data != {k: data_fp[k] for k in ("train", "val")} and "data" not in tc.allow_change:
@@ -309,20 +447,23 @@ def _resume(engine, tc: TrainConfig, out: Path, existing: list, model_fp: dict, 
                          f"nothing to train; pass --steps larger than {saved['step']} to continue")
     # read and checked against the model (every weight and moment: name, shape, dtype) before
     # anything is renamed or written, and before the engine sees it
-    state, _ = ckpt.load(folder, list(engine.names), getattr(engine, "backend", None), shapes=shapes_of(engine))
+    state, _ = ckpt.load(folder, names, getattr(engine, "backend", None), shapes=shapes)
     for step, other in existing:
         if step > saved["step"]:
             aside = other.with_name(f"{other.name}.invalid-{os.getpid()}")
             other.rename(aside)
             say(f"set aside {other.name} (not resumable) as {aside.name}")
+    if build is not None:
+        engine = build(state)
     engine.import_state(state)
     start = int(saved["step"])
     # a finished run's closing evaluation is redone at the start of its next step
-    result.history = [h for h in saved.get("history", []) if h["step"] < start or h.get("train_loss") is not None]
+    result.history = [h for h in saved.get("history", []) if h["step"] < start or h.get("train_loss") is not None
+                      or h.get("growth") is not None]
     result.checkpoint = result.resumed_from = str(folder)
     val = saved.get("val_loss")
     say(f"resumed from {folder.name} (step {start}" + (f", val loss {val:.4f})" if isinstance(val, float) else ")"))
-    return start
+    return start, engine
 
 
 __all__ = ["NonFiniteLoss", "TrainError", "TrainResult", "as_tokens", "optimizer_for", "train"]
