@@ -21,7 +21,9 @@ def _llama(hf):
     return read_llama_like(hf, "llama", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
-llama = Family("llama", ("llama",), LLAMA_ROLES, _llama, LLAMA_KEYS, "LlamaForCausalLM")
+llama = Family("llama", ("llama", "internlm3", "iquestcoder"), LLAMA_ROLES, _llama, LLAMA_KEYS, "LlamaForCausalLM")
+"""internlm3 and iquestcoder: config classes with Llama's keys that transformers builds
+and saves as LlamaForCausalLM."""
 
 mistral = Family("mistral", ("mistral",), LLAMA_ROLES,
                  lambda hf: read_llama_like(hf, "mistral"), LLAMA_KEYS, "MistralForCausalLM")

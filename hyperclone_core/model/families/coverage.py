@@ -1,0 +1,264 @@
+"""Which causal-LM model types hyperclone grows, and why each other one is refused.
+
+One row per model type of transformers' causal-LM auto mapping
+(``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``): *supported* (a registered family grows it
+exactly; tested against transformers) or *refused* with the reason, by kind:
+
+- ``recurrent``: state-space, linear-attention, convolutional or recurrent layers (no
+  attention + MLP stack to clone);
+- ``encoder-decoder``: the decoder half of an encoder-decoder model (cross-attention);
+- ``encoder``: an encoder (BERT-style) run as a decoder;
+- ``multimodal``: a model with a vision or audio tower (its text decoder, where
+  transformers has one, is its own row);
+- ``other``: not an attention + MLP stack in the usual sense;
+- ``not yet``: an attention + MLP/MoE decoder whose features the neutral decoder does
+  not have yet (the reason names them).
+
+``tests/test_coverage.py`` fails when the installed transformers has a causal-LM type
+this table does not classify, when a supported row has no registered family (or the
+reverse), and when ``docs/families.md`` is stale; regenerate it with
+``python -m hyperclone_core.model.families > docs/families.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """One model type: ``status`` ``supported`` or ``refused``, its ``kind`` (see the
+    module docstring) and ``reason`` (for a supported type, the family that grows it)."""
+
+    status: str
+    kind: str
+    reason: str
+
+
+def supported(family: str) -> Coverage:
+    return Coverage("supported", "supported", f"family {family}")
+
+
+def needs(*features: str) -> Coverage:
+    return Coverage("refused", "not yet", "not yet supported: needs " + ", ".join(features))
+
+
+def refused(kind: str, reason: str) -> Coverage:
+    return Coverage("refused", kind, reason)
+
+
+RECURRENT = "state-space, linear-attention or recurrent layers, not an attention + MLP stack"
+ENC_DEC = "the decoder half of an encoder-decoder model (cross-attention to an encoder)"
+ENCODER = "an encoder (BERT-style, post-LN, learned positions and token types) run as a decoder"
+
+
+def recurrent(what: str) -> Coverage:
+    return refused("recurrent", f"{RECURRENT} ({what})")
+
+
+def multimodal(what: str) -> Coverage:
+    return refused("multimodal", f"a multimodal model ({what}); not an attention + MLP text decoder alone")
+
+
+def enc_dec(what: str = "") -> Coverage:
+    return refused("encoder-decoder", ENC_DEC + (f" ({what})" if what else ""))
+
+
+def encoder() -> Coverage:
+    return refused("encoder", ENCODER)
+
+
+MLA = "multi-head latent attention"
+MOE_SHARED = "MoE routing with shared experts"
+
+COVERAGE: dict = {
+    # ---------------------------------------------------------------- supported
+    "llama": supported("llama"), "mistral": supported("mistral"), "mixtral": supported("mixtral"),
+    "qwen2": supported("qwen2"), "qwen3": supported("qwen3"), "gemma": supported("gemma"),
+    "gemma2": supported("gemma2"), "opt": supported("opt"), "gpt_neox": supported("gpt_neox"),
+    "olmo": supported("olmo"), "olmo2": supported("olmo2"), "phi3": supported("phi3"),
+    "internlm3": supported("llama"), "iquestcoder": supported("llama"),
+    # ---------------------------------------------------------------- recurrent
+    "bailing_hybrid": recurrent("linear-attention layers"), "bamba": recurrent("Mamba-2 layers"),
+    "falcon_h1": recurrent("Mamba-2 heads beside attention"), "falcon_mamba": recurrent("Mamba layers"),
+    "granitemoehybrid": recurrent("Mamba-2 layers"), "hrm_text": recurrent("a hierarchical recurrent loop over its stacks"),
+    "inkling_text": recurrent("linear-attention and short-convolution layers"),
+    "inkling2_text": recurrent("linear-attention and short-convolution layers"),
+    "inkling2_loop_text": recurrent("linear-attention and short-convolution layers, looped"),
+    "jamba": recurrent("Mamba layers"), "kimi_linear": recurrent("Kimi delta-attention layers"),
+    "lara_mini": recurrent("gated DeltaNet layers"), "lfm2": recurrent("short-convolution layers"),
+    "lfm2_moe": recurrent("short-convolution layers"), "lfm3": recurrent("short-convolution layers"),
+    "mamba": recurrent("Mamba"), "mamba2": recurrent("Mamba-2"), "minimax": recurrent("lightning attention"),
+    "minimax_m3_vl_text": recurrent("lightning attention and an indexed sparse attention"),
+    "nemotron_h": recurrent("Mamba-2 layers"), "olmo_hybrid": recurrent("gated DeltaNet layers"),
+    "qwen3_next": recurrent("gated DeltaNet layers"), "qwen3_5_text": recurrent("gated DeltaNet layers"),
+    "qwen3_5_moe_text": recurrent("gated DeltaNet layers"), "qwen4_exp_text": recurrent("linear-attention layers"),
+    "recurrent_gemma": recurrent("RG-LRU recurrent blocks"), "rwkv": recurrent("RWKV time mixing"),
+    "xlstm": recurrent("xLSTM cells"), "zamba": recurrent("Mamba layers"), "zamba2": recurrent("Mamba-2 layers"),
+    # ---------------------------------------------------------------- encoder-decoder
+    "bart": enc_dec(), "bigbird_pegasus": enc_dec(), "blenderbot": enc_dec(), "blenderbot-small": enc_dec(),
+    "marian": enc_dec(), "mbart": enc_dec(), "mvp": enc_dec(), "pegasus": enc_dec(), "plbart": enc_dec(),
+    "prophetnet": enc_dec("n-gram prediction streams"), "trocr": enc_dec("an image encoder"),
+    "whisper": enc_dec("an audio encoder"), "musicgen": enc_dec("audio codebooks over a text encoder"),
+    "musicgen_melody": enc_dec("audio codebooks over a text encoder"),
+    "gemma4_assistant": enc_dec("a drafter attending to its target model's states"),
+    "gemma4_unified_assistant": enc_dec("a drafter attending to its target model's states"),
+    # ---------------------------------------------------------------- encoder
+    "bert": encoder(), "bert-generation": encoder(), "big_bird": encoder(), "camembert": encoder(),
+    "data2vec-text": encoder(), "electra": encoder(), "ernie": encoder(), "megatron-bert": encoder(),
+    "rembert": encoder(), "roberta": encoder(), "roberta-prelayernorm": encoder(), "roc_bert": encoder(),
+    "roformer": encoder(), "xlm": encoder(), "xlm-roberta": encoder(), "xlm-roberta-xl": encoder(),
+    "xmod": encoder(),
+    # ---------------------------------------------------------------- multimodal
+    "emu3": multimodal("image tokens from a VQ tokenizer"), "fuyu": multimodal("image patches"),
+    "gemma3": multimodal("vision tower; the text decoder is gemma3_text"),
+    "gemma3n": multimodal("vision and audio towers; the text decoder is gemma3n_text"),
+    "gemma4": multimodal("vision tower; the text decoder is gemma4_text"),
+    "gemma4_unified": multimodal("vision tower; the text decoder is gemma4_unified_text"),
+    "git": multimodal("image encoder"), "got_ocr2": multimodal("vision tower"),
+    "llama4": multimodal("vision tower; the text decoder is llama4_text"),
+    "mllama": multimodal("cross-attention layers to a vision encoder"),
+    "moshi": multimodal("audio codebook streams"), "moss_transcribe_diarize": multimodal("audio encoder"),
+    "phi4_multimodal": multimodal("vision and audio towers with LoRA adapters"),
+    "qwen3_5": multimodal("vision tower, gated DeltaNet layers"),
+    "qwen3_5_moe": multimodal("vision tower, gated DeltaNet layers"),
+    "qwen4_exp": multimodal("vision tower, linear-attention layers"),
+    "dots3_note": multimodal("vision tower; the text decoder is dots3_note_text"),
+    "cohere_compass_text": multimodal("the text side of a vision-language embedding model"),
+    # ---------------------------------------------------------------- other
+    "blt": refused("other", "byte-level patches: local encoder and decoder cross-attending a global transformer"),
+    "cpmant": refused("other", "CPM-Ant's segment and relative position biases and prompt embeddings"),
+    "reformer": refused("other", "LSH and local attention in reversible layers with axial positions"),
+    "xlnet": refused("other", "two-stream permutation attention with relative positions"),
+    "ctrl": refused("other", "sinusoidal positions and CTRL's attention layout"),
+    "bitnet": refused("other", "ternary (1.58-bit) weights with sub-norms inside attention and MLP"),
+    # ---------------------------------------------------------------- not yet: attention + MLP/MoE decoders
+    "afmoe": needs(MOE_SHARED, "qk-norm with gated attention", "sliding-window layers"),
+    "apertus": needs("the xIELU activation", "qk-norm"),
+    "apertus1p5_text": needs("the xIELU activation", "qk-norm"),
+    "arcee": needs("relu² in a non-gated MLP"),
+    "aria_text": needs(MOE_SHARED),
+    "axk1": needs(MLA, MOE_SHARED), "axk2": needs(MLA, MOE_SHARED),
+    "beam": needs("MoE routing", "qk-norm", "soft-capping"),
+    "biogpt": needs("its role table (learned positions, sqrt(hidden) embedding scale)"),
+    "bloom": needs("ALiBi positions", "an embedding LayerNorm", "per-head fused qkv"),
+    "codegen": needs("interleaved (GPT-J) partial rotary", "parallel attention + MLP under one norm",
+                     "CodeGen's blocked fused qkv"),
+    "cohere": needs("parallel attention + MLP under one bias-free LayerNorm", "interleaved rotary", "a logit scale"),
+    "cohere2": needs("parallel attention + MLP under one bias-free LayerNorm", "interleaved rotary", "a logit scale",
+                     "sliding-window layers with full layers without RoPE"),
+    "cohere2_moe": needs("Cohere 2's block", MOE_SHARED),
+    "cwm": needs("its role table (a Llama-style decoder with a sliding-window pattern)"),
+    "dbrx": needs("MoE with fused expert tensors", "clip_qkv with bias-free LayerNorm"),
+    "deepseek_v2": needs(MLA, MOE_SHARED + " and grouped top-k"),
+    "deepseek_v3": needs(MLA, MOE_SHARED + ", sigmoid routing and grouped top-k"),
+    "deepseek_v32": needs(MLA, MOE_SHARED, "a sparse attention indexer"),
+    "deepseek_v4": needs("compressed attention with sinks", MOE_SHARED),
+    "diffllama": needs("differential attention"),
+    "doge": needs("dynamic-mask attention", "its cross-domain MoE"),
+    "dory": needs("qk-norm", "its sliding-window pattern"),
+    "dots1": needs(MOE_SHARED, "qk-norm"),
+    "dots3_note_text": needs(MLA, MOE_SHARED, "qk-norm"),
+    "ergo": needs(MOE_SHARED, "qk-norm"),
+    "ernie4_5": needs("its role table and rotary layout (a Llama-style decoder)"),
+    "ernie4_5_moe": needs(MOE_SHARED),
+    "exaone": needs("its role table: transformers runs it as Llama but saves EXAONE's names (transformer.h.*)"),
+    "exaone4": needs("qk-norm with post-sublayer norms", "sliding-window layers with full layers without RoPE"),
+    "exaone_moe": needs("EXAONE 4's block", MOE_SHARED),
+    "falcon": needs("parallel attention + MLP", "multi-query fused qkv", "ALiBi (optional)"),
+    "flex_olmo": needs("MoE routing", "full-width qk-norm"),
+    "flint": needs(MOE_SHARED, "qk-norm", "attention sinks"),
+    "gemma3_text": needs("per-layer-type RoPE (a local base for sliding layers)", "qk-norm with the 1 + w gain"),
+    "gemma3n_text": needs("AltUp and Laurel residual streams", "per-layer input embeddings", "KV sharing"),
+    "gemma4_text": needs("per-layer-type RoPE", "qk-norm", "MoE routing", "per-layer input embeddings"),
+    "gemma4_unified_text": needs("per-layer-type RoPE", "qk-norm", "per-layer input embeddings"),
+    "glm": needs("interleaved partial rotary"),
+    "glm4": needs("interleaved partial rotary", "post-attention and post-MLP norms"),
+    "glm4_moe": needs(MOE_SHARED + ", sigmoid routing and grouped top-k", "partial rotary", "qk-norm"),
+    "glm4_moe_lite": needs(MLA, MOE_SHARED),
+    "glm_moe_dsa": needs(MLA, MOE_SHARED, "a sparse attention indexer"),
+    "param2moe": needs("GLM-4 MoE's block"), "sarvam_moe": needs("GLM-4 MoE's block"),
+    "sarvam_mla": needs(MLA, MOE_SHARED + " (DeepSeek-V3 layout)"),
+    "gpt-sw3": needs("Conv1D-stored (transposed) weights", "learned positions", "fused qkv"),
+    "gpt2": needs("Conv1D-stored (transposed) weights", "learned positions", "fused qkv"),
+    "gpt_bigcode": needs("multi-query fused qkv", "learned positions"),
+    "gpt_neo": needs("learned positions", "local attention layers", "unscaled attention"),
+    "gpt_neox_japanese": needs("its attention layout (bias added after the residual)"),
+    "gpt_oss": needs("attention sinks", "MoE with clamped SwiGLU and expert biases", "sliding-window layers"),
+    "gptj": needs("interleaved (GPT-J) partial rotary", "parallel attention + MLP under one norm"),
+    "granite": needs("embedding, attention, residual and logit multipliers"),
+    "granite_swa": needs("Granite's multipliers", "sliding-window layers with attention sinks"),
+    "granitemoe": needs("Granite's multipliers", "MoE with fused expert tensors"),
+    "granitemoe_swa": needs("Granite's multipliers", "MoE routing", "sliding-window layers with attention sinks"),
+    "granitemoeshared": needs("Granite's multipliers", "MoE routing with a shared MLP"),
+    "helium": needs("its role table (a Llama-style decoder)"),
+    "hunyuan_v1_dense": needs("qk-norm after RoPE", "its dynamic-alpha RoPE"),
+    "hunyuan_v1_moe": needs("qk-norm after RoPE", "MoE routing"),
+    "hy_v3": needs(MOE_SHARED, "qk-norm"),
+    "hy_v4": needs(MLA, "attention sinks", MOE_SHARED),
+    "hyperclovax": needs("Granite-style multipliers", "peri-layer norms"),
+    "jais2": needs("relu² in a non-gated MLP", "LayerNorm blocks"),
+    "jetmoe": needs("mixture of attention heads", "MoE MLP"),
+    "kolibri1": needs(MOE_SHARED, "qk-norm"), "kolibri1_1": needs(MOE_SHARED, "qk-norm", "attention sinks"),
+    "laguna": needs(MOE_SHARED, "qk-norm", "soft-capping", "per-layer-type RoPE"),
+    "llama4_text": needs("MoE with a shared expert and sigmoid top-1 routing", "chunked attention",
+                         "layers without RoPE", "L2 qk-norm", "interleaved rotary"),
+    "longcat_flash": needs(MLA, "zero-computation experts", "shortcut-connected MoE"),
+    "mellum": needs("MoE routing", "qk-norm"),
+    "mimo_v2_flash": needs("attention sinks", "MoE routing", "sliding-window layers with their own head sizes"),
+    "minicpm3": needs(MLA, "MiniCPM's embedding and residual scales"),
+    "minicpm5_moe": needs(MOE_SHARED),
+    "minimax_m2": needs("MoE with sigmoid routing", "full-width qk-norm", "partial rotary"),
+    "ministral": needs("its role table (a Mistral-style decoder with a sliding-window pattern)"),
+    "ministral3": needs("its role table (a Mistral-style decoder)", "its attention temperature scaling"),
+    "modernbert-decoder": needs("ModernBERT's blocks (embedding norm, fused GeGLU, local and global RoPE bases)"),
+    "mpt": needs("ALiBi positions", "fused qkv", "bias-free LayerNorm"),
+    "nanochat": needs("relu² in a non-gated MLP", "parameter-free qk-norm", "logit soft-capping"),
+    "nemotron": needs("relu² in a non-gated MLP", "LayerNorm-1p", "partial rotary"),
+    "olmo3": needs("OLMo-2's block with a sliding-window pattern"),
+    "olmoe": needs("MoE routing", "full-width qk-norm"),
+    "openai-gpt": needs("Conv1D-stored (transposed) weights", "learned positions", "post-LN blocks"),
+    "persimmon": needs("relu² in a non-gated MLP", "per-head LayerNorm qk-norm", "partial rotary", "per-head fused qkv"),
+    "phi": needs("parallel attention + MLP under one norm", "partial rotary", "biased dense layers"),
+    "phimoe": needs("MoE with sparsemixer routing", "LayerNorm blocks"),
+    "qwen2_moe": needs("MoE routing with a gated shared expert"),
+    "qwen3_moe": needs("MoE routing (normalized top-k)", "qk-norm"),
+    "seed_oss": needs("its role table (a Llama-style decoder with attention and output biases)"),
+    "smollm3": needs("layers without RoPE"),
+    "solar_open": needs(MOE_SHARED),
+    "stablelm": needs("LayerNorm blocks", "partial rotary", "per-head qk LayerNorm (optional)"),
+    "starcoder2": needs("its role table (LayerNorm and a non-gated MLP with biases)"),
+    "vaultgemma": needs("its role table (Gemma-2 style with soft-capping and sliding windows)"),
+    "xglm": needs("sinusoidal positions", "sqrt(hidden) embedding scale"),
+    "youtu": needs(MLA),
+    "zaya": needs("MoE routing", "its sliding-window layers"),
+}
+"""model_type -> Coverage for every causal-LM type of transformers 5.25."""
+
+
+def coverage(model_type: str):
+    """The row of ``model_type``, or None for a type the table does not know."""
+    return COVERAGE.get(model_type)
+
+
+def markdown() -> str:
+    """docs/families.md: every type, its status and why."""
+    rows = sorted(COVERAGE.items())
+    n_sup = sum(c.status == "supported" for _, c in rows)
+    kinds: dict = {}
+    for _, c in rows:
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    lines = [
+        "# Model types: what hyperclone grows", "",
+        "Generated from `hyperclone_core/model/families/coverage.py` by", "",
+        "```bash", "python -m hyperclone_core.model.families > docs/families.md", "```", "",
+        f"Every causal-LM model type of transformers ({len(rows)}): **{n_sup} supported** (grown exactly and "
+        "tested against transformers), the rest refused with the reason "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()) if k != 'supported')}).", "",
+        "| model_type | status | kind | reason |", "|---|---|---|---|",
+    ]
+    lines += [f"| `{mt}` | {c.status} | {c.kind} | {c.reason} |" for mt, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["COVERAGE", "Coverage", "coverage", "markdown"]
