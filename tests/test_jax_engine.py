@@ -18,7 +18,7 @@ from hyperclone_core.errors import ConfigError  # noqa: E402
 from hyperclone_core.run.reference import execute  # noqa: E402
 from hyperclone_core.train import TrainConfig, optimizer_for, train  # noqa: E402
 from hyperclone_jax.backend import backend  # noqa: E402
-from hyperclone_jax.engine import launch_command  # noqa: E402
+from hyperclone_jax.distributed import launch_command  # noqa: E402
 
 BASE = dict(steps=6, batch_size=4, seq_len=8, lr=3e-3, warmup_steps=2, eval_every=0, seed=5, threads=1)
 

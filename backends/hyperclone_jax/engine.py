@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -417,17 +415,5 @@ def _backends_started() -> bool:
     return xla_bridge.backends_are_initialized()
 
 
-# ---------------------------------------------------------------- launcher
-
-
-def launch_command(world: int, module_args: Sequence[str]) -> tuple:
-    """One process whose jax sees ``world`` host devices, the TrainConfig putting them
-    on the mesh's data axis (a single controller shards the batch itself)."""
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).strip()
-    env = {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={int(world)}".strip(),
-           "JAX_PLATFORMS": "cpu"}
-    return [sys.executable, *module_args], env, {"parallel": "mesh", "mesh": f"data={int(world)}"}
-
-
-__all__ = ["JaxEngine", "Placement", "StepSpec", "adamw", "clip_by_global_norm", "launch_command",
+__all__ = ["JaxEngine", "Placement", "StepSpec", "adamw", "clip_by_global_norm",
            "scale_by_tensor", "start_threads"]

@@ -13,8 +13,6 @@ steps and moves state to and from numpy.  Any module whose forward maps tokens
 from __future__ import annotations
 
 import math
-import socket
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -264,14 +262,4 @@ def train(model: nn.Module, config: TrainConfig, train_data, val_data=None, plan
         par.close()
 
 
-def launch_command(world: int, module_args: Sequence[str]) -> tuple:
-    """torchrun with ``world`` CPU/GPU workers on this host (gloo on CPU, nccl on CUDA)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-            "--master-addr", "127.0.0.1", "--master-port", str(port), *module_args]
-    return argv, {"OMP_NUM_THREADS": "1"}, {"parallel": "ddp"}
-
-
-__all__ = ["TorchEngine", "launch_command", "lm_loss", "logits_of", "model_config", "train"]
+__all__ = ["TorchEngine", "lm_loss", "logits_of", "model_config", "train"]
