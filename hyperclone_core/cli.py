@@ -1,4 +1,4 @@
-"""The hyperclone command: expand, plan, verify, train, demo, backends.
+"""The hyperclone command: expand, plan, verify, grow, train, demo, backends.
 
 train and demo run on a backend (--backend, default torch) through its training
 engine; their options are in hyperclone_core.train.cli and hyperclone_core.demo.cli.
@@ -32,12 +32,13 @@ EXIT_CODES = """exit codes:
   1    any other error the library reports
   2    usage: a bad option, or growth/strategy options that cannot be planned
   3    input: a missing, unreadable, corrupt or inconsistent checkpoint, config or data file
-  4    output: the destination may not or cannot be written (exists, not hyperclone's, disk full)
+  4    output: the destination or --out may not or cannot be written (exists, not hyperclone's, an
+       input, another run holds it, disk full)
   5    verification: the clone's logits differ from the source's past the tolerance, or are not finite
   6    training diverged: the loss became NaN/Inf (the step was not applied; the newest valid
        checkpoint is named)
   70   internal error: a bug (rerun with --debug and report the traceback)
-  130  interrupted (Ctrl-C); nothing partial is left at the destination
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP, SIGUSR1/2); nothing partial is left at the destination
 
 --debug (or HYPERCLONE_DEBUG=1) prints the traceback of any failure."""
 
@@ -57,6 +58,10 @@ PLAN_EXAMPLES = examples(
 VERIFY_EXAMPLES = examples(
     "hyperclone verify small wide",
     "hyperclone verify small wide --json --seq 64")
+GROW_EXAMPLES = examples(
+    "hyperclone grow runs/small/checkpoint-0000200 runs/grown --width 2 --strategy symmetric",
+    "hyperclone train --config runs/grown/recipe.toml --resume --steps 1000   # continue the grown run",
+    "hyperclone grow runs/small/checkpoint-0000200 runs/grown --width 2 --layers +2 --moments asymmetric")
 BACKENDS_EXAMPLES = examples("hyperclone backends")
 MAIN_EXAMPLES = examples(
     "hyperclone demo --quick                             # the whole idea in about two minutes on a CPU",
@@ -144,6 +149,19 @@ def cmd_expand(a) -> int:
     changes = format_changes(report["config_changes"])
     if changes:
         print(changes)
+    return 0
+
+
+def cmd_grow(a) -> int:
+    from .train.grow_saved import grow_checkpoint
+
+    defaults = {"layout": "tile", "seed": 0, "inexact": False}  # seed 0: the run's own seed
+    options = {k: v for k, v in _growth_kwargs(a).items() if v is not None and defaults.get(k, None) != v}
+    event = grow_checkpoint(a.checkpoint, a.dst, options, moments=None if a.moments == "carry" else a.moments,
+                            inserted_lr=None if a.inserted_lr == 1.0 else a.inserted_lr,
+                            log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"step": event["step"], "options": event["options"], "dst": str(a.dst),
+                      "params": [event["before"]["params"], event["after"]["params"]], "inexact": event["inexact"]}))
     return 0
 
 
@@ -296,6 +314,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the result as JSON (no NaN: missing values are null)")
     v.set_defaults(func=cmd_verify)
 
+    gr = command("grow", "grow a saved training run: its checkpoint, trainer state and all, into a new run folder",
+                 GROW_EXAMPLES + "\n\n" + EXIT_CODES,
+                 "Grow RUN/checkpoint-N, a checkpoint hyperclone train wrote, into DST: a run folder holding "
+                 "checkpoint-N of the grown model with the whole training state grown (AdamW's moments scaled as "
+                 "the clone's gradients scale, the step kept, the per-tensor LR/eps/decay multipliers and clip "
+                 "weights), the growth added to the run's --grow schedule, and the run's recipe.toml updated: "
+                 "hyperclone train --config DST/recipe.toml --resume continues it on any backend.")
+    gr.add_argument("checkpoint", help="RUN/checkpoint-N, written by hyperclone train")
+    gr.add_argument("dst", help="the new run folder (absent or empty)")
+    _growth_args(gr)
+    gr.set_defaults(seed=0)
+    gr.add_argument("--moments", choices=("carry", "asymmetric", "reset"), default="carry",
+                    help="AdamW moments: carry (the clone continues the run), asymmetric (one copy keeps them: a "
+                         "symmetry breaker), reset (a fresh optimizer) (default: carry)")
+    gr.add_argument("--inserted-lr", type=lambda t: validate.finite("--inserted-lr", t, 0.0), default=1.0,
+                    help="LR multiplier of layers --layers inserts (0 freezes them) (default: 1)")
+    gr.set_defaults(func=cmd_grow)
+
     b = command("backends", "list installed backends, their versions, devices and capabilities", BACKENDS_EXAMPLES)
     b.set_defaults(func=cmd_backends)
 
@@ -305,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, add_help=False)
         s.add_argument("--backend", default="torch", help="backend whose engine trains (default: torch)")
         s.set_defaults(func=None, delegate=name)
-    p.commands = {"expand": e, "plan": pl, "verify": v, "backends": b}
+    p.commands = {"expand": e, "plan": pl, "verify": v, "grow": gr, "backends": b}
     return p
 
 

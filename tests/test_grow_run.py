@@ -153,3 +153,78 @@ def test_resume_refuses_another_growth_schedule(tmp_path):
     _run(tmp_path, stop_after=5).engine.close()
     with pytest.raises(HypercloneError, match="grow"):
         _run(tmp_path, resume=True, grow=("4:width=2,ffn=3",))
+
+
+def _cli_run(tmp, *extra):
+    from hyperclone_core.train.cli import main
+
+    args = [str(tmp / "m"), "--data", str(tmp / "corpus.txt"), "--batch-size", "2", "--seq-len", "16",
+            "--eval-every", "0", "--eval-batches", "1", "--no-progress", "--save-every", "2", "--warmup-steps", "0",
+            "--min-lr-ratio", "1", "--lr", "3e-3", "--threads", "1", *extra]
+    assert main(args) == 0
+
+
+def _losses(out):
+    import json
+
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in recs if "train_loss" in r}
+
+
+@pytest.fixture
+def grown_saved_run(tmp_path):
+    """A small run to step 2, grown by ``hyperclone grow``; and the run that grew at step 2 itself."""
+    from hyperclone_core.cli import main
+    from hyperclone_core.io import save_checkpoint
+
+    (tmp_path / "corpus.txt").write_text("HyperCloning grows small models into wide ones. " * 60)
+    cfg = dict(CASES["llama"], vocab_size=256)
+    save_checkpoint(tmp_path / "m", cfg, random_weights(cfg, seed=2))
+    _cli_run(tmp_path, "--out", str(tmp_path / "small"), "--steps", "2")
+    assert main(["grow", str(tmp_path / "small" / "checkpoint-0000002"), str(tmp_path / "grown"), "--width", "2",
+                 "--strategy", "symmetric"]) == 0
+    _cli_run(tmp_path, "--out", str(tmp_path / "straight"), "--steps", "6", "--grow", "2:width=2,strategy=symmetric")
+    return tmp_path
+
+
+def test_hyperclone_grow_output_resumes_bit_for_bit(grown_saved_run):
+    import json
+    import shutil
+
+    from hyperclone_core.train.cli import main
+
+    tmp = grown_saved_run
+    g = tmp / "grown"
+    ck = g / "checkpoint-0000002"
+    assert json.loads((ck / "config.json").read_text())["hidden_size"] == 2 * CASES["llama"]["hidden_size"]
+    state = json.loads((ck / "trainer" / "state.json").read_text())
+    assert state["config"]["grow"] == ["2:width=2,strategy=symmetric"] and state["growths_done"] == 1
+    assert state["adamw"]["eps_mult"] and state["adam_step"] == 2
+    shutil.copytree(g, tmp / "grown2")
+    shutil.copytree(ck, tmp / "gm")
+    assert main(["--config", str(g / "recipe.toml"), "--resume", "--steps", "6"]) == 0
+    a, b = _losses(tmp / "straight"), _losses(g)
+    assert [a[s] for s in range(6)] == [b[s] for s in range(6)]
+    # a copy of the grown checkpoint as the model works too (its config is the grown one)
+    assert main([str(tmp / "gm"), "--data", str(tmp / "corpus.txt"), "--out", str(tmp / "grown2"), "--resume",
+                 "--steps", "6",
+                 "--batch-size", "2", "--seq-len", "16", "--eval-every", "0", "--eval-batches", "1",
+                 "--no-progress", "--save-every", "2", "--warmup-steps", "0", "--min-lr-ratio", "1", "--lr", "3e-3",
+                 "--threads", "1", "--grow", "2:width=2,strategy=symmetric"]) == 0
+    assert [_losses(tmp / "grown2")[s] for s in range(6)] == [a[s] for s in range(6)]
+
+
+@pytest.mark.parametrize("other", ["jax", "mlx"])
+def test_hyperclone_grow_output_resumes_on_another_backend(grown_saved_run, other):
+    import shutil
+
+    from hyperclone_core.train.cli import main
+
+    pytest.importorskip({"jax": "hyperclone_jax", "mlx": "hyperclone_mlx"}[other])
+    tmp = grown_saved_run
+    shutil.copytree(tmp / "grown", tmp / other)
+    assert main(["--config", str(tmp / "grown" / "recipe.toml"), "--out", str(tmp / other), "--resume",
+                 "--steps", "4", "--backend", other, "--threads", "0"]) == 0
+    a, b = _losses(tmp / "straight"), _losses(tmp / other)
+    assert abs(b[2] - a[2]) <= 1e-4 * abs(a[2]), (a[2], b[2])
+    assert abs(b[3] - a[3]) <= 1e-4 * abs(a[3]), (a[3], b[3])

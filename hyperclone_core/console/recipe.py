@@ -185,7 +185,7 @@ def _convert(path, key: str, value: Any, a: argparse.Action) -> Any:
         return value if isinstance(a, argparse._StoreTrueAction) else not value
     if isinstance(value, Mapping):
         raise UsageError(f"{where}: a table is not an option value")
-    many = a.nargs not in (None, "?")
+    many = a.nargs not in (None, "?") or isinstance(a, argparse._AppendAction)
     items = list(value) if isinstance(value, list) else [value]
     if not many and isinstance(value, list):
         raise UsageError(f"{where}: {_flag(a)} takes one value, not a list")

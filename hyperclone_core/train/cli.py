@@ -29,7 +29,8 @@ from .config import TrainConfig
 from .loop import optimizer_for, train
 from .plot import plot_history
 
-HIDDEN = ("out_dir", "betas", "clone_lr", "resume", "compile", "progress", "log_jsonl", "allow_change", "keep_best")
+HIDDEN = ("out_dir", "betas", "clone_lr", "resume", "compile", "progress", "log_jsonl", "allow_change", "keep_best",
+          "grow")
 HELP = {
     "steps": "optimizer steps in all (a resumed run counts from its checkpoint)",
     "batch_size": "global batch in sequences per optimizer step (split over ranks and --grad-accum)",
@@ -52,6 +53,11 @@ HELP = {
     "parallel": "distributed mode of the backend (torch: none, ddp, fsdp under torchrun)",
     "mesh": "device mesh for backends that shard over one (e.g. data=2,fsdp=2,tensor=2)",
     "threads": "intra-op CPU threads (0: automatic: the fastest count, timed on the run's first steps)",
+    "schedule": "LR schedule: cosine, or wsd (warmup, stable at the peak, decay at the end: suits growth)",
+    "decay_steps": "wsd: decay over the last N steps (0: --decay-fraction of the run)",
+    "decay_fraction": "wsd: the share of the run the decay takes when --decay-steps is 0",
+    "decay_shape": "wsd: linear or cosine decay to lr x --min-lr-ratio",
+    "rewarm_steps": "after each --grow, ramp the LR up again over N steps (0: no re-warm)",
 }
 RECIPE_EXCLUDE = ("resume", "allow_change", "no_progress")
 """Options OUT/recipe.toml leaves out: how this invocation continued or displayed a run,
@@ -62,7 +68,9 @@ EXAMPLES = examples(
     "hyperclone train wide --data corpus.txt --out runs/wide --steps 2000 --lr 3e-4",
     "hyperclone train wide --data corpus.txt --out runs/wide --steps 4000 --resume",
     "hyperclone train --config run.toml --lr 1e-4       # a recipe file; flags override it",
-    "hyperclone train --config runs/wide/recipe.toml --out runs/replay   # replay a run")
+    "hyperclone train --config runs/wide/recipe.toml --out runs/replay   # replay a run",
+    "hyperclone train small --data corpus.txt --out runs/grow --steps 800 --schedule wsd --grow 200:width=2 "
+    "--grow 500:width=2,layers=+2")
 
 
 def plan_of(folder):
@@ -146,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clone-lr", default="", choices=clone_lr_choices(),
                    help="per-tensor LR multipliers from the plan: none, or a rule such as inverse_width (1/r for "
                         "inputs grown r-fold) (default: none)")
+    p.add_argument("--grow", action="append", metavar="STEP:OPTIONS",
+                   help="grow the model at the start of step STEP, carrying the training state (repeatable; OPTIONS "
+                        "in expand's words: width, ffn, ffn_size, heads, kv_heads, layers (N or +K), strategy, layout, "
+                        "seed, and moments=carry|asymmetric|reset, inserted_lr; e.g. 200:width=2,layers=+2)")
     p.add_argument("--log-jsonl", help="metrics file (default: OUT/metrics.jsonl)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --out (starts fresh when there is none)")
@@ -160,10 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from(args) -> TrainConfig:
     kw = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-          if f.name not in ("out_dir", "progress", "allow_change") and hasattr(args, f.name)}
+          if f.name not in ("out_dir", "progress", "allow_change", "grow") and hasattr(args, f.name)}
     allow = tuple(x.strip() for x in (args.allow_change or "").split(",") if x.strip())
     try:
-        return TrainConfig(**kw, out_dir=args.out, progress=not args.no_progress, allow_change=allow)
+        return TrainConfig(**kw, out_dir=args.out, progress=not args.no_progress, allow_change=allow,
+                           grow=tuple(getattr(args, "grow", None) or ()))
     except OptionError as exc:  # name the flags, not the fields
         text = str(exc).replace("TrainConfig: ", "")
         for f in sorted(fields(TrainConfig), key=lambda f: -len(f.name)):
@@ -299,8 +312,9 @@ def run(args) -> Any:
         val = None
     plan = read_plan(args.plan, "plan (--plan)") if args.plan else plan_of(args.model_dir)
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    optimizer = optimizer_for(tc, shapes, plan)
     try:
-        engine = bk.engine(hf, weights, tc, optimizer_for(tc, shapes, plan))
+        engine = bk.engine(hf, weights, tc, optimizer)
     except (OptionError, CheckpointError):
         raise
     except ConfigError as exc:  # the model and data are checked by now: what is left is how it was asked to run
@@ -322,7 +336,8 @@ def run(args) -> Any:
         if resolved is not None and claimed is not None and fresh:
             write_recipe(claimed, resolved)  # before a step: an interrupted run can be replayed too
         result = train(engine, tc, tokens, val, plan=plan, source_dir=args.model_dir, callback=redraw,
-                       lineage=lineage(args.model_dir, args.backend))
+                       lineage=lineage(args.model_dir, args.backend), optimizer=optimizer, backend=bk)
+        engine = result.engine  # a growth (or a resume into a grown checkpoint) replaced it
         if claimed is not None:
             claimed.replace("loss.png", lambda tmp: plot_history(result.history, tmp))
             if resolved is not None and not fresh:
