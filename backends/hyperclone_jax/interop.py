@@ -29,8 +29,9 @@ from hyperclone_core.model.validate import read_model
 from . import blocks
 from . import distributed as D
 from .backend import JaxBackend
-from .io import read_tensor, save_checkpoint
-from .ops import jax_dtype
+from .ops import JaxArrays, jax_dtype
+
+_ARRAYS = JaxArrays()
 
 
 def load_pretrained(folder, dtype: Optional[str] = None, mesh=None, rules: Optional[Mapping[str, Any]] = None) -> tuple:
@@ -46,7 +47,7 @@ def load_pretrained(folder, dtype: Optional[str] = None, mesh=None, rules: Optio
         if n not in kinds:
             continue
         where = D.sharding_for(kinds[n], ck.shape(n), mesh, rules) if mesh is not None else None
-        x = read_tensor(ck, n, where)
+        x = _ARRAYS.from_stored(np.asarray(ck.raw(n)), ck.dtype(n), where)  # straight to its shards
         out[n] = x.astype(jax_dtype(dtype)) if dtype else x
     return dict(ck.config), out
 
@@ -58,7 +59,7 @@ def save_pretrained(folder, config: Mapping[str, Any], params: Mapping[str, Any]
     dtypes = {jnp.dtype(x.dtype).name for x in params.values()}
     if len(dtypes) == 1:
         config["torch_dtype"] = dtypes.pop()
-    return save_checkpoint(folder, config, params, force=force, max_shard_bytes=max_shard_bytes)
+    return _ARRAYS.save_checkpoint(folder, config, params, force=force, max_shard_bytes=max_shard_bytes)
 
 
 def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width: float = 2,
