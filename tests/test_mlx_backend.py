@@ -122,3 +122,21 @@ def test_demo_runs_on_mlx(tmp_path, capsys):
     assert doc["backend"] == "mlx"
     assert doc["summary"]["preservation_error"] <= 1e-4
     assert doc["clone"][0][1] < doc["random"][0][1], "the clone must start below the random twin"
+
+
+def test_the_slow_blas_path_is_said_once(capsys, monkeypatch):
+    """MLX's Linux wheel trains on a bundled BLAS about 15x slower than OpenBLAS: a run
+    there says so once, with the fix; with OpenBLAS mapped, or off Linux, it says nothing."""
+    import io as _io
+
+    from hyperclone_mlx import backend as B
+
+    assert B.slow_path("7f00-7f01 r-xp 0 00:00 0 /usr/lib/libmlx.so\n", "linux")
+    assert not B.slow_path(f"7f00-7f01 r-xp 0 00:00 0 {B.OPENBLAS}\n", "linux")
+    assert not B.slow_path("anything", "darwin")
+    monkeypatch.setattr(B, "_NOTED", [])
+    monkeypatch.setattr(B, "slow_path", lambda *a, **k: True)
+    out = _io.StringIO()
+    assert B.slow_path_note(out) and not B.slow_path_note(out)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and "LD_PRELOAD=" in text and "libopenblas0-pthread" in text

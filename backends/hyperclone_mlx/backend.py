@@ -5,6 +5,8 @@ device: the GPU (Metal) on Apple silicon, the CPU elsewhere."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Mapping
 
 import mlx.core as mx
@@ -51,6 +53,7 @@ class MlxBackend(ops.MlxArrays):
         """An ``MlxEngine`` over a float32 copy of ``weights``."""
         from .engine import MlxEngine
 
+        slow_path_note()
         return MlxEngine(hf_config, weights, config, optimizer)
 
     def launch_command(self, world, module_args):
@@ -59,6 +62,35 @@ class MlxBackend(ops.MlxArrays):
         return launch_command(world, module_args)
 
 
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+_NOTED: list = []
+
+
+def slow_path(maps: str = "", platform: str = sys.platform) -> bool:
+    """True where MLX trains on its Linux CPU wheel's bundled BLAS: no OpenBLAS mapped
+    into this process (``maps``: /proc/self/maps)."""
+    if not platform.startswith("linux"):
+        return False
+    if not maps:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return False
+    return "openblas" not in maps.lower()
+
+
+def slow_path_note(stream=None) -> bool:
+    """Say once per process, on stderr, that training runs on the slow path and how to
+    leave it; returns whether it said so."""
+    if _NOTED or not slow_path():
+        return False
+    _NOTED.append(True)
+    print("hyperclone: note: MLX on Linux multiplies matrices with its wheel's bundled BLAS, about 15x slower than "
+          f"OpenBLAS here; for anything but tiny models: apt-get install libopenblas0-pthread, then run with "
+          f"LD_PRELOAD={OPENBLAS} (backends/hyperclone_mlx/README.md)", file=stream or sys.stderr)
+    return True
+
+
 backend = MlxBackend()
 
-__all__ = ["MlxBackend", "backend"]
+__all__ = ["MlxBackend", "backend", "slow_path", "slow_path_note"]
