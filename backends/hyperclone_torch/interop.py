@@ -170,9 +170,20 @@ def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
 @torch.no_grad()
 def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads: Optional[float] = None,
                  kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = None,
-                 seed: int = 0, layout: str = "tile", untie: bool = False, return_plan: bool = False):
+                 seed: int = 0, layout: str = "tile", untie: bool = False, return_plan: bool = False,
+                 optimizer: Optional[torch.optim.Optimizer] = None, moments: str = "carry", inserted_lr: float = 1.0):
     """Grow ``model`` (transformers PreTrainedModel of a supported family, or a
     Decoder) into a model of the same class whose logits equal the source's.
+
+    ``optimizer``: the ``torch.optim.AdamW`` training ``model``; then the result is
+    ``(grown model, grown optimizer)`` (plus the plan with ``return_plan``): a new
+    AdamW over the grown model holding the grown moments and step, its param groups
+    the per-tensor lr / eps / weight decay the growth sets (``hyperclone_torch.grow``),
+    so a symmetric clone trained on continues the source's run.  Clip with
+    ``hyperclone_torch.clip_grad_norm_(grown_optimizer, max_norm)``, which weighs each
+    group by its ``clip_weight`` (the source-equivalent norm).  ``moments``: carry,
+    asymmetric (a symmetry breaker) or reset; ``inserted_lr``: the LR multiplier of
+    layers depth growth inserts (0 freezes them).
 
     ``width`` grows hidden (and, unless given, ffn and heads) by that ratio;
     ``layers`` is the new total depth; tied embeddings stay tied unless ``untie``.  Runs on the model's device and dtype; the
@@ -215,6 +226,13 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
         raise HypercloneError(f"expand_model: parameters {still[:6]} were left uninitialised")
     new.train(model.training)
     _return_freed_memory()
+    if optimizer is not None:
+        from .grow import grown_adamw
+
+        new_opt = grown_adamw(optimizer, model, new, plan, src_loc,
+                              locate([t.name for t in plan.tensors], dict(new.named_parameters()).keys(), "grown model"),
+                              moments=moments, inserted_lr=inserted_lr)
+        return (new, new_opt, plan) if return_plan else (new, new_opt)
     return (new, plan) if return_plan else new
 
 

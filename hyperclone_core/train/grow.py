@@ -154,8 +154,10 @@ def grow_optimizer(plan: Plan, source: AdamW, factors: Optional[Mapping[str, Ten
         for table, v in ((lr, lr_n), (eps, eps_n), (wd, wd_n), (clip, clip_n)):
             if v != 1.0:
                 table[n] = float(v)
-    return dataclasses.replace(source, decay=decay_mask(shapes), lr_mult=lr, eps_mult=eps, wd_mult=wd,
-                               clip_weight=clip)
+    # a grown tensor decays as its source did (the source's mask may not be decay_mask's: a user's own groups)
+    decay = frozenset(n for n, f in factors.items() if f.source in source.decay) if source.decay else \
+        decay_mask(shapes)
+    return dataclasses.replace(source, decay=decay, lr_mult=lr, eps_mult=eps, wd_mult=wd, clip_weight=clip)
 
 
 def _get(table: Mapping[str, float], name: str) -> float:
