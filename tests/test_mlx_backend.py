@@ -127,9 +127,10 @@ def test_demo_runs_on_mlx(tmp_path, capsys):
 def test_the_slow_blas_path_is_said_once(capsys, monkeypatch):
     """MLX's Linux wheel trains on a bundled BLAS about 15x slower than OpenBLAS: a run
     there says so once, with the fix; with OpenBLAS mapped, or off Linux, it says nothing."""
+    import importlib
     import io as _io
 
-    from hyperclone_mlx import backend as B
+    B = importlib.import_module("hyperclone_mlx.backend")  # the module (the package exports the object)
 
     assert B.slow_path("7f00-7f01 r-xp 0 00:00 0 /usr/lib/libmlx.so\n", "linux")
     assert not B.slow_path(f"7f00-7f01 r-xp 0 00:00 0 {B.OPENBLAS}\n", "linux")
