@@ -77,6 +77,50 @@ BF16_SUBSET = [(c, s, "width2") for c in ("llama", "gpt_neox", "opt", "gemma2", 
 """Where bfloat16 is checked: one family per decoder feature group, both split kinds."""
 
 
+def _forward_cases() -> dict:
+    llama, mistral, gemma2 = CASES["llama"], CASES["mistral"], CASES["gemma2"]
+    return {
+        "llama_rope_base": dict(llama, rope_parameters={"rope_theta": 100.0, "rope_type": "default"}, rope_theta=100.0),
+        "mistral_window": dict(mistral, sliding_window=3),
+        "gemma2_scale": dict(gemma2, attn_logit_softcapping=None, final_logit_softcapping=None,
+                             query_pre_attn_scalar=2, sliding_window=3),
+        "gemma2_softcap": dict(gemma2, attn_logit_softcapping=1.0, final_logit_softcapping=2.0),
+        "olmo_clip": dict(CASES["olmo"], clip_qkv=0.5),
+        **{f"rope_{name}": _rope_case(llama, params) for name, params in ROPE_VARIANTS.items()},
+    }
+
+
+ROPE_VARIANTS = {
+    "linear": dict(rope_type="linear", factor=4.0),
+    "dynamic": dict(rope_type="dynamic", factor=4.0),
+    "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=4),
+    "longrope": dict(rope_type="longrope", short_factor=[1.0, 1.5, 3.0, 8.0], long_factor=[1.0, 2.0, 4.0, 8.0],
+                     original_max_position_embeddings=16),
+    "llama3": dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=16),
+    "proportional": dict(rope_type="proportional", partial_rotary_factor=0.5, factor=2.0),
+}
+"""Every RoPE type but the default (``model.rope.ROPE_TYPES``), each set so it changes
+the 8 positions the suite runs (``dynamic``'s and ``yarn``'s thresholds lie inside them)."""
+
+
+def _rope_case(base: dict, params: dict) -> dict:
+    hf = dict(base, rope_parameters=dict(params, rope_theta=10000.0))
+    hf.pop("rope_theta", None)
+    if params["rope_type"] == "dynamic":
+        hf["max_position_embeddings"] = 4  # rescaled once the sequence passes it
+    return hf
+
+
+FORWARD_CASES = _forward_cases()
+"""Forward-only cases (not in the expansion matrix): the decoder flags whose fast paths
+the families' defaults never reach -- a RoPE base other than 10000, a sliding window
+with no softcap (every layer, 3 of 8 keys), an attention scale other than
+head_dim ** -0.5 with no softcap, softcaps strong enough that ignoring either fails
+by over 100x the bound, a q/k/v clip that clips (OLMo's 8.0 never does here), and
+every RoPE type (``ROPE_VARIANTS``); ``_coverage.SENSITIVE`` proves each margin."""
+
+
 @dataclass(frozen=True)
 class Source:
     case: str
@@ -89,10 +133,10 @@ class Source:
 
 @functools.lru_cache(maxsize=None)
 def source(case: str) -> Source:
-    hf = dict(CASES[case])
+    hf = dict(CASES[case] if case in CASES else FORWARD_CASES[case])
     family = family_for_config(hf)
     cfg = family.read(hf)
-    seed = sorted(CASES).index(case)
+    seed = sorted(CASES).index(case) if case in CASES else len(CASES) + list(FORWARD_CASES).index(case)
     return Source(case, hf, family, cfg, random_weights(hf, seed=seed),
                   random_tokens(cfg.vocab, seed=seed, **TOKENS))
 

@@ -45,6 +45,14 @@ FD_ATOL = 2e-5
 DIST_TOL = 1e-5
 """``distributed``: losses of 2 workers vs 1 over 5 steps (the issue's bound)."""
 
+DIST_NORM_RTOL = 1e-4
+"""``distributed``: each step's gradient norm, 2 workers vs 1 (relative)."""
+
+DIST_MOMENT_RTOL = 1e-3
+"""``distributed``: AdamW's moments after 5 steps, 2 workers vs 1, per tensor relative to
+its largest entry (float32 all-reduce order; summed gradients give 2x, or 4x in the
+second moment)."""
+
 
 def config(device: Optional[str], **kw) -> TrainConfig:
     """The checks' TrainConfig.  ``threads`` stays 0 (each backend's own policy): a count

@@ -226,6 +226,8 @@ def __getattr__(name):
     key = name.removeprefix("mutant_")
     if key in patches:
         return _torch_mutant(f"mutant_{key}", patches[key])
+    if name in PROTOCOL_MUTANTS:
+        return make_protocol_mutant(name)
     raise AttributeError(name)
 
 
@@ -238,7 +240,10 @@ MUTANTS = {
 }
 globals().update(MUTANTS)
 TORCH_MUTANTS = ("mutant_wd_sign", "mutant_batch_order", "mutant_late_loss")
-ALL = tuple(MUTANTS) + TORCH_MUTANTS
+
+from .protocol import ALL as PROTOCOL_MUTANTS, make as make_protocol_mutant  # noqa: E402  (issue 22's)
+
+ALL = tuple(MUTANTS) + TORCH_MUTANTS + PROTOCOL_MUTANTS
 
 from .growth import register as _register_growth  # noqa: E402  (issue 21: growth inside training)
 

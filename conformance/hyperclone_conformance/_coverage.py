@@ -1,0 +1,220 @@
+"""The protocol surface and the cases that cover it: a table the suite checks
+against the protocol itself (``test_coverage.py``).  Kept free of pytest.
+
+The surface is *read*, not remembered: the members of the protocol classes
+(``run.protocol``, ``train.engine``), the optional hooks their docstrings name
+(````name(...)````, ````name=````), every ``getattr(backend, "...")`` the core makes
+on a backend or an engine, the decoder's ``ArrayOps`` hooks and every
+``DecoderConfig`` field.  Adding any of them without a row here fails the suite,
+and every row names the tests that would fail if a backend got it wrong.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+FWD = "test_forward.py::test_forward_matches_oracle"
+PROG = "test_programs.py::test_program_matches_oracle"
+REACH = "test_coverage.py::test_every_optional_hook_the_backend_has_is_reached"
+STREAM = "test_streaming.py::test_row_blocks_match_the_oracle"
+POWER = "test_streaming.py::test_noise_power_hook"
+CKPT = "test_checkpoint.py::test_checkpoint_round_trip"
+PRES = "test_preservation.py::test_function_preservation"
+PRES16 = "test_preservation.py::test_function_preservation_bf16"
+BF16P = "test_programs.py::test_bfloat16_programs_are_bit_for_bit"
+NOISE = "test_programs.py::test_noise_depends_on_the_tensor_seed"
+FIRST = "test_train.py::test_first_loss_through_the_loop_is_the_source_loss"
+GRADS = "test_train.py::test_gradients_match_finite_differences_of_the_oracle"
+ADAMW = "test_train.py::test_update_is_adamw_in_closed_form"
+ACCUM = "test_train.py::test_accumulation_equals_one_big_batch"
+LOOP = "test_train.py::test_loop_hands_the_schedule_and_the_batches_and_losses_follow_them"
+RESUME = "test_train.py::test_resume_is_bit_for_bit_and_the_checkpoint_is_neutral"
+BF16T = "test_train.py::test_bfloat16_compute_keeps_float32_master_weights"
+DIST = "test_train.py::test_distributed_workers_match_one_worker"
+SURFACE = "test_engine.py::test_engine_surface"
+FRESH = "test_engine.py::test_export_before_the_first_step_changes_nothing"
+STATE = "test_engine.py::test_exported_state_is_full_float32_by_name"
+GUARD = "test_engine.py::test_non_finite_step_changes_nothing"
+EVAL = "test_engine.py::test_evaluate_is_the_mean_over_batches"
+MODES = "test_engine.py::test_parallel_modes_and_devices"
+
+HOOKS = {
+    # Backend
+    "name": (SURFACE, REACH), "capabilities": (REACH,), "version": (REACH,), "device_name": (REACH,),
+    # ExpandBackend: the primitives every program runs on
+    "asarray": (PROG,), "to_numpy": (PROG,), "shape": (PROG,), "take": (PROG,), "scale": (PROG,),
+    "zero_sum_noise": (PROG, STREAM, NOISE), "mean_square": (PROG, STREAM), "add_scaled": (PROG, STREAM),
+    "reshape": (PROG, "test_programs.py::test_reshape_programs_match_the_oracle"), "cast": (BF16P,),
+    # ExpandBackend: optional fast paths (each reached, when the backend has it: REACH)
+    "scale_": (PROG, REACH), "scale_take": (PROG, REACH), "take_axes": (PROG, REACH),
+    "add_zero_sum_noise": (PROG, NOISE, REACH), "run_whole_program": (PROG, REACH),
+    "add_zero_sum_noise_power": (STREAM, POWER, REACH), "row_workers": (STREAM,),
+    "save_checkpoint": (CKPT,), "load_checkpoint": (CKPT,),
+    # ForwardBackend
+    "forward": (FWD, PRES), "dtype=": (PRES16,),
+    "lazy_weights": ("test_forward.py::test_forward_reads_stored_tensors",),
+    # TrainBackend / Launcher
+    "engine": (FIRST, SURFACE), "launch_command": (DIST, MODES), "worker_exits_hard": (DIST,),
+    "parallel_modes": (MODES, DIST), "check_device": (MODES,),
+    # Engine
+    "backend": (SURFACE,), "config": (SURFACE,), "names": (SURFACE, STATE), "shapes": (SURFACE, STATE),
+    "rank": (SURFACE,), "world": (SURFACE, DIST), "step": (ADAMW, ACCUM, LOOP, GUARD),
+    "gradients": (GRADS, ACCUM, ADAMW), "evaluate": (EVAL, RESUME), "params": (SURFACE, LOOP),
+    "export_state": (FRESH, STATE, ADAMW), "import_state": (FRESH, RESUME, GUARD),
+    "barrier": (SURFACE,), "close": (SURFACE,), "set_threads": (SURFACE,),
+    # the decoder's ArrayOps hooks (a backend's forward overrides them; FWD runs every family)
+    "ArrayOps.compute_dtype": (PRES16,), "ArrayOps.low_precision": (PRES16,), "ArrayOps.astype": (FWD, PRES16),
+    "ArrayOps.constant": (FWD,), "ArrayOps.stop_gradient": (GRADS,), "ArrayOps.linear": (FWD,),
+    "ArrayOps.embed": (FWD,), "ArrayOps.rsqrt": (FWD,), "ArrayOps.erf": (FWD,), "ArrayOps.act": (FWD,),
+    "ArrayOps.silu": (FWD,), "ArrayOps.relu": (FWD,), "ArrayOps.gelu": (FWD,), "ArrayOps.gelu_tanh": (FWD,),
+    "ArrayOps.softmax": (FWD,), "ArrayOps.rms_norm": (FWD,), "ArrayOps.layer_norm": (FWD,),
+    "ArrayOps.rope": (FWD, "test_coverage.py::test_forward_cases_are_sensitive_to_their_flags"),
+    "ArrayOps.attention": (FWD, "test_coverage.py::test_forward_cases_are_sensitive_to_their_flags"),
+    "ArrayOps.top_k": (FWD, GRADS),
+}
+"""Every member of the protocol surface -> the tests that fail if a backend gets it wrong."""
+
+DIMS = ("family", "vocab", "hidden", "ffn", "layers", "heads", "kv_heads", "head_dim", "positions", "embed",
+        "experts", "experts_per_tok")
+"""``DecoderConfig`` fields that are sizes (grown by the matrix's growths, not flags)."""
+
+FLAGS = {
+    "norm": ("layer", "layer_noparam"), "norm_eps": (1e-6,), "norm_unit_offset": (True,),
+    "placement": ("post", "sandwich", "post_sublayer"), "parallel_residual": (True,), "final_norm": (False,),
+    "mlp": ("plain",), "fused_gate_up": (True,), "qkv_layout": ("concat", "per_head"),
+    "act": ("relu", "gelu", "gelu_pytorch_tanh"), "pos": ("learned",), "rope_theta": (100.0,),
+    "rotary_dim": (4,), "learned_pos_offset": (2,), "qk_norm": ("head", "full"), "qkv_bias": (True,),
+    "o_bias": (True,), "mlp_bias": (True,), "norm_bias": (True,), "tie_embeddings": (True,),
+    "embed_scale": (True,), "attn_scale": (2 ** -0.5,), "attn_softcap": (50.0, 1.0), "final_softcap": (30.0, 2.0),
+    "clip_qkv": (8.0, 0.5), "sliding_window": (3, 4), "layer_types": ("sliding_attention", "full_attention"),
+    "rope_type": ("linear", "dynamic", "yarn", "longrope", "llama3", "proportional"),
+    "rope_scaling": ("factor", "short_factor", "long_factor", "low_freq_factor", "high_freq_factor",
+                     "original_max_position_embeddings", "attention_factor", "max_position_embeddings",
+                     "partial_rotary_factor"),
+}
+"""Every structural ``DecoderConfig`` flag -> the non-default values some forward case
+(``_suite.CASES`` or ``_suite.FORWARD_CASES``) gives it (a tuple flag: its items;
+``rope_scaling``: the parameter names)."""
+
+SENSITIVE = [
+    ("rope_theta", "llama_rope_base", (10000.0,), 100),
+    ("sliding_window", "mistral_window", ("+1", 0), 100),
+    ("attn_scale", "gemma2_scale", (0.0,), 100),
+    ("attn_softcap", "gemma2_softcap", (0.0,), 100),
+    ("final_softcap", "gemma2_softcap", (0.0,), 100),
+    ("rotary_dim", "gpt_neox", (0,), 100),
+    ("clip_qkv", "olmo_clip", (0.0,), 100),
+    ("learned_pos_offset", "opt", (0,), 100),
+    ("embed_scale", "gemma", (False,), 100),
+    ("norm_unit_offset", "gemma", (False,), 100),
+    ("parallel_residual", "gpt_neox", (False,), 100),
+    *[("rope_type", f"rope_{t}", ("default",), 100) for t in FLAGS["rope_type"]],
+]
+"""(flag, case, wrong values, k): the oracle run on the case with the flag set to a wrong
+value ("+1": one more) differs by at least k times the float32 bound, so a backend that
+ignores the flag (or is one off) fails its forward case by that much."""
+
+ENGINE_RULES = {
+    "loss is the mean next-token cross entropy": (EVAL, LOOP, FIRST),
+    "average them (over micro-batches": (ACCUM,),
+    "then over data-parallel ranks": (DIST,),
+    "clip by the global norm": (ADAMW,),
+    "before clipping": (ADAMW,),
+    "unless loss or gradient is not finite": (GUARD,),
+    "left parameters and optimizer state untouched": (GUARD,),
+    "parameters and moments stay float32": (BF16T,),
+    "return full arrays on every rank": (STATE, DIST),
+    "continues a run bit for bit": (FRESH, RESUME),
+    "the number of optimizer steps taken": (FRESH, ADAMW),
+    "float32 parameters (the master copy)": (STATE, BF16T),
+}
+"""A rule as the ``Engine``/``StepResult``/``EngineState`` docstrings word it -> its tests."""
+
+
+# ---------------------------------------------------------------- reading the protocol
+
+BACKEND_VARS = ("backend", "bk", "engine", "eng")
+"""Names the core gives a backend or an engine object where it probes an optional hook."""
+
+
+def protocol_classes() -> tuple:
+    from hyperclone_core.run import protocol
+    from hyperclone_core.train import engine
+
+    return (protocol.Backend, protocol.ExpandBackend, protocol.ForwardBackend, protocol.TrainBackend,
+            engine.Engine, engine.Launcher)
+
+
+def protocol_members() -> set:
+    """Attributes and methods the protocol classes declare, plus the optional hooks and
+    keywords their docstrings name (````name(```` and ````name=````)."""
+    out = set()
+    for cls in protocol_classes():
+        out |= set(getattr(cls, "__annotations__", {}))
+        out |= {k for k, v in vars(cls).items() if inspect.isfunction(v) and not k.startswith("_")}
+        doc = cls.__doc__ or ""
+        out |= set(re.findall(r"``(\w+)\(", doc))
+        out |= {k + "=" for k in re.findall(r"``(\w+)=``", doc)}
+    return out
+
+
+def core_probes(room: str = "") -> set:
+    """Every ``getattr(<backend or engine>, "name", ...)`` in ``hyperclone_core`` (or in
+    one room of it: ``"run"``)."""
+    import hyperclone_core
+
+    out = set()
+    for path in (Path(hyperclone_core.__file__).parent / room).rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                    and len(node.args) >= 2 and isinstance(node.args[0], ast.Name)
+                    and node.args[0].id in BACKEND_VARS and isinstance(node.args[1], ast.Constant)
+                    and isinstance(node.args[1].value, str) and not node.args[1].value.startswith("_")):
+                out.add(node.args[1].value)
+    return out
+
+
+def array_ops_hooks() -> set:
+    from hyperclone_core.model.decoder import ArrayOps
+
+    return {f"ArrayOps.{k}" for k, v in vars(ArrayOps).items() if inspect.isfunction(v) and not k.startswith("_")}
+
+
+def surface() -> set:
+    """The whole protocol surface as read from the code."""
+    return protocol_members() | core_probes() | array_ops_hooks()
+
+
+def flag_domains() -> dict:
+    """Enumerated flags -> the values ``DecoderConfig``'s field comments list
+    (``norm: str = "rms"  # rms | layer | layer_noparam``)."""
+    from dataclasses import fields
+
+    from hyperclone_core.model.spec import DecoderConfig
+
+    out = {}
+    for line in inspect.getsource(DecoderConfig).splitlines():
+        m = re.match(r"\s+(\w+): (?:str|tuple) = .*#(.*\|.*)$", line)
+        if m:
+            comment = re.sub(r"\([^)]*\)", "", m.group(2))
+            words = [re.findall(r"[a-z_]+", tok) for tok in comment.split("|")]
+            out[m.group(1)] = {w[-1] for w in words if w}
+    if "rope_type" in {f.name for f in fields(DecoderConfig)}:
+        from hyperclone_core.model.rope import ROPE_TYPES  # its field comment names this table
+
+        out["rope_type"] = set(ROPE_TYPES)
+    return out
+
+
+def engine_docs() -> str:
+    from hyperclone_core.train import engine
+
+    return " ".join(" ".join((c.__doc__ or "").split()) for c in (engine.Engine, engine.StepResult, engine.EngineState))
+
+
+__all__ = ["DIMS", "ENGINE_RULES", "FLAGS", "HOOKS", "SENSITIVE", "array_ops_hooks", "core_probes", "engine_docs",
+           "flag_domains", "protocol_members", "surface"]
