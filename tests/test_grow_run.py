@@ -228,3 +228,18 @@ def test_hyperclone_grow_output_resumes_on_another_backend(grown_saved_run, othe
     a, b = _losses(tmp / "straight"), _losses(tmp / other)
     assert abs(b[2] - a[2]) <= 1e-4 * abs(a[2]), (a[2], b[2])
     assert abs(b[3] - a[3]) <= 1e-4 * abs(a[3]), (a[3], b[3])
+
+
+def test_recipe_files_take_a_grow_list_and_flags_add_to_it(tmp_path):
+    from hyperclone_core.console import recipe
+    from hyperclone_core.train.cli import build_parser, config_from
+
+    (tmp_path / "r.toml").write_text('model_dir = "m"\ndata = "d.txt"\nout = "o"\nsteps = 50\n'
+                                     'schedule = "wsd"\ngrow = ["10:width=2", "20:layers=+1"]\n')
+    args = recipe.parse(build_parser(), ["--config", str(tmp_path / "r.toml"), "--grow", "30:width=2.0,ffn=3"])
+    tc = config_from(args)
+    assert tc.grow == ("10:width=2", "20:layers=+1", "30:width=2,ffn=3") and tc.schedule == "wsd"
+    (tmp_path / "bad.toml").write_text('grow = ["10:widht=2"]\n')
+    with pytest.raises(UsageError, match="widht"):
+        config_from(recipe.parse(build_parser(), ["m", "--data", "d", "--out", "o", "--config",
+                                                  str(tmp_path / "bad.toml")]))
