@@ -41,3 +41,41 @@ def test_unfinished_run_gets_its_last_line_on_close():
     bar.update(7)
     bar.close()
     assert "7/100" in out.getvalue()
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_status_line_is_never_glued_onto_the_bar():
+    from hyperclone_core.console.progress import say
+
+    bar_out, log = _Tty(), io.StringIO()
+    bar = Progress(10, "demo", "step", stream=bar_out)
+    bar.update(3, loss=2.0)
+    say("training clone: 10 steps", log)  # the open bar is cleared, the line printed, the bar redrawn
+    bar.close()
+    text = bar_out.getvalue()
+    assert "\r\x1b[K" in text and text.rstrip("\n").endswith("\x1b[K")
+    assert log.getvalue() == "training clone: 10 steps\n"
+    say("after", log)  # no bar open: a plain line
+    assert log.getvalue().endswith("after\n")
+
+
+def test_the_eta_waits_for_a_measured_rate_and_ignores_start_up(monkeypatch):
+    import hyperclone_core.console.progress as P
+
+    now = [100.0]
+    monkeypatch.setattr(P.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    bar = Progress(101, "train", "step", stream=out, every=0.0)
+    now[0] += 60.0  # a minute of start-up and compilation before the first step ends
+    bar.update(1)
+    assert "eta --:--" in out.getvalue().splitlines()[-1]
+    for _ in range(10):
+        now[0] += 0.5
+        bar.update(1)
+    last = out.getvalue().splitlines()[-1]
+    assert "2 step/s" in last and "eta 00:45" in last  # 90 steps left at the measured 2 step/s
+    bar.close()
