@@ -499,6 +499,426 @@ def all_attacks() -> list:
         verification_attacks()
 
 
+# ---------------------------------------------------------------- train, demo, resume, jax/mlx (processes)
+#
+# Issue 25: each attack runs `python -m hyperclone_core.cli ...` as a real process, so
+# concurrency, FIFOs, symlinks, aliasing, signals and a file truncated under a running
+# job are what a user meets.  A scene returns (argv, protected paths, during): `during`
+# (optional) runs beside the process -- a rival run, a truncation, a signal -- and may
+# return the rival's exit code (then both succeeding on one OUT is an accepted corruption).
+
+
+class PAttack(NamedTuple):
+    category: str
+    name: str
+    scene: Callable  # (root) -> (argv, protected, during or None)
+    expect: Optional[int]
+
+
+PROCESS_ALARM_S = 240
+TRAIN = ("--steps", "2", "--batch-size", "2", "--seq-len", "8", "--no-progress", "--threads", "1")
+DEMO = ("--hidden", "8", "--layers", "1", "--heads", "2", "--ffn", "16", "--steps", "4", "--eval-every", "1",
+        "--eval-batches", "1", "--batch-size", "2", "--seq-len", "8", "--warmup-steps", "1",
+        "--no-progress", "--threads", "1")
+
+
+def _base(root: Path) -> Path:
+    save = io.save_checkpoint(root / "m", testing.CASES["llama"], testing.random_weights(testing.CASES["llama"]))
+    np.save(root / "d.npy", (np.arange(6000) % 90).astype(np.uint16))
+    (np.arange(6000) % 90).astype(np.uint16).tofile(root / "d.bin")
+    words = "the cat sat on a mat and the dog ran far away from home".split()
+    rng = np.random.default_rng(0)
+    (root / "t.txt").write_text("\n\n".join(" ".join(rng.choice(words, 60)) for _ in range(80)))
+    return save
+
+
+def _train(root: Path, out="o", *extra, backend="torch", model="m", data="d.npy") -> list:
+    return ["train", str(root / model), "--data", str(root / data), "--out", str(root / out), "--backend", backend,
+            *TRAIN, *extra]
+
+
+def _demo(root: Path, out="demo", *extra, backend="torch") -> list:
+    return ["demo", "--text", str(root / "t.txt"), "--out", str(root / out), "--backend", backend, *DEMO, *extra]
+
+
+def _quiet(argv) -> int:
+    with contextlib.redirect_stdout(_io.StringIO()), contextlib.redirect_stderr(_io.StringIO()):
+        return main(argv)
+
+
+def _previous_run(root: Path, out="o", backend="torch") -> Path:
+    assert _quiet(_train(root, out, backend=backend)) == 0, "the scene's first run failed"
+    return root / out
+
+
+def t_scene(*extra, prepare=None, protect=("m", "d.npy", "d.bin", "t.txt"), backend="torch", out="o",
+            during=None, argv=None):
+    def scene(root: Path):
+        _base(root)
+        more = prepare(root) if prepare else None
+        args = argv(root) if argv else _train(root, out, *extra, backend=backend)
+        keep = [root / p for p in protect] + (list(more) if isinstance(more, list) else [])
+        return args, keep, (lambda proc, r=root: during(proc, r)) if during else None
+    return scene
+
+
+def _fifo_at(rel):
+    def prepare(root):
+        p = root / rel
+        if os.path.lexists(p):
+            os.unlink(p)
+        os.mkfifo(p)
+    return prepare
+
+
+def _foreign(name):
+    def prepare(root):
+        (root / "o").mkdir()
+        (root / "o" / name).write_text("the user's own " + name)
+        return [root / "o"]
+    return prepare
+
+
+def _moments(edit, backend="torch"):
+    def prepare(root):
+        out = _previous_run(root, backend=backend)
+        path = out / "checkpoint-0000002" / "trainer" / "optimizer.safetensors"
+        f = io.SafetensorsFile(path)
+        t = {k: np.asarray(f.raw(k)) for k in f.keys()}
+        edit(t, "exp_avg/model.layers.0.mlp.down_proj.weight")
+        io.write_safetensors(path, t)
+        return [out]
+    return prepare
+
+
+def _state(edit, backend="torch"):
+    def prepare(root):
+        out = _previous_run(root, backend=backend)
+        path = out / "checkpoint-0000002" / "trainer" / "state.json"
+        edit(path)
+        return [out]
+    return prepare
+
+
+def _set_json(key, value):
+    def edit(path):
+        doc = json.loads(path.read_text())
+        doc[key] = value
+        path.write_text(json.dumps(doc))
+    return edit
+
+
+def _fifo_file(path):
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _tokenizer(root, garbage=False):
+    if garbage:
+        (root / "m" / "tokenizer.json").write_text("{ not a tokenizer")
+        return
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", *sorted(set((root / "t.txt").read_text().split()))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(root / "m" / "tokenizer.json"))
+
+
+def _no_tokenizers(root):
+    (root / "shim").mkdir()
+    (root / "shim" / "tokenizers.py").write_text("raise ImportError('tokenizers is not installed (shim)')\n")
+    _tokenizer(root)
+
+
+def _single_beside_index(root):
+    shutil.rmtree(root / "m")
+    cfg, w = testing.CASES["llama"], testing.random_weights(testing.CASES["llama"])
+    io.save_checkpoint(root / "m", cfg, w, max_shard_bytes=20_000)
+    io.write_safetensors(root / "m" / "model.safetensors",
+                         {k: np.asarray(v) for k, v in testing.random_weights(cfg, seed=9).items()})
+
+
+def _rival(argv_fn, wait_for=None):
+    """Start a rival run of ``argv_fn(root)`` at once (or when ``wait_for(root)`` exists);
+    returns its exit code."""
+    def during(proc, root):
+        import time
+
+        if wait_for is not None:
+            deadline = time.time() + 60
+            while time.time() < deadline and not os.path.lexists(wait_for(root)) and proc.poll() is None:
+                time.sleep(0.02)
+        return _spawn(argv_fn(root), root).wait(timeout=PROCESS_ALARM_S)
+    return during
+
+
+def _spawn(argv, root: Path, **kw):
+    import subprocess
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONFAULTHANDLER="1")
+    if (root / "shim").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(root / "shim"), env.get("PYTHONPATH", "")])
+    return subprocess.Popen([sys.executable, "-m", "hyperclone_core.cli", *argv], env=env, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def _long(root, out="o", backend="torch"):
+    argv = _train(root, out, "--save-every", "1", "--eval-every", "0", backend=backend)
+    argv[argv.index("--steps") + 1] = "100000"
+    return argv
+
+
+def _metrics_ok(root):
+    """After two runs raced on one OUT: its metrics hold each step once."""
+    path = root / "o" / "metrics.jsonl"
+    if not path.is_file():
+        return True
+    try:
+        steps = [json.loads(x).get("step") for x in path.read_text().splitlines() if x.strip()]
+    except (ValueError, AttributeError, OSError):
+        return True  # not a run's metrics (a foreign folder the attack protects on its own)
+    return len(steps) == len(set(steps))
+
+
+def _linked_run(root):
+    _previous_run(root, "real")
+    (root / "o").symlink_to(root / "real")
+    return [root / "real"]
+
+
+def _when(ready, action, limit=120):
+    """Run ``action(proc, root)`` once ``ready(root)`` holds (the job is really running)."""
+    def during(proc, root):
+        import time
+
+        deadline = time.time() + limit
+        while time.time() < deadline and proc.poll() is None and not ready(root):
+            time.sleep(0.02)
+        if proc.poll() is None:
+            action(proc, root)
+    return during
+
+
+def _killed_run(root, delay):
+    """A long run killed with SIGKILL (no cleanup of its own) soon after its 2nd checkpoint."""
+    import time
+
+    proc = _spawn(_long(root), root)
+    _when(_checkpointed, lambda p, r: (time.sleep(delay), p.kill()))(proc, root)
+    proc.kill()
+    proc.wait()
+
+
+def _checkpointed(root):
+    return os.path.isdir(root / "o" / "checkpoint-0000002")
+
+
+def _expanding(root):
+    return any(io.TMP_MARK in p.name for p in root.iterdir())
+
+
+def process_attacks() -> list:
+    out: list = []
+    add = lambda cat, name, scene, expect: out.append(PAttack(cat, name, scene, expect))  # noqa: E731
+    # ---- train: where it writes
+    for name, target in (("the training data", "d.npy"), ("the model's config.json", "m/config.json"),
+                         ("the model's weights", "m/model.safetensors")):
+        add("train output", f"--log-jsonl is {name}", t_scene(argv=lambda r, t=target: _train(
+            r, "o", "--log-jsonl", str(r / t))), 4)
+    add("train output", "--log-jsonl is the text data", t_scene(argv=lambda r: _train(
+        r, "o", "--log-jsonl", str(r / "t.txt"), "--tokenizer", "bytes", data="t.txt")), 4)
+    add("train output", "--log-jsonl is the validation data", t_scene(argv=lambda r: _train(
+        r, "o", "--val-data", str(r / "d.bin"), "--data-dtype", "uint16", "--log-jsonl", str(r / "d.bin"))), 4)
+    add("train output", "--log-jsonl a hard link to the data",
+        t_scene(prepare=lambda r: os.link(r / "d.npy", r / "h.jsonl"), argv=lambda r: _train(r, "o", "--log-jsonl",
+                                                                                              str(r / "h.jsonl"))), 4)
+    add("train output", "--log-jsonl a FIFO", t_scene(prepare=_fifo_at("f.jsonl"),
+                                                      argv=lambda r: _train(r, "o", "--log-jsonl", str(r / "f.jsonl"))), 4)
+    add("train output", "--log-jsonl the --plan file",
+        t_scene(prepare=lambda r: (r / "p.json").write_text("{}"),
+                argv=lambda r: _train(r, "o", "--plan", str(r / "p.json"), "--log-jsonl", str(r / "p.json")),
+                protect=("m", "d.npy", "p.json")), 4)
+    add("train output", "OUT/metrics.jsonl a symlink outside (resume)",
+        t_scene(prepare=lambda r: (_previous_run(r), (r / "outside").write_text("secret"),
+                                   (r / "o" / "metrics.jsonl").unlink(),
+                                   (r / "o" / "metrics.jsonl").symlink_to(r / "outside"))[-1] or [r / "outside"],
+                argv=lambda r: _train(r, "o", "--resume", "--steps", "3")), 0)
+    add("train output", "OUT/metrics.jsonl a FIFO (resume)",
+        t_scene(prepare=lambda r: (_previous_run(r), _fifo_at("o/metrics.jsonl")(r)) and None,
+                argv=lambda r: _train(r, "o", "--resume", "--steps", "3")), 0)
+    for name in ("metrics.jsonl", "recipe.toml", "loss.png"):
+        add("train output", f"--out a foreign folder holding {name}", t_scene(prepare=_foreign(name)), 4)
+    add("train output", "--out the model folder", t_scene(argv=lambda r: _train(r, "m")), 4)
+    add("train output", "--out inside the model folder", t_scene(argv=lambda r: _train(r, "m/run")), 4)
+    add("train output", "--out a file", t_scene(argv=lambda r: _train(r, "t.txt")), 4)
+    add("train output", "--out a symlink to a previous run", t_scene(prepare=_linked_run), 4)
+    add("train output", "--out a demo's output",
+        t_scene(prepare=lambda r: (_quiet(_demo(r, "o")), [r / "o"])[1]), 4)
+    add("train output", "--out non-UTF-8 bytes", t_scene(argv=lambda r: _train(r, "x\udcff/o")), 0)
+    # ---- train: concurrency on one OUT
+    add("train concurrency", "two fresh runs at once", t_scene(argv=lambda r: _train(r, "o", "--steps", "40"),
+                                                               during=_rival(lambda r: _train(r, "o", "--steps", "40"),
+                                                                             wait_for=lambda r: r / "o")), 4)
+    add("train concurrency", "two resumes at once",
+        t_scene(prepare=lambda r: _previous_run(r) and None, argv=lambda r: _train(r, "o", "--resume", "--steps", "40"),
+                during=_rival(lambda r: _train(r, "o", "--resume", "--steps", "40"))), 4)
+    # ---- train: what it reads
+    for name, rel, argv in (("--plan", "p.json", lambda r: _train(r, "o", "--plan", str(r / "p.json"))),
+                            ("--data .npy", "f.npy", lambda r: _train(r, "o", data="f.npy")),
+                            ("--data .bin", "f.bin", lambda r: _train(r, "o", "--data-dtype", "uint16", data="f.bin")),
+                            ("--data text", "f.txt", lambda r: _train(r, "o", data="f.txt")),
+                            ("--val-data", "v.npy", lambda r: _train(r, "o", "--val-data", str(r / "v.npy"))),
+                            ("--tokenizer", "tok.json", lambda r: _train(r, "o", "--tokenizer", str(r / "tok.json"))),
+                            ("the model's tokenizer.json", "m/tokenizer.json", None)):
+        add("train input", f"FIFO as {name}", t_scene(prepare=_fifo_at(rel), argv=argv, protect=("d.npy",)), 3)
+    add("train input", "garbage --plan", t_scene(prepare=lambda r: (r / "p.json").write_text("nope"),
+                                                 argv=lambda r: _train(r, "o", "--plan", str(r / "p.json"))), 3)
+    add("train input", "a plan of the wrong format", t_scene(prepare=lambda r: (r / "p.json").write_text('{"a": 1}'),
+                                                             argv=lambda r: _train(r, "o", "--plan", str(r / "p.json"))), 3)
+    add("train input", "garbage tokenizer.json", t_scene(prepare=lambda r: _tokenizer(r, garbage=True),
+                                                         argv=lambda r: _train(r, "o", data="t.txt")), 3)
+    add("train input", "tokenizer.json but no `tokenizers`", t_scene(prepare=_no_tokenizers,
+                                                                     argv=lambda r: _train(r, "o", data="t.txt")), 3)
+    add("train input", ".npy truncated", t_scene(prepare=lambda r: (r / "c.npy").write_bytes((r / "d.npy").read_bytes()[:999]),
+                                                 argv=lambda r: _train(r, "o", data="c.npy")), 3)
+    add("train input", ".npy of floats", t_scene(prepare=lambda r: np.save(r / "c.npy", np.ones(900, np.float32)),
+                                                 argv=lambda r: _train(r, "o", data="c.npy")), 3)
+    add("train input", ".bin odd size", t_scene(prepare=lambda r: (r / "c.bin").write_bytes(b"\0" * 999),
+                                                argv=lambda r: _train(r, "o", "--data-dtype", "uint16", data="c.bin")), 3)
+    add("train input", "model.safetensors beside an index naming other shards",
+        t_scene(prepare=_single_beside_index, protect=("d.npy",)), 3)
+    add("train input", "data truncated under the running job (.npy)",
+        t_scene(argv=lambda r: _long(r), protect=("m",), during=_when(
+            _checkpointed, lambda p, r: os.truncate(r / "d.npy", 200))), 3)
+    add("train input", "data truncated under the running job (.bin)",
+        t_scene(argv=lambda r: [*_long(r)[:3], str(r / "d.bin"), *_long(r)[4:], "--data-dtype", "uint16"],
+                protect=("m",), during=_when(_checkpointed, lambda p, r: os.truncate(r / "d.bin", 64))), 3)
+    add("train input", "non-UTF-8 bytes in the data path",
+        t_scene(prepare=lambda r: shutil.copy(r / "d.npy", os.fsencode(str(r)) + b"/\xfe.npy"),
+                argv=lambda r: _train(r, "o", data=os.fsdecode(b"\xfe.npy"))), 0)
+    # ---- train: options
+    for opts in (["--val-fraction", "nan"], ["--val-fraction", "-0.1"], ["--val-fraction", "1"], ["--lr", "-1"],
+                 ["--lr", "nan"], ["--batch-size", "0"], ["--batch-size", "9000000"], ["--seq-len", "0"],
+                 ["--grad-accum", "3"], ["--data-dtype", "float32"], ["--mesh", "data=2"], ["--parallel", "mesh"],
+                 ["--parallel", "bogus"], ["--device", "cuda"], ["--device", "tpu:3"], ["--clone-lr", "inverse_width"],
+                 ["--config", "a.toml", "--config", "b.toml"], ["--allow-change", "nonsense"]):
+        add("train options", " ".join(opts), t_scene(*opts), 2)
+    add("train options", "one option twice in a recipe (two spellings)",
+        t_scene(prepare=lambda r: (r / "r.toml").write_text('batch_size = 2\n"batch-size" = 4\n'),
+                argv=lambda r: _train(r, "o", "--config", str(r / "r.toml"))), 2)
+    for backend, opts in (("jax", ["--parallel", "ddp"]), ("jax", ["--device", "gpu"]), ("mlx", ["--device", "cpu:7"]),
+                          ("mlx", ["--parallel", "fsdp"]), ("mlx", ["--mesh", "data=2"]), ("jax", ["--val-fraction", "nan"])):
+        add(f"{backend} route", "train " + " ".join(opts), t_scene(*opts, backend=backend), 2)
+    # ---- resume
+    edits = {"a moment transposed": lambda t, k: t.__setitem__(k, t[k].T.copy()),
+             "a moment float16": lambda t, k: t.__setitem__(k, t[k].astype(np.float16)),
+             "a moment larger": lambda t, k: t.__setitem__(k, np.zeros((t[k].shape[0] + 1, t[k].shape[1]), np.float32)),
+             "a moment flattened": lambda t, k: t.__setitem__(k, t[k].reshape(-1)),
+             "a moment missing": lambda t, k: t.pop(k)}
+    for backend in ("torch", "jax", "mlx"):
+        for name, edit in edits.items() if backend == "torch" else list(edits.items())[:2]:
+            add(f"resume ({backend})", name, t_scene(prepare=_moments(edit, backend), backend=backend,
+                                                     argv=lambda r, b=backend: _train(r, "o", "--resume", "--steps", "4",
+                                                                                      backend=b)), 3)
+        add(f"resume ({backend})", "state.json a FIFO", t_scene(prepare=_state(_fifo_file, backend), backend=backend,
+                                                                argv=lambda r, b=backend: _train(r, "o", "--resume", "--steps",
+                                                                                                 "4", backend=b)), 3)
+    for name, edit in (("step a string", _set_json("step", "2")), ("history a dict", _set_json("history", {})),
+                       ("adam_step negative", _set_json("adam_step", -1)), ("garbage", lambda p: p.write_text("{")),
+                       ("val_loss a string", _set_json("val_loss", "low")),
+                       ("model.shapes a list", _set_json("model", {"shapes": []}))):
+        add("resume (torch)", f"state.json {name}", t_scene(prepare=_state(edit),
+                                                            argv=lambda r: _train(r, "o", "--resume", "--steps", "4")), 3)
+    # ---- signals and kills
+    for sig in ("SIGTERM", "SIGHUP", "SIGINT"):
+        add("signals", f"{sig} during train (checkpoints every step)",
+            t_scene(argv=lambda r: _long(r), protect=("m", "d.npy"),
+                    during=_when(_checkpointed, lambda p, r, s=sig: p.send_signal(getattr(signal, s)))), 130)
+    for delay in (0.0, 0.13, 0.37):
+        add("signals", f"SIGKILL mid-run (+{delay}s), then a resume cleans up",
+            t_scene(prepare=lambda r, d=delay: _killed_run(r, d), protect=("m", "d.npy"),
+                    argv=lambda r: _train(r, "o", "--resume", "--steps", "1")), 2)
+    add("signals", "SIGTERM during expand", t_scene(argv=lambda r: ["expand", str(r / "m"), str(r / "wide"), "--quiet"],
+                                                    during=_when(_expanding, lambda p, r: p.send_signal(signal.SIGTERM))),
+        None)
+    # ---- demo
+    add("demo", "--out a foreign folder", t_scene(prepare=_foreign("notes.txt"), argv=lambda r: _demo(r, "o")), 4)
+    add("demo", "rerun keeps a file the user added",
+        t_scene(prepare=lambda r: (_quiet(_demo(r)), (r / "demo" / "notes.txt").write_text("mine"))[1] and
+                [r / "demo" / "notes.txt"], argv=lambda r: _demo(r)), 0)
+    add("demo", "--out a file", t_scene(argv=lambda r: _demo(r, "t.txt")), 4)
+    add("demo", "--out the model folder", t_scene(argv=lambda r: _demo(r, "m")), 4)
+    add("demo", "two demos at once", t_scene(argv=lambda r: _demo(r, "demo", "--steps", "30"),
+                                             during=_rival(lambda r: _demo(r, "demo", "--steps", "30"),
+                                                           wait_for=lambda r: r / "demo")), 4)
+    for opts in (["--hidden", "-8"], ["--layers", "0"], ["--width", "0"], ["--lr", "nan"], ["--hidden", "1000000"],
+                 ["--batch-size", "100000000"], ["--heads", "3"]):
+        add("demo", " ".join(opts), t_scene(argv=lambda r, o=opts: _demo(r, "demo", *o)), 2)
+    add("demo", "--text a FIFO", t_scene(prepare=_fifo_at("f.txt"),
+                                         argv=lambda r: [*_demo(r)[:2], str(r / "f.txt"), *_demo(r)[3:]]), 3)
+    add("demo", "--text not UTF-8", t_scene(prepare=lambda r: (r / "b.txt").write_bytes(b"\xff\xfe" * 500),
+                                            argv=lambda r: [*_demo(r)[:2], str(r / "b.txt"), *_demo(r)[3:]]), 3)
+    add("demo", "--text missing", t_scene(argv=lambda r: [*_demo(r)[:2], str(r / "none.txt"), *_demo(r)[3:]]), 3)
+    add("demo", "--debug prints a traceback", t_scene(argv=lambda r: ["--debug", *_demo(r, "demo", "--layers", "0")]), 2)
+    for backend, opts in (("jax", ["--device", "gpu"]), ("mlx", ["--device", "cpu:7"])):
+        add(f"{backend} route", "demo " + " ".join(opts), t_scene(argv=lambda r, b=backend, o=opts: _demo(r, "demo", *o,
+                                                                                                          backend=b)), 2)
+    # ---- one source of truth
+    add("checkpoint folder", "verify a folder with model.safetensors beside an index",
+        t_scene(prepare=_single_beside_index, argv=lambda r: ["verify", str(r / "m"), str(r / "m")]), 3)
+    add("checkpoint folder", "expand a folder with model.safetensors beside an index",
+        t_scene(prepare=_single_beside_index, argv=lambda r: ["expand", str(r / "m"), str(r / "w"), "--quiet"]), 3)
+    return out
+
+
+def run_process_attack(attack: PAttack, root: Path) -> dict:
+    import subprocess
+    import threading
+
+    argv, protected, during = attack.scene(root)
+    before = _snapshot(protected)
+    existing = {p for p in root.rglob("*")}
+    proc = _spawn(argv, root)
+    rival: list = []
+    if during is not None:
+        t = threading.Thread(target=lambda: rival.append(during(proc, root)), daemon=True)
+        t.start()
+    verdict = {"traceback": 0, "data loss": 0, "accepted corruption": 0, "hang": 0, "wrong class": 0}
+    try:
+        _, err = proc.communicate(timeout=PROCESS_ALARM_S)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        verdict["hang"], rc = 1, None
+    if during is not None:
+        t.join(PROCESS_ALARM_S)
+    text = err.decode("utf-8", "replace")
+    debug = "--debug" in argv
+    if rc is not None and (rc < 0 or rc == 70 or ("Traceback" in text and not debug)):
+        verdict["traceback"] = 1
+    if debug and "Traceback" not in text:
+        verdict["wrong class"] = 1
+    after = _snapshot(protected)
+    lost = [k for k, v in before.items() if after.get(k) != v]
+    left = [str(p.relative_to(root)) for p in root.rglob("*") if io.TMP_MARK in p.name or
+            (p not in existing and p.name == ".hyperclone-lock")]
+    if lost or left or not _metrics_ok(root):
+        verdict["data loss"] = 1
+    other = rival[0] if rival and isinstance(rival[0], int) else None
+    codes = [c for c in (rc, other) if c is not None]
+    if attack.expect not in (0, None) and (rc == 0 if other is None else (codes and all(c == 0 for c in codes))):
+        verdict["accepted corruption"] = 1
+    elif attack.expect is not None and rc is not None and other is None and rc != attack.expect:
+        verdict["wrong class"] = 1
+    elif other is not None and not verdict["accepted corruption"] and (
+            len(codes) != 2 or 0 not in codes or max(codes) not in (2, attack.expect)):
+        verdict["wrong class"] = 1  # of two runs on one OUT one writes it, the other is refused (held, or done)
+    verdict.update(rc=rc if other is None else (rc, other), stderr=text.strip()[-300:], lost=lost[:3], left=left[:3])
+    return verdict
+
+
 # ---------------------------------------------------------------- judging
 
 
@@ -580,10 +1000,13 @@ def tally(attacks, keep: Optional[str] = None) -> tuple:
             root = base / f"{i:04d}"
             root.mkdir()
             try:
-                v = run_attack(a, root)
+                v = run_process_attack(a, root) if isinstance(a, PAttack) else run_attack(a, root)
             finally:
                 while CLEANUPS:
                     CLEANUPS.pop()()
+            if os.environ.get("HYPERCLONE_TALLY_VERBOSE"):
+                print(f"{a.category} / {a.name}: rc={v['rc']} {[c for c in COUNTS if v[c]]}", file=sys.stderr,
+                      flush=True)
             row = rows.setdefault(a.category, dict.fromkeys(("attacks",) + COUNTS, 0))
             row["attacks"] += 1
             for c in COUNTS:
@@ -611,8 +1034,12 @@ def print_table(rows: dict) -> dict:
 def main_(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--every", type=int, default=1, help="run every N-th attack only")
+    ap.add_argument("--only", choices=("in-process", "processes"), help="run one of the two attack sets only")
+    ap.add_argument("--match", default="", help="run only attacks whose category or name holds this text")
     args = ap.parse_args(argv)
-    attacks = all_attacks()[:: args.every]
+    attacks = ([] if args.only == "processes" else all_attacks()) + \
+        ([] if args.only == "in-process" else process_attacks())
+    attacks = [a for a in attacks if args.match in f"{a.category} / {a.name}"][:: args.every]
     rows, failures = tally(attacks)
     for a, v in failures:
         print(f"FAIL {a.category} / {a.name}: rc={v['rc']} " + ", ".join(c for c in COUNTS if v[c])

@@ -30,3 +30,16 @@ def test_every_attack_ends_cleanly(tally, tmp_path):
               for a, v in failures]
     assert not failures, "\n".join(report)
     assert sum(r["attacks"] for r in rows.values()) == len(attacks)
+
+
+def test_train_demo_resume_and_route_attacks_end_cleanly(tally, tmp_path):
+    """Issue 25: the attacks run as real processes (train, demo, resume, the jax/mlx
+    routes: concurrency, FIFOs, symlinks, aliasing, truncation under a running job,
+    signals) find 0 crashes, 0 data loss, 0 accepted corruptions, 0 hangs and 0 wrong
+    exit classes."""
+    attacks = tally.process_attacks()
+    assert len(attacks) >= 100
+    rows, failures = tally.tally(attacks, keep=str(tmp_path))
+    report = [f"{a.category} / {a.name}: rc={v['rc']} {[c for c in tally.COUNTS if v[c]]} {v['stderr'][-160:]!r}"
+              for a, v in failures]
+    assert not failures, "\n".join(report)

@@ -47,6 +47,7 @@ def files(folder: Path) -> dict:
     (["--parallel", "mesh"], 2, "--parallel mesh: the torch backend has no such mode"),
     (["--device", "cuda:7"], 2, "--device cuda:7"), (["--batch-size", "9000000"], 2, "--batch-size 9000000 x"),
     (["--config", "a.toml", "--config", "b.toml"], 2, "--config is given 2 times"),
+    (["--clone-lr", "inverse_width"], 2, "--clone-lr inverse_width: needs the plan"),
 ])
 def test_bad_option_values_are_usage_errors_naming_the_option(scene, capsys, extra, code, match):
     assert main(train(scene, "bad", *extra)) == code
@@ -116,7 +117,7 @@ def test_demo_keeps_what_it_did_not_write_and_checks_settings_first(tmp_path, ca
     rng = np.random.default_rng(0)
     (tmp_path / "t.txt").write_text("\n\n".join(" ".join(rng.choice(words, 60)) for _ in range(80)))
     demo = ["demo", "--text", str(tmp_path / "t.txt"), "--hidden", "8", "--layers", "1", "--heads", "2", "--ffn",
-            "16", "--pretrain-steps", "2", "--steps", "2", "--eval-every", "1", "--eval-batches", "1",
+            "16", "--steps", "4", "--eval-every", "1", "--eval-batches", "1",
             "--batch-size", "2", "--seq-len", "8", "--warmup-steps", "1", "--no-progress", "--threads", "1",
             "--backend", "torch", "--out", str(tmp_path / "d")]
     assert main(demo) == 0

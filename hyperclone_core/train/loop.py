@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from . import data as hdata
-from ..errors import EXIT_DIVERGED, CheckpointError, ConfigError, HypercloneError
+from ..errors import EXIT_DIVERGED, CheckpointError, ConfigError, HypercloneError, OptionError
 from ..console.progress import Progress
 from ..io import runout
 from . import checkpoint as ckpt
@@ -84,7 +84,7 @@ def optimizer_for(config: TrainConfig, shapes: Mapping[str, tuple], plan=None) -
         mult = {}
     else:
         if plan is None:
-            raise ConfigError(f"clone_lr={config.clone_lr!r} needs the plan the model was cloned with "
+            raise OptionError(f"--clone-lr {config.clone_lr}: needs the plan the model was cloned with "
                               "(the clone folder's plan.json, or --plan)")
         mult = clone_lr_multipliers(plan, config.clone_lr)
     return AdamW(betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
