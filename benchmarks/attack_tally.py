@@ -639,7 +639,7 @@ def _single_beside_index(root):
                          {k: np.asarray(v) for k, v in testing.random_weights(cfg, seed=9).items()})
 
 
-def _rival(argv_fn, wait_for=None):
+def _rival_run(argv_fn, wait_for=None):
     """Start a rival run of ``argv_fn(root)`` at once (or when ``wait_for(root)`` exists);
     returns its exit code."""
     def during(proc, root):
@@ -758,11 +758,11 @@ def process_attacks() -> list:
     add("train output", "--out non-UTF-8 bytes", t_scene(argv=lambda r: _train(r, "x\udcff/o")), 0)
     # ---- train: concurrency on one OUT
     add("train concurrency", "two fresh runs at once", t_scene(argv=lambda r: _train(r, "o", "--steps", "40"),
-                                                               during=_rival(lambda r: _train(r, "o", "--steps", "40"),
+                                                               during=_rival_run(lambda r: _train(r, "o", "--steps", "40"),
                                                                              wait_for=lambda r: r / "o")), 4)
     add("train concurrency", "two resumes at once",
         t_scene(prepare=lambda r: _previous_run(r) and None, argv=lambda r: _train(r, "o", "--resume", "--steps", "40"),
-                during=_rival(lambda r: _train(r, "o", "--resume", "--steps", "40"))), 4)
+                during=_rival_run(lambda r: _train(r, "o", "--resume", "--steps", "40"))), 4)
     # ---- train: what it reads
     for name, rel, argv in (("--plan", "p.json", lambda r: _train(r, "o", "--plan", str(r / "p.json"))),
                             ("--data .npy", "f.npy", lambda r: _train(r, "o", data="f.npy")),
@@ -850,7 +850,7 @@ def process_attacks() -> list:
     add("demo", "--out a file", t_scene(argv=lambda r: _demo(r, "t.txt")), 4)
     add("demo", "--out the model folder", t_scene(argv=lambda r: _demo(r, "m")), 4)
     add("demo", "two demos at once", t_scene(argv=lambda r: _demo(r, "demo", "--steps", "30"),
-                                             during=_rival(lambda r: _demo(r, "demo", "--steps", "30"),
+                                             during=_rival_run(lambda r: _demo(r, "demo", "--steps", "30"),
                                                            wait_for=lambda r: r / "demo")), 4)
     for opts in (["--hidden", "-8"], ["--layers", "0"], ["--width", "0"], ["--lr", "nan"], ["--hidden", "1000000"],
                  ["--batch-size", "100000000"], ["--heads", "3"]):
