@@ -182,12 +182,20 @@ class RunDir:
             return ""
         if not entries:
             return ""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:  # a mark that is a FIFO, a device or a symlink is no mark (and is never waited on)
+            fd = os.open(self.out / RUN_MARK, flags)
+        except OSError:
+            return None
         try:
-            with open(self.out / RUN_MARK, "rb") as f:
-                doc = json.loads(f.read(4096).decode("utf-8"))
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            doc = json.loads(os.read(fd, 4096).decode("utf-8"))
             return str(doc["kind"]) if isinstance(doc, dict) else None
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        finally:
+            os.close(fd)
 
     def check(self) -> "RunDir":
         out, shown = self.out, f"{self.option} {self.shown}"

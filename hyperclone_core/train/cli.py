@@ -64,6 +64,7 @@ RECIPE_EXCLUDE = ("resume", "allow_change", "no_progress")
 not what the run is (a replay starts fresh)."""
 PATHS = ("model_dir", "data", "val_data", "out", "plan", "log_jsonl")
 MAX_PLAN_BYTES = 256 << 20
+MAX_METRICS_BYTES = 1 << 30
 EXAMPLES = examples(
     "hyperclone train wide --data corpus.txt --out runs/wide --steps 2000 --lr 3e-4",
     "hyperclone train wide --data corpus.txt --out runs/wide --steps 4000 --resume",
@@ -285,6 +286,7 @@ def out_dir(args, inputs: dict) -> runout.RunDir:
 def run(args) -> Any:
     from ..run.protocol import load_backend
     from ..io import Checkpoint, hub, load_weights
+    from ..io.paths import read_small
     from ..model.validate import read_model
 
     check_options(args)
@@ -328,7 +330,11 @@ def run(args) -> Any:
 
         def redraw(rec):  # OUT/loss.png, refreshed at each evaluation from the whole run's metrics
             if rec.get("val_loss") is not None and engine.rank == 0 and metrics.is_file():
-                history = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+                try:  # the run's own file, still read as a bounded regular file
+                    text = read_small(metrics, "metrics file", MAX_METRICS_BYTES).decode("utf-8")
+                    history = [json.loads(x) for x in text.splitlines() if x.strip()]
+                except (HypercloneError, ValueError):
+                    return  # the plot waits for the end of the run, drawn from the run's own history
                 claimed.replace("loss.png", lambda tmp: plot_history(history, tmp))
 
         resolved = getattr(args, "recipe", None)
