@@ -254,3 +254,25 @@ def test_overflowing_noise_is_blamed_on_the_strategy(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--strategy symmetric" in err and k in err and "hyperclone-tmp" not in err
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+def test_output_side_failures_are_output_errors(tmp_path):
+    import errno
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "keep.txt").write_text("old")
+    with pytest.raises(OutputError, match="No space left"):
+        runout.replace_file(tmp_path / "keep.txt", full)
+    assert (tmp_path / "keep.txt").read_text() == "old" and os.listdir(tmp_path) == ["keep.txt"]
+    log = runout.open_log(tmp_path / "m.jsonl")
+
+    class Broken:
+        def write(self, text):
+            raise OSError(errno.EIO, "Input/output error")
+
+    log._f.close()
+    log._f = Broken()
+    with pytest.raises(OutputError, match="m.jsonl: cannot be written"):
+        log.write("x")

@@ -124,14 +124,44 @@ def replace_file(path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):  # an output-side failure (disk full, read-only, permissions): exit 4
+            raise OutputError(f"{path}: cannot be written ({exc.strerror or exc}); it was left as it was") from None
         raise
     fsync_dir(path.parent)
     return path
+
+
+class _Log:
+    """An append-only metrics file whose write failures are output errors (exit 4)."""
+
+    def __init__(self, f, path: Path):
+        self._f, self.path = f, path
+
+    def _do(self, fn, *a):
+        try:
+            return fn(*a)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot be written ({exc.strerror or exc})") from None
+
+    def write(self, text: str) -> int:
+        return self._do(self._f.write, text)
+
+    def flush(self) -> None:
+        self._do(self._f.flush)
+
+    def close(self) -> None:
+        self._do(self._f.close)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def open_log(path, initial: str = ""):
@@ -149,7 +179,7 @@ def open_log(path, initial: str = ""):
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OutputError(f"{path}: replaced by something that is not a file while this run opened it")
-    return os.fdopen(fd, "a", encoding="utf-8")
+    return _Log(os.fdopen(fd, "a", encoding="utf-8"), path)
 
 
 class RunDir:
