@@ -25,6 +25,7 @@ import numpy as np
 from . import data as hdata
 from ..errors import EXIT_DIVERGED, CheckpointError, ConfigError, HypercloneError, OptionError
 from ..console.progress import Progress
+from ..console.progress import say as say_line
 from ..io import runout
 from . import checkpoint as ckpt
 from .clone import CLONE_LR_OFF, clone_lr_multipliers, symmetry, symmetry_pairs
@@ -103,7 +104,7 @@ def as_tokens(data, vocab: Optional[int], what: str) -> np.ndarray:
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    say_line(msg, sys.stderr)  # never glued onto the progress bar's line
 
 
 def _first_difference(a: Mapping, b: Mapping) -> str:
