@@ -864,6 +864,9 @@ def process_attacks() -> list:
     for backend, opts in (("jax", ["--device", "gpu"]), ("mlx", ["--device", "cpu:7"])):
         add(f"{backend} route", "demo " + " ".join(opts), t_scene(argv=lambda r, b=backend, o=opts: _demo(r, "demo", *o,
                                                                                                           backend=b)), 2)
+    for backend, opts in (("jax", ["--device", "gpu"]), ("mlx", ["--device", "cpu:7"]), ("mlx", ["--device", "gpu"])):
+        add(f"{backend} route", "expand " + " ".join(opts), t_scene(argv=lambda r, b=backend, o=opts: [
+            "expand", str(r / "m"), str(r / "w"), "--quiet", "--backend", b, *o]), 2)
     # ---- one source of truth
     add("checkpoint folder", "verify a folder with model.safetensors beside an index",
         t_scene(prepare=_single_beside_index, argv=lambda r: ["verify", str(r / "m"), str(r / "m")]), 3)

@@ -55,6 +55,9 @@ def _backend(name: str, device: Optional[str]):
                          "devices (e.g. --backend torch) or leave --device out")
     if device is not None:
         try:
+            check = getattr(bk, "check_device", None)  # the backend's own capability check, by name
+            if check is not None and device not in ("", "auto"):
+                check(device)
             bk.to_numpy(bk.asarray(np.zeros(1, np.float32), device))
         except Exception as exc:  # noqa: BLE001 - any failure means the device cannot be used
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
