@@ -12,6 +12,9 @@ One job per module:
   regular files);
 - ``atomic``: destination safety (``AtomicDir``: what may be replaced, atomic
   rename, fsync, recovery after a kill);
+- ``runout``: a run's output folder (``RunDir``: train and demo own their --out by
+  a mark, one run at a time by a lock, files replaced never written through, no
+  output aliasing an input by file identity);
 - ``hf``: writing a whole checkpoint folder (``write_hf_folder``), and a backend's
   arrays to and from one through its converters (``save_arrays``, ``load_arrays``).
 
