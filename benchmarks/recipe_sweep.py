@@ -1,18 +1,26 @@
-"""Recipe sweep: which cloning recipe keeps the speed-up as the model grows (issue 15).
+"""Recipe sweep: which recipe keeps the speed-up as the model grows.
 
-Runs a named grid of comparisons (clone vs random twin vs small model kept training,
-the same three runs as ``hyperclone demo``) and prints one table; writes every point's
-curves and summary as JSON as it goes. The parts a clone-only lever does not change
-are cached on disk, keyed by a hash of the settings they depend on: the pretrained
-source (safetensors + curve), the random twin's curve and the small model's curve.
-So a lever on the clone's training reruns only the clone::
+Two kinds of grid, each printed as one table, every point's curves and summary written
+as JSON as it goes:
 
+* **growth grids** (``growth_*``): the race of ``hyperclone demo`` itself
+  (``hyperclone_core.demo.compare``: a run that starts small and grows with its whole
+  training state, against the random twin and the small model kept training, on one
+  compute axis, every stage counted), one lever of the growth recipe per point --
+  seed size, when to grow, number of stages, re-warm, symmetry breakers, moment
+  handling (``reset`` is a fresh AdamW: the recipe before growth carried the state),
+  LR scaling.  The race's cache keeps what a lever does not change (the twin, the
+  stages before the last growth, the small model's branch);
+* **restart grids** (the others): a finished, annealed source cloned and trained with a
+  fresh optimizer, the recipe measured before growth inside a run; the pretrained
+  source, the twin and the small model are cached, so a lever reruns only the clone::
+
+    python benchmarks/recipe_sweep.py --grid growth_quick --out recipe-out
     python benchmarks/recipe_sweep.py --grid screen4x --out recipe-out
-    python benchmarks/recipe_sweep.py --grid base4x --out recipe-out --corpus shakespeare
     python benchmarks/recipe_sweep.py --grid base4x --scale 16x --device cuda --threads 0
 
-``--list`` shows the points and which of their runs are cached. The numbers and the
-grids are in docs/recipe.md ("Scaling the recipe").
+``--list`` shows the points and which of them are done. The numbers and the grids are
+in docs/recipe.md.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from hyperclone_core.demo.corpus import CorpusError
 from hyperclone_core.demo.corpus import load as load_corpus
 from hyperclone_core.errors import HypercloneError
 from hyperclone_core.io import write_json
+from hyperclone_core.demo import race
 from hyperclone_core.demo.race import PRESERVATION_TOLERANCE, llama_config, random_weights
 from hyperclone_core.demo.report import forgetting_dip, speedup, with_pretraining
 from hyperclone_core.train import TrainConfig, clone_lr_multipliers
@@ -442,12 +451,143 @@ def grid_points(grid: str, scale: Optional[str] = None, sets: Optional[dict] = N
     return out
 
 
+# ---------------------------------------------------------------- growth grids (the demo's race)
+
+GROWTH_SCALES = {  # sizes and budgets; the recipe is the default's (race.Settings)
+    "quick": replace(race.PRESETS["default"], steps=200, eval_every=20, eval_batches=4),
+    "demo": race.PRESETS["default"],
+    "4x": replace(race.PRESETS["default"], hidden=128, layers=4, ffn=344, seq_len=128, steps=800),
+    "tiny": race.PRESETS["tiny"],
+}
+
+# A growth lever: (what it changes, a function of the scale's base Settings -> overrides).
+GROWTH_LEVERS: dict = {
+    "default": ("the default recipe", lambda b: {}),
+    "reset": ("moments reset: a fresh AdamW re-warmed to half the twin's LR (the recipe before growth carried "
+              "the state)", lambda b: dict(moments="reset", rewarm_steps=b.warmup_steps,
+                                           clone_lr_scale=0.5 * b.lr / b.seed_lr)),
+    "asymmetric": ("asymmetric moments (one copy keeps them, the others restart)",
+                   lambda b: dict(moments="asymmetric")),
+    "random_split": ("random split + noise 10 dB", lambda b: dict(strategy="random_split:1+noise:10")),
+    "noisy3": ("noise SNR 3 dB", lambda b: dict(strategy="noisy:3")),
+    "later": ("growths at 30%, 70%", lambda b: dict(grow_at="0.3,0.7")),
+    "early": ("growths at 5%, 15%", lambda b: dict(grow_at="0.05,0.15")),
+    "one_growth": ("one growth at 30%: the seed is the model before the last growth",
+                   lambda b: dict(grow_at="0.3", seed_width=1)),
+    "rewarm": ("re-warm over 10% of the budget's steps after each growth",
+               lambda b: dict(rewarm_steps=max(1, b.steps // 10))),
+    "lr_x0.5": ("LR after the last growth x0.5", lambda b: dict(clone_lr_scale=0.5)),
+    "three_stages": ("seed 4x narrower, growths at 5%, 15%, 30%",
+                     lambda b: dict(grow_at="0.05,0.15,0.3", seed_width=4)),
+    "symmetric": ("no symmetry breaker (strategy symmetric)", lambda b: dict(strategy="symmetric")),
+    "lr_x2": ("LR after the last growth x2", lambda b: dict(clone_lr_scale=2.0)),
+    "mid": ("growths at 10%, 30%", lambda b: dict(grow_at="0.1,0.3")),
+    "shallow_seed": ("seed half as deep (its first growth adds the layers)",
+                     lambda b: dict(seed_layers=max(1, b.layers // 2))),
+    "seed_lr_2e-3": ("peak LR 2e-3 (the twin's) instead of 3e-3", lambda b: dict(seed_lr=2e-3)),
+    "reset_hot": ("moments reset, no re-warm, the run's LR", lambda b: dict(moments="reset")),
+}
+
+GROWTH_GRIDS: dict = {
+    # name: (scale, [(lever, corpus, seed), ...])
+    "growth_quick": ("quick", [(lever, "embedded", 0) for lever in GROWTH_LEVERS]),
+    "growth_tiny": ("tiny", [("default", "embedded", 0), ("reset", "embedded", 0), ("one_growth", "embedded", 0)]),
+    "growth_4x": ("4x", [("default", "shakespeare", 0)]),
+}
+
+GROWTH_COLUMNS = ("lever", "what changes", "corpus", "seed", "growing run", "twin", "small kept training",
+                  "charged", "uncharged", "margin at equal compute", "dip", "symmetry")
+
+
+def growth_settings(grid: str, scale: Optional[str] = None, sets: Optional[dict] = None) -> list:
+    """[(lever, corpus, Settings)] of a growth grid."""
+    default_scale, items = GROWTH_GRIDS[grid]
+    base = replace(GROWTH_SCALES[scale or default_scale], **{"threads": 1, "device": "cpu", **(sets or {})})
+    return [(lever, corpus, replace(base, **GROWTH_LEVERS[lever][1](base), seed=seed)) for lever, corpus, seed in items]
+
+
+def run_growth_point(st, corpus_name: str, cache: "race.Cache", log: Callable[[str], None] = print) -> dict:
+    """One race of the demo (``compare``), its runs shared through ``cache``."""
+    corpus = load_corpus(CORPORA.get(corpus_name, corpus_name))
+    res = race.compare(st, corpus, log=lambda m: log("  " + m.strip()), cache=cache)
+    return {k: v for k, v in res.items() if k != "curves"}
+
+
+def growth_row(lever: str, corpus: str, r: dict) -> list:
+    s = r["summary"]
+    final = {k: r[k][-1][1] for k in ("clone", "random", "small_continue")}
+
+    def x(v, part):
+        return fmt_x(part) if v is not None or part.get("reached_at") is None else part.get("reason", "n/a")[:40]
+
+    return [lever, GROWTH_LEVERS.get(lever, ("",))[0], corpus, str(r["settings"]["seed"]), f"{final['clone']:.4f}",
+            f"{final['random']:.4f}", f"{final['small_continue']:.4f}", x(s["charged_speedup"], s["clone_vs_random"]),
+            "before growing" if s["speedup"] is None and s["uncharged"].get("reached_at") is not None
+            else x(s["speedup"], s["uncharged"]), f"{s['margin_equal_compute']:+.4f}", f"{s['forgetting']['dip']:.3f}",
+            "n/a" if s["symmetry"] is None else f"{s['symmetry']:.3f}"]
+
+
+def growth_markdown(rows: list) -> str:
+    lines = ["| " + " | ".join(GROWTH_COLUMNS) + " |", "|" + "---|" * len(GROWTH_COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main_growth(args, sets: dict, points: list, out: Path, log) -> int:
+    only = set(args.only.split(",")) if args.only else None
+    corpora = set(args.corpus.split(",")) if args.corpus else None
+    points = [pt for pt in points if (only is None or pt[0] in only) and (corpora is None or pt[1] in corpora)]
+    cache = race.Cache(Path(args.cache or out / "cache") / "race")
+    folder = out / (args.grid + (f"-{args.scale}" if args.scale else ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, docs = [], []
+    for lever, corpus, st in points:
+        label = f"{lever} {corpus} seed {st.seed}"
+        try:
+            cid = load_corpus(CORPORA.get(corpus, corpus)).sha256
+        except CorpusError as e:
+            print(f"recipe_sweep: error: {e}", file=sys.stderr)
+            return 2
+        pkey = digest(dict(v=1, run="growth_point", corpus=cid, settings=asdict(st)))
+        doc = cache.get("points", pkey)
+        if args.list:
+            print(f"{label}: {GROWTH_LEVERS[lever][0]} -> " + ("done" if doc else "to run"))
+            continue
+        if doc is None:
+            log(f"{label}: {GROWTH_LEVERS[lever][0]}")
+            t0 = time.perf_counter()
+            try:
+                doc = run_growth_point(st, corpus, cache, log)
+            except (HypercloneError, CorpusError) as e:
+                log(f"{label}: error: {e}")
+                continue
+            doc.update(lever=lever, corpus_name=corpus, wall_seconds=time.perf_counter() - t0, command=" ".join(
+                ["python benchmarks/recipe_sweep.py", "--grid", args.grid]
+                + (["--scale", args.scale] if args.scale else []) + [f"--set {k}={v}" for k, v in sets.items()]
+                + ["--only", lever, "--corpus", corpus]))
+            doc = finite(doc)
+            cache.put("points", pkey, doc)
+            log(f"{label}: done in {doc['wall_seconds']:.0f} s | " + " | ".join(growth_row(lever, corpus, doc)))
+        write_json(folder / f"{lever}__{corpus}__seed{st.seed}.json", doc)
+        rows.append(growth_row(lever, corpus, doc))
+        docs.append(doc)
+    if args.list:
+        return 0
+    text = growth_markdown(rows)
+    (folder / "table.md").write_text(text + "\n")
+    write_json(folder / "results.json", dict(grid=args.grid, scale=args.scale or GROWTH_GRIDS[args.grid][0],
+                                             points=docs))
+    print()
+    print(text)
+    return 0
+
+
 # ---------------------------------------------------------------- CLI
 
 
-def parse_sets(items) -> dict:
-    """``--set key=value``: a Point field, typed as the field's default."""
-    types = {f.name: type(f.default) for f in fields(Point)}
+def parse_sets(items, growth: bool = False) -> dict:
+    """``--set key=value``: a Point field (a demo Settings field on a growth grid), typed
+    as the field's default."""
+    types = {f.name: type(f.default) for f in fields(race.Settings if growth else Point)}
     out = {}
     for item in items or ():
         k, eq, v = item.partition("=")
@@ -459,8 +599,9 @@ def parse_sets(items) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--grid", required=True, help=f"one of {', '.join(GRIDS)}")
-    p.add_argument("--scale", choices=sorted(SCALES), help="run the grid at another scale's sizes and budgets")
+    p.add_argument("--grid", required=True, help=f"one of {', '.join([*GROWTH_GRIDS, *GRIDS])}")
+    p.add_argument("--scale", choices=sorted(set(SCALES) | set(GROWTH_SCALES)),
+                   help="run the grid at another scale's sizes and budgets")
     p.add_argument("--out", default="recipe-sweep-out", help="folder for results (per point JSON, table, log)")
     p.add_argument("--cache", help="cache folder (default OUT/cache); share it between grids")
     p.add_argument("--only", help="comma-separated levers of the grid to run")
@@ -477,12 +618,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     CORPORA["shakespeare"] = args.shakespeare
+    growth = args.grid in GROWTH_GRIDS
     try:
-        sets = parse_sets(args.set)
+        sets = parse_sets(args.set, growth)
         for k in ("device", "threads"):
             if getattr(args, k) is not None:
                 sets[k] = getattr(args, k)
-        points = grid_points(args.grid, args.scale, sets)
+        if growth and args.scale is not None and args.scale not in GROWTH_SCALES:
+            raise HypercloneError(f"--scale {args.scale}: a growth grid runs at {', '.join(GROWTH_SCALES)}")
+        points = growth_settings(args.grid, args.scale, sets) if growth else grid_points(args.grid, args.scale, sets)
+        if growth:
+            from hyperclone_core.demo.cli import check_settings
+
+            for _, _, st in points:
+                check_settings(st)
     except HypercloneError as e:
         print(f"recipe_sweep: error: {e}", file=sys.stderr)
         return 2
@@ -490,9 +639,7 @@ def main(argv=None) -> int:
     corpora = set(args.corpus.split(",")) if args.corpus else None
     points = [pt for pt in points if (only is None or pt[0] in only) and (corpora is None or pt[1] in corpora)]
     out = Path(args.out)
-    cache = Cache(args.cache or out / "cache")
-    folder = out / (args.grid + (f"-{args.scale}" if args.scale else ""))
-    folder.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     logfile = open(out / "sweep.log", "a")
 
     def log(msg: str) -> None:
@@ -500,6 +647,12 @@ def main(argv=None) -> int:
         print(line, flush=True)
         logfile.write(line + "\n")
         logfile.flush()
+
+    if growth:
+        return main_growth(args, sets, points, out, log)
+    cache = Cache(args.cache or out / "cache")
+    folder = out / (args.grid + (f"-{args.scale}" if args.scale else ""))
+    folder.mkdir(parents=True, exist_ok=True)
 
     base = SCALES[args.scale or GRIDS[args.grid][0]]
     rows, docs = [], []

@@ -1,14 +1,19 @@
-"""The demo's comparison at any scale: clone vs random twin vs small model kept training.
+"""The demo's race at any scale: a growing run vs random twin vs small model kept training.
 
 Same three runs, same printed table and same results.json as ``hyperclone demo``
-(both call ``hyperclone_core.demo.compare`` on a backend that trains); here every size and budget is a flag,
-the data may be any UTF-8 text or a token file, and the device may be a GPU::
+(both call ``hyperclone_core.demo.compare`` on a backend that trains), on one compute
+axis with every stage counted; here every size and budget is a flag, the data may be
+any UTF-8 text or a token file, and the device may be a GPU::
 
     python benchmarks/speedup.py --hidden 384 --layers 8 --heads 6 --ffn 1024 \\
-        --seq-len 256 --batch-size 64 --pretrain-steps 2000 --steps 1200 \\
+        --seq-len 256 --batch-size 64 --steps 1200 \\
         --text ../shared/data/tinyshakespeare.txt --device cuda --out bench-out
 
-With no flags it runs the demo's defaults on the embedded corpus.
+``--hidden/--layers/--heads/--ffn`` name the model before the last growth; the seed,
+the stages and their budgets are the recipe's (``--grow-at``, ``--seed-width``, ...).
+``--cache DIR`` reuses what an earlier race with the same inputs trained (the random
+twin, the stages before the last growth, the small model's branch).  With no flags
+it runs the demo's defaults on the embedded corpus.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=int, help="vocab size for --tokens (default: max id + 1)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="base settings before overrides")
     p.add_argument("--out", default="speedup-out", help="folder for results.json and loss.png")
+    p.add_argument("--cache", help="folder of runs to reuse when their inputs match (see the module docstring)")
     add_settings_args(p.add_argument_group("settings"), PRESETS["default"])
     return p
 
@@ -47,6 +53,7 @@ def main(argv=None) -> int:
     from hyperclone_core import demo
 
     st = demo.settings_from(args, demo.PRESETS[args.preset])
+    cache = demo.Cache(args.cache) if args.cache else None
     try:
         demo.check_out(args.out)
         if args.tokens:
@@ -56,12 +63,12 @@ def main(argv=None) -> int:
             train, val = hold_out(np.asarray(tokens), 0.05)
             print(f"tokens: {args.tokens}: {len(tokens):,} (train {len(train):,}, val {len(val):,})")
             results = demo.compare(st, None, backend=args.backend, train_tokens=train, val_tokens=val,
-                                   vocab=args.vocab)
+                                   vocab=args.vocab, cache=cache)
             results["corpus"] = dict(tokens=str(args.tokens), train_tokens=len(train), val_tokens=len(val))
         else:
             corpus = load_corpus(args.text)
             print(corpus.describe())
-            results = demo.compare(st, corpus, backend=args.backend)
+            results = demo.compare(st, corpus, backend=args.backend, cache=cache)
         print()
         print(demo.summarize(results))
         out = demo.write_outputs(results, args.out)

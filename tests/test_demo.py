@@ -1,5 +1,5 @@
-"""`hyperclone demo --quick` end to end (about 25 s on 2 free cores), its summary
-numbers, and the embedded corpus."""
+"""`hyperclone demo --quick` end to end, its summary numbers on the compute axis, and
+the embedded corpus."""
 
 from __future__ import annotations
 
@@ -36,19 +36,32 @@ def test_demo_runs_and_writes_results(demo_run):
     steps = list(range(0, st["steps"] + 1, st["eval_every"]))
     if steps[-1] != st["steps"]:
         steps.append(st["steps"])
+    assert [x for x, _ in doc["random"]] == steps  # the twin: one final-model step per unit of compute
     for run in report.RUNS:
         curve = np.asarray(doc[run], dtype=float)
-        assert curve.shape == (len(steps), 2), run
-        assert curve[:, 0].tolist() == steps, run          # same eval steps for all three
+        assert curve[0, 0] == 0 and (np.diff(curve[:, 0]) > 0).all(), run
+        assert curve[-1, 0] == pytest.approx(st["steps"], abs=1.0), run   # every run spends the same compute
         assert np.isfinite(curve[:, 1]).all(), run
         assert curve[-1, 1] < curve[0, 1], f"{run} did not learn: {curve[:, 1]}"
-    # the clone starts where the small model is: function preservation, seen in the val loss
-    assert doc["clone"][0][1] == pytest.approx(doc["small_continue"][0][1], abs=1e-4)
-    assert doc["summary"]["preservation_error"] < 1e-4
-    assert doc["random"][0][1] > doc["clone"][0][1]
-    # what --quick promises: the clone is ahead of the random twin at the end
+    # the small model kept training is the growing run without its last growth: one start, and each
+    # growth keeps the function (the val loss before and after it)
+    assert doc["clone"][0] == doc["small_continue"][0]
+    stages = doc["stages"]
+    assert len(stages) == len(st["grow_at"].split(",")) + 1
+    for before, after in zip(stages, stages[1:]):
+        assert after["curve"][0][1] == pytest.approx(before["curve"][-1][1], abs=1e-4)
+        assert after["start"] == pytest.approx(before["end"])
+    assert stages[0]["hidden"] * st["seed_width"] == st["hidden"] and stages[-1]["hidden"] == st["hidden"] * 2
+    s = doc["summary"]
+    assert s["preservation_error"] < 1e-4
+    assert s["margin_equal_compute"] == pytest.approx(doc["small_continue"][-1][1] - doc["clone"][-1][1], abs=0.02)
+    # the charged speed-up is the twin's compute over the growing run's, seed stages included
+    reached = report.steps_to_reach(doc["clone"], doc["random"][-1][1])
+    assert s["charged_speedup"] == pytest.approx(st["steps"] / reached)
+    assert s["speedup"] is None or s["speedup"] > s["charged_speedup"]
+    assert s["headline"]["value"] == pytest.approx(s["charged_speedup"])
+    # what --quick promises: the growing run ends ahead of the random twin
     assert doc["clone"][-1][1] < doc["random"][-1][1]
-    assert st["pretrain_steps"] == demo.PRESETS["quick"].pretrain_steps
     assert doc["corpus"]["sha256"] and doc["corpus"]["train_bytes"] > 0
     png = (out / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -58,20 +71,21 @@ def test_demo_prints_table_and_summary(demo_run):
     rc, text, out, err = demo_run
     doc = json.loads((out / "results.json").read_text())
     assert "corpus: python" in text and "sha256" in text
-    header = next(line for line in text.splitlines() if line.split()[:1] == ["step"])
-    assert header.split() == ["step", *report.RUNS]
+    header = next(line for line in text.splitlines() if line.split()[:1] == ["compute"])
+    assert header.split() == ["compute", *report.RUNS]
     rows = [line.split() for line in text.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 4]
-    assert [int(r[0]) for r in rows] == [s for s, _ in doc["clone"]]
+    assert [int(r[0]) for r in rows] == [s for s, _ in doc["random"]]
     assert float(rows[-1][2]) == pytest.approx(doc["random"][-1][1], abs=1e-4)
     for needle in ("clone vs random twin", "small-continue vs random", "forgetting dip", "symmetry monitor (last)",
-                   "margin over the small model"):
+                   "margin over the small model", "everything counted", "counted from the last growth"):
         assert needle in text
-    # the headline is a number with its definition, and the bar covered the whole race
+    # the headline is the charged speed-up with its definition, and the bar covered the whole race
     head = next(line for line in text.splitlines() if line.startswith("speed-up: "))
     h = doc["summary"]["headline"]
-    assert isinstance(h["value"], float) and h["definition"] and f"{h['value']:.0f}" in head
-    assert "demo: pretrain small" in err and "demo: train small_continue" in err
-    total = doc["settings"]["pretrain_steps"] + 3 * doc["settings"]["steps"]
+    assert isinstance(h["value"], float) and h["definition"] and f"{h['value']:.2f}x" in head
+    assert "seed stages included" in h["definition"]
+    assert "demo: grow stage 0" in err and "demo: train small_continue" in err
+    total = sum(s["steps"] for s in doc["stages"]) + doc["summary"]["compute"]["small_steps"] + doc["settings"]["steps"]
     assert f"{total}/{total} steps" in err
 
 
@@ -93,21 +107,33 @@ def test_results_json_has_no_null_without_a_reason(demo_run):
 
 def test_headline_is_a_number_in_every_case():
     twin = [[0, 5.0], [10, 3.0], [20, 2.0]]
-    ahead = report.headline({"random": twin, "clone": [[0, 2.0], [10, 1.9], [20, 1.8]]})
-    assert ahead["kind"] == "steps_saved" and ahead["value"] == pytest.approx(20.0) and not ahead["lower_bound"]
-    beyond = report.headline({"random": twin, "clone": [[0, 1.9], [20, 1.8]]})
-    assert beyond["kind"] == "steps_saved" and beyond["value"] == 20.0 and beyond["lower_bound"]
-    sooner = report.headline({"random": twin, "clone": [[0, 2.5], [10, 1.9], [20, 1.8]]})
-    assert sooner["kind"] == "speedup" and sooner["value"] == pytest.approx(20 / (10 * 0.5 / 0.6))
+    sooner = report.headline({"random": twin, "clone": [[0, 5.5], [5, 2.5], [10, 1.9], [20, 1.8]]})
+    assert sooner["kind"] == "speedup" and sooner["value"] == pytest.approx(20 / (5 + 5 * 0.5 / 0.6))
     slower = report.headline({"random": twin, "clone": [[0, 5.0], [20, 2.5]]})
     assert slower["kind"] == "speedup" and slower["value"] == pytest.approx(15.0 / 20.0)
+    never = report.headline({"random": twin, "clone": [[0, 5.5], [20, 5.2]]})
+    assert never["value"] == 0.0
+
+
+def test_race_summary_on_the_compute_axis():
+    twin = [[0, 5.0], [10, 3.0], [20, 2.0]]
+    grow = [[0, 5.5], [4, 3.0], [8, 2.4], [12, 2.0], [20, 1.7]]
+    small = [[0, 5.5], [4, 3.0], [8, 2.4], [14, 2.1], [20, 1.9]]
+    s = report.summarize_race({"clone": grow, "random": twin, "small_continue": small}, growth_at=8)
+    assert s["charged_speedup"] == pytest.approx(20 / 12)       # seed stages counted
+    assert s["speedup"] == pytest.approx(20 / (12 - 8))          # counted from the last growth
+    assert s["margin_equal_compute"] == pytest.approx(0.2)
+    assert s["clone_beats_small"] and "reason" not in s
+    early = report.summarize_race({"clone": grow, "random": [[0, 5.0], [20, 2.5]], "small_continue": small}, 8)
+    assert early["speedup"] is None and "before the last growth" in early["reason"]
+    assert early["charged_speedup"] == pytest.approx(20 / (4 + 4 * 0.5 / 0.6))
 
 
 def test_demo_refuses_a_foreign_out_folder(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
     rc = demo.main(["--preset", "tiny", "--out", str(tmp_path)])
     assert rc == 4  # the output class
-    assert "not a previous demo output" in capsys.readouterr().err
+    assert "a folder it does not own" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
@@ -174,7 +200,9 @@ def test_speedup_benchmark_on_a_token_file(tmp_path, capsys):
     assert rc == 0, printed
     doc = json.loads((out / "results.json").read_text())
     assert doc["corpus"]["tokens"].endswith("tokens.npy") and doc["corpus"]["val_tokens"] == 10_000
-    assert [s for s, _ in doc["clone"]] == [s for s, _ in doc["random"]] == [s for s, _ in doc["small_continue"]]
-    assert doc["clone"][0][1] == pytest.approx(doc["small_continue"][0][1], abs=1e-4)
+    assert [s for s, _ in doc["random"]] == list(range(0, 19, 6))
+    assert doc["clone"][-1][0] == pytest.approx(18, abs=1) and doc["small_continue"][-1][0] == pytest.approx(18, abs=1)
+    assert doc["clone"][0] == doc["small_continue"][0]
     summary = json.loads(printed.strip().splitlines()[-1])  # the last line is valid JSON
-    assert summary["clone_beats_small"] == (doc["clone"][-1][1] < doc["small_continue"][-1][1])
+    assert summary["clone_beats_small"] == (summary["margin_equal_compute"] > 0)
+    assert set(summary) >= {"charged_speedup", "speedup", "margin_equal_compute"}

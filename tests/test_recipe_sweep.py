@@ -1,5 +1,5 @@
-"""benchmarks/recipe_sweep.py: the harness reproduces the demo's comparison exactly, and
-its cache reruns only what a lever changes (tiny scale, a few seconds each)."""
+"""benchmarks/recipe_sweep.py: growth grids run the demo's own race and share its cache;
+restart grids' cache reruns only what a lever changes (tiny scale, a few seconds each)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import importlib.util
 import json
 import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,19 +32,13 @@ def _run(rs, point, cache):
     return doc, [m.split("(")[0].strip() for m in said]
 
 
-def test_point_reproduces_compare_and_caches_what_a_lever_does_not_change(rs, tmp_path):
-    from hyperclone_core.demo.corpus import load
-
-    st = replace(demo.PRESETS["tiny"], threads=1, device="cpu")
-    ref = demo.compare(st, load(None), log=lambda m: None)
+def test_restart_point_caches_what_a_lever_does_not_change(rs, tmp_path):
+    point = rs.SCALES["tiny"]
     cache = rs.Cache(tmp_path)
-    point = rs.Point.from_settings(st)
     first, said = _run(rs, point, cache)
     assert said == ["pretraining the source", "training random", "training small_continue", "training clone"]
-    for run in RUNS:
-        assert first["curves"][run] == ref["curves"][run], run  # bit for bit: same seeds, same batches
-    assert first["summary"]["symmetry"] == ref["summary"]["symmetry"]
-    assert first["summary"]["with_pretraining"]["speedup"] == ref["summary"]["with_pretraining"]["speedup"]
+    assert set(first["curves"]) == set(RUNS)
+    assert first["curves"]["clone"][0][1] == pytest.approx(first["curves"]["small_continue"][0][1], abs=1e-4)
 
     again, said = _run(rs, point, cache)  # the source comes back from safetensors
     assert said == ["training clone"]
@@ -113,3 +106,30 @@ def test_cli_runs_a_grid_and_writes_the_table(rs, tmp_path, capsys):
     assert "  training " not in capsys.readouterr().out
     assert rs.main(["--grid", "nope", "--out", str(out)]) == 2
     assert rs.main(["--grid", "tiny", "--set", "clone_lr_scale", "--out", str(out)]) == 2
+
+
+def test_growth_grid_runs_the_demo_race_and_shares_its_runs(rs, tmp_path, capsys):
+    from hyperclone_core.demo.corpus import load
+
+    out = tmp_path / "out"
+    assert rs.main(["--grid", "growth_tiny", "--only", "default,reset", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "growth_tiny" / "table.md").read_text()
+    assert table.strip() in printed and table.count("\n| default |") == 1 and table.count("\n| reset |") == 1
+    doc = json.loads((out / "growth_tiny" / "results.json").read_text())
+    default, reset = doc["points"]
+    # a point is the demo's race at those settings, bit for bit
+    st = rs.growth_settings("growth_tiny")[0][2]
+    ref = demo.compare(st, load(None), log=lambda m: None)
+    for run in RUNS:
+        assert default[run] == ref[run], run
+    assert default["summary"]["charged_speedup"] == ref["summary"]["charged_speedup"]
+    # the reset lever restarts AdamW at every growth: the same twin, another growing run
+    assert reset["random"] == default["random"] and reset["clone"] != default["clone"]
+    assert reset["settings"]["moments"] == "reset" and "--only reset" in reset["command"]
+    log = (out / "sweep.log").read_text()
+    assert log.count("training random") == 1  # the twin was trained once, then reused
+    assert rs.main(["--grid", "growth_tiny", "--only", "default,reset", "--out", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert "stage 0" not in again and "training random" not in again  # a second run trains nothing
+    assert rs.main(["--grid", "growth_tiny", "--set", "moments=keep", "--out", str(out)]) == 2

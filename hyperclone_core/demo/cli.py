@@ -1,5 +1,5 @@
-"""``hyperclone demo``: pretrain a small model, clone it 2x, race it against a random
-twin and the small model kept training, on any backend that trains.  No download:
+"""``hyperclone demo``: a run that starts small and grows 2x, raced against a random
+twin and the small model kept training on one compute budget, on any backend that trains.  No download:
 the text is the embedded corpus (``hyperclone_core.demo.corpus``) or ``--text FILE``.
 The defaults come from the sweep in ``docs/recipe.md``; ``benchmarks/speedup.py``
 runs the same race at any scale."""
@@ -71,7 +71,8 @@ def check_out(out) -> Path:
 
 SETTING_LIMITS = {
     "hidden": (1, 8192), "layers": (1, 64), "heads": (1, 256), "ffn": (1, 65536), "width": (1, 16),
-    "seq_len": (1, 8192), "batch_size": (1, 4096), "pretrain_steps": (0, 10**7), "steps": (1, 10**7),
+    "seq_len": (1, 8192), "batch_size": (1, 4096), "seed_width": (1, 64), "seed_layers": (0, 64),
+    "rewarm_steps": (0, 10**7), "steps": (1, 10**7),
     "warmup_steps": (0, 10**7), "eval_every": (1, 10**7), "eval_batches": (1, 10**4), "seed": (0, 2**63 - 1),
     "threads": (0, 4096),
 }
@@ -101,13 +102,22 @@ def check_settings(st: Settings) -> None:
         v = getattr(st, name)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise OptionError(f"--{name.replace('_', '-')} {v!r}: must be an integer in [{lo}, {hi}]")
-    for name in ("pretrain_lr", "lr", "clone_lr_scale", "min_lr_ratio", "weight_decay", "grad_clip"):
+    for name in ("seed_lr", "lr", "clone_lr_scale", "min_lr_ratio", "weight_decay", "grad_clip"):
         v = getattr(st, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name.endswith("lr") and v == 0):
             raise OptionError(f"--{name.replace('_', '-')} {v!r}: must be a finite number"
                               + (" > 0" if name.endswith("lr") else " >= 0"))
     if st.hidden % st.heads:
         raise OptionError(f"--hidden {st.hidden} must be a multiple of --heads {st.heads}")
+    from ..train.grow import MOMENTS
+    from .race import growths
+
+    if st.moments not in MOMENTS:
+        raise OptionError(f"--moments {st.moments!r}: use one of {', '.join(MOMENTS)}")
+    try:
+        growths(st, 256)
+    except HypercloneError as exc:
+        raise OptionError(str(exc)) from None
     wide = {"hidden": st.hidden * st.width, "ffn": st.ffn * st.width}
     params = st.layers * (4 * wide["hidden"] ** 2 + 3 * wide["hidden"] * wide["ffn"]) + 2 * 256 * wide["hidden"]
     acts = st.batch_size * st.seq_len * (3 * 256 + 8 * wide["hidden"] * st.layers)
@@ -130,21 +140,29 @@ SETTINGS_HELP = {
     "layers": "layers of the small model (the clone keeps them)",
     "heads": "attention heads of the small model",
     "ffn": "ffn size of the small model",
-    "width": "the clone is this many times wider (hidden, ffn, heads)",
+    "width": "the last growth makes the model this many times wider (hidden, ffn, heads)",
     "strategy": "cloning strategy (see hyperclone expand --help)",
     "seq_len": "bytes per training sequence",
     "batch_size": "sequences per optimizer step",
-    "pretrain_steps": "steps that pretrain the small model",
-    "pretrain_lr": "peak learning rate of the pretraining",
-    "steps": "steps each of the three models trains in the race",
-    "lr": "peak learning rate in the race (random twin, small model)",
-    "clone_lr_scale": "the clone's peak learning rate is --lr times this",
+    "grow_at": "compute fractions of the budget at which the growing run grows, one per growth (the last: to the "
+               "final size)",
+    "seed_width": "the seed is this many times narrower than the model before the last growth (the growths before "
+                  "the last split it evenly)",
+    "seed_layers": "layers of the seed (0: --layers); its first growth adds the rest",
+    "moments": "AdamW's state across a growth: carry (the run continues), asymmetric (one copy keeps it), reset "
+               "(a fresh AdamW: how a finished checkpoint used to be grown)",
+    "rewarm_steps": "after a growth the learning rate ramps up again over this many steps",
+    "seed_lr": "peak learning rate of the growing run (its seed's; growths carry it per tensor) and of the small "
+               "model kept training",
+    "steps": "the budget: steps of the final-size model (the random twin's); every run spends this much compute",
+    "lr": "peak learning rate of the random twin",
+    "clone_lr_scale": "after the last growth the growing run's learning rate is --seed-lr times this",
     "clone_lr": "per-tensor LR multipliers for the clone: none or a rule of hyperclone train --clone-lr",
     "warmup_steps": "linear warmup steps of every run",
     "min_lr_ratio": "the cosine schedule ends at the peak learning rate times this",
     "weight_decay": "AdamW weight decay (matrices only)",
     "grad_clip": "clip the global gradient norm to this",
-    "eval_every": "evaluate the validation loss every N steps",
+    "eval_every": "evaluate the validation loss every N final-model steps of compute",
     "eval_batches": "validation batches per evaluation",
     "seed": "seed of the initializations and the batch order",
     "device": "auto (a GPU when there is one), cpu, cuda, mps, gpu",
@@ -173,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="hyperclone demo",
         description=fill(
-            "Pretrain a small byte-level Llama, clone it 2x and race the clone against a random-init twin and "
-            "the small model kept training, with the same batches and budget. Prints the loss table and the "
+            "Train a byte-level Llama that starts small and grows (HyperCloning its whole training state) and race "
+            "it against a random-init twin of the final size and the model before the last growth kept training, "
+            "on one compute budget, every stage counted. Prints the loss table at equal compute and the charged "
             "speed-up (with its definition); writes results.json, loss.png and recipe.toml to --out. No "
             "download needed: the text is embedded."),
         formatter_class=HelpFormatter,

@@ -1,5 +1,6 @@
 """The race's numbers: when a curve reaches a loss, speed-ups, the forgetting dip,
-and the printed table and summary."""
+and the printed table and summary.  Curves are ``[[x, val_loss], ...]``; the race's
+x is compute in final-model steps (``compute.py``)."""
 
 from __future__ import annotations
 
@@ -59,38 +60,72 @@ def with_pretraining(curves: dict, pretrain_steps: int, cost_ratio: float) -> di
 
 
 def headline(curves: dict) -> dict:
-    """The demo's one number, always defined, with what it means.
+    """The race's one number, always defined, with what it means (every curve on the
+    compute axis, the growing run's seed stages included):
 
-    - the clone reaches the twin's final loss at step r > 0: ``T / r`` (x fewer steps);
-    - the clone starts at or below it: the steps the twin needed to reach the clone's
-      *starting* loss (steps saved; a lower bound if the twin never got there);
-    - the clone never reaches it: ``r' / T``, the twin's steps to the clone's final loss
-      over the budget (below 1: cloning was slower)."""
-    twin, clone = curves["random"], curves["clone"]
+    - the growing run reaches the twin's final loss after compute c: ``T / c``, the
+      charged speed-up (x less compute, everything counted);
+    - it never does: ``c' / T``, the twin's compute to the growing run's final loss
+      over the budget (below 1: growing was slower)."""
+    twin, grow = curves["random"], curves["clone"]
     T, target = twin[-1]
-    start, final = clone[0][1], clone[-1][1]
-    reached = steps_to_reach(clone, target)
+    final = grow[-1][1]
+    reached = steps_to_reach(grow, target)
     if reached is not None and reached > 0:
         return dict(kind="speedup", value=T / reached, unit="x",
-                    text=f"{T / reached:.2f}x fewer steps: the clone reached the random twin's final val loss "
-                         f"{target:.4f} at step {reached:.0f}; the twin needed all {T}",
-                    definition="twin's steps / clone's steps to the twin's final val loss")
-    if reached is not None:
-        saved = steps_to_reach(twin, start)
-        lower = saved is None
-        saved = float(T) if lower else saved
-        return dict(kind="steps_saved", value=saved, unit="steps", lower_bound=lower,
-                    text=(f"{'more than ' if lower else ''}{saved:.0f} steps saved: the clone started (before any "
-                          f"training) at val loss {start:.4f}, which the random twin "
-                          + (f"did not reach in its {T} steps" if lower else f"needed {saved:.0f} of its {T} steps "
-                             "to reach")),
-                    definition="twin's steps to reach the clone's starting val loss")
+                    text=f"{T / reached:.2f}x less compute, everything counted: the growing run reached the random "
+                         f"twin's final val loss {target:.4f} after {reached:.0f} final-model steps of compute, its "
+                         f"seed stages included; the twin needed all {T:.0f}",
+                    definition="twin's compute / the growing run's compute (seed stages included) to the twin's "
+                               "final val loss")
     behind = steps_to_reach(twin, final)
     value = (behind if behind is not None else 0.0) / T
     return dict(kind="speedup", value=value, unit="x",
-                text=f"{value:.2f}x (slower): the clone never reached the twin's final val loss {target:.4f}; the "
-                     f"twin reached the clone's final {final:.4f} at step {behind or 0:.0f} of {T}",
-                definition="twin's steps to the clone's final val loss / the budget")
+                text=f"{value:.2f}x (slower): the growing run never reached the twin's final val loss {target:.4f}; "
+                     f"the twin reached the growing run's final {final:.4f} after {behind or 0:.0f} of its {T:.0f} "
+                     "steps",
+                definition="twin's compute to the growing run's final val loss / the budget")
+
+
+def since_growth(curve, target_curve, growth_at: float) -> dict:
+    """The uncharged speed-up: the twin's compute to its final loss over the growing
+    run's compute *after its last growth* to the same loss."""
+    s = speedup(curve, target_curve)
+    out = dict(target_loss=s["target_loss"], target_step=s["target_step"], growth_at=growth_at,
+               reached_at=s["reached_at"])
+    if s["reached_at"] is None:
+        out.update(speedup=None, reason=s["reason"])
+    elif s["reached_at"] <= growth_at:
+        out.update(speedup=None, reason=f"the model before the last growth already reached {s['target_loss']:.4f} "
+                                        f"(at {s['reached_at']:.0f}, before growing at {growth_at:.0f})")
+    else:
+        out["speedup"] = s["target_step"] / (s["reached_at"] - growth_at)
+    return out
+
+
+def summarize_race(curves: dict, growth_at: float, symmetry: Optional[float] = None) -> dict:
+    """The race's numbers, every curve on the compute axis: ``charged_speedup`` (the
+    twin's compute to its final loss / the growing run's, seed stages included),
+    ``speedup`` (uncharged: the growing run's compute counted from its last growth),
+    ``margin_equal_compute`` (the small model kept training's final loss minus the
+    growing run's, at the growing run's final compute)."""
+    from .compute import loss_at
+
+    grow, twin, small = curves["clone"], curves["random"], curves["small_continue"]
+    charged = speedup(grow, twin)
+    uncharged = since_growth(grow, twin, growth_at)
+    at = loss_at(small, grow[-1][0])
+    margin = (small[-1][1] if at is None else at) - grow[-1][1]
+    after = [p for p in grow if p[0] >= growth_at - 1e-9]
+    out = dict(charged_speedup=charged["speedup"], speedup=uncharged["speedup"], margin_equal_compute=margin,
+               clone_vs_random=charged, uncharged=uncharged,
+               small_continue_vs_random=speedup(small, twin), clone_beats_small=margin > 0,
+               forgetting=forgetting_dip(after or grow), symmetry=symmetry, headline=headline(curves))
+    why = [f"{k}: {s['reason']}" for k, s in (("charged_speedup", charged), ("speedup", uncharged))
+           if s["speedup"] is None]
+    if why:
+        out["reason"] = "; ".join(why)
+    return out
 
 
 def forgetting_dip(curve) -> dict:
@@ -102,48 +137,57 @@ def forgetting_dip(curve) -> dict:
 
 def fmt_speedup(s: dict) -> str:
     if s["reached_at"] is None:
-        return f"never reached {s['target_loss']:.4f} in {s['target_step']} steps (< 1x)"
+        return f"never reached {s['target_loss']:.4f} in {s['target_step']:.0f} steps of compute (< 1x)"
     if s["reached_at"] <= 0:
         return f"already below {s['target_loss']:.4f} at step 0 (before any training)"
-    return (f"reached {s['target_loss']:.4f} at step {s['reached_at']:.0f} of {s['target_step']} "
-            f"-> {s['speedup']:.2f}x")
+    return (f"reached {s['target_loss']:.4f} after {s['reached_at']:.0f} of {s['target_step']:.0f} final-model steps "
+            f"of compute -> {s['speedup']:.2f}x")
 
 
 def table(curves: dict) -> str:
-    """The printed table: step and the val loss of every run."""
-    steps = [s for s, _ in curves["clone"]]
-    lines = [f"{'step':>6}  " + "  ".join(f"{r:>14}" for r in RUNS)]
-    for k, step in enumerate(steps):
-        lines.append(f"{step:>6}  " + "  ".join(f"{curves[r][k][1]:>14.4f}" for r in RUNS))
+    """The printed table: at each of the twin's evaluations (compute in final-model
+    steps), every run's val loss there (linear between a run's own evaluations)."""
+    from .compute import loss_at
+
+    lines = [f"{'compute':>8}  " + "  ".join(f"{r:>14}" for r in RUNS)]
+    for x, _ in curves["random"]:
+        vals = [loss_at(curves[r], x) for r in RUNS]
+        lines.append(f"{x:>8.0f}  " + "  ".join(f"{'':>14}" if v is None else f"{v:>14.4f}" for v in vals))
     return "\n".join(lines)
+
+
+def stages_text(stages: list) -> str:
+    return "; ".join(f"hidden {s['hidden']} x {s['layers']} layers, {s['steps']} steps "
+                     f"[{s['start']:.0f}-{s['end']:.0f}]" for s in stages)
 
 
 def summarize(results: dict) -> str:
     c = results["curves"]
     s = results["summary"]
-    lines = [table(c), ""]
+    lines = ["val loss at equal compute (final-model steps: 6 x multiplied parameters x tokens, every stage priced "
+             "by its model; clone = the growing run, seed stages included)", table(c), ""]
     h = s["headline"]
-    w = s["with_pretraining"]
     lines.append(f"speed-up: {h['text']}")
-    lines.append(f"  with the source's pretraining charged ({w['pretrain_steps']} small steps ~ "
-                 f"{w['charged_steps']:.0f} wide steps): "
-                 + (w.get("reason", "n/a") if w["speedup"] is None else f"{w['speedup']:.2f}x") + "")
+    u = s["uncharged"]
+    lines.append("  counted from the last growth only (uncharged): "
+                 + (u["reason"] if u["speedup"] is None else f"{u['speedup']:.2f}x"))
+    if results.get("stages"):
+        lines.append(f"growing run: {stages_text(results['stages'])}")
     lines.append(f"clone vs random twin:        {fmt_speedup(s['clone_vs_random'])}")
     lines.append(f"small-continue vs random:    {fmt_speedup(s['small_continue_vs_random'])}")
     lines.append(f"final val loss: clone {c['clone'][-1][1]:.4f}, random {c['random'][-1][1]:.4f}, "
                  f"small_continue {c['small_continue'][-1][1]:.4f} -> clone "
                  f"{'beats' if s['clone_beats_small'] else 'does NOT beat'} the small-model control")
-    margin = c["small_continue"][-1][1] - c["clone"][-1][1]
-    lines.append(f"margin over the small model kept training: {margin:+.4f} nats (how much lower the clone ends than "
-                 "the small model given the same steps; negative: growing did not pay at this budget)")
+    lines.append(f"margin over the small model kept training: {s['margin_equal_compute']:+.4f} nats at equal compute "
+                 "(how much lower the growing run ends than the model before its last growth trained on with the "
+                 "same compute; negative: growing did not pay at this budget)")
     d = s["forgetting"]
-    lines.append(f"forgetting dip: {d['dip']:.4f} (val loss {d['start']:.4f} at step 0, peak {d['peak']:.4f} at step "
-                 f"{d['peak_step']}; how far the clone's val loss rose above its start as the LR warmed up again, "
-                 "losing part of what it inherited)")
+    lines.append(f"forgetting dip: {d['dip']:.4f} (val loss {d['start']:.4f} at the last growth, peak {d['peak']:.4f} "
+                 f"at {d['peak_step']:.0f}; how far the val loss rose above where the growth left it)")
     sym = s.get("symmetry")
     lines.append("symmetry monitor (last): " + ("n/a" if sym is None else f"{sym:.4f}") +
-                 " (mean cosine similarity between the copies cloning made: 1.0 = still identical, the wide model is "
-                 "no more than the small one; lower = the copies diverged and the added width is in use)")
+                 " (mean cosine similarity between the copies the last growth made: 1.0 = still identical, the wide "
+                 "model is no more than the small one; lower = the copies diverged and the added width is in use)")
     return "\n".join(lines)
 
 
@@ -158,5 +202,5 @@ def finite(o):
     return o
 
 
-__all__ = ["RUNS", "finite", "fmt_speedup", "forgetting_dip", "headline", "speedup", "steps_to_reach", "summarize",
-           "table", "with_pretraining"]
+__all__ = ["RUNS", "finite", "fmt_speedup", "forgetting_dip", "headline", "since_growth", "speedup", "stages_text",
+           "steps_to_reach", "summarize", "summarize_race", "table", "with_pretraining"]
