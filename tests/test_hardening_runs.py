@@ -133,6 +133,10 @@ def test_token_file_that_shrinks_is_an_input_error_not_sigbus(tmp_path):
     train, _ = hdata.hold_out(tokens, 0.1)
     sampler = hdata.BatchSampler(train, 4, 8)
     assert sampler.batch(0).shape == (4, 9)
+    plain = hdata.BatchSampler(hdata.hold_out(np.fromfile(path, np.uint16), 0.1)[0], 4, 8)
+    assert all((sampler.batch(k) == plain.batch(k)).all() for k in range(5))  # read, not mapped: the same tokens
+    _, val = hdata.hold_out(tokens, 0.1)
+    assert (hdata.read_span(val, 3, 7) == np.fromfile(path, np.uint16)[len(train) + 3:len(train) + 10]).all()
     os.truncate(path, 100)
     with pytest.raises(hdata.DataError, match="shrank from 40000 to 100 bytes"):
         sampler.batch(1)

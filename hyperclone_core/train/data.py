@@ -43,12 +43,31 @@ class TokenMap(np.memmap):
         self._guard = getattr(obj, "_guard", None)
 
 
+def read_span(tokens, start: int, count: int) -> np.ndarray:
+    """``tokens[start:start + count]`` as a fresh array.  From a mapped token file it is
+    read with ``pread`` from the open file, never through the mapping, so a file that
+    shrinks underneath is a short read (an input error), never SIGBUS."""
+    guard = getattr(tokens, "_guard", None)
+    if guard is None:
+        return np.array(tokens[start:start + count])
+    f, need, shown, base, offset = guard
+    item = tokens.dtype.itemsize
+    pos = offset + (tokens.__array_interface__["data"][0] - base) + start * item
+    want = count * item
+    raw = os.pread(f.fileno(), want, pos)
+    if len(raw) < want:
+        check_mapped(tokens)
+        raise DataError(f"{shown}: the data file ends early (another process truncated it?); give the run a file "
+                        "nobody changes")
+    return np.frombuffer(raw, dtype=tokens.dtype).copy()
+
+
 def check_mapped(tokens) -> None:
     """Refuse to read a memory-mapped token file that shrank since it was mapped."""
     guard = getattr(tokens, "_guard", None)
     if guard is None:
         return
-    f, need, shown = guard
+    f, need, shown = guard[:3]
     try:
         now = os.fstat(f.fileno()).st_size
     except (OSError, ValueError):
@@ -62,7 +81,7 @@ def check_mapped(tokens) -> None:
 def _mapped(f, path: Path, dtype, offset: int, count: int) -> np.ndarray:
     need = offset + count * np.dtype(dtype).itemsize
     arr = TokenMap(f, dtype=dtype, mode="r", offset=offset, shape=(count,))
-    arr._guard = (f, need, str(path))
+    arr._guard = (f, need, str(path), arr.__array_interface__["data"][0], offset)
     return arr
 
 
@@ -226,8 +245,7 @@ def check_vocab(tokens: np.ndarray, vocab: int, what: str = "tokens", chunk: int
     """Refuse ids outside [0, vocab), scanning in chunks (token files can be huge)."""
     hi, lo = -1, 0
     for a in range(0, len(tokens), chunk):
-        check_mapped(tokens)
-        part = np.asarray(tokens[a:a + chunk])
+        part = read_span(tokens, a, min(chunk, len(tokens) - a))
         hi = max(hi, int(part.max()))
         lo = min(lo, int(part.min()))
     if lo < 0:
@@ -290,8 +308,9 @@ class BatchSampler:
         per = self.batch_size // parts
         k = rank * n_micro + micro
         starts = self.starts(step)[k * per:(k + 1) * per]
+        if getattr(self.tokens, "_guard", None) is not None:  # a token file: read, never touched through the map
+            return np.stack([read_span(self.tokens, int(a), self.seq_len + 1) for a in starts]).astype(np.int64)
         idx = starts[:, None] + np.arange(self.seq_len + 1)[None, :]
-        check_mapped(self.tokens)
         return np.asarray(self.tokens[idx], dtype=np.int64)
 
 
@@ -304,6 +323,7 @@ def fixed_batches(tokens: np.ndarray, n: int, batch_size: int, seq_len: int, see
 
 
 __all__ = [
-    "BatchSampler", "ByteTokenizer", "DataError", "HFTokenizer", "TokenMap", "check_mapped", "check_vocab", "fixed_batches",
+    "BatchSampler", "ByteTokenizer", "DataError", "HFTokenizer", "TokenMap", "check_mapped", "check_vocab",
+    "read_span", "fixed_batches",
     "get_tokenizer", "hold_out", "load_tokens",
 ]
