@@ -122,7 +122,7 @@ def test_train_takes_an_id(cache, tmp_path, capsys):
     np.save(tmp_path / "t.npy", testing.random_tokens(96, batch=8, seq=32))
     assert main(["train", REPO, "--data", str(tmp_path / "t.npy"), "--out", str(tmp_path / "o"), "--steps", "2",
                  "--batch-size", "2", "--seq-len", "8", "--eval-every", "1", "--eval-batches", "1",
-                 "--no-progress"]) == 0 or pytest.fail(capsys.readouterr().err)
+                 "--no-progress", "--json"]) == 0 or pytest.fail(capsys.readouterr().err)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
 
 

@@ -185,11 +185,19 @@ def test_train_recipe_replays_the_run(tmp_path, capsys):
                        "--seed", "5"]) == 0
     doc = tomllib.loads((tmp_path / "a" / "recipe.toml").read_text())
     assert doc["seed"] == 5 and doc["steps"] == 4 and doc["betas"] == [0.8, 0.9] and doc["lr"] == 1e-3
-    assert doc["out"] == str((tmp_path / "a").resolve()) and "resume" not in doc
+    # paths relative to OUT (no path of this machine); the replay goes to a fresh folder beside it
+    assert doc["out"] == "../a-replay" and doc["model_dir"] == "../m" and "resume" not in doc
+    assert str(tmp_path) not in (tmp_path / "a" / "recipe.toml").read_text()
     assert train_main(["--config", str(tmp_path / "a" / "recipe.toml"), "--out", str(tmp_path / "b"),
                        "--no-progress"]) == 0
     a = (tmp_path / "a" / "checkpoint-0000004" / "model.safetensors").read_bytes()
     assert (tmp_path / "b" / "checkpoint-0000004" / "model.safetensors").read_bytes() == a
+    assert train_main(["--config", str(tmp_path / "a" / "recipe.toml"), "--no-progress"]) == 0  # as written
+    assert (tmp_path / "a-replay" / "checkpoint-0000004" / "model.safetensors").read_bytes() == a
+    card = (tmp_path / "a" / "checkpoint-0000004" / "README.md").read_text()  # every checkpoint has a card
+    assert "trained 4 steps" in card and "`../../m`" in card and str(tmp_path) not in card
+    lineage = (tmp_path / "a" / "checkpoint-0000004" / "hyperclone.json").read_text()
+    assert str(tmp_path) not in lineage
     capsys.readouterr()
     assert train_main(["--config", str(tmp_path / "run.toml")]) == 2  # no --out anywhere
     assert "needs --out" in capsys.readouterr().err

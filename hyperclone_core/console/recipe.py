@@ -157,7 +157,8 @@ def write(path, doc: Mapping[str, Any], header: Iterable[str] = ()) -> Path:
     """Write ``doc`` as TOML to ``path`` atomically (a temp file renamed over it)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(dumps(_utf8_only(doc, path), header))
+    tmp.write_text(dumps(_utf8_only(doc, path), header), encoding="utf-8",
+                   errors="backslashreplace")  # only a comment (the header's command) can still hold such bytes
     os.replace(tmp, path)
     return path
 
@@ -242,7 +243,7 @@ def portable(value, folder) -> Optional[str]:
     return rel if rel.startswith("..") else os.path.join(".", rel)
 
 
-def _from_recipe(value: Any, path) -> Any:
+def from_recipe(value: Any, path) -> Any:
     """A recipe's path value as the command uses it: relative ones written by
     ``portable`` (or naming something beside the recipe) are taken from the recipe's
     folder; anything else is kept."""
@@ -261,7 +262,7 @@ def apply(parser: argparse.ArgumentParser, argv: Sequence[str], path, ignore: It
     override it); returns the recipe's values by dest.  An unknown key, a bad value,
     or two options of one mutually exclusive group in the file are refused; keys in
     ``ignore`` are skipped (another command's options); the dests in ``paths`` are
-    paths, taken relative to the recipe's folder (``_from_recipe``)."""
+    paths, taken relative to the recipe's folder (``from_recipe``)."""
     doc = read(path)
     options = _options(parser)
     skip = set(ignore)
@@ -278,7 +279,7 @@ def apply(parser: argparse.ArgumentParser, argv: Sequence[str], path, ignore: It
             raise UsageError(f"--config {path}: {_flag(options[dest])} is set twice (as {key!r} and under its "
                              "other spelling); keep one")
         if dest in path_dests:
-            value = _from_recipe(value, path)
+            value = from_recipe(value, path)
         values[dest] = _convert(path, key, value, options[dest])
     given = _given(parser, argv)
     for group in parser._mutually_exclusive_groups:
@@ -376,5 +377,6 @@ def for_expand(options: Mapping[str, Any], strategy: str) -> dict:
     return out
 
 
-__all__ = ["CONFIG_HELP", "apply", "config_path", "dumps", "for_expand", "header", "parse", "portable", "read",
+__all__ = ["CONFIG_HELP", "apply", "config_path", "dumps", "for_expand", "from_recipe", "header", "parse", "portable",
+           "read",
            "replay_folder", "resolved", "write"]

@@ -377,6 +377,51 @@ def model_card(report: Mapping[str, Any], dst, src, src_config: Mapping[str, Any
     return "\n".join(out)
 
 
+def trained_card(folder_name: str, hf_config: Mapping[str, Any], lineage: Mapping[str, Any],
+                 trainer: Mapping[str, Any], base_meta: Mapping[str, Any] = ()) -> str:
+    """README.md of a training checkpoint: what it is (step, loss, tokens), where it came
+    from (the lineage ``hyperclone.json`` records: the folder or hub id trained from, the
+    growth that made it, the growths during the run), how to load it and go on."""
+    cfg = dict(trainer.get("config") or {})
+    step = int(trainer.get("step") or lineage.get("step") or 0)
+    fam = str(hf_config.get("model_type", "decoder"))
+    start = str(lineage.get("trained_from", "?"))
+    hub = bool(re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?", start)) and not start.startswith(".")
+    clone = lineage.get("clone") or {}
+    base = clone.get("source_hub") or (start if hub else None)
+    tokens = step * int(cfg.get("batch_size") or 0) * int(cfg.get("seq_len") or 0)
+    val = trainer.get("val_loss")
+    out = [_front_matter(str(base).split("@")[0] if base else start, bool(base), fam, base_meta),
+           f"# {folder_name}: {fam} trained {step:,} steps with hyperclone", "",
+           f"Step {step:,} of {cfg.get('steps', '?')} of a `hyperclone train` run "
+           f"([hyperclone](https://arxiv.org/abs/2409.12903) {lineage.get('hyperclone_version', '')})"
+           + (f", validation loss {val:.4f}" if isinstance(val, (int, float)) else "") + ".", "",
+           "## Lineage", "",
+           f"- trained from: `{start}`" + (" (relative to this folder)" if not hub else " (hub id)"),
+           f"- tokens seen: {tokens:,} ({cfg.get('batch_size')} sequences x {cfg.get('seq_len')} tokens per step)"
+           if tokens else "- tokens seen: not recorded",
+           f"- data: {json.dumps(lineage.get('data'))}" if lineage.get("data") else "- data: not recorded",
+           f"- backend: {lineage.get('backend', '?')}"]
+    if clone:
+        out.append(f"- the model trained from was grown by HyperCloning from `{clone.get('source', '?')}`: "
+                   f"growth {json.dumps(clone.get('growth'))}, strategy `{clone.get('strategy')}`, seed "
+                   f"{clone.get('seed')}")
+    for g in lineage.get("growths") or []:
+        out.append(f"- grown during the run at step {g.get('step')}: `{g.get('options')}`")
+    if base_meta:
+        out.append(f"- {', '.join(k for k in INHERITED if k in base_meta)} are those of the model trained from")
+    out += ["", "## Load it", "",
+            f"`{folder_name}` is this folder as seen from the run's folder; on the Hub, its repo id.", "",
+            "```python", "from transformers import AutoModelForCausalLM",
+            f"model = AutoModelForCausalLM.from_pretrained({folder_name!r})", "```", "",
+            "Continue the run, from the run's folder one level up (its recipe is there):", "", "```bash",
+            "hyperclone train --config recipe.toml --out . --resume", "```", "",
+            "`trainer/` holds the optimizer state the continuation needs; leave it out of an upload of the weights "
+            "alone (`huggingface-cli upload ORG/NAME . --exclude 'trainer/*'`).", "",
+            "## Reference", "", PAPER, ""]
+    return "\n".join(out)
+
+
 def facts(plan, config: Mapping[str, Any], source_dtype: Callable[[str], str], dtype: Optional[str]) -> dict:
     """What hyperclone.json records beyond the run: sizes and parameter counts before
     and after, and every config.json change (asked for, or not, with why)."""
@@ -398,7 +443,8 @@ def write_docs(tmp, src, dst, report: dict, source_config: Mapping[str, Any], op
 
     base_card = copy_base_card(src, tmp)
     report["base_model_card"] = BASE_CARD if base_card else None
-    Path(tmp, "README.md").write_text(model_card(report, dst, src, source_config, base_card))
+    Path(tmp, "README.md").write_text(model_card(report, dst, src, source_config, base_card), encoding="utf-8",
+                                      errors="backslashreplace")  # a path's non-UTF-8 bytes shown escaped
     recipe.write(Path(tmp) / "recipe.toml", recipe.for_expand(options, report["strategy"]),
                  recipe.header("expand", report["hyperclone_version"], replay_into=recipe.replay_folder(dst)))
 
@@ -417,4 +463,4 @@ def copy_base_card(src: Path, tmp: Path) -> bool:
 
 __all__ = ["BASE_CARD", "INHERITED", "PAPER", "base_model_name", "config_changes", "config_dtype", "copy_base_card",
            "facts", "format_changes", "format_summary", "front_matter", "inherited", "model_card", "summary",
-           "write_docs"]
+           "trained_card", "write_docs"]

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..expand.card import inherited, trained_card
 from ..errors import CheckpointError
 from ..io import Checkpoint, SafetensorsFile, write_hf_folder, write_json, write_safetensors
 from ..io.paths import read_small
@@ -227,6 +228,9 @@ def save(folder, state: EngineState, hf_config: Mapping[str, Any], trainer: Mapp
         write_json(tmp / TRAINER_DIR / STATE_FILE, dict(trainer, format=FORMAT, adam_step=int(state.adam_step)))
         if lineage is not None:
             write_json(tmp / "hyperclone.json", dict(lineage))
+            (tmp / "README.md").write_text(trained_card(Path(folder).name, hf_config, lineage, trainer,
+                                                        inherited(aux_from) if aux_from is not None else {}),
+                                           encoding="utf-8", errors="backslashreplace")
 
     return write_hf_folder(folder, hf_config, {n: np.asarray(a) for n, a in state.params.items()},
                            metadata={"hyperclone": "train"}, aux_from=aux_from, before_commit=trainer_files)

@@ -59,7 +59,7 @@ HELP = {
     "decay_shape": "wsd: linear or cosine decay to lr x --min-lr-ratio",
     "rewarm_steps": "after each --grow, ramp the LR up again over N steps (0: no re-warm)",
 }
-RECIPE_EXCLUDE = ("resume", "allow_change", "no_progress")
+RECIPE_EXCLUDE = ("resume", "allow_change", "no_progress", "json")
 """Options OUT/recipe.toml leaves out: how this invocation continued or displayed a run,
 not what the run is (a replay starts fresh)."""
 PATHS = ("model_dir", "data", "val_data", "out", "plan", "log_jsonl")
@@ -104,16 +104,29 @@ def plan_of(folder):
                 allow_inexact=not rep.get("exact", True))
 
 
-def lineage(model_dir, backend: str) -> dict:
-    """What each checkpoint's hyperclone.json records about where the model came from."""
-    out: dict = {"hyperclone_version": __version__, "trained_from": str(Path(model_dir).resolve()), "backend": backend}
+def lineage(model_dir, backend: str, out=None, typed=None) -> dict:
+    """What each checkpoint's hyperclone.json records about where the model came from.
+    No path of this machine: the folder trained from is relative to a checkpoint folder
+    of OUT (``out``), or the hub id as typed (``typed``)."""
+    here = Path(out) / "checkpoint" if out is not None else None  # every checkpoint sits one level below OUT
+
+    def rel(path) -> str:
+        return recipe.portable(path, here) if here is not None else str(Path(path).resolve())
+
+    hub_id = typed is not None and str(typed) != str(model_dir) and not os.path.lexists(str(typed))
+    out: dict = {"hyperclone_version": __version__, "trained_from": str(typed) if hub_id else rel(model_dir),
+                 "backend": backend}
     rep = Path(model_dir) / "hyperclone.json"
     if os.path.lexists(rep):
         from ..io.paths import read_small
 
         try:
             base = json.loads(read_small(rep, "report", MAX_PLAN_BYTES))
-            out["clone"] = {k: base[k] for k in ("source", "family", "growth", "strategy", "seed") if k in base}
+            out["clone"] = {k: base[k] for k in ("source", "source_hub", "family", "growth", "strategy", "seed")
+                            if k in base}
+            src = out["clone"].get("source")
+            if isinstance(src, str) and not os.path.isabs(src) and os.path.lexists(Path(model_dir) / src):
+                out["clone"]["source"] = rel(Path(model_dir) / src)  # relative to the clone there; here, to OUT's
             if "clone" in base:
                 out["clone"] = base["clone"]
         except (HypercloneError, OSError, ValueError, TypeError, KeyError, RecursionError):
@@ -168,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-best", action="store_true", help="with --save-total-limit, also keep the best by val loss")
     p.add_argument("--compile", action="store_true", help="compile the model (torch.compile; jax and mlx always compile)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help="end with one JSON line (steps, checkpoint, val_loss, symmetry) instead of the summary")
     return p
 
 
@@ -290,6 +305,7 @@ def run(args) -> Any:
     from ..model.validate import read_model
 
     check_options(args)
+    args.typed_model = args.model_dir
     args.model_dir = str(hub.resolve(args.model_dir)[0])  # a hub id: its snapshot, for every reader below
     tc = config_from(args)
     inputs = inputs_of(args)
@@ -321,6 +337,8 @@ def run(args) -> Any:
         raise
     except ConfigError as exc:  # the model and data are checked by now: what is left is how it was asked to run
         raise OptionError(str(exc)) from None
+    if engine.rank == 0 and not getattr(args, "json", False):
+        print(header(args, hf, weights, tokens, val, tc, bk), flush=True)
     del weights
     metrics = Path(tc.log_jsonl) if tc.log_jsonl else Path(args.out) / "metrics.jsonl"
     claimed = None
@@ -342,7 +360,8 @@ def run(args) -> Any:
         if resolved is not None and claimed is not None and fresh:
             write_recipe(claimed, resolved)  # before a step: an interrupted run can be replayed too
         result = train(engine, tc, tokens, val, plan=plan, source_dir=args.model_dir, callback=redraw,
-                       lineage=lineage(args.model_dir, args.backend), optimizer=optimizer, backend=bk)
+                       lineage=lineage(args.model_dir, args.backend, args.out, args.typed_model),
+                       optimizer=optimizer, backend=bk)
         engine = result.engine  # a growth (or a resume into a grown checkpoint) replaced it
         if claimed is not None:
             claimed.replace("loss.png", lambda tmp: plot_history(result.history, tmp))
@@ -357,16 +376,57 @@ def run(args) -> Any:
                 claimed.release()
 
 
-def write_recipe(out, resolved: dict) -> Path:
-    """OUT/recipe.toml: every option of the run, paths absolute, for ``--config``.
-    ``out``: the run's claimed ``RunDir`` (or a folder, for callers outside a run)."""
+def header(args, hf, weights, tokens, val, tc, bk) -> str:
+    """What a run is about to do, before its first step: the model and its size, the
+    data in tokens, the budget, the backend, and where the outputs go."""
+    params = sum(int(np.prod(np.shape(w))) for w in weights.values())
+    per_step = tc.batch_size * tc.seq_len
+    lines = [f"train: {args.typed_model} ({hf.get('model_type', '?')}, {params:,} parameters) on {args.data}: "
+             f"{len(tokens):,} training tokens" + (f", {len(val):,} validation" if val is not None else ""),
+             f"  {tc.steps:,} steps x {tc.batch_size} x {tc.seq_len} tokens = {tc.steps * per_step:,} tokens "
+             f"({tc.steps * per_step / max(len(tokens), 1):.2f} epochs); lr {tc.lr:g}, {tc.schedule} schedule"
+             + (f"; growths {', '.join(tc.grow)}" if getattr(tc, "grow", ()) else "")
+             + f"; backend {args.backend}",
+             f"  writes {args.out}/: checkpoint-N/ (each a model folder with its card), metrics.jsonl, loss.png, "
+             "recipe.toml"]
+    return "\n".join(lines)
+
+
+def summary(result) -> str:
+    """The run's end, for a person: steps, loss first and last, the last checkpoint."""
+    evals = [h for h in result.history if h.get("val_loss") is not None]
+    losses = [h["train_loss"] for h in result.history if h.get("train_loss") is not None]
+    out = [f"trained {result.steps_done:,} steps"
+           + (f"; val loss {evals[0]['val_loss']:.4f} (step {evals[0]['step']}) -> {evals[-1]['val_loss']:.4f} "
+              f"(step {evals[-1]['step']})" if evals else "")
+           + (f"; train loss {losses[-1]:.4f} at the end" if losses else "")]
+    sym = next((h["symmetry"] for h in reversed(result.history) if h.get("symmetry") is not None), None)
+    if sym is not None:
+        out.append(f"  symmetry monitor {sym:.4f} (1.0: the copies cloning made are still identical)")
+    if getattr(result, "growths", None):
+        out.append(f"  grew {len(result.growths)} time(s): "
+                   + "; ".join(f"step {g['step']}: {g['options']}" for g in result.growths))
+    out.append(f"  last checkpoint: {result.checkpoint}" if result.checkpoint else "  no checkpoint written")
+    return "\n".join(out)
+
+
+def write_recipe(out, resolved: dict, replay: bool = True) -> Path:
+    """OUT/recipe.toml: every option of the run, for ``--config``: paths relative to OUT
+    (no path of this machine); ``out`` is the replay's fresh folder beside OUT, or with
+    ``replay`` False OUT itself (a run meant to be continued with ``--resume``, such as
+    one ``hyperclone grow`` wrote).  ``out``: the run's claimed ``RunDir`` (or a folder,
+    for callers outside a run); ``resolved`` paths are as the command line gave them."""
+    folder = out.out if isinstance(out, runout.RunDir) else Path(out)
     doc = dict(resolved)
     for k in PATHS:
         if doc.get(k) is not None:
-            doc[k] = str(Path(doc[k]).resolve())
+            doc[k] = (recipe.replay_folder(folder) if replay else ".") if k == "out" else \
+                recipe.portable(doc[k], folder)
     if doc.get("tokenizer") not in (None, "auto", "bytes") and Path(doc["tokenizer"]).exists():
-        doc["tokenizer"] = str(Path(doc["tokenizer"]).resolve())
-    header = recipe.header("train", __version__)
+        doc["tokenizer"] = recipe.portable(doc["tokenizer"], folder)
+    header = recipe.header("train", __version__, replay_into=recipe.replay_folder(folder)) if replay else \
+        recipe.header("train", __version__)[:2] + ["  hyperclone train --config recipe.toml --resume      (continues "
+                                                   "this run; from this folder, or give the recipe's path)"]
     if isinstance(out, runout.RunDir):
         return out.replace("recipe.toml", lambda tmp: recipe.write(tmp, doc, header))
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -382,13 +442,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: list) -> int:
     parser = build_parser()
-    args = recipe.parse(parser, [a for a in argv if a != "--debug"], required=("model_dir", "data", "out"))
+    args = recipe.parse(parser, [a for a in argv if a != "--debug"], required=("model_dir", "data", "out"),
+                        paths=PATHS + ("tokenizer",))
     args.recipe = recipe.resolved(parser, args, exclude=RECIPE_EXCLUDE)
     result, rank = run(args)
     last = result.history[-1] if result.history else {}
     if rank == 0 and int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"steps": result.steps_done, "checkpoint": result.checkpoint,
-                          "val_loss": last.get("val_loss"), "symmetry": last.get("symmetry")}))
+        if args.json:
+            print(json.dumps({"steps": result.steps_done, "checkpoint": result.checkpoint,
+                              "val_loss": last.get("val_loss"), "symmetry": last.get("symmetry")}))
+        else:
+            print(summary(result))
     return 0
 
 

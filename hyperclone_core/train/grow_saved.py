@@ -116,11 +116,14 @@ def grow_checkpoint(src, dst, options: Mapping[str, Any], moments: Optional[str]
         own_recipe = src.parent / "recipe.toml"
         if own_recipe.is_file():
             from ..console import recipe
-            from .cli import write_recipe
+            from .cli import PATHS, write_recipe
 
             doc = recipe.read(own_recipe)
-            doc.update(out=str(dst.resolve()), grow=grow)
-            write_recipe(run, doc)
+            for k in PATHS + ("tokenizer",):  # the run's recipe names paths from its own folder
+                if isinstance(doc.get(k), str) and not (k == "tokenizer" and doc[k] in ("auto", "bytes")):
+                    doc[k] = recipe.from_recipe(doc[k], own_recipe)
+            doc.update(out=str(dst), grow=grow)
+            write_recipe(run, doc, replay=False)  # out = DST itself: --resume continues the grown run
     finally:
         run.release()
     log(f"grew {src} at step {step}: {event['options']} ({event['before']['params']:,} -> "

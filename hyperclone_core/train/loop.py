@@ -372,6 +372,7 @@ def train(engine: Engine, config: TrainConfig, train_data, val_data=None, plan=N
             final = {"step": tc.steps, **evaluate(tc.steps), "seconds": round(time.perf_counter() - t0, 4)}
             if not result.history or result.history[-1].get("step") != tc.steps:
                 emit(final)
+            bar.update(0, val=final.get("val_loss"), sym=final.get("symmetry"))  # the bar ends on the final evaluation
         if out is not None and result.checkpoint != str(ckpt.folder_for(out, tc.steps)):
             checkpoint(tc.steps)
         result.engine = engine
