@@ -867,6 +867,14 @@ def process_attacks() -> list:
     for backend, opts in (("jax", ["--device", "gpu"]), ("mlx", ["--device", "cpu:7"]), ("mlx", ["--device", "gpu"])):
         add(f"{backend} route", "expand " + " ".join(opts), t_scene(argv=lambda r, b=backend, o=opts: [
             "expand", str(r / "m"), str(r / "w"), "--quiet", "--backend", b, *o]), 2)
+    # ---- paths with bytes that are not UTF-8, on every command that takes a model folder
+    odd = lambda r: Path(os.fsdecode(os.fsencode(str(r)) + b"/s\xfe"))  # noqa: E731
+    for name, argv in (("expand", lambda r: ["expand", str(odd(r) / "m"), str(odd(r) / "w"), "--quiet"]),
+                       ("plan", lambda r: ["plan", str(odd(r) / "m"), "--width", "2"]),
+                       ("verify", lambda r: ["verify", str(odd(r) / "m"), str(odd(r) / "m")]),
+                       ("train", lambda r: _train(odd(r), "run", model="m", data="../d.npy"))):
+        add("non-UTF-8 paths", f"{name} from a folder named with byte 0xfe",
+            t_scene(prepare=lambda r: shutil.copytree(r / "m", odd(r) / "m") and None, argv=argv), 0)
     # ---- one source of truth
     add("checkpoint folder", "verify a folder with model.safetensors beside an index",
         t_scene(prepare=_single_beside_index, argv=lambda r: ["verify", str(r / "m"), str(r / "m")]), 3)

@@ -131,3 +131,14 @@ def test_demo_keeps_what_it_did_not_write_and_checks_settings_first(tmp_path, ca
     assert main([*demo, "--text", str(tmp_path / "fifo")]) == 3
     assert main([*demo[:-1], str(tmp_path / "t.txt")]) == 4  # --out a file
     assert "FIFO" in capsys.readouterr().err
+
+
+def test_paths_with_bytes_that_are_not_utf8_work(scene, tmp_path, capsys):
+    odd = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/s\xfe"))
+    shutil.copytree(scene / "m", odd / "m")
+    assert main(["expand", str(odd / "m"), str(odd / "wide"), "--quiet"]) == 0
+    assert main(["plan", str(odd / "m"), "--width", "2"]) == 0
+    argv = train(scene, "x")
+    argv[1], argv[argv.index("--out") + 1] = str(odd / "m"), str(odd / "run")
+    assert main(argv) == 0
+    assert (odd / "run" / "checkpoint-0000002").is_dir() and "internal error" not in capsys.readouterr().err

@@ -96,6 +96,11 @@ def guarded(run: Callable[[], int], debug: bool = False, prog: str = "hyperclone
     show = warnings.showwarning
     warnings.showwarning = _warning_line
     saved = _catch_signals()
+    for stream in (sys.stdout, sys.stderr):  # a path with bytes that are not UTF-8 prints escaped, never fails
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
     try:
         return int(run() or 0)
     except KeyboardInterrupt as exc:
