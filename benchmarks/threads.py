@@ -8,10 +8,11 @@ process, at three model sizes::
 
 Each run is ``hyperclone_core.train.train`` on the torch engine (CPU, float32), timed
 whole -- the automatic policy's measuring steps included -- as tokens per second.
-A fixed count's run stops after ``--max-seconds`` (its rate is its rate; a count 10x
-too slow need not run the whole length); the automatic policy's runs all its steps.
-All runs of a row happen in this one process, the variants taking turns within each
-round; a variant's figure is its best round.  ``auto/best`` divides the automatic
+In each round the automatic policy runs all its steps first, then each fixed count
+runs for as long (its rate is its rate: a count 10x too slow need not run the whole
+length, and every variant of a round sees the machine over as long a window).  All
+runs of a row happen in this one process; a variant's figure is its best round.
+``re`` counts the automatic policy's re-measures (drift or periodic) over the rounds.  ``auto/best`` divides the automatic
 policy's tokens/s by the best fixed count's (>= 0.90 is the target).  The busy
 process is a pure-Python loop: exactly one core kept busy.
 """
@@ -65,19 +66,20 @@ def chosen(messages: list) -> str:
     return "?"
 
 
-def row(size: str, counts: list, rounds: int, steps: int, max_seconds: float) -> dict:
-    variants = [0] + counts
+def row(size: str, counts: list, rounds: int, steps: int) -> dict:
     run(size, counts[-1], 3)  # the process's one-time costs (kernels, allocator) before any timed run
-    best = {v: 0.0 for v in variants}
-    picks = []
+    best = {v: 0.0 for v in [0] + counts}
+    picks, remeasures = [], 0
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for v in order:
-            tps, said = run(size, v, steps, max_seconds if v else 0.0)
-            best[v] = max(best[v], tps)
-            if v == 0:
-                picks.append(chosen(said))
-    return {"best": best, "picks": picks}
+        t0 = time.perf_counter()
+        tps, said = run(size, 0, steps)
+        window = time.perf_counter() - t0
+        best[0] = max(best[0], tps)
+        picks.append(chosen(said))
+        remeasures += sum("measuring" in m for m in said)
+        for v in (counts if r % 2 == 0 else counts[::-1]):
+            best[v] = max(best[v], run(size, v, steps, window)[0])
+    return {"best": best, "picks": picks, "re": remeasures}
 
 
 def main(argv=None) -> int:
@@ -88,12 +90,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated of {', '.join(SIZES)}")
     ap.add_argument("--rounds", type=int, default=1, help="turns of every variant per row (best one kept)")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply each size's steps per run")
-    ap.add_argument("--max-seconds", type=float, default=30.0, help="a fixed count's run stops after this")
     ap.add_argument("--no-busy", action="store_true", help="skip the rows next to a busy process")
     args = ap.parse_args(argv)
     counts = list(range(1, available_cores() + 1))
     fixed = "".join(f"{f'{c} thr tok/s':>13}" for c in counts)
-    print(f"{'size':<5} {'params':>11} {'load':<6} {'steps':>5} {'auto tok/s':>11} {'chose':>6}{fixed} "
+    print(f"{'size':<5} {'params':>11} {'load':<6} {'steps':>5} {'auto tok/s':>11} {'chose':>6} {'re':>3}{fixed} "
           f"{'best fixed':>10} {'auto/best':>9}", flush=True)
     for size in args.sizes.split(","):
         hidden, layers, heads, ffn, seq, _, steps = SIZES[size]
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
             hog = subprocess.Popen([sys.executable, "-c", BUSY]) if load == "busy" else None
             try:
                 time.sleep(0.5 if hog else 0)
-                res = row(size, counts, args.rounds, steps, args.max_seconds)
+                res = row(size, counts, args.rounds, steps)
             finally:
                 if hog is not None:
                     hog.kill()
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
             b = res["best"]
             top = max(counts, key=lambda c: b[c])
             cells = "".join(f"{b[c]:>13,.0f}" for c in counts)
-            print(f"{size:<5} {params:>11,} {load:<6} {steps:>5} {b[0]:>11,.0f} {'/'.join(res['picks']):>6}{cells} "
+            print(f"{size:<5} {params:>11,} {load:<6} {steps:>5} {b[0]:>11,.0f} {'/'.join(res['picks']):>6} "
+                  f"{res['re']:>3}{cells} "
                   f"{f'{top} thr':>10} {b[0] / b[top]:>9.2f}", flush=True)
     return 0
 

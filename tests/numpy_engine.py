@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from hyperclone_core.train import AdamW, EngineState, StepResult, adamw_step, clip_coefficient, global_norm
+from hyperclone_core.train import (AdamW, EngineState, StepResult, adamw_step, check_state, clip_coefficient,
+                                  global_norm)
 
 NAMES = ("embed.weight", "head.weight", "head.bias")
 
@@ -101,6 +102,7 @@ class NumpyEngine:
                            {n: a.copy() for n, a in self.v.items()}, self.t)
 
     def import_state(self, state: EngineState) -> None:
+        check_state(state, self.names, self.shapes)
         self.p = {n: np.array(state.params[n], np.float32) for n in self.names}
         self.m = {n: np.array(state.exp_avg[n], np.float32) for n in self.names}
         self.v = {n: np.array(state.exp_avg_sq[n], np.float32) for n in self.names}

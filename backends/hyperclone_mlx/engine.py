@@ -30,11 +30,12 @@ from . import model as mlx_model
 from .ops import use_device
 
 
-CPU_THREADS = "mlx runs its CPU work on one thread of its own and has no setting for more"
-"""Why ``--threads`` other than 1 is refused: measured with mlx 0.32 on Linux, a CPU
+CPU_THREADS = ("mlx has no setting for its CPU threads: its ops run on one stream thread (a preloaded OpenBLAS "
+               "takes OPENBLAS_NUM_THREADS from the environment)")
+"""Why ``--threads`` other than 1 is refused.  Measured with mlx 0.32 on Linux: a CPU
 matmul or elementwise op kept one core busy, the process holding two threads (the
-caller and mlx's CPU stream; its BLAS is the single-threaded reference one).  No
-set_threads hook: there is nothing for the loop to tune."""
+caller and mlx's CPU stream; the wheel's BLAS is the single-threaded reference one).
+No set_threads hook: there is nothing for the loop to tune."""
 
 
 class MlxEngine:
