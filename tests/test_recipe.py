@@ -222,3 +222,23 @@ def test_the_written_replay_command_runs_as_written_from_anywhere(tmp_path, case
     assert main(["expand", "--config", str(out / "recipe.toml")]) != 0  # w-replay exists now: refused
     for f in (out / "recipe.toml", out / "README.md", out / "hyperclone.json"):
         assert str(tmp_path) not in f.read_text(), f
+
+
+def test_demo_outputs_name_no_path_of_this_machine_and_replay_as_written(tmp_path, monkeypatch):
+    """results.json, recipe.toml and loss.png's neighbours hold no absolute path; the
+    recipe's replay (run from OUT) writes OUT-replay beside it."""
+    pytest.importorskip("torch")
+    from hyperclone_core.demo.cli import main as demo_main
+
+    (tmp_path / "t.txt").write_text("".join(f"Paragraph {k}: HyperCloning grows a small model into a wide one.\n\n"
+                                            for k in range(2000)))
+    monkeypatch.chdir(tmp_path)
+    assert demo_main(["--preset", "tiny", "--no-progress", "--threads", "1", "--text", "t.txt", "--out", "d"]) == 0
+    for f in (tmp_path / "d").iterdir():
+        if f.suffix in (".json", ".toml", ".md"):
+            assert str(tmp_path) not in f.read_text(), f
+    doc = tomllib.loads((tmp_path / "d" / "recipe.toml").read_text())
+    assert doc["text"] == "../t.txt" and doc["out"] == "../d-replay"
+    monkeypatch.chdir(tmp_path / "d")
+    assert demo_main(["--config", "recipe.toml", "--no-progress"]) == 0
+    assert (tmp_path / "d-replay" / "results.json").is_file()

@@ -57,7 +57,8 @@ def write_outputs(results: dict, out, resolved: Optional[dict] = None) -> Path:
         run.replace("results.json", lambda tmp: write_json(tmp, finite(doc)))
         run.replace("loss.png", lambda tmp: plot(results, tmp))
         if resolved is not None:
-            run.replace("recipe.toml", lambda tmp: recipe.write(tmp, resolved, recipe.header("demo", __version__)))
+            header = recipe.header("demo", __version__, replay_into=resolved.get("out"))
+            run.replace("recipe.toml", lambda tmp: recipe.write(tmp, resolved, header))
     finally:
         if run is not out:
             run.release()
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
 
 def _main(argv: list) -> int:
     parser = build_parser()
-    args = recipe.parse(parser, [a for a in argv if a != "--debug"])
+    args = recipe.parse(parser, [a for a in argv if a != "--debug"], paths=("text", "out"))
     base = PRESETS[args.preset or ("quick" if args.quick else "default")]
     st = settings_from(args, base)
     check_settings(st)
@@ -236,7 +237,9 @@ def _main(argv: list) -> int:
         print(summarize(results))
         resolved = dict(recipe.resolved(parser, args, exclude=("json", "no_progress", "quick", "out")),
                         **asdict(st))  # every setting as run, whichever preset or file it came from
-        resolved["text"] = None if args.text is None else str(Path(args.text).resolve())
+        # paths relative to OUT (no path of this machine); the replay writes a fresh folder beside OUT
+        resolved["text"] = recipe.portable(args.text, run.out)
+        resolved["out"] = recipe.replay_folder(run.out)
         out = write_outputs(results, run, resolved)
     print(f"\nwrote {out / 'results.json'}, {out / 'loss.png'} and {out / 'recipe.toml'} "
           f"({results['summary']['seconds']:.0f} s)")
