@@ -15,6 +15,7 @@ One job per module:
 - ``runout``: a run's output folder (``RunDir``: train and demo own their --out by
   a mark, one run at a time by a lock, files replaced never written through, no
   output aliasing an input by file identity);
+- ``dtypes``: the dtypes numpy lacks (bfloat16 kept as its bits);
 - ``hf``: writing a whole checkpoint folder (``write_hf_folder``), and a backend's
   arrays to and from one through its converters (``save_arrays``, ``load_arrays``).
 

@@ -4,6 +4,8 @@ One job per module:
 
 - ``protocol``: the backend protocol (capabilities, required and optional hooks)
   and discovery through entry points;
+- ``arrayops``: the plan primitives written once over an array namespace
+  (``ArrayPrimitives``): a backend supplies conversion, noise and fast paths;
 - ``interpreter``: the one interpreter of tensor programs, which in-memory,
   streaming and checkpoint expansion all go through;
 - ``rowblocks``: big programs in blocks of destination rows (streaming);

@@ -1,7 +1,23 @@
-"""The trainer, once for every backend: config and schedule, the optimizer's closed
-form, clone-aware LRs and the symmetry monitor, the loop, the neutral checkpoint,
-the thread policy (``threads.py``), and the engine protocol a backend implements
-(``engine.py``)."""
+"""The trainer, once for every backend (Keras 3's split: the loop once, a step per framework).
+
+One job per module:
+
+- ``engine``: the engine protocol a backend implements, ``EngineState`` and ``check_state``;
+- ``config``: ``TrainConfig``, validated where it enters, and the LR schedules;
+- ``optim``: AdamW in closed form, with per-tensor LR / eps / decay multipliers and
+  clip weights;
+- ``clone``: the clone-LR rules (one registry) and the symmetry monitor;
+- ``grow``: growth inside a run (the training state grown with the plan, a live
+  engine grown, the growth option text);
+- ``grow_saved``: ``hyperclone grow``, a saved run grown into a run folder;
+- ``loop``: the loop (accumulation, clipping, evaluation, checkpoints, resume, growth
+  events, the non-finite guard, metrics, progress);
+- ``checkpoint``: the neutral checkpoint any engine resumes;
+- ``threads``: the thread policy (the user's count, or the fastest measured);
+- ``data``: token files, text, the deterministic batch sampler;
+- ``plot``: ``OUT/loss.png``;
+- ``cli``: ``hyperclone train``; ``worker``: one launched data-parallel worker.
+"""
 
 from .checkpoint import data_fingerprint, model_fingerprint
 from .clone import CopyPairs, clone_lr_multipliers, symmetry, symmetry_pairs
