@@ -64,7 +64,8 @@ HOOKS = {
     "rank": (SURFACE,), "world": (SURFACE, DIST), "step": (ADAMW, ACCUM, LOOP, GUARD),
     "gradients": (GRADS, ACCUM, ADAMW), "evaluate": (EVAL, RESUME), "params": (SURFACE, LOOP),
     "export_state": (FRESH, STATE, ADAMW), "import_state": (FRESH, RESUME, GUARD),
-    "barrier": (SURFACE,), "close": (SURFACE,), "set_threads": (SURFACE,),
+    "barrier": (SURFACE,), "close": (SURFACE,),
+    "set_threads": (LOOP, RESUME),  # the loop's thread tuner drives it (threads=0); calling it here would pin the session's count
     # the decoder's ArrayOps hooks (a backend's forward overrides them; FWD runs every family)
     "ArrayOps.compute_dtype": (PRES16,), "ArrayOps.low_precision": (PRES16,), "ArrayOps.astype": (FWD, PRES16),
     "ArrayOps.constant": (FWD,), "ArrayOps.stop_gradient": (GRADS,), "ArrayOps.linear": (FWD,),
