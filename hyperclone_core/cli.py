@@ -64,7 +64,7 @@ GROW_EXAMPLES = examples(
     "hyperclone grow runs/small/checkpoint-0000200 runs/grown --width 2 --layers +2 --moments asymmetric")
 BACKENDS_EXAMPLES = examples("hyperclone backends")
 MAIN_EXAMPLES = examples(
-    "hyperclone demo --quick                             # the whole idea in about two minutes on a CPU",
+    "hyperclone demo --quick                             # the whole idea on a CPU (docs/timings.md)",
     "hyperclone expand small wide --width 2              # grow a checkpoint folder",
     "hyperclone train wide --data corpus.txt --out runs/wide",
     "hyperclone COMMAND --help                           # each command's options and examples")

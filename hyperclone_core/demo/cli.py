@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
             "download needed: the text is embedded."),
         formatter_class=HelpFormatter,
         epilog=examples(
-            "hyperclone demo --quick                  # about 2 minutes on a CPU core",
+            "hyperclone demo --quick                  # the quick preset (timed in docs/timings.md)",
             "hyperclone demo --backend jax --out demo-jax",
             "hyperclone demo --config demo.toml       # options from a TOML recipe; flags override it"))
     p.add_argument("--config", metavar="FILE", help=recipe.CONFIG_HELP)
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a UTF-8 text file instead of the embedded corpus (default: the embedded corpus)")
     p.add_argument("--out", default="hyperclone-demo", help="folder for results.json, loss.png and recipe.toml")
     p.add_argument("--quick", action="store_true",
-                   help="the quick preset: fewer steps (about 2 minutes on one CPU core, 6 on a busy machine)")
+                   help="the quick preset: fewer steps (docs/timings.md has how long it takes)")
     p.add_argument("--preset", choices=sorted(PRESETS), help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="also print results.json to stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
