@@ -112,10 +112,10 @@ def test_growth_grid_runs_the_demo_race_and_shares_its_runs(rs, tmp_path, capsys
     from hyperclone_core.demo.corpus import load
 
     out = tmp_path / "out"
-    assert rs.main(["--grid", "growth_tiny", "--only", "default,reset", "--out", str(out)]) == 0
+    assert rs.main(["--grid", "growth_tiny", "--only", "base,reset", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     table = (out / "growth_tiny" / "table.md").read_text()
-    assert table.strip() in printed and table.count("\n| default |") == 1 and table.count("\n| reset |") == 1
+    assert table.strip() in printed and table.count("\n| base |") == 1 and table.count("\n| reset |") == 1
     doc = json.loads((out / "growth_tiny" / "results.json").read_text())
     default, reset = doc["points"]
     # a point is the demo's race at those settings, bit for bit
@@ -129,7 +129,7 @@ def test_growth_grid_runs_the_demo_race_and_shares_its_runs(rs, tmp_path, capsys
     assert reset["settings"]["moments"] == "reset" and "--only reset" in reset["command"]
     log = (out / "sweep.log").read_text()
     assert log.count("training random") == 1  # the twin was trained once, then reused
-    assert rs.main(["--grid", "growth_tiny", "--only", "default,reset", "--out", str(out)]) == 0
+    assert rs.main(["--grid", "growth_tiny", "--only", "base,reset", "--out", str(out)]) == 0
     again = capsys.readouterr().out
     assert "stage 0" not in again and "training random" not in again  # a second run trains nothing
     assert rs.main(["--grid", "growth_tiny", "--set", "moments=keep", "--out", str(out)]) == 2

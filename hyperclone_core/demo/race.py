@@ -62,7 +62,7 @@ class Settings:
     strategy: str = DEFAULT_STRATEGY
     seq_len: int = 64
     batch_size: int = 16
-    grow_at: str = "0.2,0.5"           # compute fractions of the budget where the run grows; the last: to the final size
+    grow_at: str = "0.3,0.7"           # compute fractions of the budget where the run grows; the last: to the final size
     seed_width: int = 2                # the seed is this many times narrower than the model before the last growth
     seed_layers: int = 0               # the seed's depth (0: --layers); the first growth adds the rest
     moments: str = "carry"             # AdamW's moments across a growth: carry, asymmetric, reset (a fresh AdamW)
