@@ -206,3 +206,18 @@ def test_speedup_benchmark_on_a_token_file(tmp_path, capsys):
     summary = json.loads(printed.strip().splitlines()[-1])  # the last line is valid JSON
     assert summary["clone_beats_small"] == (summary["margin_equal_compute"] > 0)
     assert set(summary) >= {"charged_speedup", "speedup", "margin_equal_compute"}
+
+
+def test_compute_axis_prices_the_multiplied_parameters():
+    from hyperclone_core.demo import compute
+
+    cfg = demo.llama_config(64, 2, 4, 172)
+    # per layer q, k, v, o (64 x 64) and gate, up, down (64 x 172); the LM head (256 x 64); not the embedding
+    assert compute.matmul_params(cfg) == 2 * (4 * 64 * 64 + 3 * 64 * 172) + 256 * 64
+    tied = dict(cfg, tie_word_embeddings=True)
+    assert compute.matmul_params(tied) == compute.matmul_params(cfg)  # a tied head is still multiplied
+    assert compute.step_flops(cfg, 1024) == 6 * compute.matmul_params(cfg) * 1024
+    curve = compute.on_axis([[0, 3.0], [10, 2.0]], start=5.0, cost=0.25)
+    assert curve == [[5.0, 3.0], [7.5, 2.0]]
+    assert compute.loss_at(curve, 6.25) == pytest.approx(2.5)
+    assert compute.loss_at(curve, 8.0) == 2.0 and compute.loss_at(curve, 9.0) is None

@@ -24,10 +24,8 @@ text is the embedded corpus or any file, tokens are UTF-8 bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -42,10 +40,9 @@ from ..algebra.strategy import DEFAULT as DEFAULT_STRATEGY
 from ..console.progress import Progress
 from ..model.structure import init_weights
 from ..train import TrainConfig, optimizer_for, train
-from ..train.engine import EngineState
 from ..train.grow import MOMENTS, grow_engine
-from ..train.optim import ADJUSTMENTS, AdamW, decay_mask
 from . import compute, report
+from .cache import Cache, pack_state, unpack_state
 
 PRESERVATION_TOLERANCE = 1e-4  # float32; the conformance suite's bound
 
@@ -243,59 +240,6 @@ def stage_tokens(tokens: np.ndarray, k: int, n: int) -> np.ndarray:
     return tokens if k == 0 else np.roll(tokens, -(k * len(tokens)) // n)
 
 
-# ---------------------------------------------------------------- a cache for sweeps
-
-
-class Cache:
-    """What a lever on the last stage does not change, kept on disk by a hash of what it
-    depends on: the random twin's curve, the growing run up to its last growth (state
-    and curve) and the small model's branch.  ``benchmarks/recipe_sweep.py`` shares one."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-
-    @staticmethod
-    def key(**parts) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-    def get(self, kind: str, key: str) -> Optional[dict]:
-        path = self.root / kind / f"{key}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def put(self, kind: str, key: str, doc: dict, arrays: Optional[dict] = None) -> None:
-        folder = self.root / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        if arrays is not None:
-            np.savez(folder / f"{key}.npz", **arrays)
-        tmp = folder / f"{key}.json.tmp"
-        tmp.write_text(json.dumps(report.finite(doc), default=str))
-        tmp.replace(folder / f"{key}.json")  # written last: a killed run leaves no entry
-
-    def arrays(self, kind: str, key: str) -> dict:
-        with np.load(self.root / kind / f"{key}.npz") as z:
-            return {k: z[k] for k in z.files}
-
-
-def _pack(state: EngineState, opt: AdamW) -> tuple:
-    arrays = {}
-    for part in ("params", "exp_avg", "exp_avg_sq"):
-        for n, a in getattr(state, part).items():
-            arrays[f"{part}/{n}"] = np.asarray(a, np.float32)
-    return arrays, dict(adam_step=int(state.adam_step), adamw=opt.adjustments())
-
-
-def _unpack(arrays: dict, doc: dict, config: TrainConfig) -> tuple:
-    parts: dict = {"params": {}, "exp_avg": {}, "exp_avg_sq": {}}
-    for k, a in arrays.items():
-        part, _, n = k.partition("/")
-        parts[part][n] = a
-    shapes = {n: a.shape for n, a in parts["params"].items()}
-    opt = AdamW(betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
-                grad_clip=config.grad_clip, decay=decay_mask(shapes),
-                **{k: dict(doc["adamw"].get(k, {})) for k in ADJUSTMENTS})
-    return EngineState(parts["params"], parts["exp_avg"], parts["exp_avg_sq"], int(doc["adam_step"])), opt
-
-
 LAST_STAGE_ONLY = ("width", "clone_lr_scale", "min_lr_ratio", "lr")
 """Settings the growing run's stages before its last growth do not depend on."""
 
@@ -395,7 +339,7 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
         stages.extend(doc["stages"])
         curves_grow.extend(doc["curve"])
         errs.extend(doc["errors"])
-        branch, opt = _unpack(cache.arrays("prefix", prefix_key), doc, cfg_pre)
+        branch, opt = unpack_state(cache.arrays("prefix", prefix_key), doc, cfg_pre)
         bar.update(sum(steps[:last]))
     else:
         k, hf = 0, cfgs[0]
@@ -421,7 +365,7 @@ def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log:
         finally:
             eng.close()
         if cache is not None:
-            arrays, meta = _pack(branch, opt)
+            arrays, meta = pack_state(branch, opt)
             cache.put("prefix", prefix_key, dict(meta, stages=stages, curve=curves_grow, errors=errs), arrays)
     prefix_curve = list(curves_grow)
     hf_pre = cfgs[last - 1]
