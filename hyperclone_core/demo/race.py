@@ -37,7 +37,7 @@ from ..errors import ConfigError, HypercloneError
 from ..model.families import family_for_config
 from ..algebra.options import plan_growth
 from ..algebra.strategy import DEFAULT as DEFAULT_STRATEGY
-from ..console.progress import Progress
+from ..console.progress import Progress, say
 from ..model.structure import init_weights
 from ..train import TrainConfig, optimizer_for, train
 from ..train.grow import MOMENTS, grow_engine
@@ -247,7 +247,7 @@ LAST_STAGE_ONLY = ("width", "clone_lr_scale", "min_lr_ratio", "lr")
 # ---------------------------------------------------------------- the race
 
 
-def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log: Callable[[str], None] = print,
+def compare(st: Settings, corpus: Optional[Corpus], backend: str = "torch", log: Callable[[str], None] = say,
             train_tokens: Optional[np.ndarray] = None, val_tokens: Optional[np.ndarray] = None,
             vocab: Optional[int] = None, progress: bool = False, cache: Optional[Cache] = None) -> dict:
     """Train the growing run, the small model kept training and the random twin on one
