@@ -21,6 +21,7 @@ from hyperclone_core.model.structure import Params
 
 class _Numpy(NumpyBackend):
     ops = decoder.NumpyOps()
+    lazy_weights = False  # the forward below reads numpy arrays, not StoredTensor handles
 
     def forward(self, family, cfg, weights, tokens, dtype="float64"):
         dt = np.dtype("float32" if dtype == "bfloat16" else dtype)

@@ -19,6 +19,7 @@ class _Numpy(NumpyBackend):
     """The numpy backend with its forward over ``ops`` and ``cfg`` as ``config`` rewrites it."""
 
     ops = decoder.NumpyOps()
+    lazy_weights = False  # the forward below reads numpy arrays, not StoredTensor handles
 
     def config(self, cfg):
         return cfg
