@@ -84,8 +84,8 @@ def get_family(model_type: str) -> Family:
     except KeyError:
         row = COVERAGE.get(model_type)
         if row is not None and row.status == "refused":
-            raise ConfigError(f"model_type {model_type!r} is not supported: {row.reason} "
-                              "(docs/families.md lists every type)") from None
+            raise ConfigError(f"model_type {model_type!r} is not supported: {row.reason}; supported: "
+                              f"{', '.join(sorted(_BY_MODEL_TYPE))} (docs/families.md lists every type)") from None
         raise ConfigError(
             f"model_type {model_type!r} is not supported; supported: {', '.join(sorted(_BY_MODEL_TYPE))}"
         ) from None
