@@ -303,3 +303,40 @@ def test_an_interrupted_swap_back_never_deletes_the_other_folder(src, tmp_path, 
     assert [p.read_text() for p in survivors] == ["new data"]
     assert expand(src, tmp_path / "elsewhere") == 0  # unrelated run: no effect on the stray folder
     assert [p.read_text() for p in tmp_path.rglob("notes.txt")] == ["new data"]
+
+
+def test_a_signal_while_the_temp_folder_is_made_or_removed_waits_for_it(tmp_path):
+    """Between mkdir and the end of __enter__ (no __exit__ yet) and inside the removal, a
+    termination signal is held until the step is whole, then delivered: no temp folder
+    is left behind, and the signal still stops the command."""
+    import signal
+    from pathlib import Path
+
+    from hyperclone_core.io import atomic
+
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        real_mkdir = Path.mkdir
+
+        def mkdir_then_signal(self, *a, **k):
+            real_mkdir(self, *a, **k)
+            if atomic.TMP_MARK in self.name:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives right after the temp folder exists
+
+        Path.mkdir = mkdir_then_signal
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                with atomic.AtomicDir(tmp_path / "dst"):
+                    pass
+        finally:
+            Path.mkdir = real_mkdir
+        assert seen == [signal.SIGTERM]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -28,8 +28,10 @@ import errno
 import json
 import os
 import shutil
+import signal
 import stat
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -286,6 +288,24 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
         os.rename(src, dst)
 
 
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                  if hasattr(signal, n))
+
+
+def signals_deferred(fn):
+    """``fn()`` with the termination signals (Ctrl-C included) held until it returns; they
+    are delivered right after, so the run still stops, with ``fn``'s work whole.  Only the
+    main thread takes signals in Python; elsewhere (and where the OS has no signal mask)
+    ``fn`` simply runs."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return fn()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        return fn()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class AtomicDir:
     """``with AtomicDir(dst) as tmp:`` write into ``tmp``; on success it is fsynced and
     renamed to ``dst``; on failure removed.  ``force`` replaces an existing ``dst``
@@ -306,19 +326,31 @@ class AtomicDir:
         clean_stale_tmp(self.dst)
         self.expected = check_destination(self.dst, self.force, self.protect)  # after any restore
         self.tmp = self.dst.parent / f".{self.dst.name}{TMP_MARK}{os.getpid()}-{os.urandom(3).hex()}"
-        try:
-            self.tmp.mkdir()
-            (self.tmp / OUTPUT_MARK).write_text(json.dumps({"written_by": "hyperclone"}) + "\n")
-        except OSError as exc:
-            shutil.rmtree(self.tmp, ignore_errors=True)  # ours: created just now
-            raise OutputError(f"{self.dst.parent}: cannot write here ({exc.strerror})") from None
+
+        def create() -> None:
+            try:
+                self.tmp.mkdir()
+                (self.tmp / OUTPUT_MARK).write_text(json.dumps({"written_by": "hyperclone"}) + "\n")
+            except OSError as exc:
+                shutil.rmtree(self.tmp, ignore_errors=True)  # ours: created just now
+                raise OutputError(f"{self.dst.parent}: cannot write here ({exc.strerror})") from None
+
+        try:  # a signal here (held while the folder is made, delivered right after) has no __exit__ to clean up
+            signals_deferred(create)
+        except BaseException:
+            self._discard()
+            raise
         return self.tmp
 
     def _discard(self) -> None:
         """Remove the temp folder, if what is there is still ours (an interrupted swap
-        may have left someone else's folder under its name: that one stays)."""
-        if is_hyperclone_output(self.tmp):
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        may have left someone else's folder under its name: that one stays).  Termination
+        signals wait until it is gone: a second Ctrl-C must not stop the removal halfway."""
+        def remove() -> None:
+            if is_hyperclone_output(self.tmp):
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+        signals_deferred(remove)
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
