@@ -5,6 +5,7 @@ One job per module:
 
 - ``race``: the race itself (stages, growths, the three runs, the cache);
 - ``compute``: the one compute axis (training FLOPs, everything counted);
+- ``cache``: runs kept between races (the twin, the stages before the last growth);
 - ``report``: the numbers (speed-ups, margin, dip) and their words;
 - ``corpus``: the embedded text, or any UTF-8 file;
 - ``plot``: ``loss.png``;
