@@ -68,25 +68,22 @@ class Plan:
     def sources(self) -> set:
         return {t.source for t in self.tensors}
 
+    def _head(self) -> list:
+        src, dst = self.source_decoder, self.decoder
+        return [f"plan: {self.family}  growth {format_growth(self.growth)}  strategy {self.strategy}  seed {self.seed}",
+                f"  hidden {src.hidden} -> {dst.hidden}; ffn {src.ffn} -> {dst.ffn}; heads {src.heads}/{src.kv_heads} "
+                f"kv -> {dst.heads}/{dst.kv_heads} kv; layers {src.layers} -> {dst.layers}"]
+
+    def _cert(self) -> list:
+        return [self.certificate.summary()] if self.certificate else []
+
     def __str__(self) -> str:
-        head = [
-            f"plan: {self.family}  growth {format_growth(self.growth)}  strategy {self.strategy}  seed {self.seed}",
-            f"  {self.source_decoder.hidden=} -> {self.decoder.hidden}; ffn {self.source_decoder.ffn} -> "
-            f"{self.decoder.ffn}; heads {self.source_decoder.heads}/{self.source_decoder.kv_heads} kv -> "
-            f"{self.decoder.heads}/{self.decoder.kv_heads} kv; layers {self.source_decoder.layers} -> "
-            f"{self.decoder.layers}",
-        ]
-        head = [h.replace("self.source_decoder.hidden=", "hidden ") for h in head]
-        body = [t.describe() for t in self.tensors]
-        cert = [self.certificate.summary()] if self.certificate else []
-        return "\n".join(head + body + cert)
+        return "\n".join(self._head() + [t.describe() for t in self.tensors] + self._cert())
 
     def brief(self) -> str:
         """``str(plan)`` without the per-tensor programs: the growth and the certificate."""
-        lines = str(self).splitlines()
-        cert = [self.certificate.summary()] if self.certificate else []
-        return "\n".join(lines[:2] + [f"  {len(self.tensors)} tensor programs (hyperclone plan --programs prints "
-                                       "them)"] + cert)
+        count = f"  {len(self.tensors)} tensor programs (hyperclone plan --programs prints them)"
+        return "\n".join(self._head() + [count] + self._cert())
 
     # --------------------------------------------------------------- JSON
     def to_json(self, indent: Optional[int] = 1) -> str:
