@@ -87,11 +87,11 @@ class JaxOps(ArrayOps):
     def top_k(self, x, k):
         return jnp.argsort(-x, axis=-1, stable=True)[..., :k]
 
-    def attention(self, q, k, v, *, scale, window, softcap):
+    def attention(self, q, k, v, *, scale, window, softcap, **extra):
         """``jax.nn.dot_product_attention`` (GQA and the causal/sliding mask built in;
         cuDNN flash attention where jax picks it) unless a softcap needs the scores."""
-        if softcap:
-            return super().attention(q, k, v, scale=scale, window=window, softcap=softcap)
+        if softcap or decoder.extras_set(extra):
+            return super().attention(q, k, v, scale=scale, window=window, softcap=softcap, **extra)
         return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
                                             local_window_size=(window - 1, 0) if window else None)
 

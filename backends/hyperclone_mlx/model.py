@@ -89,9 +89,9 @@ class MlxOps(ArrayOps):
     def layer_norm(self, x, w, b, eps):
         return mx.fast.layer_norm(x, w, b, eps)
 
-    def rope(self, x, cos, sin):
-        if self.rope_theta is None and self.rope_freqs is None:
-            return super().rope(x, cos, sin)
+    def rope(self, x, cos, sin, **extra):
+        if (self.rope_theta is None and self.rope_freqs is None) or decoder.extras_set(extra):
+            return super().rope(x, cos, sin, **extra)
         rd = cos.shape[-1]
         if self.rope_scale != 1.0:  # rope is linear: scaling the rotated features scales cos and sin
             rot = x[..., :rd] * self.rope_scale
@@ -100,9 +100,9 @@ class MlxOps(ArrayOps):
                          scale=1.0, offset=0, freqs=self.rope_freqs)
         return mx.swapaxes(y, 1, 2)
 
-    def attention(self, q, k, v, *, scale, window, softcap):
-        if softcap:
-            return super().attention(q, k, v, scale=scale, window=window, softcap=softcap)
+    def attention(self, q, k, v, *, scale, window, softcap, **extra):
+        if softcap or decoder.extras_set(extra):
+            return super().attention(q, k, v, scale=scale, window=window, softcap=softcap, **extra)
         T = q.shape[1]
         mask = mx.array(decoder.causal_mask(T, window)) if window and window < T else "causal"
         q, k, v = (mx.swapaxes(t, 1, 2) for t in (q, k, v))

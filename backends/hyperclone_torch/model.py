@@ -134,10 +134,10 @@ class TorchOps(ArrayOps):
     def top_k(self, x, k):
         return torch.sort(x, dim=-1, descending=True, stable=True).indices[..., :k]
 
-    def attention(self, q, k, v, *, scale, window, softcap):
+    def attention(self, q, k, v, *, scale, window, softcap, **extra):
         """SDPA (flash on CUDA) unless a softcap needs the scores (then the core's maths)."""
-        if softcap:
-            return super().attention(q, k, v, scale=scale, window=window, softcap=softcap)
+        if softcap or decoder.extras_set(extra):
+            return super().attention(q, k, v, scale=scale, window=window, softcap=softcap, **extra)
         rep = q.shape[2] // k.shape[2]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         kw = {}

@@ -88,6 +88,19 @@ def tables(cfg: DecoderConfig, T: int, ops: "ArrayOps", dtype) -> Tables:
 # ---------------------------------------------------------------- the namespace and its hooks
 
 
+def extras_set(extra) -> bool:
+    """Whether any optional feature passed to a hook (``attention``'s sinks or ALiBi
+    slopes, ``rope``'s layout ...) is on: a backend override whose fused kernel does
+    not know them hands the call to the core's maths (``super()``) instead."""
+    return any(v is not None and v is not False and not (isinstance(v, (int, float)) and v == 0)
+               for v in extra.values())
+
+
+def _refuse_extras(hook: str, extra) -> None:
+    if extras_set(extra):
+        raise NotImplementedError(f"ArrayOps.{hook} has no option {sorted(k for k in extra)}")
+
+
 class ArrayOps:
     """The array functions the maths calls.  Defaults use only ``xp``'s shared subset
     (``concatenate``, ``exp``, ``tanh``, ``sqrt``, ``clip``, ``where``, ``mean``,
@@ -170,8 +183,9 @@ class ArrayOps:
         return y if b is None else y + b
 
     # positions and attention ----------------------------------------
-    def rope(self, x, cos, sin):
+    def rope(self, x, cos, sin, **extra):
         """Rotate-half RoPE on the first ``cos.shape[-1]`` features of x (B, T, H, D)."""
+        _refuse_extras("rope", extra)
         rd = cos.shape[-1]
         rot, rest = x[..., :rd], x[..., rd:]
         half = rd // 2
@@ -179,9 +193,12 @@ class ArrayOps:
         out = rot * cos[None, :, None, :] + rotated * sin[None, :, None, :]
         return self.xp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
 
-    def attention(self, q, k, v, *, scale: float, window: int, softcap: float):
+    def attention(self, q, k, v, *, scale: float, window: int, softcap: float, **extra):
         """Causal attention; q (B, T, H, D), k/v (B, T, KV, D) with H a multiple of KV
-        (query head h reads kv head h // (H // KV)); returns (B, T, H, D)."""
+        (query head h reads kv head h // (H // KV)); returns (B, T, H, D).  ``extra``:
+        the optional features (``extras_set``), keyword arguments a backend's fused
+        kernel does not know and hands back here."""
+        _refuse_extras("attention", extra)
         xp = self.xp
         H, KV = q.shape[2], k.shape[2]
         if H != KV:
@@ -381,7 +398,7 @@ def cross_entropy(o: ArrayOps, logits, targets):
 
 
 __all__ = [
-    "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "NumpyOps", "Tables", "activation_key", "attention", "block",
+    "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
     "causal_mask", "check_length", "cross_entropy", "embed", "forward", "head", "mlp", "moe", "norm",
     "rope_tables", "tables", "window_of",
 ]

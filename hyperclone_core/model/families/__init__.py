@@ -10,6 +10,8 @@ model type transformers has, whether a family grows it or why it is refused.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import warnings
 from importlib import metadata
 from typing import Any, Mapping
@@ -21,13 +23,35 @@ from .gpt_neox import gpt_neox
 from .llama import gemma, gemma2, llama, mistral, mixtral, olmo, olmo2, phi3, qwen2, qwen3
 from .opt import opt
 
-FAMILIES: dict = {
-    f.name: f
-    for f in (llama, mistral, qwen2, qwen3, gemma, gemma2, opt, gpt_neox, olmo, olmo2, phi3, mixtral)
-}
+
+def _builtin_modules() -> list:
+    """Every family module of this package, in name order: a module (not ``_private``,
+    not ``coverage``) that defines ``FAMILIES`` (a tuple of Family) and ``TINY``
+    (model_type -> a tiny HF config of that type, what the tests build it from)."""
+    out = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_") or info.name in ("coverage",):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "FAMILIES"):
+            out.append(module)
+    return out
+
+
+MODULES = _builtin_modules()
+FAMILIES: dict = {}
+_BY_MODEL_TYPE: dict = {}
+for _module in MODULES:
+    for _f in _module.FAMILIES:
+        if _f.name in FAMILIES or any(mt in _BY_MODEL_TYPE for mt in _f.model_types):
+            raise RuntimeError(f"built-in family {_f.name!r} ({_module.__name__}) clashes with another built-in family")
+        FAMILIES[_f.name] = _f
+        _BY_MODEL_TYPE.update({mt: _f for mt in _f.model_types})
 BUILTIN = dict(FAMILIES)
 """The families this package defines (FAMILIES also holds registered ones)."""
-_BY_MODEL_TYPE = {mt: f for f in FAMILIES.values() for mt in f.model_types}
+TINY: dict = {mt: dict(cfg, model_type=mt) for m in MODULES for mt, cfg in getattr(m, "TINY", {}).items()}
+"""model_type -> a tiny config of that type (from the module that grows it): what
+``tests/test_family_types.py`` builds with transformers' own config class and grows."""
 ENTRY_POINT_GROUP = "hyperclone.families"
 _plugins_loaded = False
 
@@ -97,5 +121,5 @@ def family_for_config(hf: Mapping[str, Any]) -> Family:
     return get_family(hf["model_type"])
 
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "FAMILIES", "family_for_config", "get_family", "load_plugins",
+__all__ = ["BUILTIN", "MODULES", "TINY", "ENTRY_POINT_GROUP", "FAMILIES", "family_for_config", "get_family", "load_plugins",
            "register_family"]

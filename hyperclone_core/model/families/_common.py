@@ -44,12 +44,20 @@ def attention(prefix: str, o_name: str = "o_proj", bias: bool = False, o_bias: b
     return tuple(roles)
 
 
-def gated_mlp(prefix: str) -> tuple:
-    return (
+def gated_mlp(prefix: str, bias: bool = True) -> tuple:
+    """gate/up/down projections; with ``bias``, their biases where the config sets ``mlp_bias``."""
+    roles = (
         Role(f"{prefix}.gate_proj.weight", "mlp.gate", (out("ffn"), in_("hidden"))),
         Role(f"{prefix}.up_proj.weight", "mlp.up", (out("ffn"), in_("hidden"))),
         Role(f"{prefix}.down_proj.weight", "mlp.down", (out("hidden"), in_("ffn")), writer=True),
     )
+    if bias:
+        roles += (
+            Role(f"{prefix}.gate_proj.bias", "mlp.gate.bias", (out("ffn"),), when=has("mlp_bias")),
+            Role(f"{prefix}.up_proj.bias", "mlp.up.bias", (out("ffn"),), when=has("mlp_bias")),
+            Role(f"{prefix}.down_proj.bias", "mlp.down.bias", (out("hidden"),), writer=True, when=has("mlp_bias")),
+        )
+    return roles
 
 
 def norm(name: str, kind: str, bias: bool = False) -> tuple:

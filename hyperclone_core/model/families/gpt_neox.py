@@ -61,3 +61,11 @@ def read(hf) -> DecoderConfig:
 
 gpt_neox = Family("gpt_neox", ("gpt_neox",), ROLES, read, KEYS, "GPTNeoXForCausalLM",
                   rope_keys=("rotary_emb_base", "rotary_pct"))
+
+FAMILIES = (gpt_neox,)
+TINY = {
+    "gpt_neox": dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                     max_position_embeddings=64, rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                                                  "rope_type": "default"},
+                     use_parallel_residual=True, hidden_act="gelu", attention_bias=True, tie_word_embeddings=False),
+}

@@ -157,4 +157,24 @@ def _mixtral(hf):
 
 mixtral = Family("mixtral", ("mixtral",), MIXTRAL_ROLES, _mixtral, MIXTRAL_KEYS, "MixtralForCausalLM")
 
-__all__ = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "phi3", "mixtral"]
+FAMILIES = (llama, mistral, qwen2, qwen3, gemma, gemma2, olmo, olmo2, phi3, mixtral)
+
+_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+TINY = {
+    "llama": dict(_DIMS, attention_bias=True, mlp_bias=True),
+    "internlm3": dict(_DIMS), "iquestcoder": dict(_DIMS),
+    "mistral": dict(_DIMS, sliding_window=4),
+    "qwen2": dict(_DIMS, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    "qwen3": dict(_DIMS, head_dim=16, attention_bias=True),
+    "gemma": dict(_DIMS, head_dim=16, tie_word_embeddings=True),
+    "gemma2": dict(_DIMS, head_dim=16, tie_word_embeddings=True, query_pre_attn_scalar=12, sliding_window=4,
+                   attn_logit_softcapping=20.0, final_logit_softcapping=15.0),
+    "olmo": dict(_DIMS, clip_qkv=2.0),
+    "olmo2": dict(_DIMS),
+    "phi3": dict(_DIMS, sliding_window=None, original_max_position_embeddings=64),
+    "mixtral": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, sliding_window=4),
+}
+"""Tiny configs of every type these families grow (``families.TINY``)."""
+
+__all__ = ["FAMILIES", "TINY", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "phi3", "mixtral"]

@@ -74,3 +74,10 @@ def read(hf) -> DecoderConfig:
 
 
 opt = Family("opt", ("opt",), ROLES, read, KEYS, "OPTForCausalLM")
+
+FAMILIES = (opt,)
+TINY = {
+    "opt": dict(vocab_size=96, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=64, word_embed_proj_dim=16, do_layer_norm_before=True,
+                activation_function="relu", enable_bias=True, tie_word_embeddings=True),
+}
