@@ -87,7 +87,20 @@ def _forward_cases() -> dict:
         "gemma2_softcap": dict(gemma2, attn_logit_softcapping=1.0, final_logit_softcapping=2.0),
         "olmo_clip": dict(CASES["olmo"], clip_qkv=0.5),
         **{f"rope_{name}": _rope_case(llama, params) for name, params in ROPE_VARIANTS.items()},
+        **TYPE_CASES,
     }
+
+
+def _type_cases() -> dict:
+    """``type_<model_type>``: the tiny config of every model type a built-in family grows
+    (``families.TINY``) whose type no case above has already."""
+    from hyperclone_core.model.families import TINY
+
+    have = {hf["model_type"] for hf in CASES.values()}
+    return {f"type_{mt}": dict(hf) for mt, hf in sorted(TINY.items()) if mt not in have}
+
+
+TYPE_CASES = _type_cases()
 
 
 ROPE_VARIANTS = {
