@@ -92,6 +92,7 @@ FLAGS = {
     "embed_scale": (True,), "attn_scale": (2 ** -0.5,), "attn_softcap": (50.0, 1.0), "final_softcap": (30.0, 2.0),
     "clip_qkv": (8.0, 0.5), "sliding_window": (3, 4), "layer_types": ("sliding_attention", "full_attention"),
     "rope_type": ("linear", "dynamic", "yarn", "longrope", "llama3", "proportional"),
+    "rope_interleaved": (True,),
     "rope_scaling": ("factor", "short_factor", "long_factor", "low_freq_factor", "high_freq_factor",
                      "original_max_position_embeddings", "attention_factor", "max_position_embeddings",
                      "partial_rotary_factor"),

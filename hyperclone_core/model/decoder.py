@@ -183,15 +183,26 @@ class ArrayOps:
         return y if b is None else y + b
 
     # positions and attention ----------------------------------------
-    def rope(self, x, cos, sin, **extra):
-        """Rotate-half RoPE on the first ``cos.shape[-1]`` features of x (B, T, H, D)."""
+    def rope(self, x, cos, sin, interleaved: bool = False, **extra):
+        """RoPE on the first ``cos.shape[-1]`` features of x (B, T, H, D); cos and sin are
+        the rotate-half tables (each frequency twice: ``[f, f]``).  Rotate-half pairs
+        feature i with i + rd/2; ``interleaved`` (GPT-J, Cohere, GLM) pairs 2i with 2i + 1,
+        pair i turning by frequency i."""
         _refuse_extras("rope", extra)
+        xp = self.xp
         rd = cos.shape[-1]
         rot, rest = x[..., :rd], x[..., rd:]
         half = rd // 2
-        rotated = self.xp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
-        out = rot * cos[None, :, None, :] + rotated * sin[None, :, None, :]
-        return self.xp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
+        if interleaved:
+            shape = tuple(rot.shape)
+            pairs = xp.reshape(rot, shape[:-1] + (half, 2))
+            a, b = pairs[..., 0], pairs[..., 1]
+            c, s = cos[None, :, None, :half], sin[None, :, None, :half]
+            out = xp.reshape(xp.concatenate([(a * c - b * s)[..., None], (b * c + a * s)[..., None]], axis=-1), shape)
+        else:
+            rotated = xp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+            out = rot * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+        return xp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
 
     def attention(self, q, k, v, *, scale: float, window: int, softcap: float, **extra):
         """Causal attention; q (B, T, H, D), k/v (B, T, KV, D) with H a multiple of KV
@@ -278,7 +289,7 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     if cfg.qk_norm == "head":
         q, k = _qk_norm(cfg, o, q, get("attn.q_norm")), _qk_norm(cfg, o, k, get("attn.k_norm"))
     if cfg.pos == "rope":
-        q, k = o.rope(q, tb.cos, tb.sin), o.rope(k, tb.cos, tb.sin)
+        q, k = (o.rope(t, tb.cos, tb.sin, interleaved=cfg.rope_interleaved) for t in (q, k))
     out = o.attention(q, k, v, scale=cfg.attn_scale or D ** -0.5, window=window_of(cfg, layer),
                       softcap=cfg.attn_softcap)
     return o.linear(xp.reshape(out, (B, T, H * D)), get("attn.o"), get("attn.o.bias"))

@@ -162,6 +162,10 @@ class DecoderConfig:
     clip_qkv: float = 0.0
     sliding_window: int = 0
     layer_types: tuple = ()           # per layer: "full_attention" | "sliding_attention"
+    embed_multiplier: float = 1.0     # granite: token embeddings times this
+    residual_multiplier: float = 1.0  # granite: each sublayer's output times this before the residual add
+    logit_scale: float = 1.0          # logits times this (granite: 1 / logits_scaling; cohere: logit_scale)
+    rope_interleaved: bool = False    # GPT-J/Cohere/GLM: RoPE rotates pairs (2i, 2i+1), not halves
 
     @property
     def q_per_kv(self) -> int:
