@@ -325,28 +325,42 @@ def moe(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
     return out
 
 
+def _scaled(cfg: DecoderConfig, o: ArrayOps, y):
+    """A sublayer's output times the residual multiplier (granite), in y's dtype."""
+    if cfg.residual_multiplier == 1.0:
+        return y
+    return y * o.constant(np.asarray(cfg.residual_multiplier), y.dtype)
+
+
 def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
-    """One decoder layer: its norm placement around attention and MLP."""
+    """One decoder layer: its norm placement around attention and MLP (each sublayer's
+    output times ``residual_multiplier``)."""
     def n(kind, h):
         return norm(cfg, o, h, get(kind), get(kind + ".bias"))
 
     def attn(h):
         return attention(cfg, get, h, layer, tb, o)
 
+    def ff(h):
+        return mlp(cfg, get, h, o)
+
+    def r(y):  # what a sublayer adds to the residual stream
+        return _scaled(cfg, o, y)
+
     if cfg.parallel_residual:
-        return x + attn(n("norm.attn_in", x)) + mlp(cfg, get, n("norm.mlp_in", x), o)
+        return x + r(attn(n("norm.attn_in", x))) + r(ff(n("norm.mlp_in", x)))
     if cfg.placement == "pre":
-        h = x + attn(n("norm.attn_in", x))
-        return h + mlp(cfg, get, n("norm.mlp_in", h), o)
+        h = x + r(attn(n("norm.attn_in", x)))
+        return h + r(ff(n("norm.mlp_in", h)))
     if cfg.placement == "post":
-        h = n("norm.attn_in", x + attn(x))
-        return n("norm.mlp_in", h + mlp(cfg, get, h, o))
+        h = n("norm.attn_in", x + r(attn(x)))
+        return n("norm.mlp_in", h + r(ff(h)))
     if cfg.placement == "sandwich":
-        h = x + n("norm.attn_out", attn(n("norm.attn_in", x)))
-        return h + n("norm.mlp_out", mlp(cfg, get, n("norm.mlp_in", h), o))
+        h = x + r(n("norm.attn_out", attn(n("norm.attn_in", x))))
+        return h + r(n("norm.mlp_out", ff(n("norm.mlp_in", h))))
     if cfg.placement == "post_sublayer":
-        h = x + n("norm.attn_out", attn(x))
-        return h + n("norm.mlp_out", mlp(cfg, get, h, o))
+        h = x + r(n("norm.attn_out", attn(x)))
+        return h + r(n("norm.mlp_out", ff(h)))
     raise ValueError(f"unknown norm placement {cfg.placement!r}")
 
 
@@ -355,6 +369,8 @@ def embed(cfg: DecoderConfig, get: Get, tokens, o: ArrayOps):
     x = o.embed(get("embed"), tokens)
     if cfg.embed_scale:
         x = x * o.constant(np.asarray(math.sqrt(cfg.hidden)), x.dtype)
+    if cfg.embed_multiplier != 1.0:
+        x = x * o.constant(np.asarray(cfg.embed_multiplier), x.dtype)
     if get("proj_in") is not None:
         x = o.linear(x, get("proj_in"))
     if cfg.pos == "learned":
@@ -371,6 +387,8 @@ def head(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
     if get("proj_out") is not None:
         x = o.linear(x, get("proj_out"))
     logits = o.linear(x, get("embed") if cfg.tie_embeddings else get("lm_head"))
+    if cfg.logit_scale != 1.0:
+        logits = logits * o.constant(np.asarray(cfg.logit_scale), logits.dtype)
     if cfg.final_softcap:
         logits = o.xp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
     return logits

@@ -186,7 +186,7 @@ COVERAGE: dict = {
     "gpt_neox_japanese": needs("its attention layout (bias added after the residual)"),
     "gpt_oss": needs("attention sinks", "MoE with clamped SwiGLU and expert biases", "sliding-window layers"),
     "gptj": needs("interleaved (GPT-J) partial rotary", "parallel attention + MLP under one norm"),
-    "granite": needs("embedding, attention, residual and logit multipliers"),
+    "granite": supported("granite"),
     "granite_swa": needs("Granite's multipliers", "sliding-window layers with attention sinks"),
     "granitemoe": needs("Granite's multipliers", "MoE with fused expert tensors"),
     "granitemoe_swa": needs("Granite's multipliers", "MoE routing", "sliding-window layers with attention sinks"),
