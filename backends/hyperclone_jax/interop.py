@@ -66,9 +66,19 @@ def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width
                   ffn: Optional[float] = None, ffn_size: Optional[int] = None, heads: Optional[float] = None,
                   kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = None, seed: int = 0,
                   layout: str = "tile", mesh=None, rules: Optional[Mapping[str, Any]] = None,
-                  return_plan: bool = False):
+                  return_plan: bool = False, opt_state=None, adamw: Optional[Mapping[str, Any]] = None,
+                  moments: str = "carry", inserted_lr: float = 1.0):
     """Grow a params pytree (HF names -> numpy or jax arrays) into one whose logits equal
     the source's; returns ``(params, config)`` (and the plan with ``return_plan``).
+
+    ``opt_state``: the state of the ``optax.adamw`` training ``params`` (alone or chained
+    behind ``optax.clip_by_global_norm``); its settings come from ``adamw`` (``optax.adamw``'s
+    arguments plus ``grad_clip``, see ``grow.HYPERPARAMETERS``) or from an
+    ``optax.inject_hyperparams(optax.adamw)`` state.  Then the result is ``(params,
+    config, tx, opt_state)`` (plus the plan): continuing with ``tx`` follows the source
+    run's own training (a symmetric clone's exactly; ``moments`` and ``inserted_lr`` as in
+    ``train.grow.grow_state``).  With ``return_plan`` the plan follows, then the reasons
+    the grown run cannot follow the source exactly (empty when it can).
 
     With ``mesh`` every grown tensor is produced by its device shards directly
     (``out_shardings`` of its compiled program) from a source each device holds the
@@ -98,6 +108,14 @@ def expand_params(params: Mapping[str, Any], config: Mapping[str, Any], *, width
         if k % 8 == 7:
             _return_freed_memory()
     _return_freed_memory()
+    if opt_state is not None:
+        from .grow import grown_optax
+
+        tx, state, inexact = grown_optax(params, opt_state, p, out, adamw=adamw, moments=moments,
+                                         inserted_lr=inserted_lr)
+        return (out, dict(p.config), tx, state, p, inexact) if return_plan else (out, dict(p.config), tx, state)
+    if adamw is not None:
+        raise TypeError("expand_params: adamw= describes the optimizer of opt_state=; pass both")
     return (out, dict(p.config), p) if return_plan else (out, dict(p.config))
 
 
