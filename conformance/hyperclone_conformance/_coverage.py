@@ -97,6 +97,7 @@ FLAGS = {
                      "original_max_position_embeddings", "attention_factor", "max_position_embeddings",
                      "partial_rotary_factor"),
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
+    "shared_block_norm": (True,), "qk_norm_type": ("layer",),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case
 (``_suite.CASES`` or ``_suite.FORWARD_CASES``) gives it (a tuple flag: its items;

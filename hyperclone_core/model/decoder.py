@@ -262,8 +262,16 @@ def norm(cfg: DecoderConfig, o: ArrayOps, x, w, b):
     return o.astype(y, x.dtype)
 
 
-def _qk_norm(cfg: DecoderConfig, o: ArrayOps, x, w):
-    return norm(replace(cfg, norm="rms"), o, x, w, None)
+def _qk_norm(cfg: DecoderConfig, o: ArrayOps, x, w, b=None):
+    """The qk-norm (``cfg.qk_norm_type``) of q or k: its gain (and bias) shared by every
+    head (head_dim,), over the full width, or one per head, shaped (heads, head_dim) over
+    x's (B, T, heads, head_dim): the norm runs gainless and the per-head gain follows."""
+    qcfg = replace(cfg, norm=cfg.qk_norm_type)
+    if w is None or len(w.shape) == 1:
+        return norm(qcfg, o, x, w, b)
+    cdt = o.compute_dtype(x.dtype)
+    y = norm(qcfg, o, o.astype(x, cdt), None, None) * o.astype(w, cdt)
+    return o.astype(y if b is None else y + o.astype(b, cdt), x.dtype)
 
 
 def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
@@ -284,10 +292,12 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     if cfg.clip_qkv:
         q, k, v = (xp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
     if cfg.qk_norm == "full":
-        q, k = _qk_norm(cfg, o, q, get("attn.q_norm")), _qk_norm(cfg, o, k, get("attn.k_norm"))
+        q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
+            _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
     q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, D))
     if cfg.qk_norm == "head":
-        q, k = _qk_norm(cfg, o, q, get("attn.q_norm")), _qk_norm(cfg, o, k, get("attn.k_norm"))
+        q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
+            _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
     if cfg.pos == "rope":
         q, k = (o.rope(t, tb.cos, tb.sin, interleaved=cfg.rope_interleaved) for t in (q, k))
     out = o.attention(q, k, v, scale=cfg.attn_scale or D ** -0.5, window=window_of(cfg, layer),
@@ -347,8 +357,9 @@ def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
     def r(y):  # what a sublayer adds to the residual stream
         return _scaled(cfg, o, y)
 
-    if cfg.parallel_residual:
-        return x + r(attn(n("norm.attn_in", x))) + r(ff(n("norm.mlp_in", x)))
+    if cfg.parallel_residual:  # under one norm (shared_block_norm) or one each
+        h = n("norm.attn_in", x)
+        return x + r(attn(h)) + r(ff(h if cfg.shared_block_norm else n("norm.mlp_in", x)))
     if cfg.placement == "pre":
         h = x + r(attn(n("norm.attn_in", x)))
         return h + r(ff(n("norm.mlp_in", h)))
@@ -386,7 +397,7 @@ def head(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
         x = norm(cfg, o, x, get("norm.final"), get("norm.final.bias"))
     if get("proj_out") is not None:
         x = o.linear(x, get("proj_out"))
-    logits = o.linear(x, get("embed") if cfg.tie_embeddings else get("lm_head"))
+    logits = o.linear(x, get("embed") if cfg.tie_embeddings else get("lm_head"), get("lm_head.bias"))
     if cfg.logit_scale != 1.0:
         logits = logits * o.constant(np.asarray(cfg.logit_scale), logits.dtype)
     if cfg.final_softcap:

@@ -166,6 +166,8 @@ class DecoderConfig:
     residual_multiplier: float = 1.0  # granite: each sublayer's output times this before the residual add
     logit_scale: float = 1.0          # logits times this (granite: 1 / logits_scaling; cohere: logit_scale)
     rope_interleaved: bool = False    # GPT-J/Cohere/GLM: RoPE rotates pairs (2i, 2i+1), not halves
+    shared_block_norm: bool = False   # parallel residual under ONE norm (phi, gptj, cohere): the MLP reads norm.attn_in's output
+    qk_norm_type: str = "rms"         # rms | layer: the qk-norm's kind (phi, persimmon, cohere: LayerNorm, bias if stored)
 
     @property
     def q_per_kv(self) -> int:

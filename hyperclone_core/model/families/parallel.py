@@ -1,0 +1,189 @@
+"""LayerNorm decoders, most with attention and MLP side by side: phi (parallel block
+under one LayerNorm, biases everywhere, LM-head bias, optional qk LayerNorm), stablelm
+(optional parallel block, optional qkv bias), starcoder2 (sequential LayerNorm blocks,
+a plain biased MLP, sliding window), persimmon (per-head fused qkv, qk LayerNorm, relu²).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ...errors import ConfigError
+from ..rope import raw_params, rope_fields
+from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out, require
+from ._common import KV, LLAMA_KEYS, Q, has
+
+M = "model"
+L = "model.layers.{i}"
+
+
+def _lin(name: str, kind: str, o: str, i: str, writer: bool = False, bias=None) -> tuple:
+    """A linear layer's weight (out o, in i) and, where ``bias`` (a cfg predicate; True:
+    always) says so, its bias."""
+    roles = (Role(f"{name}.weight", kind, (out(o), in_(i)), writer=writer),)
+    if bias is not None:
+        roles += (Role(f"{name}.bias", kind + ".bias", (out(o),), writer=writer,
+                       when=None if bias is True else bias),)
+    return roles
+
+
+def _ln(name: str, kind: str, dim: str = "hidden", when=None, bias: bool = True) -> tuple:
+    """A LayerNorm's gain and (``bias``) bias over ``dim``."""
+    roles = (Role(f"{name}.weight", kind, (out(dim),), when=when),)
+    if bias:
+        roles += (Role(f"{name}.bias", kind + ".bias", (out(dim),), when=when),)
+    return roles
+
+
+def _qk_ln(prefix: str, q: str, k: str) -> tuple:
+    """qk LayerNorms shared over heads (weight and bias over head_dim), where the config has qk-norm."""
+    on = has("qk_norm")
+    return _ln(f"{prefix}.{q}", "attn.q_norm", "head_dim", on) + _ln(f"{prefix}.{k}", "attn.k_norm", "head_dim", on)
+
+
+def _with_partial(hf: Mapping[str, Any], default: float) -> dict:
+    """The config with the config class's default rotary fraction made explicit where it
+    names none (transformers fills it in when it builds the config)."""
+    hf = dict(hf)
+    if "partial_rotary_factor" not in raw_params(hf) and hf.get("partial_rotary_factor") is None:
+        hf["partial_rotary_factor"] = default
+    return hf
+
+
+def _dims(hf: Mapping[str, Any], head_dim_key: bool = True) -> dict:
+    require(hf, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    kv = int(hf.get("num_key_value_heads") or heads)
+    if heads % kv:
+        raise ConfigError(f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv})")
+    head_dim = implicit_head_dim(hf, hidden, heads) if head_dim_key else hidden // heads
+    if not head_dim_key and hidden % heads:
+        raise ConfigError(f"hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads})")
+    return dict(vocab=int(hf["vocab_size"]), hidden=hidden, ffn=int(hf["intermediate_size"]),
+                layers=int(hf["num_hidden_layers"]), heads=heads, kv_heads=kv, head_dim=head_dim,
+                positions=int(hf.get("max_position_embeddings") or 2048))
+
+
+def _eps(hf: Mapping[str, Any], key: str = "layer_norm_eps") -> float:
+    value = hf.get(key)
+    return float(1e-5 if value is None else value)
+
+
+# ---------------------------------------------------------------- phi
+
+PHI_ROLES = (
+    Role(f"{M}.embed_tokens.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{M}.final_layernorm", "norm.final"),
+    *_lin("lm_head", "lm_head", "vocab", "hidden", bias=True),
+    *_ln(f"{L}.input_layernorm", "norm.attn_in"),
+    *_lin(f"{L}.self_attn.q_proj", "attn.q", Q, "hidden", bias=True),
+    *_lin(f"{L}.self_attn.k_proj", "attn.k", KV, "hidden", bias=True),
+    *_lin(f"{L}.self_attn.v_proj", "attn.v", KV, "hidden", bias=True),
+    *_lin(f"{L}.self_attn.dense", "attn.o", "hidden", Q, writer=True, bias=True),
+    *_qk_ln(f"{L}.self_attn", "q_layernorm", "k_layernorm"),
+    *_lin(f"{L}.mlp.fc1", "mlp.up", "ffn", "hidden", bias=True),
+    *_lin(f"{L}.mlp.fc2", "mlp.down", "hidden", "ffn", writer=True, bias=True),
+)
+
+
+def _phi(hf) -> DecoderConfig:
+    hf = _with_partial(hf, 0.5)
+    d = _dims(hf)
+    return DecoderConfig(
+        family="phi", **d, norm="layer", norm_eps=_eps(hf), norm_bias=True,
+        parallel_residual=True, shared_block_norm=True, mlp="plain", act=hf.get("hidden_act") or "gelu_new",
+        **rope_fields(hf, d["head_dim"], d["positions"]),
+        qk_norm="head" if hf.get("qk_layernorm") else "", qk_norm_type="layer",
+        qkv_bias=True, o_bias=True, mlp_bias=True,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+phi = Family("phi", ("phi",), PHI_ROLES, _phi, LLAMA_KEYS, "PhiForCausalLM")
+
+# ---------------------------------------------------------------- stablelm
+
+STABLELM_ROLES = (
+    Role(f"{M}.embed_tokens.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{M}.norm", "norm.final"),
+    *_lin("lm_head", "lm_head", "vocab", "hidden"),
+    *_ln(f"{L}.input_layernorm", "norm.attn_in"),
+    *_ln(f"{L}.post_attention_layernorm", "norm.mlp_in", when=lambda c: not c.parallel_residual),
+    *_lin(f"{L}.self_attn.q_proj", "attn.q", Q, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.k_proj", "attn.k", KV, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.v_proj", "attn.v", KV, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.o_proj", "attn.o", "hidden", Q, writer=True),
+    *_lin(f"{L}.mlp.gate_proj", "mlp.gate", "ffn", "hidden"),
+    *_lin(f"{L}.mlp.up_proj", "mlp.up", "ffn", "hidden"),
+    *_lin(f"{L}.mlp.down_proj", "mlp.down", "hidden", "ffn", writer=True),
+)
+NO_HEAD_DIM_KEYS = {k: v for k, v in LLAMA_KEYS.items() if v != "head_dim"}
+
+
+def _stablelm(hf) -> DecoderConfig:
+    if hf.get("qk_layernorm"):
+        raise ConfigError("stablelm: qk_layernorm = true (one LayerNorm per head, stored as separate tensors "
+                          "q_layernorm.norms.<h>) is not supported yet")
+    hf = _with_partial(hf, 0.25)
+    d = _dims(hf, head_dim_key=False)
+    parallel = bool(hf.get("use_parallel_residual", False))
+    return DecoderConfig(
+        family="stablelm", **d, norm="layer", norm_eps=_eps(hf), norm_bias=True,
+        parallel_residual=parallel, shared_block_norm=parallel, mlp="gated", act=hf.get("hidden_act") or "silu",
+        **rope_fields(hf, d["head_dim"], d["positions"]),
+        qkv_bias=bool(hf.get("use_qkv_bias", False)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+stablelm = Family("stablelm", ("stablelm",), STABLELM_ROLES, _stablelm, NO_HEAD_DIM_KEYS, "StableLmForCausalLM")
+
+# ---------------------------------------------------------------- starcoder2
+
+STARCODER2_ROLES = (
+    Role(f"{M}.embed_tokens.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{M}.norm", "norm.final"),
+    *_lin("lm_head", "lm_head", "vocab", "hidden"),
+    *_ln(f"{L}.input_layernorm", "norm.attn_in"),
+    *_ln(f"{L}.post_attention_layernorm", "norm.mlp_in"),
+    *_lin(f"{L}.self_attn.q_proj", "attn.q", Q, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.k_proj", "attn.k", KV, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.v_proj", "attn.v", KV, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.o_proj", "attn.o", "hidden", Q, writer=True, bias=has("o_bias")),
+    *_lin(f"{L}.mlp.c_fc", "mlp.up", "ffn", "hidden", bias=has("mlp_bias")),
+    *_lin(f"{L}.mlp.c_proj", "mlp.down", "hidden", "ffn", writer=True, bias=has("mlp_bias")),
+)
+
+
+def _starcoder2(hf) -> DecoderConfig:
+    d = _dims(hf)
+    bias = bool(hf.get("use_bias", True))
+    window = int(hf.get("sliding_window") or 0)
+    return DecoderConfig(
+        family="starcoder2", **d, norm="layer", norm_eps=_eps(hf, "norm_epsilon"), norm_bias=True,
+        mlp="plain", act=hf.get("hidden_act") or "gelu_pytorch_tanh",
+        **rope_fields(hf, d["head_dim"], d["positions"]),
+        qkv_bias=bias, o_bias=bias, mlp_bias=bias,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        # transformers gives every layer the window when the config sets one
+        sliding_window=window, layer_types=("sliding_attention",) * d["layers"] if window else (),
+    )
+
+
+starcoder2 = Family("starcoder2", ("starcoder2",), STARCODER2_ROLES, _starcoder2, LLAMA_KEYS, "Starcoder2ForCausalLM")
+
+FAMILIES = (phi, stablelm, starcoder2)
+
+_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=64, tie_word_embeddings=False)
+_GQA = dict(_DIMS, num_key_value_heads=2)
+TINY = {
+    "phi": dict(_GQA, qk_layernorm=True, hidden_act="gelu_new",
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+    "stablelm": dict(_GQA, use_qkv_bias=True, use_parallel_residual=True,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
+    "starcoder2": dict(_GQA, use_bias=True, sliding_window=4, tie_word_embeddings=True),
+}
+"""Tiny configs of every type these families grow (``families.TINY``)."""
+
+__all__ = ["FAMILIES", "TINY", "phi", "stablelm", "starcoder2"]
