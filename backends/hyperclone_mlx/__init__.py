@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .backend import MlxBackend, backend
 from .engine import MlxEngine
+from .grow import clip_grad_norm
 from .interop import expand_model
 
-__all__ = ["MlxBackend", "MlxEngine", "backend", "expand_model"]
+__all__ = ["MlxBackend", "MlxEngine", "backend", "clip_grad_norm", "expand_model"]

@@ -133,18 +133,25 @@ def _check_holds(new, family, plan) -> None:
 def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads: Optional[float] = None,
                  kv_heads: Optional[float] = None, layers: Any = None, strategy: Any = None,
                  seed: int = 0, layout: str = "tile", config: Optional[Mapping[str, Any]] = None,
-                 return_plan: bool = False):
+                 return_plan: bool = False, optimizer=None, moments: str = "carry", inserted_lr: float = 1.0):
     """Grow an mlx-lm ``model`` (``mlx_lm.load`` / ``mlx_lm.utils.load_model``) into a
     model of the same class whose logits equal the source's; see
     ``hyperclone_torch.expand_model`` for the growth options.  ``config``: the HF
     config the model was loaded with (default: from ``model.args``).  Runs on MLX's
-    default device in the model's dtype; the source is not modified."""
+    default device in the model's dtype; the source is not modified.
+
+    ``optimizer``: the ``mlx.optimizers.AdamW`` (or ``MultiOptimizer`` of AdamWs)
+    training ``model``; then the result is ``(grown model, grown optimizer)`` (plus the
+    plan): training on continues the source's run (a symmetric clone's exactly), with
+    ``hyperclone_mlx.clip_grad_norm(grads, max_norm, grown_optimizer)`` in place of
+    ``mlx.optimizers.clip_grad_norm`` where the source clipped (``grow.py``)."""
     hf = model_config(model, config)
     family = family_for_config(hf)
     plan = plan_growth(hf, width=width, ffn=ffn, heads=heads, kv_heads=kv_heads, layers=layers, strategy=strategy,
                        seed=seed, layout=layout, where=f"{type(model).__module__}.Model config")
     cfg = plan.source_decoder
-    src = _source_tensors(model, locate(model, family, cfg), family, cfg)
+    src_where = locate(model, family, cfg)
+    src = _source_tensors(model, src_where, family, cfg)
     new = type(model)(_grown_args(model, hf, plan, family))
     _check_holds(new, family, plan)
     grown: dict = {}
@@ -157,6 +164,12 @@ def expand_model(model, *, width: float = 2, ffn: Optional[float] = None, heads:
     new.load_weights(list(weights.items()), strict=True)
     mx.eval(new.parameters())
     new.train(getattr(model, "training", False))
+    if optimizer is not None:
+        from .grow import grown_optimizer
+
+        opt = grown_optimizer(optimizer, model, new, plan, src_where, locate(new, family, plan.decoder),
+                              moments=moments, inserted_lr=inserted_lr)
+        return (new, opt, plan) if return_plan else (new, opt)
     return (new, plan) if return_plan else new
 
 
