@@ -98,6 +98,8 @@ FLAGS = {
                      "partial_rotary_factor"),
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
     "shared_block_norm": (True,), "qk_norm_type": ("layer",),
+    "experts_stacked": ("in_out",), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
+    "glu_alpha": (1.5,), "glu_limit": (0.3,),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case
 (``_suite.CASES`` or ``_suite.FORWARD_CASES``) gives it (a tuple flag: its items;

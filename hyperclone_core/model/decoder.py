@@ -52,19 +52,50 @@ def rope_tables(cfg: DecoderConfig, T: int) -> tuple:
     return np.cos(emb) * factor, np.sin(emb) * factor
 
 
-def causal_mask(T: int, window: int = 0) -> np.ndarray:
-    """(T, T) bool: query q may attend key k (k <= q, and q - k < window if a window is set)."""
+def causal_mask(T: int, window: int = 0, chunk: int = 0) -> np.ndarray:
+    """(T, T) bool: query q may attend key k (k <= q, and q - k < window if a window is set,
+    and both in the same block of ``chunk`` positions if chunked: Llama 4's local layers)."""
     q, k = np.arange(T)[:, None], np.arange(T)[None, :]
     allowed = k <= q
     if window:
         allowed &= (q - k) < window
+    if chunk:
+        allowed &= (q // chunk) == (k // chunk)
     return allowed
+
+
+def alibi_slopes(heads: int, max_bias: float = 8.0) -> tuple:
+    """ALiBi's per-head slopes (Press et al.; bloom, mpt, falcon): for a power of two n
+    heads 2 ** (-max_bias * i / n), i = 1..n; otherwise the slopes of the largest power
+    of two p below, then every other slope of 2p heads (the odd i's) for the rest.  They
+    depend on the head count alone, so growth keeps the heads (it grows head_dim)."""
+    def geometric(n):
+        return [2.0 ** (-max_bias * (i + 1) / n) for i in range(n)]
+    p = 2 ** int(math.floor(math.log2(heads)))
+    slopes = geometric(p)
+    if p != heads:
+        slopes += geometric(2 * p)[0::2][:heads - p]
+    return tuple(slopes)
+
+
+def alibi_bias(slopes, T: int) -> np.ndarray:
+    """(H, T, T) float64: slope_h * (k - q), the linear bias head h adds to the score of
+    query q on key k (a per-row shift of slope_h * k, which the softmax ignores)."""
+    q, k = np.arange(T)[:, None], np.arange(T)[None, :]
+    return np.asarray(slopes, dtype=np.float64)[:, None, None] * (k - q)[None].astype(np.float64)
 
 
 def window_of(cfg: DecoderConfig, layer: int) -> int:
     """The sliding window of ``layer`` (0: full causal attention)."""
     if cfg.sliding_window and cfg.layer_types and cfg.layer_types[layer] == "sliding_attention":
         return int(cfg.sliding_window)
+    return 0
+
+
+def chunk_of(cfg: DecoderConfig, layer: int) -> int:
+    """The attention chunk of ``layer`` (0: none; Llama 4's "chunked_attention" layers)."""
+    if cfg.attn_chunk and cfg.layer_types and cfg.layer_types[layer] == "chunked_attention":
+        return int(cfg.attn_chunk)
     return 0
 
 
@@ -204,11 +235,16 @@ class ArrayOps:
             out = rot * cos[None, :, None, :] + rotated * sin[None, :, None, :]
         return xp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
 
-    def attention(self, q, k, v, *, scale: float, window: int, softcap: float, **extra):
+    def attention(self, q, k, v, *, scale: float, window: int, softcap: float, sinks=None, chunk: int = 0,
+                  alibi=None, **extra):
         """Causal attention; q (B, T, H, D), k/v (B, T, KV, D) with H a multiple of KV
         (query head h reads kv head h // (H // KV)); returns (B, T, H, D).  ``extra``:
         the optional features (``extras_set``), keyword arguments a backend's fused
-        kernel does not know and hands back here."""
+        kernel does not know and hands back here.  ``sinks`` (H,): a learned logit per
+        head that joins each softmax's denominator and reads no value (gpt-oss);
+        ``chunk``: keys only from the query's block of that many positions (Llama 4);
+        ``alibi`` (H,): per-head slopes of ALiBi's linear bias ``alibi_bias``, added to the
+        scaled scores (bloom, mpt)."""
         _refuse_extras("attention", extra)
         xp = self.xp
         H, KV = q.shape[2], k.shape[2]
@@ -216,12 +252,19 @@ class ArrayOps:
             k, v = xp.repeat(k, H // KV, axis=2), xp.repeat(v, H // KV, axis=2)
         q, k, v = (xp.swapaxes(t, 1, 2) for t in (q, k, v))
         scores = (q @ xp.swapaxes(k, -1, -2)) * scale
+        if alibi is not None:
+            scores = scores + self.constant(alibi_bias(alibi, q.shape[2]), scores.dtype)
         if softcap:
             scores = xp.tanh(scores / softcap) * softcap
-        allowed = self.constant(causal_mask(q.shape[2], window))
+        allowed = self.constant(causal_mask(q.shape[2], window, chunk))
         scores = xp.where(allowed, scores, -math.inf)
-        probs = self.astype(self.softmax(self.astype(scores, self.compute_dtype(scores.dtype))), q.dtype)
-        return xp.swapaxes(probs @ v, 1, 2)
+        cdt = self.compute_dtype(scores.dtype)
+        if sinks is None:
+            probs = self.softmax(self.astype(scores, cdt))
+        else:  # the sink is one more column of the softmax, dropped after it
+            column = self.astype(xp.zeros_like(scores[..., :1]), cdt) + xp.reshape(self.astype(sinks, cdt), (H, 1, 1))
+            probs = self.softmax(xp.concatenate([self.astype(scores, cdt), column], axis=-1))[..., :-1]
+        return xp.swapaxes(self.astype(probs, q.dtype) @ v, 1, 2)
 
     # routing -------------------------------------------------------------
     def top_k(self, x, k: int):
@@ -301,7 +344,7 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     if cfg.pos == "rope":
         q, k = (o.rope(t, tb.cos, tb.sin, interleaved=cfg.rope_interleaved) for t in (q, k))
     out = o.attention(q, k, v, scale=cfg.attn_scale or D ** -0.5, window=window_of(cfg, layer),
-                      softcap=cfg.attn_softcap)
+                      softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer))
     return o.linear(xp.reshape(out, (B, T, H * D)), get("attn.o"), get("attn.o.bias"))
 
 
@@ -323,17 +366,21 @@ def moe(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
     routing weight, 0 where not chosen): static shapes for tracing backends, and no
     gradient through the index arrays."""
     xp = o.xp
-    probs = o.softmax(o.astype(o.linear(x, get("moe.router")), o.compute_dtype(x.dtype)))
+    probs = o.softmax(o.astype(o.linear(x, get("moe.router"), get("moe.router.bias")), o.compute_dtype(x.dtype)))
     top = o.top_k(o.stop_gradient(probs), cfg.experts_per_tok)
     weights = xp.take_along_axis(probs, top, axis=-1)
     weights = o.astype(weights / xp.sum(weights, axis=-1, keepdims=True), x.dtype)
     out = xp.zeros_like(x)
     for e in range(cfg.experts):
         w_e = xp.sum(weights * o.astype(top == e, weights.dtype), axis=-1, keepdims=True)
-        h = act(o.linear(x, get("moe.gate", e))) * o.linear(x, get("moe.up", e))
-        out = out + w_e * o.linear(h, get("moe.down", e))
+        out = out + w_e * expert(cfg, get, x, o, act, e)
     return out
 
+
+def _stacked(cfg: DecoderConfig, get: Get, kind: str, e: int) -> tuple:
+    """Expert e's (out, in) matrix and bias from the stacked tensors ``kind`` (``experts_stacked``)."""
+    w, b = get(kind), get(kind + ".bias")
+    return (w[e].T if cfg.experts_stacked == "in_out" else w[e]), (None if b is None else b[e])
 
 def _scaled(cfg: DecoderConfig, o: ArrayOps, y):
     """A sublayer's output times the residual multiplier (granite), in y's dtype."""
@@ -439,6 +486,6 @@ def cross_entropy(o: ArrayOps, logits, targets):
 
 __all__ = [
     "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
-    "causal_mask", "check_length", "cross_entropy", "embed", "forward", "head", "mlp", "moe", "norm",
+    "causal_mask", "check_length", "chunk_of", "cross_entropy", "embed", "expert", "forward", "head", "mlp", "moe", "norm",
     "rope_tables", "tables", "window_of",
 ]

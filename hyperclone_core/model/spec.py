@@ -168,6 +168,13 @@ class DecoderConfig:
     rope_interleaved: bool = False    # GPT-J/Cohere/GLM: RoPE rotates pairs (2i, 2i+1), not halves
     shared_block_norm: bool = False   # parallel residual under ONE norm (phi, gptj, cohere): the MLP reads norm.attn_in's output
     qk_norm_type: str = "rms"         # rms | layer: the qk-norm's kind (phi, persimmon, cohere: LayerNorm, bias if stored)
+    attn_chunk: int = 0               # llama4: "chunked_attention" layers attend within blocks of this many positions
+    experts_stacked: str = ""         # "" one tensor per expert | in_out: (experts, in, out) stacks | out_in: (experts, out, in)
+    gate_up_interleaved: bool = False  # gpt-oss: a fused gate|up output alternates gate, up (gate = [..., ::2])
+    expert_glu: str = ""              # "" act(gate) * up | clamped (gpt-oss): (clip(up, +-glu_limit) + 1) * g
+    #                                   * sigmoid(glu_alpha g), g = min(gate, glu_limit)
+    glu_alpha: float = 0.0            # the clamped GLU's sigmoid gain (gpt-oss swiglu_alpha)
+    glu_limit: float = 0.0            # the clamped GLU's clamp (gpt-oss swiglu_limit)
 
     @property
     def q_per_kv(self) -> int:

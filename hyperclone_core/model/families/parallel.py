@@ -172,7 +172,105 @@ def _starcoder2(hf) -> DecoderConfig:
 
 starcoder2 = Family("starcoder2", ("starcoder2",), STARCODER2_ROLES, _starcoder2, LLAMA_KEYS, "Starcoder2ForCausalLM")
 
-FAMILIES = (phi, stablelm, starcoder2)
+# ---------------------------------------------------------------- cohere
+
+COHERE_ROLES = (
+    Role(f"{M}.embed_tokens.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{M}.norm", "norm.final", bias=False),
+    *_lin("lm_head", "lm_head", "vocab", "hidden"),
+    *_ln(f"{L}.input_layernorm", "norm.attn_in", bias=False),
+    *_lin(f"{L}.self_attn.q_proj", "attn.q", Q, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.k_proj", "attn.k", KV, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.v_proj", "attn.v", KV, "hidden", bias=has("qkv_bias")),
+    *_lin(f"{L}.self_attn.o_proj", "attn.o", "hidden", Q, writer=True, bias=has("o_bias")),
+    # per-head qk LayerNorm gains: one row per head
+    Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out("kv_heads*q_per_kv"), out("head_dim")), when=has("qk_norm")),
+    Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out("kv_heads"), out("head_dim")), when=has("qk_norm")),
+    *_lin(f"{L}.mlp.gate_proj", "mlp.gate", "ffn", "hidden"),
+    *_lin(f"{L}.mlp.up_proj", "mlp.up", "ffn", "hidden"),
+    *_lin(f"{L}.mlp.down_proj", "mlp.down", "hidden", "ffn", writer=True),
+)
+
+
+def _logit_scale(hf: Mapping[str, Any], default: float) -> float:
+    if "logit_scale" not in hf:
+        return default
+    if hf["logit_scale"] is None:
+        raise ConfigError("logit_scale = null: transformers multiplies the logits by it; give a number")
+    return float(hf["logit_scale"])
+
+
+def _cohere_rope(hf: Mapping[str, Any], head_dim: int, positions: int) -> dict:
+    """Cohere's RoPE spans the whole head (its rotary embedding reads no rotary fraction),
+    pairs interleaved."""
+    rp = {k: v for k, v in raw_params(hf).items() if k != "partial_rotary_factor"}
+    hf = {k: v for k, v in hf.items() if k not in ("partial_rotary_factor", "rope_scaling")}
+    return dict(rope_fields(dict(hf, rope_parameters=rp), head_dim, positions), rope_interleaved=True)
+
+
+def _cohere(hf) -> DecoderConfig:
+    d = _dims(hf)
+    bias = bool(hf.get("attention_bias", False))
+    return DecoderConfig(
+        family="cohere", **d, norm="layer", norm_eps=_eps(hf), parallel_residual=True, shared_block_norm=True,
+        mlp="gated", act=hf.get("hidden_act") or "silu", **_cohere_rope(hf, d["head_dim"], d["positions"]),
+        qk_norm="head" if hf.get("use_qk_norm") else "", qk_norm_type="layer", qkv_bias=bias, o_bias=bias,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), logit_scale=_logit_scale(hf, 0.0625),
+    )
+
+
+cohere = Family("cohere", ("cohere",), COHERE_ROLES, _cohere, LLAMA_KEYS, "CohereForCausalLM")
+
+# ---------------------------------------------------------------- gptj
+
+T = "transformer"
+H = "transformer.h.{i}"
+GPTJ_ROLES = (
+    Role(f"{T}.wte.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{T}.ln_f", "norm.final"),
+    *_lin("lm_head", "lm_head", "vocab", "hidden", bias=True),
+    *_ln(f"{H}.ln_1", "norm.attn_in"),
+    *_lin(f"{H}.attn.q_proj", "attn.q", Q, "hidden"),
+    *_lin(f"{H}.attn.k_proj", "attn.k", KV, "hidden"),
+    *_lin(f"{H}.attn.v_proj", "attn.v", KV, "hidden"),
+    *_lin(f"{H}.attn.out_proj", "attn.o", "hidden", Q, writer=True),
+    *_lin(f"{H}.mlp.fc_in", "mlp.up", "ffn", "hidden", bias=True),
+    *_lin(f"{H}.mlp.fc_out", "mlp.down", "hidden", "ffn", writer=True, bias=True),
+)
+GPT_KEYS = {"n_embd": "hidden", "n_inner": "ffn", "n_layer": "layers", "n_head": "heads", "vocab_size": "vocab",
+            "n_positions": "positions"}
+
+
+def _gpt_dims(hf: Mapping[str, Any]) -> dict:
+    require(hf, "n_embd", "n_layer", "n_head", "vocab_size")
+    hidden, heads = int(hf["n_embd"]), int(hf["n_head"])
+    if hidden % heads:
+        raise ConfigError(f"n_embd ({hidden}) is not a multiple of n_head ({heads})")
+    head_dim = hidden // heads
+    rd = hf.get("rotary_dim")
+    if rd is None:
+        raise ConfigError("rotary_dim = null (the rotary table then spans n_embd, not a head) is not supported; "
+                          "give rotary_dim")
+    rd = int(rd)
+    if not 0 < rd <= head_dim or rd % 2:
+        raise ConfigError(f"rotary_dim ({rd}) must be even and in 1..head_dim ({head_dim})")
+    return dict(vocab=int(hf["vocab_size"]), hidden=hidden, ffn=int(hf.get("n_inner") or 4 * hidden),
+                layers=int(hf["n_layer"]), heads=heads, kv_heads=heads, head_dim=head_dim,
+                positions=int(hf.get("n_positions") or 2048),
+                rope_theta=10000.0, rotary_dim=0 if rd == head_dim else rd, rope_interleaved=True)
+
+
+def _gptj(hf) -> DecoderConfig:
+    return DecoderConfig(
+        family="gptj", **_gpt_dims(hf), norm="layer", norm_eps=_eps(hf, "layer_norm_epsilon"), norm_bias=True,
+        parallel_residual=True, shared_block_norm=True, mlp="plain", act=hf.get("activation_function") or "gelu_new",
+        mlp_bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+gptj = Family("gptj", ("gptj",), GPTJ_ROLES, _gptj, GPT_KEYS, "GPTJForCausalLM", rope_keys=())
+
+FAMILIES = (phi, stablelm, starcoder2, cohere, gptj)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -183,7 +281,10 @@ TINY = {
     "stablelm": dict(_GQA, use_qkv_bias=True, use_parallel_residual=True,
                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
     "starcoder2": dict(_GQA, use_bias=True, sliding_window=4, tie_word_embeddings=True),
+    "cohere": dict(_GQA, use_qk_norm=True, attention_bias=True, logit_scale=0.25, tie_word_embeddings=True),
+    "gptj": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
+                 tie_word_embeddings=False),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "phi", "stablelm", "starcoder2"]
+__all__ = ["FAMILIES", "TINY", "cohere", "gptj", "phi", "stablelm", "starcoder2"]
