@@ -184,7 +184,7 @@ COVERAGE: dict = {
     "gpt_bigcode": needs("multi-query fused qkv", "learned positions"),
     "gpt_neo": needs("learned positions", "local attention layers", "unscaled attention"),
     "gpt_neox_japanese": needs("its attention layout (bias added after the residual)"),
-    "gpt_oss": needs("attention sinks", "MoE with clamped SwiGLU and expert biases", "sliding-window layers"),
+    "gpt_oss": supported("gpt_oss"),
     "gptj": supported("gptj"),
     "granite": supported("granite"),
     "granite_swa": needs("Granite's multipliers", "sliding-window layers with attention sinks"),
