@@ -78,7 +78,7 @@ HOOKS = {
 }
 """Every member of the protocol surface -> the tests that fail if a backend gets it wrong."""
 
-DIMS = ("family", "vocab", "hidden", "ffn", "layers", "heads", "kv_heads", "head_dim", "positions", "embed",
+DIMS = ("family", "vocab", "hidden", "ffn", "moe_ffn", "shared_ffn", "layers", "heads", "kv_heads", "head_dim", "positions", "embed",
         "experts", "experts_per_tok")
 """``DecoderConfig`` fields that are sizes (grown by the matrix's growths, not flags)."""
 
@@ -93,13 +93,17 @@ FLAGS = {
     "clip_qkv": (8.0, 0.5), "sliding_window": (3, 4), "layer_types": ("sliding_attention", "full_attention"),
     "rope_type": ("linear", "dynamic", "yarn", "longrope", "llama3", "proportional"),
     "rope_interleaved": (True,),
+    "nope_layers": (True,), "rope_sliding": ("rope_theta", "rope_type", "rope_scaling"), "qk_norm_after_rope": (True,),
     "rope_scaling": ("factor", "short_factor", "long_factor", "low_freq_factor", "high_freq_factor",
                      "original_max_position_embeddings", "attention_factor", "max_position_embeddings",
                      "partial_rotary_factor"),
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
+    "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16),
     "shared_block_norm": (True,), "qk_norm_type": ("layer",),
     "experts_stacked": ("in_out",), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
     "glu_alpha": (1.5,), "glu_limit": (0.3,),
+    "mlp_types": ("dense", "moe"), "moe_renorm": (False,), "moe_scoring": ("sigmoid",), "moe_groups": (2,),
+    "moe_topk_groups": (1,), "moe_scale": (2.5,),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case
 (``_suite.CASES`` or ``_suite.FORWARD_CASES``) gives it (a tuple flag: its items;
@@ -220,6 +224,103 @@ def engine_docs() -> str:
     from hyperclone_core.train import engine
 
     return " ".join(" ".join((c.__doc__ or "").split()) for c in (engine.Engine, engine.StepResult, engine.EngineState))
+
+
+# ---------------------------------------------------------------- what a case exercises
+
+
+def default_config():
+    """``DecoderConfig`` with every flag at its default (the baseline "non-default" is read against)."""
+    from hyperclone_core.model.spec import DecoderConfig
+
+    return DecoderConfig("x", 1, 1, 1, 1, 1, 1, 1, 1)
+
+
+def flag_items(value) -> tuple:
+    """A flag's value as the items coverage counts: a tuple flag's items, a ``(name, value)``
+    pair (``rope_scaling``) by its name, anything unhashable by its repr."""
+    out = []
+    for item in value if isinstance(value, tuple) else (value,):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            item = item[0]
+        try:
+            hash(item)
+        except TypeError:
+            item = repr(item)
+        out.append(item)
+    return tuple(out)
+
+
+def same_value(a, b) -> bool:
+    """Equal; numbers to 1e-12 relative (a value read through a formula, e.g. 2 ** -0.5)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b or abs(a - b) <= 1e-12 * max(abs(a), abs(b))
+    return a == b
+
+
+def features(family, cfg) -> frozenset:
+    """Every structural feature a case exercises, for choosing representative cases:
+
+    - ``("flag", name, item)`` for each ``DecoderConfig`` flag off its default: the item
+      itself when it is a string or a bool or a value ``FLAGS`` lists, else ``"set"``
+      (one rope_theta or norm_eps stands for every other);
+    - ``("dim", what)`` for the shapes of attention and MoE: ``mqa`` (one kv head),
+      ``gqa``, ``head_dim`` (heads x head_dim != hidden), ``embed`` (an embedding
+      narrower or wider than hidden), ``experts``, ``top1``;
+    - ``("role", kind, axes, writer, noiseless, per_layer, per_expert)`` for each tensor
+      of the family's role table this config has: the layouts the growth programs
+      run on (fused segments, transposed Conv1D storage, per-expert tensors), names aside.
+    """
+    from dataclasses import fields
+
+    default, out = default_config(), set()
+    for f in fields(cfg):
+        if f.name in DIMS:
+            continue
+        value = getattr(cfg, f.name)
+        if same_value(value, getattr(default, f.name)):
+            continue
+        listed = FLAGS.get(f.name, ())
+        for item in flag_items(value):
+            if isinstance(item, (str, bool)) or any(same_value(item, v) for v in listed):
+                out.add(("flag", f.name, item))
+            else:
+                out.add(("flag", f.name, "set"))
+    if cfg.kv_heads == 1 and cfg.heads > 1:
+        out.add(("dim", "mqa"))
+    elif cfg.kv_heads < cfg.heads:
+        out.add(("dim", "gqa"))
+    if cfg.heads * cfg.head_dim != cfg.hidden:
+        out.add(("dim", "head_dim"))
+    if cfg.embed and cfg.embed != cfg.hidden:
+        out.add(("dim", "embed"))
+    if cfg.experts:
+        out.add(("dim", "experts"))
+        if cfg.experts_per_tok == 1:
+            out.add(("dim", "top1"))
+    for r in family.roles_for(cfg):
+        out.add(("role", r.kind, tuple(str(a) for a in r.axes), bool(r.writer), bool(r.noiseless), r.per_layer,
+                 r.per_expert))
+    return frozenset(out)
+
+
+def representative(always: dict, optional: dict) -> list:
+    """The names of ``optional`` that, with every case of ``always``, exercise every
+    feature (``features``) any case exercises: greedily, the case bringing the most
+    features not yet covered first (ties by name), until none is left uncovered.
+    Both arguments map a case name to ``(family, DecoderConfig)``."""
+    covered = set().union(*(features(f, c) for f, c in always.values()))
+    todo = {name: features(f, c) - covered for name, (f, c) in optional.items()}
+    chosen = []
+    while True:
+        gain = {name: len(fs - covered) for name, fs in todo.items() if name not in chosen}
+        best = min((n for n in gain if gain[n]), key=lambda n: (-gain[n], n), default=None)
+        if best is None:
+            return sorted(chosen)
+        chosen.append(best)
+        covered |= todo[best]
 
 
 __all__ = ["DIMS", "ENGINE_RULES", "FLAGS", "HOOKS", "SENSITIVE", "array_ops_hooks", "core_probes", "engine_docs",

@@ -151,7 +151,10 @@ class Plan:
         def dec(d):
             d = dict(d)
             d["layer_types"] = tuple(d.get("layer_types") or ())
+            d["mlp_types"] = tuple(d.get("mlp_types") or ())
             d["rope_scaling"] = freeze(d.get("rope_scaling") or ())
+            d["nope_layers"] = tuple(d.get("nope_layers") or ())
+            d["rope_sliding"] = freeze(d.get("rope_sliding") or ())
             if "qkv_layout" not in d:  # plans written before the layout was a config field
                 from ..model.families import get_family
 
@@ -206,7 +209,16 @@ class Growth:
             sizes["ffn"] = int(ffn_size)
         else:
             sizes["ffn"] = _scaled("--ffn", cfg.ffn, width if ffn is None else ffn)
-        h = width if heads is None else heads
+        own = cfg.sizes()
+        for dim in ("moe_ffn", "shared_ffn"):  # an MoE stack's other ffn sizes grow by the same ratio
+            if dim in own:
+                new = own[dim] * sizes["ffn"] / cfg.ffn
+                if abs(new - round(new)) > 1e-9:
+                    raise PlanError(f"the ffn growth {cfg.ffn} -> {sizes['ffn']} gives the {dim} size {own[dim]} "
+                                    f"a non-integer size {new:g}; choose an ffn ratio that keeps it whole")
+                sizes[dim] = int(round(new))
+        # ALiBi's slopes are a function of the head count: its models keep their heads (width grows head_dim)
+        h = (1 if cfg.pos == "alibi" else width) if heads is None else heads
         new_heads = _scaled("--heads", cfg.heads, h)
         if kv_heads is None:
             kv_new = cfg.kv_heads if cfg.kv_heads == 1 else _scaled("--heads", cfg.kv_heads, h)
@@ -306,7 +318,15 @@ def plan(
     new_sizes = dict(old_sizes)
     new_sizes.update(growth.sizes)
     new_sizes["heads"] = new_sizes["kv_heads"] * new_sizes["q_per_kv"]
-    if new_sizes["q_per_kv"] != old_sizes["q_per_kv"] and "kv_heads" not in family.config_keys.values():
+    if src_cfg.pos == "alibi" and new_sizes["heads"] != old_sizes["heads"]:
+        raise PlanError(
+            f"{family.name} uses ALiBi, whose per-head slopes are a function of the head count: "
+            f"{old_sizes['heads']} -> {new_sizes['heads']} heads would change every head's slope; keep the "
+            "heads (leave out --heads/--kv-heads: the width then grows head_dim)"
+        )
+    mqa = old_sizes["kv_heads"] == 1 == new_sizes["kv_heads"] and old_sizes["heads"] > 1  # a multi_query flag
+    if new_sizes["q_per_kv"] != old_sizes["q_per_kv"] and "kv_heads" not in family.config_keys.values() \
+            and not mqa:
         raise PlanError(
             f"{family.name} has no grouped-query attention (no num_key_value_heads): grow the heads "
             "with --heads alone, not --kv-heads"
@@ -392,6 +412,10 @@ def plan(
         checks.append(("depth", "layers", f"{old_sizes['layers']} -> {new_sizes['layers']}, inserted copies' writers zeroed"))
     if new_cfg.layer_types:
         new_cfg = _replace(new_cfg, layer_types=tuple(src_cfg.layer_types[s] for s, _ in lmap))
+    if new_cfg.mlp_types:  # an inserted layer is dense or MoE as its source
+        new_cfg = _replace(new_cfg, mlp_types=tuple(src_cfg.mlp_types[s] for s, _ in lmap))
+    if new_cfg.nope_layers:  # each inserted layer keeps its source layer's RoPE (or its lack)
+        new_cfg = _replace(new_cfg, nope_layers=tuple(src_cfg.nope_layers[s] for s, _ in lmap))
 
     # tied embeddings: one table serves the embedding (which wants W) and the LM head (which
     # wants W / r when its input grows r-fold).  Keep the tie by folding 1 / r into the tensor
@@ -433,7 +457,7 @@ def plan(
         src_role = next((r for r in family.roles_for(src_cfg) if r.pattern == role.pattern), None)
         if src_role is None:
             raise PlanError(f"{family.name}: role {role.pattern} exists only in the grown config")
-        layers = list(enumerate(lmap)) if role.per_layer else [(None, (None, False))]
+        layers = [(j, lmap[j]) for j in role.layers(new_cfg)] if role.per_layer else [(None, (None, False))]
         experts = range(new_cfg.experts) if role.per_expert else [None]
         for j, (src_layer, inserted) in layers:
             for e in experts:
@@ -446,10 +470,13 @@ def plan(
                 if role.kind == "lm_head" and tie_kept:
                     continue
                 strat = rules.for_tensor(name, role.kind)
+                # GPT-2's scale_attn_by_inverse_layer_idx: layer j's scale is 1 / (j + 1); a source
+                # layer moved from index s to j keeps its logits by q x (j + 1) / (s + 1)
+                layer_ratio = (j + 1) / (src_layer + 1) if src_cfg.attn_scale_inverse_layer and j is not None else 1.0
                 tp, err = _plan_tensor(
                     name, source, role, maps, old_sizes, new_sizes, strat, arrays,
                     np.random.default_rng(rng.integers(2**63)), seed_for(seed, name),
-                    zero_writer=inserted and role.writer, head_ratio=head_ratio, family=family,
+                    zero_writer=inserted and role.writer, head_ratio=head_ratio * layer_ratio, family=family,
                     src_cfg=src_cfg, dtype=dtype, allow_inexact=allow_inexact, inexact=inexact,
                     fold=fold if fold is not None and role.kind in (fold[0], fold[0] + ".bias") else None,
                 )
@@ -558,6 +585,12 @@ def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, ar
     if head_ratio != 1.0 and role.kind in ("attn.q", "attn.q.bias"):
         ops.insert(0, Scale((), arrays.put(f"const:{head_ratio!r}", np.asarray(head_ratio, np.float32))))
         notes.append(f"compensation: head_dim grew; q x{head_ratio:g} keeps the attention logits")
+    if head_ratio != 1.0 and src_cfg.qkv_layout != "separate" and role.kind in ("attn.qkv", "attn.qkv.bias", "attn.o"):
+        # fused q|k|v: q, k and v all x sqrt(head_ratio) (q.k by head_ratio), the output projection
+        # undoes v's factor
+        c = math.sqrt(head_ratio) if role.kind != "attn.o" else 1.0 / math.sqrt(head_ratio)
+        ops.insert(0, Scale((), arrays.put(f"const:{c!r}", np.asarray(c, np.float32))))
+        notes.append(f"compensation: attention logits kept through the fused qkv (x{c:.6g})")
     if zero_writer:
         ops.insert(0, Scale((), arrays.put("const:0.0", np.asarray(0.0, np.float32))))
         notes.append("depth: inserted layer's residual writer starts at zero")

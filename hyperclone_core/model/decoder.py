@@ -28,7 +28,8 @@ from .spec import DecoderConfig
 
 ACT_ALIASES = {"swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                "gelu_fast": "gelu_tanh"}
-ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh")
+ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh", "relu2", "xielu")
+"""``xielu`` (Apertus) has learned per-layer scalars (``mlp.act.alpha_p`` ...): ``mlp`` reads them."""
 
 
 def activation_key(name: str) -> str:
@@ -49,7 +50,8 @@ def rope_tables(cfg: DecoderConfig, T: int) -> tuple:
     inv, factor = rope.inv_freq(cfg, T)
     freqs = np.arange(T, dtype=np.float64)[:, None] * inv[None, :]
     emb = np.concatenate([freqs, freqs], -1)
-    return np.cos(emb) * factor, np.sin(emb) * factor
+    sign = -1.0 if cfg.rope_reverse else 1.0  # nanochat: rotate_half's signs flipped, each angle negated
+    return np.cos(emb) * factor, np.sin(emb) * (factor * sign)
 
 
 def causal_mask(T: int, window: int = 0, chunk: int = 0) -> np.ndarray:
@@ -99,21 +101,43 @@ def chunk_of(cfg: DecoderConfig, layer: int) -> int:
     return 0
 
 
+def sliding_rope(cfg: DecoderConfig) -> DecoderConfig:
+    """The config whose RoPE fields the sliding layers use (``rope_sliding`` over ``cfg``'s)."""
+    return replace(cfg, **dict(cfg.rope_sliding)) if cfg.rope_sliding else cfg
+
+
+def rope_of(cfg: DecoderConfig, layer: int) -> str:
+    """Which RoPE ``layer`` applies: "" (none: a NoPE layer or no RoPE at all),
+    "sliding" (the sliding layers' own tables) or "rope"."""
+    if cfg.pos != "rope" or (cfg.nope_layers and cfg.nope_layers[layer]):
+        return ""
+    if cfg.rope_sliding and cfg.layer_types and cfg.layer_types[layer] == "sliding_attention":
+        return "sliding"
+    return "rope"
+
+
 @dataclass
 class Tables:
     """What every layer of one forward shares: sequence length and the RoPE tables
-    (in the compute dtype, on the device)."""
+    (in the compute dtype, on the device); ``local_cos``/``local_sin``: the sliding
+    layers' tables where they have their own RoPE (``rope_sliding``)."""
 
     T: int
     cos: Any = None
     sin: Any = None
+    local_cos: Any = None
+    local_sin: Any = None
 
 
 def tables(cfg: DecoderConfig, T: int, ops: "ArrayOps", dtype) -> Tables:
     if cfg.pos != "rope":
         return Tables(T)
     cos, sin = rope_tables(cfg, T)
-    return Tables(T, ops.constant(cos, dtype), ops.constant(sin, dtype))
+    tb = Tables(T, ops.constant(cos, dtype), ops.constant(sin, dtype))
+    if cfg.rope_sliding:
+        cos, sin = rope_tables(sliding_rope(cfg), T)
+        tb.local_cos, tb.local_sin = ops.constant(cos, dtype), ops.constant(sin, dtype)
+    return tb
 
 
 # ---------------------------------------------------------------- the namespace and its hooks
@@ -191,6 +215,23 @@ class ArrayOps:
 
     def gelu_tanh(self, x):
         return 0.5 * x * (1.0 + self.xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+    def relu2(self, x):
+        r = self.relu(x)
+        return r * r
+
+    def expm1(self, x):
+        return self.xp.expm1(x)
+
+    def xielu(self, x, alpha_p, alpha_n, beta, eps):
+        """xIELU (Apertus): with a_p = softplus(alpha_p), a_n = beta + softplus(alpha_n),
+        a_p x^2 + beta x for x > 0, else (expm1(min(x, eps)) - x) a_n + beta x; the four
+        parameters are 0-d or 1-element arrays in x's dtype."""
+        xp = self.xp
+        a_p = xp.log(1.0 + xp.exp(alpha_p))
+        a_n = beta + xp.log(1.0 + xp.exp(alpha_n))
+        neg = (self.expm1(xp.where(x > eps, eps, x)) - x) * a_n + beta * x
+        return xp.where(x > 0, a_p * x * x + beta * x, neg)
 
     def softmax(self, x):
         x = x - self.xp.max(x, axis=-1, keepdims=True)
@@ -297,6 +338,8 @@ def norm(cfg: DecoderConfig, o: ArrayOps, x, w, b):
     if cfg.norm == "layer_noparam":
         w = b = None
     w = None if w is None else o.astype(w, cdt)
+    if w is not None and cfg.norm_unit_offset and cfg.norm != "rms":  # nemotron's LayerNorm-1p: gain (1 + w)
+        w = 1.0 + w
     b = None if b is None else o.astype(b, cdt)
     if cfg.norm == "rms":
         y = o.rms_norm(y, w, cfg.norm_eps, cfg.norm_unit_offset)
@@ -317,7 +360,48 @@ def _qk_norm(cfg: DecoderConfig, o: ArrayOps, x, w, b=None):
     return o.astype(y if b is None else y + o.astype(b, cdt), x.dtype)
 
 
+LATENT_NORM_EPS = 1e-6
+"""The epsilon of MLA's q and k/v latent RMS norms (transformers builds them with its default)."""
+
+
+def latent_attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
+    """Multi-head latent attention (DeepSeek-V2/V3's MLA): q from a projection (or a
+    rank-``q_lora`` latent, RMS-normed, projected up), k/v from one rank-``kv_lora``
+    latent (RMS-normed, projected up to each head's nope part of k and its value) plus
+    one RoPE'd part of k (``head_dim`` features) shared by every head; a head's q.k
+    sums its nope and RoPE'd features.  Heads are padded with zeros to one width for
+    the attention hook (exact: zero features add nothing to q.k, zero value columns
+    are cut off)."""
+    xp = o.xp
+    B, T, _ = x.shape
+    H, N, R, V, L = cfg.heads, cfg.nope_dim, cfg.head_dim, cfg.v_dim, cfg.kv_lora
+    lcfg = replace(cfg, norm="rms", norm_eps=LATENT_NORM_EPS, norm_unit_offset=False)
+    if cfg.q_lora:
+        q = norm(lcfg, o, o.linear(x, get("attn.q_a"), get("attn.q_a.bias")), get("attn.q_a_norm"), None)
+        q = o.linear(q, get("attn.q_b"))
+    else:
+        q = o.linear(x, get("attn.q"))
+    q = xp.reshape(q, (B, T, H, N + R))
+    kv_a = o.linear(x, get("attn.kv_a"), get("attn.kv_a.bias"))
+    kv = o.linear(norm(lcfg, o, kv_a[..., :L], get("attn.kv_a_norm"), None), get("attn.kv_b"))
+    kv = xp.reshape(kv, (B, T, H, N + V))
+    q_rot = o.rope(q[..., N:], tb.cos, tb.sin, interleaved=cfg.rope_interleaved)
+    k_rot = o.rope(xp.reshape(kv_a[..., L:], (B, T, 1, R)), tb.cos, tb.sin, interleaved=cfg.rope_interleaved)
+    q = xp.concatenate([q[..., :N], q_rot], axis=-1) if N else q_rot
+    k = xp.concatenate([kv[..., :N], xp.repeat(k_rot, H, axis=2)], axis=-1) if N else xp.repeat(k_rot, H, axis=2)
+    v = kv[..., N:]
+    if V < N + R:
+        v = xp.concatenate([v, xp.zeros_like(k[..., :N + R - V])], axis=-1)
+    elif V > N + R:
+        q, k = (xp.concatenate([t, xp.zeros_like(v[..., :V - N - R])], axis=-1) for t in (q, k))
+    out = o.attention(q, k, v, scale=cfg.attn_scale or (N + R) ** -0.5, window=window_of(cfg, layer),
+                      softcap=cfg.attn_softcap)
+    return o.linear(xp.reshape(out[..., :V], (B, T, H * V)), get("attn.o"), get("attn.o.bias"))
+
+
 def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
+    if cfg.kv_lora:
+        return latent_attention(cfg, get, x, layer, tb, o)
     xp = o.xp
     B, T, _ = x.shape
     H, KV, D = cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -338,19 +422,34 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
         q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
             _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
     q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, D))
-    if cfg.qk_norm == "head":
+    if cfg.qk_norm == "head" and not cfg.qk_norm_after_rope:
         q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
             _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
-    if cfg.pos == "rope":
-        q, k = (o.rope(t, tb.cos, tb.sin, interleaved=cfg.rope_interleaved) for t in (q, k))
-    out = o.attention(q, k, v, scale=cfg.attn_scale or D ** -0.5, window=window_of(cfg, layer),
-                      softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer))
+    which = rope_of(cfg, layer)
+    if which:
+        cos, sin = (tb.local_cos, tb.local_sin) if which == "sliding" else (tb.cos, tb.sin)
+        q, k = (o.rope(t, cos, sin, interleaved=cfg.rope_interleaved) for t in (q, k))
+    if cfg.qk_norm == "head" and cfg.qk_norm_after_rope:  # HunYuan: the rotated heads are normed
+        q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
+            _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
+    scale = (cfg.attn_scale or D ** -0.5) / (layer + 1 if cfg.attn_scale_inverse_layer else 1)
+    out = o.attention(q, k, v, scale=scale, window=window_of(cfg, layer),
+                      softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer),
+                      alibi=alibi_slopes(H) if cfg.pos == "alibi" else None)
     return o.linear(xp.reshape(out, (B, T, H * D)), get("attn.o"), get("attn.o.bias"))
 
 
+def activation(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> Callable:
+    """The MLP's activation; xIELU's learned scalars come from the layer's weights."""
+    if activation_key(cfg.act) != "xielu":
+        return o.act(cfg.act)
+    ap, an, beta, eps = (o.astype(get(f"mlp.act.{n}"), x.dtype) for n in ("alpha_p", "alpha_n", "beta", "eps"))
+    return lambda h: o.xielu(h, ap, an, beta, eps)
+
+
 def mlp(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
-    act = o.act(cfg.act)
-    if cfg.experts:
+    act = activation(cfg, get, x, o)
+    if cfg.experts and get("moe.router") is not None:  # a dense layer of an MoE stack has no router
         return moe(cfg, get, x, o, act)
     if cfg.fused_gate_up:
         gu = o.linear(x, get("mlp.gate_up"))
@@ -362,25 +461,120 @@ def mlp(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
 
 
 def moe(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
-    """Top-k routing, computed densely (every expert on every token, weighted by its
-    routing weight, 0 where not chosen): static shapes for tracing backends, and no
-    gradient through the index arrays."""
+    """Top-k routing (``route``), computed densely (every expert on every token, weighted by
+    its routing weight, 0 where not chosen): static shapes for tracing backends, and no
+    gradient through the index arrays; plus the shared experts (``shared_experts``)."""
     xp = o.xp
-    probs = o.softmax(o.astype(o.linear(x, get("moe.router"), get("moe.router.bias")), o.compute_dtype(x.dtype)))
-    top = o.top_k(o.stop_gradient(probs), cfg.experts_per_tok)
-    weights = xp.take_along_axis(probs, top, axis=-1)
-    weights = o.astype(weights / xp.sum(weights, axis=-1, keepdims=True), x.dtype)
+    top, weights = route(cfg, get, x, o)
     out = xp.zeros_like(x)
     for e in range(cfg.experts):
         w_e = xp.sum(weights * o.astype(top == e, weights.dtype), axis=-1, keepdims=True)
         out = out + w_e * expert(cfg, get, x, o, act, e)
-    return out
+    shared = shared_experts(cfg, get, x, o, act)
+    return out if shared is None else out + shared
+
+
+def _sigmoid(o: ArrayOps, x):
+    return 1.0 / (1.0 + o.xp.exp(-x))
+
+
+def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
+    """The router: (top (..., k) chosen experts, best first; weights (..., k) in x's dtype).
+
+    Scores are the softmax (or, ``moe_scoring`` "sigmoid", the sigmoid) of the router's
+    logits, in the compute dtype.  The choice ranks the scores plus the correction bias
+    (``moe.correction.bias``: DeepSeek-V3's ``e_score_correction_bias``, Ernie's
+    ``moe_statics``) where one is stored; under grouped top-k (``moe_groups``) only the
+    experts of the ``moe_topk_groups`` groups with the largest top-2 sums compete (the
+    others' scores count 0).  The weights are the chosen experts' scores (without the
+    bias), renormalised to sum 1 under ``moe_renorm`` (a softmax over the top-k logits is
+    the same), times ``moe_scale``."""
+    xp = o.xp
+    logits = o.astype(o.linear(x, get("moe.router"), get("moe.router.bias")), o.compute_dtype(x.dtype))
+    scores = _sigmoid(o, logits) if cfg.moe_scoring == "sigmoid" else o.softmax(logits)
+    choice = o.stop_gradient(scores)
+    bias = get("moe.correction.bias")
+    if bias is not None:
+        choice = choice + o.stop_gradient(o.astype(bias, choice.dtype))
+    if cfg.moe_groups > 1:
+        choice = _group_limited(o, choice, cfg.moe_groups, cfg.moe_topk_groups)
+    top = o.top_k(choice, cfg.experts_per_tok)
+    weights = xp.take_along_axis(scores, top, axis=-1)
+    if cfg.moe_renorm:
+        weights = weights / xp.sum(weights, axis=-1, keepdims=True)
+    if cfg.moe_scale != 1.0:
+        weights = weights * cfg.moe_scale
+    return top, o.astype(weights, x.dtype)
+
+
+def _group_limited(o: ArrayOps, choice, groups: int, keep: int):
+    """``choice`` (..., E) with the experts outside the ``keep`` best of ``groups`` equal
+    groups set to 0; a group ranks by the sum of its two largest entries."""
+    xp = o.xp
+    E = choice.shape[-1]
+    lead = tuple(choice.shape[:-1])
+    g = xp.reshape(choice, lead + (groups, E // groups))
+    best2 = xp.take_along_axis(g, o.top_k(g, min(2, E // groups)), axis=-1)
+    kept = o.top_k(xp.sum(best2, axis=-1), keep)  # (..., keep)
+    ids = o.constant(np.arange(groups))
+    hit = xp.sum(o.astype(kept[..., :, None] == ids, choice.dtype), axis=-2) > 0  # (..., groups)
+    mask = xp.repeat(hit, E // groups, axis=-1)
+    return xp.where(mask, choice, 0.0)
+
+
+def shared_experts(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
+    """The always-on shared expert MLP (None where the layer has none): gate/up/down or a fused
+    gate|up (``moe.shared.*``), times sigmoid(``moe.shared.router`` x) where that gate is
+    stored (Qwen2-MoE's ``shared_expert_gate``)."""
+    down = get("moe.shared.down")
+    if down is None:
+        return None
+    gu = get("moe.shared.gate_up")
+    if gu is not None:
+        h = o.linear(x, gu, get("moe.shared.gate_up.bias"))
+        half = h.shape[-1] // 2
+        gate, up = h[..., :half], h[..., half:]
+    else:
+        gate = o.linear(x, get("moe.shared.gate"), get("moe.shared.gate.bias"))
+        up = o.linear(x, get("moe.shared.up"), get("moe.shared.up.bias"))
+    y = o.linear(act(gate) * up, down, get("moe.shared.down.bias"))
+    g = get("moe.shared.router")
+    return y if g is None else _sigmoid(o, o.linear(x, g)) * y
 
 
 def _stacked(cfg: DecoderConfig, get: Get, kind: str, e: int) -> tuple:
     """Expert e's (out, in) matrix and bias from the stacked tensors ``kind`` (``experts_stacked``)."""
     w, b = get(kind), get(kind + ".bias")
     return (w[e].T if cfg.experts_stacked == "in_out" else w[e]), (None if b is None else b[e])
+
+
+def expert(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable, e: int):
+    """Expert e's gated MLP on x: its own tensors (``moe.gate``/``moe.up``/``moe.down``) or row
+    e of stacked ones (``moe.experts.gate_up``/``moe.experts.down``, gate|up fused as halves or
+    interleaved), joined by ``expert_glu``."""
+    if cfg.experts_stacked:
+        w, b = _stacked(cfg, get, "moe.experts.gate_up", e)
+        h = o.linear(x, w, b)
+        if cfg.gate_up_interleaved:  # gate, up, gate, up, ...
+            pairs = o.xp.reshape(h, tuple(h.shape[:-1]) + (h.shape[-1] // 2, 2))
+            gate, up = pairs[..., 0], pairs[..., 1]
+        else:
+            half = h.shape[-1] // 2
+            gate, up = h[..., :half], h[..., half:]
+        down, down_b = _stacked(cfg, get, "moe.experts.down", e)
+    else:
+        gate = o.linear(x, get("moe.gate", e), get("moe.gate.bias", e))
+        up = o.linear(x, get("moe.up", e), get("moe.up.bias", e))
+        down, down_b = get("moe.down", e), get("moe.down.bias", e)
+    if cfg.expert_glu == "clamped":  # gpt-oss
+        xp = o.xp
+        gate = xp.clip(gate, None, cfg.glu_limit)
+        up = xp.clip(up, -cfg.glu_limit, cfg.glu_limit)
+        h = (up + 1.0) * (gate / (1.0 + xp.exp(-cfg.glu_alpha * gate)))
+    else:
+        h = act(gate) * up
+    return o.linear(h, down, down_b)
+
 
 def _scaled(cfg: DecoderConfig, o: ArrayOps, y):
     """A sublayer's output times the residual multiplier (granite), in y's dtype."""
@@ -389,9 +583,21 @@ def _scaled(cfg: DecoderConfig, o: ArrayOps, y):
     return y * o.constant(np.asarray(cfg.residual_multiplier), y.dtype)
 
 
+def _transposed(get: Get) -> Get:
+    """A getter that hands out 2-D weights stored (in, out) as the (out, in) ``linear`` reads."""
+    def t(kind, expert=None):
+        w = get(kind, expert) if expert is not None else get(kind)
+        return w.T if w is not None and len(w.shape) == 2 else w
+    return t
+
+
 def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
     """One decoder layer: its norm placement around attention and MLP (each sublayer's
-    output times ``residual_multiplier``)."""
+    output times ``residual_multiplier``).  Conv1D-stored weights (``transposed_linear``)
+    are read transposed: every 2-D tensor of the layer is a projection."""
+    if cfg.transposed_linear:
+        get = _transposed(get)
+
     def n(kind, h):
         return norm(cfg, o, h, get(kind), get(kind + ".bias"))
 
@@ -435,6 +641,8 @@ def embed(cfg: DecoderConfig, get: Get, tokens, o: ArrayOps):
         T = tokens.shape[1]
         pos = o.constant(np.arange(T) + cfg.learned_pos_offset)
         x = x + o.embed(get("pos_embed"), pos)[None]
+    if cfg.embed_norm:  # bloom's word_embeddings_layernorm
+        x = norm(cfg, o, x, get("norm.embed"), get("norm.embed.bias"))
     return x
 
 
@@ -485,7 +693,8 @@ def cross_entropy(o: ArrayOps, logits, targets):
 
 
 __all__ = [
-    "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
+    "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "alibi_bias", "alibi_slopes", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
+    "latent_attention",
     "causal_mask", "check_length", "chunk_of", "cross_entropy", "embed", "expert", "forward", "head", "mlp", "moe", "norm",
-    "rope_tables", "tables", "window_of",
+    "rope_of", "rope_tables", "route", "shared_experts", "sliding_rope", "tables", "window_of",
 ]

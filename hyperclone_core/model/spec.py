@@ -25,10 +25,16 @@ def segment_size(segment: Segment, sizes: Mapping[str, int]) -> int:
 
 DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",
-    "experts", "layers", "embed",
+    "experts", "layers", "embed", "moe_ffn", "shared_ffn", "q_lora", "kv_lora", "mla_qk", "mla_kv", "v_dim",
 )
 """Named sizes.  ``heads`` = kv_heads * q_per_kv is derived; ``embed`` is the token
-embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``)."""
+embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``).
+Multi-head latent attention (MLA, DeepSeek-V2/V3) only: ``q_lora`` and ``kv_lora``, the
+latent ranks of q and k/v; per head ``mla_qk`` = nope + rope features of q and k (rope
+= ``head_dim``), ``mla_kv`` = nope + ``v_dim`` rows of the latent's up-projection.  No
+growth option names them: they keep their size (ratio 1).  ``moe_ffn`` (routed experts)
+and ``shared_ffn`` (shared experts) are ffn sizes of MoE stacks whose dense layers or
+shared experts have their own: they grow with ``ffn`` (same ratio)."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +106,19 @@ class Role:
     writer: bool = False
     when: Optional[Callable[["DecoderConfig"], bool]] = field(default=None, compare=False)
     noiseless: bool = False
+    on_layer: Optional[Callable[["DecoderConfig", int], bool]] = field(default=None, compare=False)
+    """A per-layer role held by some layers only: ``on_layer(cfg, i)`` (the dense and the
+    MoE layers of a mixed stack: ``moe_layer``/``dense_layer``); None = every layer."""
 
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.pattern
+
+    def layers(self, cfg: "DecoderConfig") -> list:
+        """The layers holding this role in ``cfg`` ([None] for a role outside the layers)."""
+        if not self.per_layer:
+            return [None]
+        return [i for i in range(cfg.layers) if self.on_layer is None or self.on_layer(cfg, i)]
 
     @property
     def per_expert(self) -> bool:
@@ -143,7 +158,7 @@ class DecoderConfig:
     fused_gate_up: bool = False       # phi3: one gate|up matrix
     qkv_layout: str = "separate"      # separate | concat (q|k|v rows) | per_head (heads x 3 x head_dim)
     act: str = "silu"
-    pos: str = "rope"                 # rope | learned
+    pos: str = "rope"                 # rope | learned | alibi (per-head linear biases, slopes from the head count)
     rope_theta: float = 10000.0
     rotary_dim: int = 0               # 0 = head_dim
     rope_type: str = "default"        # a key of rope.ROPE_TYPES
@@ -168,6 +183,11 @@ class DecoderConfig:
     rope_interleaved: bool = False    # GPT-J/Cohere/GLM: RoPE rotates pairs (2i, 2i+1), not halves
     shared_block_norm: bool = False   # parallel residual under ONE norm (phi, gptj, cohere): the MLP reads norm.attn_in's output
     qk_norm_type: str = "rms"         # rms | layer: the qk-norm's kind (phi, persimmon, cohere: LayerNorm, bias if stored)
+    kv_lora: int = 0                  # MLA (DeepSeek): k/v latent rank; 0 = no MLA.  head_dim is then the RoPE'd part
+    q_lora: int = 0                   # MLA: q latent rank (q_a -> RMS norm -> q_b); 0 = one q projection.  Both
+    #                                   latent norms are RMS with epsilon 1e-6 (transformers' MLA families)
+    nope_dim: int = 0                 # MLA: per-head q/k features without RoPE (before the RoPE'd head_dim ones)
+    v_dim: int = 0                    # MLA: per-head value width
     attn_chunk: int = 0               # llama4: "chunked_attention" layers attend within blocks of this many positions
     experts_stacked: str = ""         # "" one tensor per expert | in_out: (experts, in, out) stacks | out_in: (experts, out, in)
     gate_up_interleaved: bool = False  # gpt-oss: a fused gate|up output alternates gate, up (gate = [..., ::2])
@@ -175,6 +195,23 @@ class DecoderConfig:
     #                                   * sigmoid(glu_alpha g), g = min(gate, glu_limit)
     glu_alpha: float = 0.0            # the clamped GLU's sigmoid gain (gpt-oss swiglu_alpha)
     glu_limit: float = 0.0            # the clamped GLU's clamp (gpt-oss swiglu_limit)
+    # MoE routing (decoder.route) and shared experts; mlp_types () = every layer MoE when experts, else dense
+    mlp_types: tuple = ()             # per layer: dense | moe (first_k_dense_replace, mlp_only_layers, decoder_sparse_step)
+    moe_ffn: int = 0                  # routed experts' ffn size where it differs from the dense layers' (0 = ffn)
+    shared_ffn: int = 0               # the always-on shared expert MLP's ffn size (n_shared_experts x its size; 0 = none)
+    moe_scoring: str = "softmax"      # softmax | sigmoid: the router's expert scores (DeepSeek-V3, GLM-4 MoE: sigmoid)
+    moe_renorm: bool = True           # the chosen experts' scores renormalised to sum 1 (norm_topk_prob)
+    moe_groups: int = 0               # grouped top-k (n_group): experts in groups ranked by their top-2 score sum; 0 = none
+    moe_topk_groups: int = 0          # grouped top-k (topk_group): the groups kept; the rest's scores are 0 for the choice
+    moe_scale: float = 1.0            # routed experts' weights times this (routed_scaling_factor)
+    transposed_linear: bool = False   # GPT-2/openai-gpt Conv1D: attention and MLP weights stored (in, out)
+    embed_norm: bool = False          # bloom: a LayerNorm (norm.embed) on the token embeddings
+    attn_scale_inverse_layer: bool = False  # GPT-2 scale_attn_by_inverse_layer_idx: layer i's scale / (i + 1)
+    rope_reverse: bool = False        # nanochat: RoPE turns each pair by minus its angle (rotate_half's signs flipped)
+    nope_layers: tuple = ()           # per layer: True = no RoPE in that layer (SmolLM3, Cohere 2); () = RoPE everywhere
+    rope_sliding: tuple = ()          # sliding layers' own RoPE (Gemma 3's local base): sorted (field, value) pairs of
+    #                                   rope_theta, rotary_dim, rope_type, rope_scaling; () = the same RoPE as full layers
+    qk_norm_after_rope: bool = False  # HunYuan: the per-head qk-norm runs on the rotated q and k
 
     @property
     def q_per_kv(self) -> int:
@@ -186,12 +223,17 @@ class DecoderConfig:
 
     def sizes(self) -> dict:
         """The named dims of this config (``heads`` included for convenience)."""
-        return dict(
+        out = dict(
             hidden=self.hidden, ffn=self.ffn, kv_heads=self.kv_heads, q_per_kv=self.q_per_kv,
             heads=self.heads, head_dim=self.head_dim, vocab=self.vocab,
             positions=self.positions + self.learned_pos_offset,
             experts=max(self.experts, 1), layers=self.layers, embed=self.embed_dim,
+            moe_ffn=self.moe_ffn or self.ffn, shared_ffn=self.shared_ffn or self.ffn,
         )
+        if self.kv_lora:  # MLA's dims (see DIMS)
+            out.update(q_lora=self.q_lora, kv_lora=self.kv_lora, mla_qk=self.nope_dim + self.head_dim,
+                       mla_kv=self.nope_dim + self.v_dim, v_dim=self.v_dim)
+        return out
 
     def with_sizes(self, sizes: Mapping[str, int]) -> "DecoderConfig":
         heads = sizes["kv_heads"] * sizes["q_per_kv"]
@@ -204,6 +246,16 @@ class DecoderConfig:
             changes["embed"] = sizes["embed"]
         if self.experts:
             changes["experts"] = sizes["experts"]
+        for dim in ("moe_ffn", "shared_ffn"):  # ffn-like: grown with ffn (Growth.of)
+            if getattr(self, dim) and dim in sizes:
+                changes[dim] = sizes[dim]
+        if self.kv_lora:
+            own = self.sizes()
+            fixed = [d for d in ("mla_qk", "mla_kv", "v_dim") if sizes.get(d, own[d]) != own[d]]
+            if fixed:
+                raise ConfigError(f"multi-head latent attention's per-head dims ({', '.join(fixed)}) keep their "
+                                  "size; grow the heads instead")
+            changes.update(q_lora=sizes.get("q_lora", self.q_lora), kv_lora=sizes.get("kv_lora", self.kv_lora))
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -229,6 +281,11 @@ class Family:
     config_keys: Mapping[str, str]
     architecture: str
     rope_keys: tuple = ("rope_theta", "partial_rotary_factor")
+    write_layers: Optional[Callable[[dict, DecoderConfig], None]] = field(default=None, compare=False)
+    """Writes, into a grown HF config (a dict, in place), the keys transformers derives
+    per-layer structure from that ``write_config`` does not know: which layers are MoE
+    (``mlp_only_layers``, ``first_k_dense_replace`` ...); refuses a pattern the keys
+    cannot express."""
 
     def roles_for(self, cfg: DecoderConfig) -> tuple:
         return tuple(r for r in self.roles if r.when is None or r.when(cfg))
@@ -244,6 +301,10 @@ class Family:
             axes["k (full-width qk-norm)"] = ("kv_heads", "head_dim")
         elif cfg.qk_norm == "head":
             axes["head_dim (qk-norm)"] = ("head_dim",)
+        if cfg.kv_lora:
+            axes["kv_lora (latent norm)"] = ("kv_lora",)
+        if cfg.q_lora:
+            axes["q_lora (latent norm)"] = ("q_lora",)
         return axes
 
     def write_config(self, hf: Mapping[str, Any], new: DecoderConfig, layer_src) -> dict:
@@ -281,6 +342,8 @@ class Family:
         scaling = hf_scaling(out) if self.rope_keys else {}
         if scaling:
             out["rope_scaling"] = scaling  # the same: transformers 5 reads rope_scaling first
+        if self.write_layers is not None:
+            self.write_layers(out, new)
         return out
 
 
@@ -297,12 +360,21 @@ def tensor_names(family: Family, cfg: DecoderConfig) -> dict:
     """Every tensor the checkpoint of ``cfg`` holds: name -> (role, layer, expert)."""
     names = {}
     for role in family.roles_for(cfg):
-        layers = range(cfg.layers) if role.per_layer else [None]
+        layers = role.layers(cfg)
         experts = range(cfg.experts) if role.per_expert else [None]
         for i in layers:
             for e in experts:
                 names[expand_pattern(role.pattern, i, e)] = (role, i, e)
     return names
+
+
+def moe_layer(cfg: DecoderConfig, i: int) -> bool:
+    """Whether layer ``i`` routes to experts (``mlp_types``; every layer of an MoE config without one)."""
+    return bool(cfg.experts) and (not cfg.mlp_types or cfg.mlp_types[i] == "moe")
+
+
+def dense_layer(cfg: DecoderConfig, i: int) -> bool:
+    return not moe_layer(cfg, i)
 
 
 def implicit_head_dim(hf: Mapping[str, Any], hidden: int, heads: int) -> int:
@@ -318,5 +390,5 @@ def require(hf: Mapping[str, Any], *keys: str) -> None:
 
 __all__ = [
     "Axis", "Role", "DecoderConfig", "Family", "out", "in_", "DIMS", "rope_params",
-    "tensor_names", "expand_pattern", "implicit_head_dim", "require",
+    "tensor_names", "expand_pattern", "implicit_head_dim", "require", "moe_layer", "dense_layer",
 ]

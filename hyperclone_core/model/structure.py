@@ -56,7 +56,7 @@ def slots(family: Family, cfg: DecoderConfig, stored_only: bool = True) -> dict:
         if stored_only and tied_away(role, cfg):
             continue
         shape = role.shape(sizes)
-        for i in (range(cfg.layers) if role.per_layer else [None]):
+        for i in role.layers(cfg):
             for e in (range(cfg.experts) if role.per_expert else [None]):
                 name = expand_pattern(role.pattern, i, e)
                 out[name] = Slot(name, role, i, e, shape)

@@ -1,0 +1,230 @@
+"""Mixture-of-experts families: routed experts (per-expert or stacked tensors), softmax or
+sigmoid routing, renormalised or not, grouped top-k and correction biases, shared experts
+(always on, or behind a sigmoid gate), dense layers inside the MoE stack.
+
+Which layers are MoE is ``DecoderConfig.mlp_types`` (read from each type's own keys); the
+roles of dense and MoE layers carry ``on_layer`` so each layer holds only its own tensors,
+and ``write_layers`` writes the grown stack's pattern back in the type's keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Mapping
+
+from ...errors import ConfigError
+from ..spec import DecoderConfig, Family, Role, dense_layer, in_, moe_layer, out
+from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, norm, read_llama_like
+
+L = "model.layers.{i}"
+BLOCK_NORMS = norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attention_layernorm", "norm.mlp_in")
+
+
+def on(pred: Callable, roles: tuple) -> tuple:
+    """``roles`` held only by the layers ``pred(cfg, i)`` picks."""
+    return tuple(replace(r, on_layer=pred) for r in roles)
+
+
+def dense_mlp(prefix: str = f"{L}.mlp", ffn: str = "ffn") -> tuple:
+    """A dense layer's gated MLP inside an MoE stack (gate/up/down, no bias)."""
+    return on(dense_layer, (
+        Role(f"{prefix}.gate_proj.weight", "mlp.gate", (out(ffn), in_("hidden"))),
+        Role(f"{prefix}.up_proj.weight", "mlp.up", (out(ffn), in_("hidden"))),
+        Role(f"{prefix}.down_proj.weight", "mlp.down", (out("hidden"), in_(ffn)), writer=True),
+    ))
+
+
+def router(name: str) -> Role:
+    """The router's (experts, hidden) weight: noiseless, so its top-k choices never move."""
+    return Role(name, "moe.router", (out("experts"), in_("hidden")), noiseless=True, on_layer=moe_layer)
+
+
+def experts(prefix: str, ffn: str = "moe_ffn", names: tuple = ("gate_proj", "up_proj", "down_proj")) -> tuple:
+    """One gate/up/down triple per expert: ``{prefix}.{e}.<name>.weight``."""
+    g, u, d = names
+    return on(moe_layer, (
+        Role(f"{prefix}.{{e}}.{g}.weight", "moe.gate", (out(ffn), in_("hidden"))),
+        Role(f"{prefix}.{{e}}.{u}.weight", "moe.up", (out(ffn), in_("hidden"))),
+        Role(f"{prefix}.{{e}}.{d}.weight", "moe.down", (out("hidden"), in_(ffn)), writer=True),
+    ))
+
+
+def shared_mlp(prefix: str, ffn: str = "shared_ffn") -> tuple:
+    """The always-on shared expert's gate/up/down (``moe.shared.*``), where the config has one."""
+    has = lambda cfg: cfg.shared_ffn > 0  # noqa: E731
+    return on(moe_layer, (
+        Role(f"{prefix}.gate_proj.weight", "moe.shared.gate", (out(ffn), in_("hidden")), when=has),
+        Role(f"{prefix}.up_proj.weight", "moe.shared.up", (out(ffn), in_("hidden")), when=has),
+        Role(f"{prefix}.down_proj.weight", "moe.shared.down", (out("hidden"), in_(ffn)), writer=True, when=has),
+    ))
+
+
+def correction_bias(name: str) -> Role:
+    """DeepSeek-V3's ``e_score_correction_bias``: added to the scores for the choice only."""
+    return Role(name, "moe.correction.bias", (out("experts"),), on_layer=moe_layer)
+
+
+# ---------------------------------------------------------------- which layers are MoE
+
+
+def _ints(hf: Mapping[str, Any], key: str) -> list:
+    value = hf.get(key)
+    return [int(v) for v in value] if value else []
+
+
+def qwen_mlp_types(hf: Mapping[str, Any], layers: int, experts: int) -> tuple:
+    """Qwen-MoE's rule: MoE unless listed in ``mlp_only_layers`` or off ``decoder_sparse_step``."""
+    dense = set(_ints(hf, "mlp_only_layers"))
+    step = int(hf.get("decoder_sparse_step") or 1)
+    return tuple("moe" if i not in dense and experts > 0 and (i + 1) % step == 0 else "dense" for i in range(layers))
+
+
+def write_qwen_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    if new.mlp_types:
+        out_cfg["decoder_sparse_step"] = 1
+        out_cfg["mlp_only_layers"] = [i for i, t in enumerate(new.mlp_types) if t == "dense"]
+
+
+def first_k_dense(hf: Mapping[str, Any], layers: int, key: str = "first_k_dense_replace", freq_key: str = "") -> tuple:
+    """DeepSeek's rule: the first k layers dense, then MoE (every ``freq_key``-th layer where set)."""
+    k = int(hf.get(key) or 0)
+    freq = int(hf.get(freq_key) or 1) if freq_key else 1
+    return tuple("moe" if i >= k and i % freq == 0 else "dense" for i in range(layers))
+
+
+def write_first_k(key: str, freq_key: str = "") -> Callable:
+    def write(out_cfg: dict, new: DecoderConfig) -> None:
+        if not new.mlp_types:
+            return
+        k = new.mlp_types.index("moe") if "moe" in new.mlp_types else new.layers
+        if freq_key and int(out_cfg.get(freq_key) or 1) != 1 and any(t == "dense" for t in new.mlp_types[k:]):
+            raise ConfigError(f"the grown stack's dense/MoE pattern {list(new.mlp_types)} cannot be written with "
+                              f"{key} and {freq_key}; grow the depth of a config whose MoE layers are contiguous")
+        if any(t == "dense" for t in new.mlp_types[k:]):
+            raise ConfigError(f"the grown stack's dense/MoE pattern {list(new.mlp_types)} is not 'k dense layers, "
+                              f"then MoE' ({key})")
+        out_cfg[key] = k
+        if freq_key and freq_key in out_cfg:
+            out_cfg[freq_key] = 1
+    return write
+
+
+def _refuse(hf: Mapping[str, Any], **unsupported) -> None:
+    """Refuse a config whose key holds a value this decoder cannot compute (key=predicate)."""
+    for key, bad in unsupported.items():
+        if key in hf and hf[key] is not None and bad(hf[key]):
+            raise ConfigError(f"{hf.get('model_type')}: {key}={hf[key]!r} is not supported")
+
+
+# ---------------------------------------------------------------- Qwen2-MoE, Qwen3-MoE
+
+QWEN_MOE_KEYS = dict(LLAMA_KEYS, num_experts="experts", num_local_experts="experts", moe_intermediate_size="moe_ffn")
+QWEN2_MOE_KEYS = dict(QWEN_MOE_KEYS, shared_expert_intermediate_size="shared_ffn")
+QK_HEAD = (
+    Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out("head_dim"),)),
+    Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out("head_dim"),)),
+)
+QWEN_EXPERTS = (router(f"{L}.mlp.gate.weight"),) + experts(f"{L}.mlp.experts")
+QWEN2_MOE_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True)
+    + dense_mlp() + QWEN_EXPERTS + shared_mlp(f"{L}.mlp.shared_expert")
+    + on(moe_layer, (Role(f"{L}.mlp.shared_expert_gate.weight", "moe.shared.router", (out("1"), in_("hidden")),
+                          when=lambda cfg: cfg.shared_ffn > 0),))
+    + BLOCK_NORMS
+)
+
+
+def _experts(hf: Mapping[str, Any]) -> int:
+    return int(hf.get("num_experts") or hf.get("num_local_experts") or 0)
+
+
+def _qwen_moe(hf, family: str, **flags) -> DecoderConfig:
+    n = _experts(hf)
+    layers = int(hf["num_hidden_layers"])
+    window = int(hf.get("sliding_window") or 0) if hf.get("use_sliding_window") else 0
+    return read_llama_like(
+        hf, family, experts=n, experts_per_tok=int(hf.get("num_experts_per_tok") or 1),
+        moe_ffn=int(hf.get("moe_intermediate_size") or hf["intermediate_size"]),
+        moe_renorm=bool(hf.get("norm_topk_prob", False)),
+        mlp_types=qwen_mlp_types(hf, layers, n), sliding_window=window, **flags,
+    )
+
+
+def _qwen2_moe(hf):
+    cfg = _qwen_moe(hf, "qwen2_moe", qkv_bias=bool(hf.get("qkv_bias", True)),
+                    shared_ffn=int(hf.get("shared_expert_intermediate_size") or 0))
+    if not cfg.sliding_window:  # layer_types marks sliding layers only where use_sliding_window
+        cfg = replace(cfg, layer_types=())
+    return cfg
+
+
+def _qwen3_moe(hf):
+    bias = bool(hf.get("attention_bias", False))
+    cfg = _qwen_moe(hf, "qwen3_moe", qk_norm="head", qkv_bias=bias, o_bias=bias)
+    if cfg.sliding_window:  # every layer slides (the model's one mask)
+        cfg = replace(cfg, layer_types=("sliding_attention",) * cfg.layers)
+    return cfg
+
+
+qwen2_moe = Family("qwen2_moe", ("qwen2_moe",), QWEN2_MOE_ROLES, _qwen2_moe, QWEN2_MOE_KEYS,
+                   "Qwen2MoeForCausalLM", write_layers=write_qwen_layers)
+QWEN3_MOE_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_HEAD
+    + dense_mlp() + QWEN_EXPERTS
+    + BLOCK_NORMS
+)
+qwen3_moe = Family("qwen3_moe", ("qwen3_moe",), QWEN3_MOE_ROLES, _qwen3_moe, QWEN_MOE_KEYS,
+                   "Qwen3MoeForCausalLM", write_layers=write_qwen_layers)
+
+# ---------------------------------------------------------------- OLMoE, FlexOlmo
+
+OLMOE_KEYS = dict(LLAMA_KEYS, num_experts="experts")
+QK_FULL = (
+    Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out(Q),)),
+    Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out(KV),)),
+)
+OLMOE_EXPERTS = (router(f"{L}.mlp.gate.weight"),) + experts(f"{L}.mlp.experts", ffn="ffn")
+OLMOE_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_FULL + OLMOE_EXPERTS + BLOCK_NORMS
+)
+
+
+def _olmoe(hf, family="olmoe", **flags):
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(
+        hf, family, experts=_experts(hf), experts_per_tok=int(hf.get("num_experts_per_tok") or 1),
+        moe_renorm=bool(hf.get("norm_topk_prob", False)), qk_norm="full", qkv_bias=bias, o_bias=bias, **flags,
+    )
+
+
+olmoe = Family("olmoe", ("olmoe",), OLMOE_ROLES,
+               lambda hf: _olmoe(hf, clip_qkv=float(hf.get("clip_qkv") or 0.0)), OLMOE_KEYS, "OlmoeForCausalLM")
+FLEX_OLMO_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_FULL + OLMOE_EXPERTS
+    + norm(f"{L}.post_attention_layernorm", "norm.attn_out")
+    + norm(f"{L}.post_feedforward_layernorm", "norm.mlp_out")
+)
+flex_olmo = Family("flex_olmo", ("flex_olmo",), FLEX_OLMO_ROLES,
+                   lambda hf: _olmoe(hf, "flex_olmo", placement="post_sublayer"), OLMOE_KEYS, "FlexOlmoForCausalLM")
+
+FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo)
+
+_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+_MOE = dict(num_experts=4, num_experts_per_tok=2)
+TINY = {
+    "qwen2_moe": dict(_DIMS, **_MOE, num_hidden_layers=3, mlp_only_layers=[1], moe_intermediate_size=24,
+                      shared_expert_intermediate_size=40, use_sliding_window=True, sliding_window=4,
+                      max_window_layers=2),
+    "qwen3_moe": dict(_DIMS, **_MOE, num_hidden_layers=3, mlp_only_layers=[1], moe_intermediate_size=24,
+                      head_dim=16, attention_bias=True, norm_topk_prob=True),
+    "olmoe": dict(_DIMS, **_MOE, clip_qkv=2.0, attention_bias=True),
+    "flex_olmo": dict(_DIMS, **_MOE, norm_topk_prob=True),
+}
+"""Tiny configs of every type these families grow (``families.TINY``)."""
+
+__all__ = ["FAMILIES", "TINY", "flex_olmo", "olmoe", "qwen2_moe", "qwen3_moe"]
