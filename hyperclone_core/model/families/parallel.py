@@ -200,12 +200,11 @@ def _logit_scale(hf: Mapping[str, Any], default: float) -> float:
     return float(hf["logit_scale"])
 
 
-def _cohere_rope(hf: Mapping[str, Any], head_dim: int, positions: int) -> dict:
-    """Cohere's RoPE spans the whole head (its rotary embedding reads no rotary fraction),
-    pairs interleaved."""
+def _full_rope(hf: Mapping[str, Any], head_dim: int, positions: int) -> dict:
+    """RoPE over the whole head: the rotary embeddings of cohere and falcon read no rotary fraction."""
     rp = {k: v for k, v in raw_params(hf).items() if k != "partial_rotary_factor"}
     hf = {k: v for k, v in hf.items() if k not in ("partial_rotary_factor", "rope_scaling")}
-    return dict(rope_fields(dict(hf, rope_parameters=rp), head_dim, positions), rope_interleaved=True)
+    return rope_fields(dict(hf, rope_parameters=rp), head_dim, positions)
 
 
 def _cohere(hf) -> DecoderConfig:
@@ -213,7 +212,8 @@ def _cohere(hf) -> DecoderConfig:
     bias = bool(hf.get("attention_bias", False))
     return DecoderConfig(
         family="cohere", **d, norm="layer", norm_eps=_eps(hf), parallel_residual=True, shared_block_norm=True,
-        mlp="gated", act=hf.get("hidden_act") or "silu", **_cohere_rope(hf, d["head_dim"], d["positions"]),
+        mlp="gated", act=hf.get("hidden_act") or "silu", **_full_rope(hf, d["head_dim"], d["positions"]),
+        rope_interleaved=True,
         qk_norm="head" if hf.get("use_qk_norm") else "", qk_norm_type="layer", qkv_bias=bias, o_bias=bias,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)), logit_scale=_logit_scale(hf, 0.0625),
     )
@@ -270,7 +270,77 @@ def _gptj(hf) -> DecoderConfig:
 
 gptj = Family("gptj", ("gptj",), GPTJ_ROLES, _gptj, GPT_KEYS, "GPTJForCausalLM", rope_keys=())
 
-FAMILIES = (phi, stablelm, starcoder2, cohere, gptj)
+# ---------------------------------------------------------------- falcon
+
+F = "transformer.h.{i}"
+_seq = lambda c: not c.parallel_residual  # noqa: E731  (sequential blocks: a second LayerNorm)
+FALCON_ROLES = (
+    Role(f"{T}.word_embeddings.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{T}.ln_f", "norm.final"),
+    *_lin("lm_head", "lm_head", "vocab", "hidden"),
+    *_ln(f"{F}.input_layernorm", "norm.attn_in"),
+    *_ln(f"{F}.post_attention_layernorm", "norm.mlp_in", when=_seq),
+)
+
+
+def _falcon_qkv(layout: str) -> tuple:
+    """multi_query (concat): q rows | one k head | one v head; else heads x (q, k, v) x head_dim."""
+    axes = f"{Q}|{KV}|{KV}" if layout == "concat" else "kv_heads*q_per_kv*3*head_dim"
+    on = (lambda c: c.qkv_layout == layout)
+    return (
+        Role(f"{F}.self_attention.query_key_value.weight", "attn.qkv", (out(axes), in_("hidden")), when=on),
+        Role(f"{F}.self_attention.query_key_value.bias", "attn.qkv.bias", (out(axes),),
+             when=lambda c: on(c) and c.qkv_bias),
+    )
+
+
+FALCON_ROLES += (
+    _falcon_qkv("concat") + _falcon_qkv("per_head")
+    + _lin(f"{F}.self_attention.dense", "attn.o", "hidden", Q, writer=True, bias=has("o_bias"))
+    + _lin(f"{F}.mlp.dense_h_to_4h", "mlp.up", "ffn", "hidden", bias=has("mlp_bias"))
+    + _lin(f"{F}.mlp.dense_4h_to_h", "mlp.down", "hidden", "ffn", writer=True, bias=has("mlp_bias"))
+)
+FALCON_KEYS = {"hidden_size": "hidden", "ffn_hidden_size": "ffn", "num_hidden_layers": "layers",
+               "num_attention_heads": "heads", "vocab_size": "vocab", "max_position_embeddings": "positions"}
+
+
+def _falcon(hf) -> DecoderConfig:
+    if hf.get("alibi"):
+        raise ConfigError("falcon: alibi = true (ALiBi slopes rounded to bfloat16, divided by sqrt(head_dim)) is not "
+                          "supported yet; supported: rotary falcon configs")
+    if hf.get("new_decoder_architecture"):
+        raise ConfigError("falcon: new_decoder_architecture = true (q heads and their k, v grouped per kv head in "
+                          "query_key_value) is not supported yet")
+    hf = dict(hf, intermediate_size=hf.get("ffn_hidden_size") or 4 * int(hf.get("hidden_size") or 0))
+    hf.pop("num_key_value_heads", None)
+    d = _dims(hf, head_dim_key=False)
+    mqa = bool(hf.get("multi_query", True))
+    if mqa:
+        d["kv_heads"] = 1
+    parallel = bool(hf.get("parallel_attn", True))
+    bias = bool(hf.get("bias", False))
+    return DecoderConfig(
+        family="falcon", **d, norm="layer", norm_eps=_eps(hf, "layer_norm_epsilon"), norm_bias=True,
+        parallel_residual=parallel, shared_block_norm=parallel, mlp="plain", act=hf.get("activation") or "gelu",
+        qkv_layout="concat" if mqa else "per_head", **_full_rope(hf, d["head_dim"], d["positions"]),
+        qkv_bias=bias, o_bias=bias, mlp_bias=bias, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    )
+
+
+class _FalconFamily(Family):
+    def write_config(self, hf, new, layer_src):
+        if hf.get("multi_query", True) and new.kv_heads != 1:
+            raise ConfigError(f"falcon with multi_query has one kv head; {new.kv_heads} kv heads cannot be written "
+                              "(leave out --kv-heads)")
+        out = super().write_config(hf, new, layer_src)
+        out["num_kv_heads"] = new.heads  # what the config class fills in (the classic blocks read it without MQA)
+        out.pop("num_key_value_heads", None)  # derived by the config class
+        return out
+
+
+falcon = _FalconFamily("falcon", ("falcon",), FALCON_ROLES, _falcon, FALCON_KEYS, "FalconForCausalLM")
+
+FAMILIES = (phi, stablelm, starcoder2, cohere, gptj, falcon)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -282,9 +352,12 @@ TINY = {
                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
     "starcoder2": dict(_GQA, use_bias=True, sliding_window=4, tie_word_embeddings=True),
     "cohere": dict(_GQA, use_qk_norm=True, attention_bias=True, logit_scale=0.25, tie_word_embeddings=True),
+    "falcon": dict(vocab_size=96, hidden_size=32, ffn_hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   max_position_embeddings=64, multi_query=True, parallel_attn=True, bias=True, alibi=False,
+                   new_decoder_architecture=False, activation="gelu", tie_word_embeddings=True),
     "gptj": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
                  tie_word_embeddings=False),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "cohere", "gptj", "phi", "stablelm", "starcoder2"]
+__all__ = ["FAMILIES", "TINY", "cohere", "falcon", "gptj", "phi", "stablelm", "starcoder2"]
