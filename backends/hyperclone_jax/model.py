@@ -122,13 +122,14 @@ def _getter(w: Mapping[str, Any]):
 
 def _ends_config(cfg: DecoderConfig) -> DecoderConfig:
     """What embedding and head read: no family name, no layer count."""
-    return replace(cfg, family="", layers=0, layer_types=())
+    return replace(cfg, family="", layers=0, layer_types=(), nope_layers=())
 
 
 def _block_config(cfg: DecoderConfig, layer: int) -> DecoderConfig:
     """What block ``layer`` reads: a one-layer config carrying its attention type."""
     types = (cfg.layer_types[layer],) if cfg.layer_types else ()
-    return replace(cfg, family="", layers=1, layer_types=types)
+    nope = (cfg.nope_layers[layer],) if cfg.nope_layers else ()
+    return replace(cfg, family="", layers=1, layer_types=types, nope_layers=nope)
 
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)

@@ -127,8 +127,9 @@ def mlx_ops(rope_theta: Optional[float], rope_freqs: Optional[tuple] = None, rop
 def ops_for(cfg: DecoderConfig) -> MlxOps:
     """The fused RoPE where its frequencies are fixed: default RoPE from theta, a scaled
     variant from the core's inverse frequencies (MLX takes their reciprocals)."""
-    if cfg.pos != "rope" or cfg.rope_type in rope.LENGTH_DEPENDENT or cfg.rope_type == "proportional":
-        return mlx_ops(None)
+    if cfg.pos != "rope" or cfg.rope_type in rope.LENGTH_DEPENDENT or cfg.rope_type == "proportional" \
+            or cfg.rope_sliding or cfg.rope_interleaved or cfg.rope_reverse:
+        return mlx_ops(None)  # the core's tables (per-layer-type RoPE: one fused theta would serve every layer)
     if cfg.rope_type == "default":
         return mlx_ops(float(cfg.rope_theta))
     inv, factor = rope.inv_freq(cfg, 0)
