@@ -36,6 +36,7 @@ class _Namespace:
     exp, tanh, sqrt, log, maximum = staticmethod(torch.exp), staticmethod(torch.tanh), staticmethod(torch.sqrt), \
         staticmethod(torch.log), staticmethod(torch.maximum)
     zeros_like, where = staticmethod(torch.zeros_like), staticmethod(torch.where)
+    expm1 = staticmethod(torch.expm1)
 
     @staticmethod
     def concatenate(xs, axis=0):

@@ -71,6 +71,7 @@ HOOKS = {
     "ArrayOps.constant": (FWD,), "ArrayOps.stop_gradient": (GRADS,), "ArrayOps.linear": (FWD,),
     "ArrayOps.embed": (FWD,), "ArrayOps.rsqrt": (FWD,), "ArrayOps.erf": (FWD,), "ArrayOps.act": (FWD,),
     "ArrayOps.silu": (FWD,), "ArrayOps.relu": (FWD,), "ArrayOps.gelu": (FWD,), "ArrayOps.gelu_tanh": (FWD,),
+    "ArrayOps.relu2": (FWD,), "ArrayOps.xielu": (FWD,), "ArrayOps.expm1": (FWD,),  # type_arcee, type_apertus
     "ArrayOps.softmax": (FWD,), "ArrayOps.rms_norm": (FWD,), "ArrayOps.layer_norm": (FWD,),
     "ArrayOps.rope": (FWD, "test_coverage.py::test_forward_cases_are_sensitive_to_their_flags"),
     "ArrayOps.attention": (FWD, "test_coverage.py::test_forward_cases_are_sensitive_to_their_flags"),
@@ -86,7 +87,7 @@ FLAGS = {
     "norm": ("layer", "layer_noparam"), "norm_eps": (1e-6,), "norm_unit_offset": (True,),
     "placement": ("post", "sandwich", "post_sublayer"), "parallel_residual": (True,), "final_norm": (False,),
     "mlp": ("plain",), "fused_gate_up": (True,), "qkv_layout": ("concat", "per_head"),
-    "act": ("relu", "gelu", "gelu_pytorch_tanh"), "pos": ("learned",), "rope_theta": (100.0,),
+    "act": ("relu", "gelu", "gelu_pytorch_tanh", "relu2", "xielu"), "pos": ("learned",), "rope_theta": (100.0,),
     "rotary_dim": (4,), "learned_pos_offset": (2,), "qk_norm": ("head", "full"), "qkv_bias": (True,),
     "o_bias": (True,), "mlp_bias": (True,), "norm_bias": (True,), "tie_embeddings": (True,),
     "embed_scale": (True,), "attn_scale": (2 ** -0.5,), "attn_softcap": (50.0, 1.0), "final_softcap": (30.0, 2.0),
@@ -98,6 +99,7 @@ FLAGS = {
                      "original_max_position_embeddings", "attention_factor", "max_position_embeddings",
                      "partial_rotary_factor"),
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
+    "rope_reverse": (True,),
     "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16),
     "shared_block_norm": (True,), "qk_norm_type": ("layer",),
     "experts_stacked": ("in_out",), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
@@ -121,6 +123,11 @@ SENSITIVE = [
     ("embed_scale", "gemma", (False,), 100),
     ("norm_unit_offset", "gemma", (False,), 100),
     ("parallel_residual", "gpt_neox", (False,), 100),
+    ("rope_reverse", "type_nanochat", (False,), 100),
+    ("residual_multiplier", "type_granite", (1.0,), 100),
+    ("embed_multiplier", "type_granite", (1.0,), 100),
+    ("logit_scale", "type_granite", (1.0,), 100),
+    ("norm_unit_offset", "type_nemotron", (False,), 100),
     *[("rope_type", f"rope_{t}", ("default",), 100) for t in FLAGS["rope_type"]],
 ]
 """(flag, case, wrong values, k): the oracle run on the case with the flag set to a wrong

@@ -1,10 +1,14 @@
-"""Llama-like families that differ from Llama in names or in a few scalars and block
-variants: Granite's multipliers, relu² and xIELU MLPs, LayerNorm-1p, peri-layer norms."""
+"""Llama-like families that differ from Llama in names, biases, a few scalars or one
+block variant: Granite's multipliers (granite, hyperclovax with peri-layer norms),
+interleaved RoPE (helium, ernie4_5), sliding-window patterns (ministral, cwm), EXAONE's
+names, relu² MLPs (arcee, nemotron with LayerNorm-1p, jais2 with LayerNorm, nanochat
+with weightless norms), xIELU (apertus)."""
 
 from __future__ import annotations
 
-from ..spec import Family
-from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, norm, read_llama_like
+from ...errors import ConfigError
+from ..spec import Family, Role, in_, out
+from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, has, norm, read_llama_like
 
 L = "model.layers.{i}"
 BLOCK_NORMS = norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attention_layernorm", "norm.mlp_in")
@@ -16,9 +20,32 @@ LLAMA_ROLES = (
 )
 
 
+def plain_mlp(prefix: str, up: str = "up_proj", down: str = "down_proj") -> tuple:
+    """A non-gated MLP (up, act, down); biases where the config sets ``mlp_bias``."""
+    return (
+        Role(f"{prefix}.{up}.weight", "mlp.up", (out("ffn"), in_("hidden"))),
+        Role(f"{prefix}.{down}.weight", "mlp.down", (out("hidden"), in_("ffn")), writer=True),
+        Role(f"{prefix}.{up}.bias", "mlp.up.bias", (out("ffn"),), when=has("mlp_bias")),
+        Role(f"{prefix}.{down}.bias", "mlp.down.bias", (out("hidden"),), writer=True, when=has("mlp_bias")),
+    )
+
+
 def _float(hf, key, default):
     value = hf.get(key)
     return float(default if value is None else value)
+
+
+def _no(hf, key, why):
+    if hf.get(key):
+        raise ConfigError(f"{hf.get('model_type')} config sets {key}={hf[key]!r}: {why} is not supported")
+
+
+def _window(hf) -> int:
+    """Transformers' ``sliding_window`` for configs whose ``layer_types`` say which layers slide."""
+    return int(hf.get("sliding_window") or 0)
+
+
+# ---------------------------------------------------------------- Granite, HyperCLOVA X
 
 
 def _granite(hf):
@@ -34,14 +61,229 @@ def _granite(hf):
 
 granite = Family("granite", ("granite",), LLAMA_ROLES, _granite, LLAMA_KEYS, "GraniteForCausalLM")
 
-FAMILIES = (granite,)
+HCX_ROLES = LLAMA_ROLES + tuple(
+    Role(r.pattern, r.kind, r.axes, when=lambda c: c.placement == "sandwich")
+    for r in norm(f"{L}.post_norm1", "norm.attn_out") + norm(f"{L}.post_norm2", "norm.mlp_out")
+)
+
+
+def _hyperclovax(hf):
+    bias = bool(hf.get("attention_bias", False))
+    head_dim = int(hf.get("head_dim") or int(hf["hidden_size"]) // int(hf["num_attention_heads"]))
+    return read_llama_like(
+        hf, "hyperclovax", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
+        placement="sandwich" if hf.get("use_post_norm", True) else "pre",
+        embed_multiplier=_float(hf, "embedding_multiplier", 1.0),
+        residual_multiplier=_float(hf, "residual_multiplier", 1.0),
+        logit_scale=_float(hf, "logits_scaling", 1.0),  # a multiplier here (Granite divides)
+        attn_scale=_float(hf, "attention_multiplier", head_dim ** -0.5),
+    )
+
+
+hyperclovax = Family("hyperclovax", ("hyperclovax",), HCX_ROLES, _hyperclovax, LLAMA_KEYS, "HyperCLOVAXForCausalLM")
+
+# ---------------------------------------------------------------- renamed or re-biased Llamas
+
+
+def _helium(hf):
+    return read_llama_like(hf, "helium", rope_interleaved=True, qkv_bias=bool(hf.get("attention_bias", False)),
+                           mlp_bias=bool(hf.get("mlp_bias", False)))
+
+
+helium = Family("helium", ("helium",), LLAMA_ROLES, _helium, LLAMA_KEYS, "HeliumForCausalLM")
+
+
+def _ernie(hf):
+    bias = bool(hf.get("use_bias", False))
+    return read_llama_like(hf, "ernie4_5", rope_interleaved=True, qkv_bias=bias, o_bias=bias, mlp_bias=bias,
+                           tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+
+
+ernie4_5 = Family("ernie4_5", ("ernie4_5",), LLAMA_ROLES, _ernie, LLAMA_KEYS, "Ernie4_5ForCausalLM")
+
+
+def _seed_oss(hf):
+    return read_llama_like(hf, "seed_oss", qkv_bias=bool(hf.get("attention_bias", True)),
+                           o_bias=bool(hf.get("attention_out_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)))
+
+
+seed_oss = Family("seed_oss", ("seed_oss",), LLAMA_ROLES, _seed_oss, LLAMA_KEYS, "SeedOssForCausalLM")
+
+
+def _sliding(family):
+    """Ministral and CWM: Mistral/Llama blocks without biases (CWM's MLP may have them),
+    each layer full or sliding as ``layer_types`` says."""
+    def read(hf):
+        return read_llama_like(hf, family, sliding_window=_window(hf), mlp_bias=bool(hf.get("mlp_bias", False)))
+    return read
+
+
+ministral = Family("ministral", ("ministral",), LLAMA_ROLES, _sliding("ministral"), LLAMA_KEYS,
+                   "MinistralForCausalLM")
+cwm = Family("cwm", ("cwm",), LLAMA_ROLES, _sliding("cwm"), LLAMA_KEYS, "CwmForCausalLM")
+
+X = "transformer.h.{i}"
+EXAONE_ROLES = (
+    embeddings("transformer.wte.weight", final_norm="transformer.ln_f.weight")
+    + attention(f"{X}.attn.attention", o_name="out_proj", bias=True, o_bias=True)
+    + (
+        Role(f"{X}.mlp.c_fc_0.weight", "mlp.gate", (out("ffn"), in_("hidden"))),
+        Role(f"{X}.mlp.c_fc_1.weight", "mlp.up", (out("ffn"), in_("hidden"))),
+        Role(f"{X}.mlp.c_proj.weight", "mlp.down", (out("hidden"), in_("ffn")), writer=True),
+        Role(f"{X}.mlp.c_fc_0.bias", "mlp.gate.bias", (out("ffn"),), when=has("mlp_bias")),
+        Role(f"{X}.mlp.c_fc_1.bias", "mlp.up.bias", (out("ffn"),), when=has("mlp_bias")),
+        Role(f"{X}.mlp.c_proj.bias", "mlp.down.bias", (out("hidden"),), writer=True, when=has("mlp_bias")),
+    )
+    + norm(f"{X}.ln_1", "norm.attn_in") + norm(f"{X}.ln_2", "norm.mlp_in")
+)
+EXAONE_ALIASES = {"num_layers": "num_hidden_layers", "layer_norm_epsilon": "rms_norm_eps",
+                  "activation_function": "hidden_act"}
+"""EXAONE's own config keys (its remote-code configs) for Llama's."""
+
+
+def _exaone(hf):
+    hf = dict(hf)
+    for alias, key in EXAONE_ALIASES.items():
+        if hf.get(key) is None and hf.get(alias) is not None:
+            hf[key] = hf[alias]
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(hf, "exaone", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
+
+
+exaone = Family("exaone", ("exaone",), EXAONE_ROLES, _exaone, dict(LLAMA_KEYS, num_layers="layers"),
+                "LlamaForCausalLM")
+"""transformers runs EXAONE 3 as Llama (and names that architecture) but keeps EXAONE's
+tensor names in the checkpoint."""
+
+# ---------------------------------------------------------------- non-gated MLPs: relu², xIELU
+
+ARCEE_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + plain_mlp(f"{L}.mlp")
+    + BLOCK_NORMS
+)
+
+
+def _arcee(hf):
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(hf, "arcee", mlp="plain", act=hf.get("hidden_act") or "relu2", qkv_bias=bias, o_bias=bias,
+                           mlp_bias=bool(hf.get("mlp_bias", False)))
+
+
+arcee = Family("arcee", ("arcee",), ARCEE_ROLES, _arcee, LLAMA_KEYS, "ArceeForCausalLM")
+
+JAIS2_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + norm("model.norm", "norm.final", bias=True)[1:]
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + plain_mlp(f"{L}.mlp")
+    + norm(f"{L}.input_layernorm", "norm.attn_in", bias=True)
+    + norm(f"{L}.post_attention_layernorm", "norm.mlp_in", bias=True)
+)
+
+
+def _jais2(hf):
+    bias = bool(hf.get("attention_bias", True))
+    return read_llama_like(hf, "jais2", mlp="plain", act=hf.get("hidden_act") or "relu2", norm="layer", norm_bias=True,
+                           norm_eps=_float(hf, "layer_norm_eps", 1e-5), qkv_bias=bias, o_bias=bias,
+                           mlp_bias=bool(hf.get("mlp_bias", True)))
+
+
+jais2 = Family("jais2", ("jais2",), JAIS2_ROLES, _jais2, LLAMA_KEYS, "Jais2ForCausalLM")
+
+NEMOTRON_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + norm("model.norm", "norm.final", bias=True)[1:]
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + plain_mlp(f"{L}.mlp")
+    + norm(f"{L}.input_layernorm", "norm.attn_in", bias=True)
+    + norm(f"{L}.post_attention_layernorm", "norm.mlp_in", bias=True)
+)
+
+
+def _nemotron(hf):
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(hf, "nemotron", mlp="plain", act=hf.get("hidden_act") or "relu2", norm="layer",
+                           norm_bias=True, norm_unit_offset=True, norm_eps=_float(hf, "norm_eps", 1e-5),
+                           qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
+
+
+nemotron = Family("nemotron", ("nemotron",), NEMOTRON_ROLES, _nemotron, LLAMA_KEYS, "NemotronForCausalLM")
+
+XIELU = tuple(
+    Role(f"{L}.mlp.act_fn.{n}", f"mlp.act.{n}", axes, when=lambda c: c.act == "xielu")
+    for n, axes in (("alpha_p", (out("1"),)), ("alpha_n", (out("1"),)), ("beta", ()), ("eps", ()))
+)
+"""xIELU's learned scalars, per layer: alpha_p and alpha_n of shape (1,), beta and eps 0-d."""
+APERTUS_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + (
+        Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out("head_dim"),)),
+        Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out("head_dim"),)),
+        Role(f"{L}.mlp.up_proj.weight", "mlp.up", (out("ffn"), in_("hidden"))),
+        Role(f"{L}.mlp.down_proj.weight", "mlp.down", (out("hidden"), in_("ffn")), writer=True),
+    )
+    + XIELU
+    + norm(f"{L}.attention_layernorm", "norm.attn_in") + norm(f"{L}.feedforward_layernorm", "norm.mlp_in")
+)
+
+
+def _apertus(hf):
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(hf, "apertus", mlp="plain", act=hf.get("hidden_act") or "xielu", qk_norm="head",
+                           qkv_bias=bias, o_bias=bias)
+
+
+apertus = Family("apertus", ("apertus",), APERTUS_ROLES, _apertus, LLAMA_KEYS, "ApertusForCausalLM")
+
+NANOCHAT_ROLES = (
+    Role("model.embed_tokens.weight", "embed", (in_("vocab"), out("hidden"))),
+    Role("lm_head.weight", "lm_head", (out("vocab"), in_("hidden"))),
+)
+NANOCHAT_ROLES += attention(f"{L}.self_attn", bias=True, o_bias=True) + plain_mlp(f"{L}.mlp", "fc1", "fc2")
+
+
+def _nanochat(hf):
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(hf, "nanochat", mlp="plain", act=hf.get("hidden_act") or "relu2", qk_norm="head",
+                           qk_norm_after_rope=True, rope_reverse=True, embed_norm=True,
+                           final_softcap=_float(hf, "final_logit_softcapping", 0.0), qkv_bias=bias, o_bias=bias)
+
+
+nanochat = Family("nanochat", ("nanochat",), NANOCHAT_ROLES, _nanochat, LLAMA_KEYS, "NanoChatForCausalLM")
+"""Every norm is a weightless RMS norm (the embeddings' included); qk-norm after RoPE."""
+
+FAMILIES = (granite, hyperclovax, helium, ernie4_5, seed_oss, ministral, cwm, exaone, arcee, jais2, nemotron, apertus,
+            nanochat)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
 TINY = {
     "granite": dict(_DIMS, attention_bias=True, mlp_bias=True, embedding_multiplier=3.0, residual_multiplier=0.5,
                     logits_scaling=4.0, attention_multiplier=0.2),
+    "hyperclovax": dict(_DIMS, attention_bias=True, mlp_bias=True, embedding_multiplier=2.0, residual_multiplier=0.7,
+                        logits_scaling=0.5, attention_multiplier=0.3, use_post_norm=True),
+    "helium": dict(_DIMS, head_dim=8, attention_bias=True, mlp_bias=True),
+    "ernie4_5": dict(_DIMS, head_dim=8, use_bias=True, tie_word_embeddings=True),
+    "seed_oss": dict(_DIMS, head_dim=8, attention_bias=True, attention_out_bias=True, mlp_bias=True),
+    "ministral": dict(_DIMS, head_dim=8, sliding_window=4, num_hidden_layers=3,
+                      layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    "cwm": dict(_DIMS, head_dim=8, sliding_window=4, num_hidden_layers=3, mlp_bias=True,
+                rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                                     high_freq_factor=4.0, original_max_position_embeddings=16)),
+    "exaone": dict(_DIMS, attention_bias=True, mlp_bias=True),
+    "arcee": dict(_DIMS, attention_bias=True, mlp_bias=True),
+    "jais2": dict(_DIMS),
+    "nemotron": dict(_DIMS, attention_bias=True, mlp_bias=True,
+                     rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
+    "apertus": dict(_DIMS, attention_bias=True, rope_parameters=dict(
+        rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=16)),
+    "nanochat": dict(_DIMS, attention_bias=True, final_logit_softcapping=15.0),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "granite"]
+__all__ = ["FAMILIES", "TINY", "apertus", "arcee", "cwm", "ernie4_5", "exaone", "granite", "helium", "hyperclovax", "jais2",
+           "ministral", "nanochat", "nemotron", "seed_oss"]
