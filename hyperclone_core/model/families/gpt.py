@@ -40,6 +40,11 @@ class GPTFamily(Family):
         if self.ffn_ratio and new.ffn != self.ffn_ratio * new.hidden:
             raise PlanError(f"{self.name}'s MLP is {self.ffn_ratio} x hidden in the model's code (no config key): "
                             f"ffn {new.ffn} with hidden {new.hidden} cannot be written; grow --ffn with --width")
+        src = self.read(hf)
+        kv = 1 if src.kv_heads == 1 < src.heads else new.heads  # multi_query: one kv head; else one per head
+        if new.kv_heads != kv:
+            raise PlanError(f"{self.name} configs have no kv-head count: {new.kv_heads} kv heads for {new.heads} heads "
+                            f"cannot be written (this config has {kv}); leave out --kv-heads")
         cfg = super().write_config(hf, new, layer_src)
         if self.attention_types:
             cfg.pop("layer_types", None)
