@@ -87,7 +87,7 @@ FLAGS = {
     "norm": ("layer", "layer_noparam"), "norm_eps": (1e-6,), "norm_unit_offset": (True,),
     "placement": ("post", "sandwich", "post_sublayer"), "parallel_residual": (True,), "final_norm": (False,),
     "mlp": ("plain",), "fused_gate_up": (True,), "qkv_layout": ("concat", "per_head"),
-    "act": ("relu", "gelu", "gelu_pytorch_tanh", "relu2", "xielu"), "pos": ("learned",), "rope_theta": (100.0,),
+    "act": ("relu", "gelu", "gelu_pytorch_tanh", "relu2", "xielu"), "pos": ("learned", "alibi"), "rope_theta": (100.0,),
     "rotary_dim": (4,), "learned_pos_offset": (2,), "qk_norm": ("head", "full"), "qkv_bias": (True,),
     "o_bias": (True,), "mlp_bias": (True,), "norm_bias": (True,), "tie_embeddings": (True,),
     "embed_scale": (True,), "attn_scale": (2 ** -0.5,), "attn_softcap": (50.0, 1.0), "final_softcap": (30.0, 2.0),
@@ -99,13 +99,14 @@ FLAGS = {
                      "original_max_position_embeddings", "attention_factor", "max_position_embeddings",
                      "partial_rotary_factor"),
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
-    "rope_reverse": (True,),
+    "rope_reverse": (True,), "q_scale_beta": (0.1,), "q_scale_period": (4,),
     "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16),
     "shared_block_norm": (True,), "qk_norm_type": ("layer",),
     "experts_stacked": ("in_out",), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
     "glu_alpha": (1.5,), "glu_limit": (0.3,),
     "mlp_types": ("dense", "moe"), "moe_renorm": (False,), "moe_scoring": ("sigmoid",), "moe_groups": (2,),
-    "moe_topk_groups": (1,), "moe_scale": (2.5,),
+    "moe_topk_groups": (1,), "moe_scale": (2.5,), "clip_after_qk_norm": (True,),
+    "transposed_linear": (True,), "embed_norm": (True,), "attn_scale_inverse_layer": (True,),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case
 (``_suite.CASES`` or ``_suite.FORWARD_CASES``) gives it (a tuple flag: its items;
@@ -124,11 +125,14 @@ SENSITIVE = [
     ("norm_unit_offset", "gemma", (False,), 100),
     ("parallel_residual", "gpt_neox", (False,), 100),
     ("rope_reverse", "type_nanochat", (False,), 100),
+    ("q_scale_beta", "type_ministral3", (0.0,), 100),
     ("residual_multiplier", "type_granite", (1.0,), 100),
     ("embed_multiplier", "type_granite", (1.0,), 100),
     ("logit_scale", "type_granite", (1.0,), 100),
     ("norm_unit_offset", "type_nemotron", (False,), 100),
     *[("rope_type", f"rope_{t}", ("default",), 100) for t in FLAGS["rope_type"]],
+    ("attn_scale_inverse_layer", "type_gpt2", (False,), 100),
+    ("embed_norm", "type_bloom", (False,), 100),
 ]
 """(flag, case, wrong values, k): the oracle run on the case with the flag set to a wrong
 value ("+1": one more) differs by at least k times the float32 bound, so a backend that
