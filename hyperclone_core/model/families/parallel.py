@@ -6,6 +6,7 @@ a plain biased MLP, sliding window), persimmon (per-head fused qkv, qk LayerNorm
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from ...errors import ConfigError
@@ -221,6 +222,28 @@ def _cohere(hf) -> DecoderConfig:
 
 cohere = Family("cohere", ("cohere",), COHERE_ROLES, _cohere, LLAMA_KEYS, "CohereForCausalLM")
 
+
+def _cohere2(hf) -> DecoderConfig:
+    """Cohere's block; sliding-window layers with RoPE, full-attention layers without."""
+    layers = int(hf.get("num_hidden_layers") or 0)
+    types = hf.get("layer_types")
+    if types is None:  # configs before layer_types: every pattern-th layer is global
+        pattern = int(hf.get("sliding_window_pattern") or 4)
+        types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+    types = tuple(types)
+    if len(types) != layers or set(types) - {"sliding_attention", "full_attention"}:
+        raise ConfigError(f"cohere2: layer_types must name sliding_attention or full_attention for each of the "
+                          f"{layers} layers, not {list(types)}")
+    window = int(hf.get("sliding_window") or 0)
+    if not window and "sliding_attention" in types:
+        raise ConfigError("cohere2: sliding_attention layers need a sliding_window")
+    nope = tuple(t == "full_attention" for t in types)
+    base = replace(_cohere(dict(hf, use_qk_norm=False)), family="cohere2")
+    return replace(base, sliding_window=window, layer_types=types, nope_layers=nope if any(nope) else ())
+
+
+cohere2 = Family("cohere2", ("cohere2",), COHERE_ROLES, _cohere2, LLAMA_KEYS, "Cohere2ForCausalLM")
+
 # ---------------------------------------------------------------- gptj
 
 T = "transformer"
@@ -340,7 +363,7 @@ class _FalconFamily(Family):
 
 falcon = _FalconFamily("falcon", ("falcon",), FALCON_ROLES, _falcon, FALCON_KEYS, "FalconForCausalLM")
 
-FAMILIES = (phi, stablelm, starcoder2, cohere, gptj, falcon)
+FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, gptj, falcon)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -355,9 +378,11 @@ TINY = {
     "falcon": dict(vocab_size=96, hidden_size=32, ffn_hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=64, multi_query=True, parallel_attn=True, bias=True, alibi=False,
                    new_decoder_architecture=False, activation="gelu", tie_word_embeddings=True),
+    "cohere2": dict(_GQA, num_hidden_layers=3, attention_bias=True, logit_scale=0.25, tie_word_embeddings=True,
+                    sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "gptj": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
                  tie_word_embeddings=False),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "cohere", "falcon", "gptj", "phi", "stablelm", "starcoder2"]
+__all__ = ["FAMILIES", "TINY", "cohere", "cohere2", "falcon", "gptj", "phi", "stablelm", "starcoder2"]
