@@ -416,11 +416,13 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
             q, k, v = (xp.reshape(qkv[:, :, :, j], (B, T, H * D)) for j in range(3))
         else:  # "concat": q | k | v
             q, k, v = qkv[..., :H * D], qkv[..., H * D:(H + KV) * D], qkv[..., (H + KV) * D:]
-    if cfg.clip_qkv:
+    if cfg.clip_qkv and not cfg.clip_after_qk_norm:
         q, k, v = (xp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
     if cfg.qk_norm == "full":
         q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
             _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
+    if cfg.clip_qkv and cfg.clip_after_qk_norm:  # OLMoE clamps the normed q and k
+        q, k, v = (xp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
     q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, D))
     if cfg.qk_norm == "head" and not cfg.qk_norm_after_rope:
         q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
@@ -429,9 +431,18 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     if which:
         cos, sin = (tb.local_cos, tb.local_sin) if which == "sliding" else (tb.cos, tb.sin)
         q, k = (o.rope(t, cos, sin, interleaved=cfg.rope_interleaved) for t in (q, k))
-    if cfg.qk_norm == "head" and cfg.qk_norm_after_rope:  # HunYuan: the rotated heads are normed
+    nope = bool(cfg.nope_layers and cfg.nope_layers[layer])
+    if cfg.qk_norm == "head" and cfg.qk_norm_after_rope and not (nope and cfg.qk_norm_skip_nope):
+        # HunYuan, Llama 4: the rotated heads are normed
         q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
             _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
+    if nope and cfg.attn_temp_floor:  # Llama 4's temperature tuning: q grows with the position
+        t = np.arange(T, dtype=np.float64) + 1.0
+        temp = 1.0 + cfg.attn_temp_scale * np.log1p(np.floor(t / cfg.attn_temp_floor))
+        q = q * o.constant(temp[None, :, None, None], q.dtype)
+    if cfg.q_scale_beta:  # Ministral 3: q times 1 + beta * log(1 + floor(position / period)), every layer
+        temp = 1.0 + cfg.q_scale_beta * np.log1p(np.floor(np.arange(T, dtype=np.float64) / cfg.q_scale_period))
+        q = q * o.constant(temp[None, :, None, None], q.dtype)
     scale = (cfg.attn_scale or D ** -0.5) / (layer + 1 if cfg.attn_scale_inverse_layer else 1)
     out = o.attention(q, k, v, scale=scale, window=window_of(cfg, layer),
                       softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer),
@@ -469,7 +480,10 @@ def moe(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
     out = xp.zeros_like(x)
     for e in range(cfg.experts):
         w_e = xp.sum(weights * o.astype(top == e, weights.dtype), axis=-1, keepdims=True)
-        out = out + w_e * expert(cfg, get, x, o, act, e)
+        if cfg.moe_input_weighted:  # Llama 4: the weight scales the expert's input
+            out = out + expert(cfg, get, w_e * x, o, act, e)
+        else:
+            out = out + w_e * expert(cfg, get, x, o, act, e)
     shared = shared_experts(cfg, get, x, o, act)
     return out if shared is None else out + shared
 
@@ -485,8 +499,7 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
     logits, in the compute dtype.  The choice ranks the scores plus the correction bias
     (``moe.correction.bias``: DeepSeek-V3's ``e_score_correction_bias``, Ernie's
     ``moe_statics``) where one is stored; under grouped top-k (``moe_groups``) only the
-    experts of the ``moe_topk_groups`` groups with the largest top-2 sums compete (the
-    others' scores count 0).  The weights are the chosen experts' scores (without the
+    experts of the ``moe_topk_groups`` groups with the largest top-2 sums compete.  The weights are the chosen experts' scores (without the
     bias), renormalised to sum 1 under ``moe_renorm`` (a softmax over the top-k logits is
     the same), times ``moe_scale``."""
     xp = o.xp
@@ -509,7 +522,7 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
 
 def _group_limited(o: ArrayOps, choice, groups: int, keep: int):
     """``choice`` (..., E) with the experts outside the ``keep`` best of ``groups`` equal
-    groups set to 0; a group ranks by the sum of its two largest entries."""
+    groups set to -inf (out of the choice); a group ranks by the sum of its two largest entries."""
     xp = o.xp
     E = choice.shape[-1]
     lead = tuple(choice.shape[:-1])
@@ -519,7 +532,7 @@ def _group_limited(o: ArrayOps, choice, groups: int, keep: int):
     ids = o.constant(np.arange(groups))
     hit = xp.sum(o.astype(kept[..., :, None] == ids, choice.dtype), axis=-2) > 0  # (..., groups)
     mask = xp.repeat(hit, E // groups, axis=-1)
-    return xp.where(mask, choice, 0.0)
+    return xp.where(mask, choice, -math.inf)
 
 
 def shared_experts(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):

@@ -195,6 +195,10 @@ class DecoderConfig:
     #                                   * sigmoid(glu_alpha g), g = min(gate, glu_limit)
     glu_alpha: float = 0.0            # the clamped GLU's sigmoid gain (gpt-oss swiglu_alpha)
     glu_limit: float = 0.0            # the clamped GLU's clamp (gpt-oss swiglu_limit)
+    qk_norm_skip_nope: bool = False   # llama4: NoPE layers (nope_layers) run no qk-norm
+    attn_temp_floor: int = 0          # llama4 attn_temperature_tuning on NoPE layers: q times 1 + attn_temp_scale
+    attn_temp_scale: float = 0.0      # * log(1 + floor((position + 1) / attn_temp_floor)); 0 = off (floor_scale, attn_scale)
+    moe_input_weighted: bool = False  # llama4: each expert reads its routing weight times x (not weighted after)
     # MoE routing (decoder.route) and shared experts; mlp_types () = every layer MoE when experts, else dense
     mlp_types: tuple = ()             # per layer: dense | moe (first_k_dense_replace, mlp_only_layers, decoder_sparse_step)
     moe_ffn: int = 0                  # routed experts' ffn size where it differs from the dense layers' (0 = ffn)
@@ -204,10 +208,13 @@ class DecoderConfig:
     moe_groups: int = 0               # grouped top-k (n_group): experts in groups ranked by their top-2 score sum; 0 = none
     moe_topk_groups: int = 0          # grouped top-k (topk_group): the groups kept; the rest's scores are 0 for the choice
     moe_scale: float = 1.0            # routed experts' weights times this (routed_scaling_factor)
+    clip_after_qk_norm: bool = False  # olmoe: clip_qkv clamps q and k after the full-width qk-norm, not before
     transposed_linear: bool = False   # GPT-2/openai-gpt Conv1D: attention and MLP weights stored (in, out)
     embed_norm: bool = False          # bloom: a LayerNorm (norm.embed) on the token embeddings
     attn_scale_inverse_layer: bool = False  # GPT-2 scale_attn_by_inverse_layer_idx: layer i's scale / (i + 1)
     rope_reverse: bool = False        # nanochat: RoPE turns each pair by minus its angle (rotate_half's signs flipped)
+    q_scale_beta: float = 0.0         # ministral3 (llama_4_scaling_beta): q times 1 + beta * log(1 + floor(position
+    q_scale_period: int = 0           # / q_scale_period)) in every layer (original_max_position_embeddings); 0 = off
     nope_layers: tuple = ()           # per layer: True = no RoPE in that layer (SmolLM3, Cohere 2); () = RoPE everywhere
     rope_sliding: tuple = ()          # sliding layers' own RoPE (Gemma 3's local base): sorted (field, value) pairs of
     #                                   rope_theta, rotary_dim, rope_type, rope_scaling; () = the same RoPE as full layers

@@ -201,7 +201,8 @@ def _olmoe(hf, family="olmoe", **flags):
 
 
 olmoe = Family("olmoe", ("olmoe",), OLMOE_ROLES,
-               lambda hf: _olmoe(hf, clip_qkv=float(hf.get("clip_qkv") or 0.0)), OLMOE_KEYS, "OlmoeForCausalLM")
+               lambda hf: _olmoe(hf, clip_qkv=float(hf.get("clip_qkv") or 0.0), clip_after_qk_norm=True),
+               OLMOE_KEYS, "OlmoeForCausalLM")
 FLEX_OLMO_ROLES = (
     embeddings("model.embed_tokens.weight")
     + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_FULL + OLMOE_EXPERTS
@@ -211,7 +212,71 @@ FLEX_OLMO_ROLES = (
 flex_olmo = Family("flex_olmo", ("flex_olmo",), FLEX_OLMO_ROLES,
                    lambda hf: _olmoe(hf, "flex_olmo", placement="post_sublayer"), OLMOE_KEYS, "FlexOlmoForCausalLM")
 
-FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo)
+# ---------------------------------------------------------------- DeepSeek-V3-style routing: dots1, Solar Open
+
+
+def deepseek_routing(hf: Mapping[str, Any], layers: int, scoring: str = "sigmoid") -> dict:
+    """The DecoderConfig fields of DeepSeek-V3-style routing (dots1, Solar Open, GLM-4 MoE,
+    DeepSeek-V3): ``scoring`` scores of ``n_routed_experts`` experts, the correction bias
+    (a ``correction_bias`` role), grouped top-k (``n_group``, ``topk_group``),
+    ``norm_topk_prob``, ``routed_scaling_factor``, ``n_shared_experts`` shared experts of
+    ``moe_intermediate_size`` each, and the first ``first_k_dense_replace`` layers dense."""
+    n = int(hf.get("n_routed_experts") or hf.get("num_local_experts") or 0)
+    groups = int(hf.get("n_group") or 1)
+    if groups > 1 and n % groups:
+        raise ConfigError(f"n_group={groups} does not divide n_routed_experts={n}")
+    moe_ffn = int(hf["moe_intermediate_size"])
+    return dict(
+        experts=n, experts_per_tok=int(hf.get("num_experts_per_tok") or 1), moe_scoring=scoring,
+        moe_groups=groups if groups > 1 else 0, moe_topk_groups=int(hf.get("topk_group") or 1) if groups > 1 else 0,
+        moe_renorm=bool(hf.get("norm_topk_prob", False)), moe_scale=float(hf.get("routed_scaling_factor") or 1.0),
+        moe_ffn=moe_ffn, shared_ffn=moe_ffn * int(hf.get("n_shared_experts") or 0),
+        mlp_types=first_k_dense(hf, layers) if n else (),
+    )
+
+
+DEEPSEEK_KEYS = dict(LLAMA_KEYS, n_routed_experts="experts", moe_intermediate_size="moe_ffn")
+DEEPSEEK_EXPERTS = (
+    (router(f"{L}.mlp.gate.weight"), correction_bias(f"{L}.mlp.gate.e_score_correction_bias"))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_experts")
+)
+
+
+def _dots1(hf):
+    bias = bool(hf.get("attention_bias", False))
+    layers = int(hf["num_hidden_layers"])
+    return read_llama_like(hf, "dots1", qk_norm="head", qkv_bias=bias, o_bias=bias,
+                           sliding_window=int(hf.get("sliding_window") or 0), **deepseek_routing(hf, layers))
+
+
+dots1 = Family(
+    "dots1", ("dots1",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_HEAD
+    + dense_mlp() + DEEPSEEK_EXPERTS + BLOCK_NORMS,
+    _dots1, DEEPSEEK_KEYS, "Dots1ForCausalLM", write_layers=write_first_k("first_k_dense_replace"),
+)
+
+
+def _solar_open(hf):
+    if hf.get("moe_intermediate_size") is None:
+        raise ConfigError("solar_open: config.json lacks moe_intermediate_size")
+    hf = dict(hf, intermediate_size=hf["moe_intermediate_size"])  # every layer is MoE: the experts' size is ffn
+    flags = deepseek_routing(hf, int(hf["num_hidden_layers"]))
+    flags.update(moe_ffn=0, mlp_types=())
+    return read_llama_like(hf, "solar_open", qkv_bias=bool(hf.get("attention_bias", False)), **flags)
+
+
+SOLAR_KEYS = {k: v for k, v in DEEPSEEK_KEYS.items() if k != "intermediate_size"}
+SOLAR_KEYS["moe_intermediate_size"] = "ffn"
+solar_open = Family(
+    "solar_open", ("solar_open",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True)
+    + (router(f"{L}.mlp.gate.weight"), correction_bias(f"{L}.mlp.gate.e_score_correction_bias"))
+    + experts(f"{L}.mlp.experts", ffn="ffn") + shared_mlp(f"{L}.mlp.shared_experts") + BLOCK_NORMS,
+    _solar_open, SOLAR_KEYS, "SolarOpenForCausalLM",
+)
+
+FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -224,7 +289,14 @@ TINY = {
                       head_dim=16, attention_bias=True, norm_topk_prob=True),
     "olmoe": dict(_DIMS, **_MOE, clip_qkv=2.0, attention_bias=True),
     "flex_olmo": dict(_DIMS, **_MOE, norm_topk_prob=True),
+    "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
+                  num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
+                  routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
+    "solar_open": dict({k: v for k, v in _DIMS.items() if k != "intermediate_size"}, n_routed_experts=4,
+                       num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=24, head_dim=16,
+                       n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=False, attention_bias=True),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "flex_olmo", "olmoe", "qwen2_moe", "qwen3_moe"]
+__all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "first_k_dense", "flex_olmo", "olmoe", "qwen2_moe",
+           "qwen3_moe", "solar_open", "write_first_k"]
