@@ -443,6 +443,9 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     if cfg.q_scale_beta:  # Ministral 3: q times 1 + beta * log(1 + floor(position / period)), every layer
         temp = 1.0 + cfg.q_scale_beta * np.log1p(np.floor(np.arange(T, dtype=np.float64) / cfg.q_scale_period))
         q = q * o.constant(temp[None, :, None, None], q.dtype)
+    if cfg.q_scale_beta:  # Ministral 3: q times 1 + beta * log(1 + floor(position / period)), every layer
+        temp = 1.0 + cfg.q_scale_beta * np.log1p(np.floor(np.arange(T, dtype=np.float64) / cfg.q_scale_period))
+        q = q * o.constant(temp[None, :, None, None], q.dtype)
     scale = (cfg.attn_scale or D ** -0.5) / (layer + 1 if cfg.attn_scale_inverse_layer else 1)
     out = o.attention(q, k, v, scale=scale, window=window_of(cfg, layer),
                       softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer),

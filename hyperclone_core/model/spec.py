@@ -215,6 +215,8 @@ class DecoderConfig:
     rope_reverse: bool = False        # nanochat: RoPE turns each pair by minus its angle (rotate_half's signs flipped)
     q_scale_beta: float = 0.0         # ministral3 (llama_4_scaling_beta): q times 1 + beta * log(1 + floor(position
     q_scale_period: int = 0           # / q_scale_period)) in every layer (original_max_position_embeddings); 0 = off
+    q_scale_beta: float = 0.0         # ministral3 (llama_4_scaling_beta): q times 1 + beta * log(1 + floor(position
+    q_scale_period: int = 0           # / q_scale_period)) in every layer (original_max_position_embeddings); 0 = off
     nope_layers: tuple = ()           # per layer: True = no RoPE in that layer (SmolLM3, Cohere 2); () = RoPE everywhere
     rope_sliding: tuple = ()          # sliding layers' own RoPE (Gemma 3's local base): sorted (field, value) pairs of
     #                                   rope_theta, rotary_dim, rope_type, rope_scaling; () = the same RoPE as full layers
