@@ -7,6 +7,7 @@ with weightless norms), xIELU (apertus)."""
 from __future__ import annotations
 
 from ...errors import ConfigError
+from ..rope import raw_params
 from ..spec import Family, Role, in_, out
 from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, has, norm, read_llama_like
 
@@ -121,6 +122,24 @@ def _sliding(family):
 ministral = Family("ministral", ("ministral",), LLAMA_ROLES, _sliding("ministral"), LLAMA_KEYS,
                    "MinistralForCausalLM")
 cwm = Family("cwm", ("cwm",), LLAMA_ROLES, _sliding("cwm"), LLAMA_KEYS, "CwmForCausalLM")
+
+
+
+def _ministral3(hf):
+    """Mistral's block (every layer slides when ``sliding_window`` is set; ``layer_types``
+    is ignored, as transformers does) and Llama 4's position-dependent q scale."""
+    rp = raw_params(hf)
+    beta, period = rp.get("llama_4_scaling_beta"), rp.get("original_max_position_embeddings")
+    if beta is None or not period:
+        raise ConfigError("ministral3 configs need rope_parameters.llama_4_scaling_beta and "
+                          "rope_parameters.original_max_position_embeddings (its attention scale reads both)")
+    window, layers = _window(hf), int(hf["num_hidden_layers"])
+    return read_llama_like(hf, "ministral3", sliding_window=window,
+                           layer_types=("sliding_attention",) * layers if window else (),
+                           q_scale_beta=float(beta), q_scale_period=int(period))
+
+
+ministral3 = Family("ministral3", ("ministral3",), LLAMA_ROLES, _ministral3, LLAMA_KEYS, "Ministral3ForCausalLM")
 
 X = "transformer.h.{i}"
 EXAONE_ROLES = (
@@ -238,6 +257,19 @@ def _apertus(hf):
 
 apertus = Family("apertus", ("apertus",), APERTUS_ROLES, _apertus, LLAMA_KEYS, "ApertusForCausalLM")
 
+
+def _apertus1p5(hf):
+    out_vocab = hf.get("output_vocab_size")
+    if out_vocab is not None and int(out_vocab) != int(hf["vocab_size"]):
+        raise ConfigError(f"apertus1p5_text config sets output_vocab_size={out_vocab} (a pruned LM head narrower than "
+                          f"the vocab, {hf['vocab_size']}): not supported")
+    return _apertus(hf)
+
+
+apertus1p5_text = Family("apertus1p5_text", ("apertus1p5_text",), APERTUS_ROLES, _apertus1p5, LLAMA_KEYS,
+                         "Apertus1p5TextForCausalLM")
+"""Apertus 1.5's text decoder: Apertus's block and names; a pruned head (output_vocab_size) is refused."""
+
 NANOCHAT_ROLES = (
     Role("model.embed_tokens.weight", "embed", (in_("vocab"), out("hidden"))),
     Role("lm_head.weight", "lm_head", (out("vocab"), in_("hidden"))),
@@ -255,8 +287,8 @@ def _nanochat(hf):
 nanochat = Family("nanochat", ("nanochat",), NANOCHAT_ROLES, _nanochat, LLAMA_KEYS, "NanoChatForCausalLM")
 """Every norm is a weightless RMS norm (the embeddings' included); qk-norm after RoPE."""
 
-FAMILIES = (granite, hyperclovax, helium, ernie4_5, seed_oss, ministral, cwm, exaone, arcee, jais2, nemotron, apertus,
-            nanochat)
+FAMILIES = (granite, hyperclovax, helium, ernie4_5, seed_oss, ministral, ministral3, cwm, exaone, arcee, jais2, nemotron,
+            apertus, apertus1p5_text, nanochat)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -281,9 +313,13 @@ TINY = {
     "apertus": dict(_DIMS, attention_bias=True, rope_parameters=dict(
         rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
         original_max_position_embeddings=16)),
+    "apertus1p5_text": dict(_DIMS, attention_bias=True, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    "ministral3": dict(_DIMS, head_dim=8, sliding_window=4, rope_parameters=dict(
+        rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=4, beta_fast=32.0,
+        beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0, llama_4_scaling_beta=0.1)),
     "nanochat": dict(_DIMS, attention_bias=True, final_logit_softcapping=15.0),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
 __all__ = ["FAMILIES", "TINY", "apertus", "arcee", "cwm", "ernie4_5", "exaone", "granite", "helium", "hyperclovax", "jais2",
-           "ministral", "nanochat", "nemotron", "seed_oss"]
+           "ministral", "ministral3", "apertus1p5_text", "nanochat", "nemotron", "seed_oss"]
