@@ -363,7 +363,39 @@ class _FalconFamily(Family):
 
 falcon = _FalconFamily("falcon", ("falcon",), FALCON_ROLES, _falcon, FALCON_KEYS, "FalconForCausalLM")
 
-FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, gptj, falcon)
+# ---------------------------------------------------------------- persimmon
+
+PERSIMMON_ROLES = (
+    Role(f"{M}.embed_tokens.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{M}.final_layernorm", "norm.final"),
+    *_lin("lm_head", "lm_head", "vocab", "hidden"),
+    *_ln(f"{L}.input_layernorm", "norm.attn_in"),
+    *_ln(f"{L}.post_attention_layernorm", "norm.mlp_in"),
+    *_lin(f"{L}.self_attn.query_key_value", "attn.qkv", "kv_heads*q_per_kv*3*head_dim", "hidden", bias=True),
+    *_lin(f"{L}.self_attn.dense", "attn.o", "hidden", Q, writer=True, bias=True),
+    *_qk_ln(f"{L}.self_attn", "q_layernorm", "k_layernorm"),
+    *_lin(f"{L}.mlp.dense_h_to_4h", "mlp.up", "ffn", "hidden", bias=True),
+    *_lin(f"{L}.mlp.dense_4h_to_h", "mlp.down", "hidden", "ffn", writer=True, bias=True),
+)
+
+
+def _persimmon(hf) -> DecoderConfig:
+    hf = _with_partial(hf, 0.5)
+    hf.pop("num_key_value_heads", None)  # multi-head attention: the config class has no kv-head count
+    d = _dims(hf, head_dim_key=False)
+    return DecoderConfig(
+        family="persimmon", **d, norm="layer", norm_eps=_eps(hf), norm_bias=True,
+        mlp="plain", act=hf.get("hidden_act") or "relu2", qkv_layout="per_head",
+        **rope_fields(hf, d["head_dim"], d["positions"]),
+        qk_norm="head" if hf.get("qk_layernorm", True) else "", qk_norm_type="layer",
+        qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+MHA_KEYS = {k: v for k, v in NO_HEAD_DIM_KEYS.items() if v != "kv_heads"}
+persimmon = Family("persimmon", ("persimmon",), PERSIMMON_ROLES, _persimmon, MHA_KEYS, "PersimmonForCausalLM")
+
+FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, gptj, falcon, persimmon)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -380,9 +412,11 @@ TINY = {
                    new_decoder_architecture=False, activation="gelu", tie_word_embeddings=True),
     "cohere2": dict(_GQA, num_hidden_layers=3, attention_bias=True, logit_scale=0.25, tie_word_embeddings=True,
                     sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    "persimmon": dict(_DIMS, qk_layernorm=True, hidden_act="relu2",
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
     "gptj": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
                  tie_word_embeddings=False),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "cohere", "cohere2", "falcon", "gptj", "phi", "stablelm", "starcoder2"]
+__all__ = ["FAMILIES", "TINY", "cohere", "cohere2", "falcon", "gptj", "persimmon", "phi", "stablelm", "starcoder2"]
