@@ -43,7 +43,7 @@ _SCHEMA: dict = {
     "rope_parameters": ("dict",), "rope_scaling": ("dict",), "layer_types": ("list",),
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
-LAYER_TYPES = ("full_attention", "sliding_attention")
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")  # chunked: Llama 4 (its reader checks)
 
 
 def _bad(path, key, value, want) -> ConfigError:

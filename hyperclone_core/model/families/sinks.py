@@ -4,6 +4,13 @@ gpt-oss: a learned logit per head (``self_attn.sinks``) joins each softmax's
 denominator; sliding and full layers alternate; every layer is an MoE whose router
 has a bias and whose experts are stored stacked, ``(experts, in, out)``, with gate and
 up interleaved in one tensor and joined by a clamped SwiGLU, biases included.
+
+Llama 4 (text): interleaved (complex) RoPE on most layers, which attend within chunks
+and L2-normalize q and k after the rotation; the other layers have no RoPE, attend to
+everything and scale q up with the position (temperature tuning).  MoE and dense layers
+interleave (dense ones have their own ffn size, ``intermediate_size_mlp``); the router
+picks top-k by its logits and its sigmoid scales each chosen expert's INPUT; a shared
+expert always runs.  Experts are stored stacked ``(experts, in, out)``, gate|up as halves.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ...errors import ConfigError
-from ..spec import DecoderConfig, Family, Role, in_, out
+from ..spec import DecoderConfig, Family, Role, in_, moe_layer, out
 from ._common import LLAMA_KEYS, attention, embeddings, norm, read_llama_like
+from .moe import dense_mlp, on, router, shared_mlp
 
 L = "model.layers.{i}"
 HEADS = "kv_heads*q_per_kv"
@@ -99,7 +107,105 @@ def _gpt_oss(hf: Mapping[str, Any]) -> DecoderConfig:
 gpt_oss = Family("gpt_oss", ("gpt_oss",), GPT_OSS_ROLES, _gpt_oss, dict(LLAMA_KEYS, num_local_experts="experts"),
                  "GptOssForCausalLM")
 
-FAMILIES = (gpt_oss,)
+
+# ---------------------------------------------------------------- Llama 4 (text)
+
+FF = f"{L}.feed_forward"
+LLAMA4_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + dense_mlp(FF)
+    + (router(f"{FF}.router.weight"),)
+    + on(moe_layer, (
+        Role(f"{FF}.experts.gate_up_proj", "moe.experts.gate_up",
+             (out("experts"), in_("hidden"), out("moe_ffn|moe_ffn"))),
+        Role(f"{FF}.experts.down_proj", "moe.experts.down", (out("experts"), in_("moe_ffn"), out("hidden")),
+             writer=True),
+    ))
+    + shared_mlp(f"{FF}.shared_expert", ffn="moe_ffn")
+    + norm(f"{L}.input_layernorm", "norm.attn_in")
+    + norm(f"{L}.post_attention_layernorm", "norm.mlp_in")
+)
+"""Dense layers' MLP has ``intermediate_size_mlp`` (dim ffn); the experts and the shared
+expert ``intermediate_size`` (dim moe_ffn)."""
+
+LLAMA4_DEFAULTS = dict(
+    vocab_size=202048, hidden_size=5120, intermediate_size=8192, intermediate_size_mlp=16384, num_hidden_layers=48,
+    num_attention_heads=40, num_key_value_heads=8, head_dim=128, hidden_act="silu", max_position_embeddings=4096 * 32,
+    rms_norm_eps=1e-5, tie_word_embeddings=False, num_experts_per_tok=1, num_local_experts=16,
+    interleave_moe_layer_step=1, use_qk_norm=True, no_rope_layer_interval=4, attention_chunk_size=8192,
+    attn_temperature_tuning=True, floor_scale=8192, attn_scale=0.1, attention_bias=False,
+)
+"""Llama4TextConfig's defaults (theta 500000)."""
+LLAMA4_KINDS = ("full_attention", "chunked_attention")
+
+
+def _llama4_layers(hf: Mapping[str, Any], layers: int) -> tuple:
+    """(nope_layers, layer_types, mlp_types) as Llama4TextConfig derives them."""
+    flags = hf.get("no_rope_layers")
+    if flags:
+        if len(flags) < layers:
+            raise ConfigError(f"llama4_text: no_rope_layers lists {len(flags)} layers, num_hidden_layers is {layers}")
+        uses_rope = [bool(int(f)) for f in flags[:layers]]
+    else:
+        interval = int(hf["no_rope_layer_interval"])
+        uses_rope = [(i + 1) % interval != 0 for i in range(layers)]
+    chunk = hf.get("attention_chunk_size")
+    types = _layer_types(hf, layers, lambda i: "chunked_attention" if uses_rope[i] and chunk else "full_attention",
+                         LLAMA4_KINDS)
+    if "chunked_attention" in types and not chunk:
+        raise ConfigError("llama4_text: layer_types has chunked layers but attention_chunk_size is not set")
+    moe = hf.get("moe_layers")
+    if moe is None:
+        step = int(hf["interleave_moe_layer_step"])
+        moe = range(step - 1, layers, step)
+    moe = {int(i) for i in moe}
+    mlp_types = tuple("moe" if i in moe else "dense" for i in range(layers))
+    return tuple(not r for r in uses_rope), types, mlp_types
+
+
+def _llama4(hf: Mapping[str, Any]) -> DecoderConfig:
+    hf = _defaults(hf, LLAMA4_DEFAULTS)
+    if hf.get("head_dim") is None:
+        hf["head_dim"] = int(hf["hidden_size"]) // int(hf["num_attention_heads"])
+    if not (hf.get("rope_parameters") or hf.get("rope_scaling")):
+        hf["rope_parameters"] = dict(rope_type="default", rope_theta=float(hf.get("rope_theta") or 500000.0))
+    elif hf.get("rope_theta") is None and "rope_theta" not in (hf.get("rope_scaling") or hf["rope_parameters"]):
+        hf["rope_theta"] = 500000.0
+    layers = int(hf["num_hidden_layers"])
+    nope, types, mlp_types = _llama4_layers(hf, layers)
+    bias = bool(hf["attention_bias"])
+    tuning = bool(hf["attn_temperature_tuning"]) and any(nope)
+    experts = int(hf["num_local_experts"])
+    if experts < 1 and "moe" in mlp_types:
+        raise ConfigError("llama4_text: num_local_experts must be at least 1 where moe_layers lists layers")
+    return read_llama_like(
+        hf, "llama4_text", ffn=int(hf["intermediate_size_mlp"]), qkv_bias=bias, o_bias=bias,
+        layer_types=types, attn_chunk=int(hf.get("attention_chunk_size") or 0), rope_interleaved=True,
+        nope_layers=nope if any(nope) else (),
+        qk_norm="head" if hf["use_qk_norm"] else "", qk_norm_after_rope=bool(hf["use_qk_norm"]),
+        qk_norm_skip_nope=bool(hf["use_qk_norm"]),
+        attn_temp_floor=int(hf["floor_scale"]) if tuning else 0,
+        attn_temp_scale=float(hf["attn_scale"]) if tuning else 0.0,
+        experts=experts, experts_per_tok=int(hf["num_experts_per_tok"]),
+        mlp_types=mlp_types if len(set(mlp_types)) > 1 else (), moe_ffn=int(hf["intermediate_size"]),
+        shared_ffn=int(hf["intermediate_size"]), moe_scoring="sigmoid", moe_renorm=False,
+        moe_input_weighted=True, experts_stacked="in_out",
+    )
+
+
+def _write_llama4_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    """The grown stack's per-layer keys, explicit (an inserted layer keeps its source's)."""
+    out_cfg["no_rope_layers"] = [int(not n) for n in (new.nope_layers or (False,) * new.layers)]
+    out_cfg["moe_layers"] = [i for i in range(new.layers) if moe_layer(new, i)]
+
+
+llama4_text = Family("llama4_text", ("llama4_text",), LLAMA4_ROLES, _llama4,
+                     dict(LLAMA_KEYS, intermediate_size="moe_ffn", intermediate_size_mlp="ffn",
+                          num_local_experts="experts"),
+                     "Llama4ForCausalLM", write_layers=_write_llama4_layers)
+
+FAMILIES = (gpt_oss, llama4_text)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -108,7 +214,11 @@ TINY = {
                     swiglu_limit=0.3, swiglu_alpha=1.5, attention_bias=True,
                     rope_parameters=dict(GPT_OSS_ROPE, rope_theta=10000.0, factor=4.0,
                                          original_max_position_embeddings=16)),
+    "llama4_text": dict(_DIMS, num_hidden_layers=4, head_dim=8, intermediate_size_mlp=64, num_local_experts=4,
+                        num_experts_per_tok=2, interleave_moe_layer_step=2, no_rope_layer_interval=2,
+                        attention_chunk_size=4, attn_temperature_tuning=True, floor_scale=2, attn_scale=0.5,
+                        attention_bias=True, use_qk_norm=True, rms_norm_eps=1e-5),
 }
 """Tiny configs (``families.TINY``): a SwiGLU limit small enough that the clamps bite."""
 
-__all__ = ["FAMILIES", "TINY", "gpt_oss", "sinks"]
+__all__ = ["FAMILIES", "TINY", "gpt_oss", "llama4_text", "sinks"]
