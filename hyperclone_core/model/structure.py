@@ -10,6 +10,7 @@ tensors ``slots`` lists, under the same names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
@@ -75,10 +76,19 @@ def is_norm(kind: str) -> bool:
     return kind.startswith("norm") or kind.endswith("_norm")
 
 
+ACT_INIT = {
+    "mlp.act.alpha_p": math.log(math.expm1(0.8)), "mlp.act.alpha_n": math.log(math.expm1(0.8 - 0.5)),
+    "mlp.act.beta": 0.5, "mlp.act.eps": -1e-6,
+}
+"""xIELU's learned scalars at their published start (a_p = a_n = 0.8, beta 0.5)."""
+
+
 def init_rule(kind: str, cfg: DecoderConfig, std: float = 0.02) -> tuple:
     """How a tensor of ``kind`` starts when training from scratch: ``("normal", std)``
-    for matrices, ``("const", v)`` for biases (0) and norm gains (1, or 0 under
-    Gemma's (1 + w))."""
+    for matrices, ``("const", v)`` for biases (0), norm gains (1, or 0 under
+    Gemma's (1 + w)) and an activation's scalars (``ACT_INIT``)."""
+    if kind in ACT_INIT:
+        return ("const", ACT_INIT[kind])
     if kind.endswith(".bias"):
         return ("const", 0.0)
     if is_norm(kind):

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 
 from .families import family_for_config
-from .structure import is_norm, slots, tied_away
+from .structure import ACT_INIT, is_norm, slots, tied_away
 
 _LLAMA = dict(
     vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -66,7 +66,9 @@ def random_weights(hf_config: Mapping, seed: int = 0, dtype=np.float32, scale: f
     out = {}
     for name, s in slots(family, cfg, stored_only=False).items():
         shape, kind = s.shape, s.kind
-        if is_norm(kind):
+        if kind in ACT_INIT:  # xIELU's scalars: near their start (eps stays a small negative number)
+            w = np.asarray(ACT_INIT[kind] + (0.0 if kind == "mlp.act.eps" else 0.1) * rng.standard_normal(shape))
+        elif is_norm(kind):
             base = 0.0 if (cfg.norm_unit_offset or kind.endswith(".bias")) else 1.0
             w = base + 0.3 * rng.standard_normal(shape)
         elif len(shape) == 1:
