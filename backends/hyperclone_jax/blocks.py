@@ -212,7 +212,7 @@ class Blocks:
     def _apply(self, op, x, coords):
         if isinstance(op, Scale):
             c = self.cache[(op.coeffs, f"{op.axes}/{self.nd}")]
-            for e in range(self.nd):
+            for e in range(c.ndim):  # a scalar (axes ()) is 0-d: nothing to gather
                 if c.shape[e] > 1:
                     c = _take(c, coords[e], e)
             return _ARRAYS.scale(x, c)

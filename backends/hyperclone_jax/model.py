@@ -126,10 +126,14 @@ def _ends_config(cfg: DecoderConfig) -> DecoderConfig:
 
 
 def _block_config(cfg: DecoderConfig, layer: int) -> DecoderConfig:
-    """What block ``layer`` reads: a one-layer config carrying its attention type."""
+    """What block ``layer`` reads: a one-layer config carrying its attention type (and its
+    attention scale where it depends on the layer index: GPT-2's 1 / (layer + 1))."""
     types = (cfg.layer_types[layer],) if cfg.layer_types else ()
     nope = (cfg.nope_layers[layer],) if cfg.nope_layers else ()
-    return replace(cfg, family="", layers=1, layer_types=types, nope_layers=nope)
+    scale = {}
+    if cfg.attn_scale_inverse_layer:
+        scale = dict(attn_scale=(cfg.attn_scale or cfg.head_dim ** -0.5) / (layer + 1), attn_scale_inverse_layer=False)
+    return replace(cfg, family="", layers=1, layer_types=types, nope_layers=nope, **scale)
 
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
