@@ -18,8 +18,9 @@ from typing import Any, Callable, Mapping, Optional
 
 from ...errors import ConfigError
 from ..rope import raw_params, yarn_mscale
-from ..spec import DecoderConfig, Family, Role, in_, out
+from ..spec import DecoderConfig, Family, Role, dense_layer, in_, moe_layer, out
 from ._common import embeddings, gated_mlp, has, norm, read_llama_like
+from .moe import correction_bias, experts, first_k_dense, router, write_first_k
 
 L = "model.layers.{i}"
 A = f"{L}.self_attn"
@@ -51,12 +52,39 @@ MLA_ROLES = (
 BLOCK_NORMS = norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attention_layernorm", "norm.mlp_in")
 DENSE_ROLES = embeddings("model.embed_tokens.weight") + MLA_ROLES + gated_mlp(f"{L}.mlp") + BLOCK_NORMS
 
+
+def _mlp(prefix: str, kind: str, ffn: str, on_layer) -> tuple:
+    """gate/up/down (biases where ``mlp_bias``: DeepSeek-V2's MLP class serves dense layers
+    and shared experts alike) held by the layers ``on_layer`` picks."""
+    roles = []
+    for name, k, axes in (("gate_proj", "gate", (out(ffn), in_("hidden"))), ("up_proj", "up", (out(ffn), in_("hidden"))),
+                          ("down_proj", "down", (out("hidden"), in_(ffn)))):
+        writer = k == "down"
+        roles.append(Role(f"{prefix}.{name}.weight", f"{kind}.{k}", axes, writer=writer, on_layer=on_layer))
+        roles.append(Role(f"{prefix}.{name}.bias", f"{kind}.{k}.bias", axes[:1], writer=writer, on_layer=on_layer,
+                          when=has("mlp_bias")))
+    return tuple(roles)
+
+
+MOE_ROLES = (
+    embeddings("model.embed_tokens.weight") + MLA_ROLES
+    + _mlp(f"{L}.mlp", "mlp", "ffn", dense_layer)
+    + (router(f"{L}.mlp.gate.weight"),) + experts(f"{L}.mlp.experts")
+    + _mlp(f"{L}.mlp.shared_experts", "moe.shared", "shared_ffn", moe_layer)
+    + BLOCK_NORMS
+)
+"""DeepSeek's stack: dense layers (the first ``first_k_dense_replace``) and MoE layers
+(router, routed experts, always-on shared experts of ``n_shared_experts`` x
+``moe_intermediate_size``)."""
+V3_ROLES = MOE_ROLES + (correction_bias(f"{L}.mlp.gate.e_score_correction_bias"),)
+
 MLA_KEYS = {
     "hidden_size": "hidden", "intermediate_size": "ffn", "num_hidden_layers": "layers",
     "num_attention_heads": "heads", "num_key_value_heads": "kv_heads", "qk_rope_head_dim": "head_dim",
     "vocab_size": "vocab", "max_position_embeddings": "positions",
 }
 """The latent ranks and the per-head dims are not written back: they keep their size."""
+MOE_KEYS = dict(MLA_KEYS, n_routed_experts="experts", moe_intermediate_size="moe_ffn")
 
 
 @dataclass(frozen=True)
@@ -114,35 +142,66 @@ def read_mla(hf: Mapping[str, Any], family: str, rope_interleaved: bool, **flags
     return replace(cfg, attn_scale=scale, layer_types=())
 
 
-def _dense_only(hf: Mapping[str, Any], family: str) -> None:
-    """Until MoE layers are supported here: refuse a config with any."""
-    layers = _int(hf, "num_hidden_layers")
-    experts = _int(hf, "n_routed_experts")
-    first = _int(hf, "first_k_dense_replace", 0)
-    if experts and first < layers:
-        raise ConfigError(f"{family}: first_k_dense_replace ({first}) < num_hidden_layers ({layers}) makes "
-                          "MoE layers, not supported yet for this family")
+def _moe_flags(hf: Mapping[str, Any], mlp_types: tuple, scoring: str, **flags) -> dict:
+    """The MoE fields of a DeepSeek-style config whose layers are ``mlp_types``."""
+    n = _int(hf, "n_routed_experts") or _int(hf, "num_experts")
+    shared = hf.get("n_shared_experts", hf.get("num_shared_experts"))
+    if "moe" in mlp_types and not n:
+        raise ConfigError(f"{hf.get('model_type')}: MoE layers need n_routed_experts")
+    if "moe" in mlp_types and not shared:
+        raise ConfigError(f"{hf.get('model_type')}: n_shared_experts {shared!r}: transformers builds the shared "
+                          "experts' MLP at n_shared_experts x moe_intermediate_size (empty tensors at 0); "
+                          "supported: at least one shared expert")
+    groups, keep = _int(hf, "n_group", 1), _int(hf, "topk_group", 1)
+    if n and groups > 1 and n % groups:
+        raise ConfigError(f"n_routed_experts ({n}) is not a multiple of n_group ({groups})")
+    moe_ffn = _int(hf, "moe_intermediate_size")
+    return dict(experts=n, experts_per_tok=_int(hf, "num_experts_per_tok", 1), mlp_types=mlp_types,
+                moe_ffn=moe_ffn, shared_ffn=moe_ffn * int(shared or 0), moe_scoring=scoring,
+                moe_groups=groups if groups > 1 else 0, moe_topk_groups=keep if groups > 1 else 0,
+                moe_scale=float(hf.get("routed_scaling_factor") or 1.0), **flags)
 
 
-def _dense_rewrite(hf, out, new: DecoderConfig) -> dict:
-    """Every layer stays dense: first_k_dense_replace covers the grown depth."""
-    if "first_k_dense_replace" in out:
-        out["first_k_dense_replace"] = new.layers
-    return out
-
-
-def _deepseek_v3(hf):
-    _dense_only(hf, "deepseek_v3")
+def _deepseek_v3(hf, family="deepseek_v3", mlp_types=None):
     bias = bool(hf.get("attention_bias", False))
-    return read_mla(hf, "deepseek_v3", rope_interleaved=bool(hf.get("rope_interleave", True)),
-                    qkv_bias=bias, o_bias=bias, norm_eps=float(hf.get("rms_norm_eps") or 1e-6))
+    mlp_types = first_k_dense(hf, _int(hf, "num_hidden_layers")) if mlp_types is None else mlp_types
+    moe = _moe_flags(hf, mlp_types, "sigmoid", moe_renorm=bool(hf.get("norm_topk_prob", True)))
+    rp = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    if (rp.get("rope_type") or rp.get("type")) == "deepseek_yarn":  # sarvam's legacy name of YaRN
+        rp = {k: v for k, v in rp.items() if k != "type"} | {"rope_type": "yarn"}
+        hf = dict(hf, rope_scaling=None, rope_parameters=rp)
+    return read_mla(hf, family, rope_interleaved=bool(hf.get("rope_interleave", True)),
+                    qkv_bias=bias, o_bias=bias, norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **moe)
+
+
+V2_TOPK = ("greedy",)
+"""DeepSeek-V2 routing transformers computes that the decoder's does: greedy top-k over the
+softmax (its group_limited_greedy ranks groups by their best expert, not supported)."""
 
 
 def _deepseek_v2(hf):
-    _dense_only(hf, "deepseek_v2")
     bias = bool(hf.get("attention_bias", False))
+    method = hf.get("topk_method") or "greedy"
+    if method not in V2_TOPK:
+        raise ConfigError(f"deepseek_v2: topk_method {method!r} is not supported; supported: {', '.join(V2_TOPK)}")
+    mlp_types = first_k_dense(hf, _int(hf, "num_hidden_layers"))
+    # transformers' DeepSeek-V2 router never renormalises (it ignores norm_topk_prob); greedy has no groups
+    moe = _moe_flags(dict(hf, n_group=1), mlp_types, "softmax", moe_renorm=False)
     return read_mla(hf, "deepseek_v2", rope_interleaved=True, qkv_bias=bias, o_bias=bias,
-                    mlp_bias=bool(hf.get("mlp_bias", False)), norm_eps=float(hf.get("rms_norm_eps") or 1e-6))
+                    mlp_bias=bool(hf.get("mlp_bias", False)), norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **moe)
+
+
+def _glm4_moe_lite(hf):
+    layers = _int(hf, "num_hidden_layers")
+    types = hf.get("mlp_layer_types") or ["dense"] + ["sparse"] * (layers - 1)
+    if sorted(set(types) - {"dense", "sparse"}) or len(types) != layers:
+        raise ConfigError(f"glm4_moe_lite: mlp_layer_types {types!r} must give 'dense' or 'sparse' for each of "
+                          f"the {layers} layers")
+    return _deepseek_v3(hf, "glm4_moe_lite", tuple("moe" if t == "sparse" else "dense" for t in types))
+
+
+def _write_mlp_layer_types(out_cfg: dict, new: DecoderConfig) -> None:
+    out_cfg["mlp_layer_types"] = ["sparse" if t == "moe" else "dense" for t in new.mlp_types]
 
 
 def _youtu(hf):
@@ -181,31 +240,45 @@ def _minicpm3_rewrite(hf, out, new: DecoderConfig) -> dict:
     return out
 
 
-deepseek_v3 = LatentFamily("deepseek_v3", ("deepseek_v3",), DENSE_ROLES, _deepseek_v3, MLA_KEYS,
-                           "DeepseekV3ForCausalLM", rewrite=_dense_rewrite)
-deepseek_v2 = LatentFamily("deepseek_v2", ("deepseek_v2",), DENSE_ROLES, _deepseek_v2, MLA_KEYS,
-                           "DeepseekV2ForCausalLM", rewrite=_dense_rewrite)
+FIRST_K = write_first_k("first_k_dense_replace")
+deepseek_v3 = LatentFamily("deepseek_v3", ("deepseek_v3",), V3_ROLES, _deepseek_v3, MOE_KEYS,
+                           "DeepseekV3ForCausalLM", write_layers=FIRST_K)
+sarvam_mla = LatentFamily("sarvam_mla", ("sarvam_mla",), V3_ROLES, lambda hf: _deepseek_v3(hf, "sarvam_mla"),
+                          MOE_KEYS, "DeepseekV3ForCausalLM", write_layers=FIRST_K)
+"""transformers builds sarvam_mla as DeepseekV3ForCausalLM (its config class also reads the
+original Sarvam keys: num_experts, num_shared_experts, deepseek_yarn)."""
+glm4_moe_lite = LatentFamily("glm4_moe_lite", ("glm4_moe_lite",), V3_ROLES, _glm4_moe_lite, MOE_KEYS,
+                             "Glm4MoeLiteForCausalLM", write_layers=_write_mlp_layer_types)
+deepseek_v2 = LatentFamily("deepseek_v2", ("deepseek_v2",), MOE_ROLES, _deepseek_v2, MOE_KEYS,
+                           "DeepseekV2ForCausalLM", write_layers=FIRST_K)
 youtu = LatentFamily("youtu", ("youtu",), DENSE_ROLES, _youtu, MLA_KEYS, "YoutuForCausalLM")
 minicpm3 = LatentFamily("minicpm3", ("minicpm3",), DENSE_ROLES, _minicpm3, MLA_KEYS, "MiniCPM3ForCausalLM",
                         rewrite=_minicpm3_rewrite)
 
-FAMILIES = (deepseek_v3, deepseek_v2, youtu, minicpm3)
+FAMILIES = (deepseek_v3, deepseek_v2, sarvam_mla, glm4_moe_lite, youtu, minicpm3)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False,
              q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8)
+_MOE = dict(num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=24, n_shared_experts=1)
 _YARN = dict(rope_type="yarn", rope_theta=10000.0, factor=2.0, original_max_position_embeddings=32,
              mscale=1.0, mscale_all_dim=0.8, beta_fast=32.0, beta_slow=1.0)
 TINY = {
-    "deepseek_v3": dict(_DIMS, first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2,
-                        moe_intermediate_size=24, attention_bias=True, rope_parameters=_YARN),
-    "deepseek_v2": dict(_DIMS, q_lora_rank=None, first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2,
-                        moe_intermediate_size=24, attention_bias=True, mlp_bias=True),
+    "deepseek_v3": dict(_DIMS, **_MOE, n_group=2, topk_group=1, routed_scaling_factor=2.5, attention_bias=True,
+                        rope_parameters=_YARN),
+    "deepseek_v2": dict(_DIMS, **_MOE, q_lora_rank=None, routed_scaling_factor=1.5, attention_bias=True,
+                        mlp_bias=True),
+    "sarvam_mla": dict(_DIMS, **dict(_MOE, n_shared_experts=2), q_lora_rank=None, norm_topk_prob=False),
+    "glm4_moe_lite": dict(_DIMS, **_MOE, n_group=2, topk_group=2, routed_scaling_factor=1.8,
+                          mlp_layer_types=["dense", "sparse", "sparse"]),
     "youtu": dict(_DIMS, v_head_dim=16, rope_interleave=False, tie_word_embeddings=True),
     "minicpm3": dict(_DIMS, attention_bias=True, mlp_bias=True, scale_emb=3.0, scale_depth=1.4, dim_model_base=8,
                      tie_word_embeddings=True),
 }
 """Tiny configs of every type these families grow (``families.TINY``): small MLA sizes
-(q_lora 16, kv_lora 16, nope 8, rope 4, v 8; Youtu's v 16 is wider than q.k's 12)."""
+(q_lora 16, kv_lora 16, nope 8, rope 4, v 8; Youtu's v 16 is wider than q.k's 12); the
+MoE types one dense layer then two MoE layers of 4 experts, top-2, shared experts."""
 
-__all__ = ["FAMILIES", "TINY", "LatentFamily", "read_mla", "deepseek_v2", "deepseek_v3", "minicpm3", "youtu"]
+__all__ = ["FAMILIES", "TINY", "LatentFamily", "read_mla", "deepseek_v2", "deepseek_v3", "glm4_moe_lite", "minicpm3",
+           "sarvam_mla", "youtu"]
