@@ -276,7 +276,58 @@ solar_open = Family(
     _solar_open, SOLAR_KEYS, "SolarOpenForCausalLM",
 )
 
-FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open)
+# ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
+
+
+def _float(hf: Mapping[str, Any], key: str, default: float = 1.0) -> float:
+    value = hf.get(key)
+    return float(default if value is None else value)
+
+
+def granite_multipliers(hf: Mapping[str, Any]) -> dict:
+    """Granite's scalars: embedding, residual and attention multipliers, logits divided by logits_scaling."""
+    return dict(embed_multiplier=_float(hf, "embedding_multiplier"), residual_multiplier=_float(hf, "residual_multiplier"),
+                logit_scale=1.0 / _float(hf, "logits_scaling"), attn_scale=_float(hf, "attention_multiplier"))
+
+
+GMOE = f"{L}.block_sparse_moe"
+GRANITEMOE_ROLES = (
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + on(moe_layer, (
+        router(f"{GMOE}.router.layer.weight"),
+        Role(f"{GMOE}.input_linear.weight", "moe.experts.gate_up", (out("experts"), out("ffn|ffn"), in_("hidden"))),
+        Role(f"{GMOE}.output_linear.weight", "moe.experts.down", (out("experts"), out("hidden"), in_("ffn")),
+             writer=True),
+    ))
+    + BLOCK_NORMS
+)
+GRANITEMOE_KEYS = dict(LLAMA_KEYS, num_local_experts="experts")
+
+
+def _granitemoe(hf, family="granitemoe", **flags):
+    bias = bool(hf.get("attention_bias", False))
+    # top-k of the logits, then a softmax over those k: softmax-then-top-k renormalised
+    return read_llama_like(hf, family, experts=int(hf.get("num_local_experts") or 0),
+                           experts_per_tok=int(hf.get("num_experts_per_tok") or 1), experts_stacked="out_in",
+                           qkv_bias=bias, o_bias=bias, **granite_multipliers(hf), **flags)
+
+
+granitemoe = Family("granitemoe", ("granitemoe",), GRANITEMOE_ROLES, _granitemoe, GRANITEMOE_KEYS,
+                    "GraniteMoeForCausalLM")
+_has_shared = lambda cfg: cfg.shared_ffn > 0  # noqa: E731
+granitemoeshared = Family(
+    "granitemoeshared", ("granitemoeshared",),
+    GRANITEMOE_ROLES + on(moe_layer, (
+        Role(f"{L}.shared_mlp.input_linear.weight", "moe.shared.gate_up", (out("shared_ffn|shared_ffn"), in_("hidden")),
+             when=_has_shared),
+        Role(f"{L}.shared_mlp.output_linear.weight", "moe.shared.down", (out("hidden"), in_("shared_ffn")), writer=True,
+             when=_has_shared),
+    )),
+    lambda hf: _granitemoe(hf, "granitemoeshared", shared_ffn=int(hf.get("shared_intermediate_size") or 0)),
+    dict(GRANITEMOE_KEYS, shared_intermediate_size="shared_ffn"), "GraniteMoeSharedForCausalLM",
+)
+
+FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -289,6 +340,11 @@ TINY = {
                       head_dim=16, attention_bias=True, norm_topk_prob=True),
     "olmoe": dict(_DIMS, **_MOE, clip_qkv=2.0, attention_bias=True),
     "flex_olmo": dict(_DIMS, **_MOE, norm_topk_prob=True),
+    "granitemoe": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, attention_bias=True,
+                       embedding_multiplier=3.0, residual_multiplier=0.5, logits_scaling=4.0, attention_multiplier=0.2),
+    "granitemoeshared": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=40,
+                             embedding_multiplier=3.0, residual_multiplier=0.5, logits_scaling=4.0,
+                             attention_multiplier=0.2),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
@@ -298,5 +354,5 @@ TINY = {
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "first_k_dense", "flex_olmo", "olmoe", "qwen2_moe",
-           "qwen3_moe", "solar_open", "write_first_k"]
+__all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "first_k_dense", "flex_olmo", "olmoe", "granitemoe",
+           "granitemoeshared", "qwen2_moe", "qwen3_moe", "solar_open", "write_first_k"]
