@@ -142,7 +142,7 @@ class MlxArrays(ArrayPrimitives):
 
     def from_stored(self, raw: np.ndarray, dtype: str) -> mx.array:
         if dtype == "bfloat16":  # the stored bits viewed as bfloat16, not converted
-            return mx.array(np.ascontiguousarray(raw).view(np.uint16)).view(mx.bfloat16)
+            return mx.array(np.ascontiguousarray(raw).reshape(raw.shape).view(np.uint16)).view(mx.bfloat16)
         return super().from_stored(raw, dtype)
 
     def take(self, x: mx.array, axis: int, index: mx.array) -> mx.array:

@@ -213,7 +213,8 @@ class TorchEngine:
 
     def import_state(self, state: EngineState) -> None:
         check_state(state, self.names, self.shapes)
-        weights = {n: torch.from_numpy(np.ascontiguousarray(state.params[n])) for n in self.names}
+        weights = {n: torch.from_numpy(np.ascontiguousarray(state.params[n]).reshape(np.shape(state.params[n])))
+                   for n in self.names}  # reshape: ascontiguousarray makes a 0-d array 1-d
         distributed.load_full_model_state(self.module, weights, self.par)
         if state.adam_step == 0:
             self.optimizer.state.clear()

@@ -180,7 +180,7 @@ class TorchArrays(ArrayPrimitives):
         arr = np.asarray(a)
         if arr.dtype == np.uint64:
             arr = arr.astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+        return torch.from_numpy(np.ascontiguousarray(arr).reshape(arr.shape)).to(device)  # a 0-d array stays 0-d
 
     def to_numpy(self, x: torch.Tensor) -> np.ndarray:
         x = x.detach()
