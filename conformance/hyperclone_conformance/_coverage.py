@@ -86,7 +86,7 @@ DIMS = ("family", "vocab", "hidden", "ffn", "moe_ffn", "shared_ffn", "layers", "
 FLAGS = {
     "norm": ("layer", "layer_noparam"), "norm_eps": (1e-6,), "norm_unit_offset": (True,),
     "placement": ("post", "sandwich", "post_sublayer"), "parallel_residual": (True,), "final_norm": (False,),
-    "mlp": ("plain",), "fused_gate_up": (True,), "qkv_layout": ("concat", "per_head"),
+    "mlp": ("plain",), "fused_gate_up": (True,), "qkv_layout": ("concat", "per_head", "grouped"),
     "act": ("relu", "gelu", "gelu_pytorch_tanh", "relu2", "xielu"), "pos": ("learned", "alibi"), "rope_theta": (100.0,),
     "rotary_dim": (4,), "learned_pos_offset": (2,), "qk_norm": ("head", "full"), "qkv_bias": (True,),
     "o_bias": (True,), "mlp_bias": (True,), "norm_bias": (True,), "tie_embeddings": (True,),

@@ -221,12 +221,20 @@ def axis_map(
     growth: Mapping[str, ReplicationMap],
     old_sizes: Mapping[str, int],
 ) -> AxisMap:
-    """Compose per-dim replication maps into one flat map for a composite axis."""
+    """Compose per-dim replication maps into one flat map for a composite axis (a group
+    factor composes its own segments' map)."""
     srcs, copies = [], []
     offset = 0
     for segment in segments:
         grids_src, grids_copy, old_dims, copy_radix = [], [], [], []
         for f in segment:
+            if isinstance(f, tuple):  # a group: a concatenation inside the product
+                sub = axis_map(f, growth, old_sizes)
+                grids_src.append(sub.src)
+                grids_copy.append(sub.copy)
+                old_dims.append(sub.old_size)
+                copy_radix.append(int(sub.copy.max()) + 1)
+                continue
             if isinstance(f, int):
                 rmap = ReplicationMap(f, f)
             else:

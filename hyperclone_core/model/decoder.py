@@ -414,6 +414,11 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
         if cfg.qkv_layout == "per_head":  # heads x 3 x head_dim
             qkv = xp.reshape(qkv, (B, T, H, 3, D))
             q, k, v = (xp.reshape(qkv[:, :, :, j], (B, T, H * D)) for j in range(3))
+        elif cfg.qkv_layout == "grouped":  # per kv head: its q_per_kv queries, its key, its value (falcon)
+            G = H // KV
+            qkv = xp.reshape(qkv, (B, T, KV, G + 2, D))
+            q = xp.reshape(qkv[:, :, :, :G], (B, T, H * D))
+            k, v = (xp.reshape(qkv[:, :, :, G + j], (B, T, KV * D)) for j in range(2))
         else:  # "concat": q | k | v
             q, k, v = qkv[..., :H * D], qkv[..., H * D:(H + KV) * D], qkv[..., (H + KV) * D:]
     if cfg.clip_qkv and not cfg.clip_after_qk_norm:

@@ -15,12 +15,24 @@ from ..errors import ConfigError
 from .rope import hf_scaling, rope_params
 
 Factor = Union[str, int]
-Segment = tuple  # tuple[Factor, ...]: an ordered product of dims (names) and constants
+Segment = tuple  # tuple[Factor, ...]: an ordered product of dims (names), constants and groups
+# a group, ``(a|b)`` in the axis syntax, is a factor that is itself a tuple of segments (a concatenation)
 
 
 def segment_size(segment: Segment, sizes: Mapping[str, int]) -> int:
     """The size of one segment of an axis under ``sizes``."""
-    return math.prod(f if isinstance(f, int) else sizes[f] for f in segment)
+    return math.prod(f if isinstance(f, int) else sum(segment_size(s, sizes) for s in f) if isinstance(f, tuple)
+                     else sizes[f] for f in segment)
+
+
+def _segment_dims(segments) -> set:
+    return {d for s in segments for f in s
+            for d in (_segment_dims(f) if isinstance(f, tuple) else [f] if isinstance(f, str) else [])}
+
+
+def _segments_key(segments) -> str:
+    return "|".join("*".join(f"({_segments_key(f)})" if isinstance(f, tuple) else str(f) for f in s)
+                    for s in segments)
 
 
 DIMS = (
@@ -42,7 +54,9 @@ class Axis:
     """One tensor axis: a direction and a concatenation of segments.
 
     ``out``: the tensor writes activations along these dims; ``in``: it reads them.
-    Each segment is an ordered product of dims (names) and constants (ints).
+    Each segment is an ordered product of dims (names), constants (ints) and groups (a
+    factor that is itself a concatenation: ``kv_heads*(q_per_kv*head_dim|head_dim|head_dim)``,
+    Falcon's fused qkv, each kv head's queries then its key and value).
     """
 
     direction: str
@@ -54,31 +68,53 @@ class Axis:
 
     @property
     def dims(self) -> frozenset:
-        return frozenset(f for s in self.segments for f in s if isinstance(f, str))
+        return frozenset(_segment_dims(self.segments))
 
     def size(self, sizes: Mapping[str, int]) -> int:
         return sum(segment_size(s, sizes) for s in self.segments)
 
     def key(self) -> str:
-        return "|".join("*".join(str(f) for f in s) for s in self.segments)
+        return _segments_key(self.segments)
 
     def __str__(self) -> str:
         return f"{self.direction}[{self.key()}]"
 
 
-def _parse_axis(direction: str, text: str) -> Axis:
+def _split_top(text: str, sep: str) -> list:
+    """``text`` split at ``sep`` outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for j, c in enumerate(text):
+        depth += (c == "(") - (c == ")")
+        if depth < 0:
+            raise ValueError(f"unbalanced parentheses in axis {text!r}")
+        if c == sep and depth == 0:
+            parts.append(text[start:j])
+            start = j + 1
+    if depth:
+        raise ValueError(f"unbalanced parentheses in axis {text!r}")
+    return parts + [text[start:]]
+
+
+def _parse_segments(text: str) -> tuple:
     segments = []
-    for seg in text.split("|"):
+    for seg in _split_top(text, "|"):
         factors: list = []
-        for f in seg.split("*"):
+        for f in _split_top(seg, "*"):
             f = f.strip()
-            factors.append(int(f) if f.isdigit() else f)
+            if f.startswith("(") and f.endswith(")"):
+                factors.append(_parse_segments(f[1:-1]))
+            else:
+                factors.append(int(f) if f.isdigit() else f)
         segments.append(tuple(factors))
-    return Axis(direction, tuple(segments))
+    return tuple(segments)
+
+
+def _parse_axis(direction: str, text: str) -> Axis:
+    return Axis(direction, _parse_segments(text))
 
 
 def out(text: str) -> Axis:
-    """``out("kv_heads*q_per_kv*head_dim")``; segments separated by ``|``."""
+    """``out("kv_heads*q_per_kv*head_dim")``; segments separated by ``|``; a group in parentheses."""
     return _parse_axis("out", text)
 
 
@@ -156,7 +192,8 @@ class DecoderConfig:
     final_norm: bool = True
     mlp: str = "gated"                # gated | plain
     fused_gate_up: bool = False       # phi3: one gate|up matrix
-    qkv_layout: str = "separate"      # separate | concat (q|k|v rows) | per_head (heads x 3 x head_dim)
+    qkv_layout: str = "separate"      # separate | concat (q|k|v rows) | per_head (heads x 3 x head_dim) |
+    #                                   grouped (kv_heads x (q_per_kv + 2) x head_dim: falcon's new architecture)
     act: str = "silu"
     pos: str = "rope"                 # rope | learned | alibi (per-head linear biases, slopes from the head count)
     rope_theta: float = 10000.0

@@ -296,19 +296,25 @@ gptj = Family("gptj", ("gptj",), GPTJ_ROLES, _gptj, GPT_KEYS, "GPTJForCausalLM",
 # ---------------------------------------------------------------- falcon
 
 F = "transformer.h.{i}"
-_seq = lambda c: not c.parallel_residual  # noqa: E731  (sequential blocks: a second LayerNorm)
+_two_norms = lambda c: c.parallel_residual and not c.shared_block_norm  # noqa: E731  (new architecture: ln_attn, ln_mlp)
 FALCON_ROLES = (
     Role(f"{T}.word_embeddings.weight", "embed", (in_("vocab"), out("hidden"))),
     *_ln(f"{T}.ln_f", "norm.final"),
     *_lin("lm_head", "lm_head", "vocab", "hidden"),
-    *_ln(f"{F}.input_layernorm", "norm.attn_in"),
-    *_ln(f"{F}.post_attention_layernorm", "norm.mlp_in", when=_seq),
+    *_ln(f"{F}.input_layernorm", "norm.attn_in", when=lambda c: not _two_norms(c)),
+    *_ln(f"{F}.post_attention_layernorm", "norm.mlp_in", when=lambda c: not c.parallel_residual),
+    *_ln(f"{F}.ln_attn", "norm.attn_in", when=_two_norms),
+    *_ln(f"{F}.ln_mlp", "norm.mlp_in", when=_two_norms),
 )
+FALCON_QKV = {
+    "concat": f"{Q}|{KV}|{KV}",  # multi_query: q rows | one k head | one v head
+    "per_head": "kv_heads*q_per_kv*3*head_dim",  # heads x (q, k, v) x head_dim
+    "grouped": "kv_heads*(q_per_kv*head_dim|head_dim|head_dim)",  # new architecture: per kv head its q, its k, its v
+}
 
 
 def _falcon_qkv(layout: str) -> tuple:
-    """multi_query (concat): q rows | one k head | one v head; else heads x (q, k, v) x head_dim."""
-    axes = f"{Q}|{KV}|{KV}" if layout == "concat" else "kv_heads*q_per_kv*3*head_dim"
+    axes = FALCON_QKV[layout]
     on = (lambda c: c.qkv_layout == layout)
     return (
         Role(f"{F}.self_attention.query_key_value.weight", "attn.qkv", (out(axes), in_("hidden")), when=on),
@@ -318,45 +324,69 @@ def _falcon_qkv(layout: str) -> tuple:
 
 
 FALCON_ROLES += (
-    _falcon_qkv("concat") + _falcon_qkv("per_head")
+    sum((_falcon_qkv(layout) for layout in FALCON_QKV), ())
     + _lin(f"{F}.self_attention.dense", "attn.o", "hidden", Q, writer=True, bias=has("o_bias"))
     + _lin(f"{F}.mlp.dense_h_to_4h", "mlp.up", "ffn", "hidden", bias=has("mlp_bias"))
     + _lin(f"{F}.mlp.dense_4h_to_h", "mlp.down", "hidden", "ffn", writer=True, bias=has("mlp_bias"))
 )
 FALCON_KEYS = {"hidden_size": "hidden", "ffn_hidden_size": "ffn", "num_hidden_layers": "layers",
-               "num_attention_heads": "heads", "vocab_size": "vocab", "max_position_embeddings": "positions"}
+               "num_attention_heads": "heads", "num_kv_heads": "kv_heads", "vocab_size": "vocab",
+               "max_position_embeddings": "positions"}
 
 
 def _falcon(hf) -> DecoderConfig:
+    """Classic blocks (multi_query: one kv head; else per-head fused qkv; parallel under
+    one LayerNorm or sequential) and the new architecture (grouped fused qkv with
+    num_kv_heads, parallel under ln_attn and ln_mlp, or one LayerNorm when
+    num_ln_in_parallel_attn is 1)."""
     if hf.get("alibi"):
         raise ConfigError("falcon: alibi = true (ALiBi slopes rounded to bfloat16, divided by sqrt(head_dim)) is not "
                           "supported yet; supported: rotary falcon configs")
-    if hf.get("new_decoder_architecture"):
-        raise ConfigError("falcon: new_decoder_architecture = true (q heads and their k, v grouped per kv head in "
-                          "query_key_value) is not supported yet")
+    new_arch = bool(hf.get("new_decoder_architecture", False))
+    parallel = bool(hf.get("parallel_attn", True))
     hf = dict(hf, intermediate_size=hf.get("ffn_hidden_size") or 4 * int(hf.get("hidden_size") or 0))
     hf.pop("num_key_value_heads", None)
-    d = _dims(hf, head_dim_key=False)
-    mqa = bool(hf.get("multi_query", True))
-    if mqa:
-        d["kv_heads"] = 1
-    parallel = bool(hf.get("parallel_attn", True))
+    hf.pop("head_dim", None)  # a property of the config class: hidden / heads
+    if new_arch:
+        if not parallel:
+            raise ConfigError("falcon: new_decoder_architecture with parallel_attn = false is not a working "
+                              "transformers model (its block reads norms it does not build)")
+        hf["num_key_value_heads"] = hf.get("num_kv_heads")
+        n_ln = hf.get("num_ln_in_parallel_attn") or 2
+        if n_ln not in (1, 2):
+            raise ConfigError(f"falcon: num_ln_in_parallel_attn must be 1 or 2, not {n_ln}")
+        d = _dims(hf, head_dim_key=False)
+        layout, shared = "grouped", n_ln == 1
+    else:
+        if parallel and hf.get("num_ln_in_parallel_attn") == 2:
+            raise ConfigError("falcon: num_ln_in_parallel_attn = 2 without new_decoder_architecture is not a working "
+                              "transformers model (its block reads input_layernorm, which it does not build)")
+        d = _dims(hf, head_dim_key=False)
+        mqa = bool(hf.get("multi_query", True))
+        if not mqa and hf.get("num_kv_heads") not in (None, d["heads"]):
+            raise ConfigError(f"falcon: num_kv_heads ({hf['num_kv_heads']}) must equal num_attention_heads "
+                              f"({d['heads']}) without multi_query or new_decoder_architecture (the fused qkv holds "
+                              "a key and a value per head)")
+        d["kv_heads"] = 1 if mqa else d["heads"]
+        layout, shared = ("concat" if mqa else "per_head"), parallel
     bias = bool(hf.get("bias", False))
     return DecoderConfig(
         family="falcon", **d, norm="layer", norm_eps=_eps(hf, "layer_norm_epsilon"), norm_bias=True,
-        parallel_residual=parallel, shared_block_norm=parallel, mlp="plain", act=hf.get("activation") or "gelu",
-        qkv_layout="concat" if mqa else "per_head", **_full_rope(hf, d["head_dim"], d["positions"]),
+        parallel_residual=parallel, shared_block_norm=shared, mlp="plain", act=hf.get("activation") or "gelu",
+        qkv_layout=layout, **_full_rope(hf, d["head_dim"], d["positions"]),
         qkv_bias=bias, o_bias=bias, mlp_bias=bias, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
     )
 
 
 class _FalconFamily(Family):
     def write_config(self, hf, new, layer_src):
-        if hf.get("multi_query", True) and new.kv_heads != 1:
+        classic = not hf.get("new_decoder_architecture", False)
+        if classic and hf.get("multi_query", True) and new.kv_heads != 1:
             raise ConfigError(f"falcon with multi_query has one kv head; {new.kv_heads} kv heads cannot be written "
                               "(leave out --kv-heads)")
         out = super().write_config(hf, new, layer_src)
-        out["num_kv_heads"] = new.heads  # what the config class fills in (the classic blocks read it without MQA)
+        # the classic blocks without multi_query read num_kv_heads as the head count
+        out["num_kv_heads"] = new.heads if classic else new.kv_heads
         out.pop("num_key_value_heads", None)  # derived by the config class
         return out
 
@@ -408,8 +438,8 @@ TINY = {
     "starcoder2": dict(_GQA, use_bias=True, sliding_window=4, tie_word_embeddings=True),
     "cohere": dict(_GQA, use_qk_norm=True, attention_bias=True, logit_scale=0.25, tie_word_embeddings=True),
     "falcon": dict(vocab_size=96, hidden_size=32, ffn_hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                   max_position_embeddings=64, multi_query=True, parallel_attn=True, bias=True, alibi=False,
-                   new_decoder_architecture=False, activation="gelu", tie_word_embeddings=True),
+                   num_kv_heads=2, max_position_embeddings=64, new_decoder_architecture=True, parallel_attn=True,
+                   num_ln_in_parallel_attn=2, bias=True, alibi=False, activation="gelu", tie_word_embeddings=True),
     "cohere2": dict(_GQA, num_hidden_layers=3, attention_bias=True, logit_scale=0.25, tie_word_embeddings=True,
                     sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "persimmon": dict(_DIMS, qk_layernorm=True, hidden_act="relu2",
