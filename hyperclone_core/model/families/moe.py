@@ -25,13 +25,27 @@ def on(pred: Callable, roles: tuple) -> tuple:
     return tuple(replace(r, on_layer=pred) for r in roles)
 
 
-def dense_mlp(prefix: str = f"{L}.mlp", ffn: str = "ffn") -> tuple:
-    """A dense layer's gated MLP inside an MoE stack (gate/up/down, no bias)."""
+def _mlp_bias(cfg: DecoderConfig) -> bool:
+    return cfg.mlp_bias
+
+
+def _biases(prefix: str, kind: str, ffn: str, when: Callable = _mlp_bias) -> tuple:
+    """gate/up/down biases of a gated MLP where ``when`` (the config's ``mlp_bias``)."""
+    return (
+        Role(f"{prefix}.gate_proj.bias", f"{kind}.gate.bias", (out(ffn),), when=when),
+        Role(f"{prefix}.up_proj.bias", f"{kind}.up.bias", (out(ffn),), when=when),
+        Role(f"{prefix}.down_proj.bias", f"{kind}.down.bias", (out("hidden"),), writer=True, when=when),
+    )
+
+
+def dense_mlp(prefix: str = f"{L}.mlp", ffn: str = "ffn", bias: bool = False) -> tuple:
+    """A dense layer's gated MLP inside an MoE stack (gate/up/down; with ``bias``, their
+    biases where the config sets ``mlp_bias``)."""
     return on(dense_layer, (
         Role(f"{prefix}.gate_proj.weight", "mlp.gate", (out(ffn), in_("hidden"))),
         Role(f"{prefix}.up_proj.weight", "mlp.up", (out(ffn), in_("hidden"))),
         Role(f"{prefix}.down_proj.weight", "mlp.down", (out("hidden"), in_(ffn)), writer=True),
-    ))
+    ) + (_biases(prefix, "mlp", ffn) if bias else ()))
 
 
 def router(name: str) -> Role:
@@ -49,14 +63,15 @@ def experts(prefix: str, ffn: str = "moe_ffn", names: tuple = ("gate_proj", "up_
     ))
 
 
-def shared_mlp(prefix: str, ffn: str = "shared_ffn") -> tuple:
-    """The always-on shared expert's gate/up/down (``moe.shared.*``), where the config has one."""
+def shared_mlp(prefix: str, ffn: str = "shared_ffn", bias: bool = False) -> tuple:
+    """The always-on shared expert's gate/up/down (``moe.shared.*``), where the config has one
+    (with ``bias``: their biases where it sets ``mlp_bias``)."""
     has = lambda cfg: cfg.shared_ffn > 0  # noqa: E731
     return on(moe_layer, (
         Role(f"{prefix}.gate_proj.weight", "moe.shared.gate", (out(ffn), in_("hidden")), when=has),
         Role(f"{prefix}.up_proj.weight", "moe.shared.up", (out(ffn), in_("hidden")), when=has),
         Role(f"{prefix}.down_proj.weight", "moe.shared.down", (out("hidden"), in_(ffn)), writer=True, when=has),
-    ))
+    ) + (_biases(prefix, "moe.shared", ffn, lambda cfg: cfg.shared_ffn > 0 and cfg.mlp_bias) if bias else ()))
 
 
 def correction_bias(name: str) -> Role:
@@ -72,6 +87,21 @@ def _ints(hf: Mapping[str, Any], key: str) -> list:
     return [int(v) for v in value] if value else []
 
 
+def layer_writer(rule: Callable, rewrite: Callable, what: str) -> Callable:
+    """A ``Family.write_layers``: where ``rule(config, layers, experts)`` (the type's own
+    reading of its keys) no longer gives the grown stack's ``mlp_types`` (depth growth
+    inserted layers), ``rewrite(config, mlp_types)`` sets the keys; a pattern they cannot
+    express (``what`` says which) is refused."""
+    def write(out_cfg: dict, new: DecoderConfig) -> None:
+        if not new.mlp_types or rule(out_cfg, new.layers, new.experts) == new.mlp_types:
+            return
+        rewrite(out_cfg, new.mlp_types)
+        if rule(out_cfg, new.layers, new.experts) != new.mlp_types:
+            raise ConfigError(f"the grown stack's dense/MoE layers {list(new.mlp_types)} cannot be written as {what}; "
+                              "grow the depth so that inserted layers keep the pattern, or grow the width alone")
+    return write
+
+
 def qwen_mlp_types(hf: Mapping[str, Any], layers: int, experts: int) -> tuple:
     """Qwen-MoE's rule: MoE unless listed in ``mlp_only_layers`` or off ``decoder_sparse_step``."""
     dense = set(_ints(hf, "mlp_only_layers"))
@@ -79,34 +109,53 @@ def qwen_mlp_types(hf: Mapping[str, Any], layers: int, experts: int) -> tuple:
     return tuple("moe" if i not in dense and experts > 0 and (i + 1) % step == 0 else "dense" for i in range(layers))
 
 
-def write_qwen_layers(out_cfg: dict, new: DecoderConfig) -> None:
-    if new.mlp_types:
-        out_cfg["decoder_sparse_step"] = 1
-        out_cfg["mlp_only_layers"] = [i for i, t in enumerate(new.mlp_types) if t == "dense"]
+def _qwen_rewrite(out_cfg: dict, types: tuple) -> None:
+    out_cfg["decoder_sparse_step"] = 1
+    out_cfg["mlp_only_layers"] = [i for i, t in enumerate(types) if t == "dense"]
 
 
-def first_k_dense(hf: Mapping[str, Any], layers: int, key: str = "first_k_dense_replace", freq_key: str = "") -> tuple:
+write_qwen_layers = layer_writer(qwen_mlp_types, _qwen_rewrite, "mlp_only_layers")
+
+
+def first_k_dense(hf: Mapping[str, Any], layers: int, experts: int = 1, key: str = "first_k_dense_replace",
+                  freq_key: str = "moe_layer_freq") -> tuple:
     """DeepSeek's rule: the first k layers dense, then MoE (every ``freq_key``-th layer where set)."""
     k = int(hf.get(key) or 0)
-    freq = int(hf.get(freq_key) or 1) if freq_key else 1
-    return tuple("moe" if i >= k and i % freq == 0 else "dense" for i in range(layers))
+    freq = int(hf.get(freq_key) or 1)
+    return tuple("moe" if experts and i >= k and i % freq == 0 else "dense" for i in range(layers))
 
 
-def write_first_k(key: str, freq_key: str = "") -> Callable:
-    def write(out_cfg: dict, new: DecoderConfig) -> None:
-        if not new.mlp_types:
-            return
-        k = new.mlp_types.index("moe") if "moe" in new.mlp_types else new.layers
-        if freq_key and int(out_cfg.get(freq_key) or 1) != 1 and any(t == "dense" for t in new.mlp_types[k:]):
-            raise ConfigError(f"the grown stack's dense/MoE pattern {list(new.mlp_types)} cannot be written with "
-                              f"{key} and {freq_key}; grow the depth of a config whose MoE layers are contiguous")
-        if any(t == "dense" for t in new.mlp_types[k:]):
-            raise ConfigError(f"the grown stack's dense/MoE pattern {list(new.mlp_types)} is not 'k dense layers, "
-                              f"then MoE' ({key})")
-        out_cfg[key] = k
-        if freq_key and freq_key in out_cfg:
+def write_first_k(key: str = "first_k_dense_replace", freq_key: str = "moe_layer_freq") -> Callable:
+    """The writer of ``first_k_dense``'s keys (``key`` dense layers first, then MoE every
+    ``freq_key``-th; a grown stack is written with a frequency of 1)."""
+    def rule(hf, layers, experts):
+        return first_k_dense(hf, layers, experts, key, freq_key)
+
+    def rewrite(out_cfg, types):
+        out_cfg[key] = types.index("moe") if "moe" in types else len(types)
+        if freq_key in out_cfg:
             out_cfg[freq_key] = 1
-    return write
+    return layer_writer(rule, rewrite, f"{key} dense layers, then MoE")
+
+
+def interval_mlp_types(hf: Mapping[str, Any], layers: int, experts: int) -> tuple:
+    """Ernie 4.5's rule: MoE from ``moe_layer_start_index`` to ``moe_layer_end_index`` (-1: the
+    last layer) on every ``moe_layer_interval``-th layer."""
+    start = int(hf.get("moe_layer_start_index", 1) or 0)
+    end = hf.get("moe_layer_end_index", -1)
+    end = layers - 1 if end is None or int(end) == -1 else int(end)
+    step = int(hf.get("moe_layer_interval") or 1)
+    return tuple("moe" if experts and (i + 1) % step == 0 and start <= i <= end else "dense" for i in range(layers))
+
+
+def _interval_rewrite(out_cfg: dict, types: tuple) -> None:
+    moe = [i for i, t in enumerate(types) if t == "moe"]
+    if moe:
+        out_cfg.update(moe_layer_start_index=moe[0], moe_layer_end_index=moe[-1], moe_layer_interval=1)
+
+
+write_interval_layers = layer_writer(interval_mlp_types, _interval_rewrite,
+                                     "one run of MoE layers (moe_layer_start_index..moe_layer_end_index)")
 
 
 def _refuse(hf: Mapping[str, Any], **unsupported) -> None:
@@ -231,7 +280,7 @@ def deepseek_routing(hf: Mapping[str, Any], layers: int, scoring: str = "sigmoid
         moe_groups=groups if groups > 1 else 0, moe_topk_groups=int(hf.get("topk_group") or 1) if groups > 1 else 0,
         moe_renorm=bool(hf.get("norm_topk_prob", False)), moe_scale=float(hf.get("routed_scaling_factor") or 1.0),
         moe_ffn=moe_ffn, shared_ffn=moe_ffn * int(hf.get("n_shared_experts") or 0),
-        mlp_types=first_k_dense(hf, layers) if n else (),
+        mlp_types=first_k_dense(hf, layers, n),
     )
 
 
@@ -253,7 +302,7 @@ dots1 = Family(
     "dots1", ("dots1",),
     embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_HEAD
     + dense_mlp() + DEEPSEEK_EXPERTS + BLOCK_NORMS,
-    _dots1, DEEPSEEK_KEYS, "Dots1ForCausalLM", write_layers=write_first_k("first_k_dense_replace"),
+    _dots1, DEEPSEEK_KEYS, "Dots1ForCausalLM", write_layers=write_first_k(),
 )
 
 
@@ -274,6 +323,40 @@ solar_open = Family(
     + (router(f"{L}.mlp.gate.weight"), correction_bias(f"{L}.mlp.gate.e_score_correction_bias"))
     + experts(f"{L}.mlp.experts", ffn="ffn") + shared_mlp(f"{L}.mlp.shared_experts") + BLOCK_NORMS,
     _solar_open, SOLAR_KEYS, "SolarOpenForCausalLM",
+)
+
+# ---------------------------------------------------------------- Ernie 4.5 MoE
+
+
+def _ernie(hf):
+    bias = bool(hf.get("use_bias", False))
+    n = int(hf.get("moe_num_experts") or 0)
+    moe_ffn = int(hf.get("moe_intermediate_size") or hf["intermediate_size"])
+    layers = int(hf["num_hidden_layers"])
+    _refuse(hf, num_mtp_layers=lambda v: int(v) > 0)  # transformers drops the MTP layer's weights
+    return read_llama_like(
+        hf, "ernie4_5_moe", experts=n, experts_per_tok=int(hf.get("moe_k") or 1), moe_ffn=moe_ffn,
+        shared_ffn=moe_ffn * int(hf.get("moe_num_shared_experts") or 0), mlp_types=interval_mlp_types(hf, layers, n),
+        rope_interleaved=True, qkv_bias=bias, o_bias=bias, mlp_bias=bias,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    )
+
+
+ERNIE_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + (Role("lm_head.bias", "lm_head.bias", (out("vocab"),), when=_mlp_bias),)
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + dense_mlp(bias=True)
+    + (router(f"{L}.mlp.gate.weight"),
+       Role(f"{L}.mlp.moe_statics.e_score_correction_bias", "moe.correction.bias", (out("1"), out("experts")),
+            on_layer=moe_layer))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_experts", bias=True)
+    + BLOCK_NORMS
+)
+ernie4_5_moe = Family(
+    "ernie4_5_moe", ("ernie4_5_moe",), ERNIE_ROLES, _ernie,
+    dict(LLAMA_KEYS, moe_num_experts="experts", moe_intermediate_size="moe_ffn"), "Ernie4_5_MoeForCausalLM",
+    write_layers=write_interval_layers,
 )
 
 # ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
@@ -327,7 +410,7 @@ granitemoeshared = Family(
     dict(GRANITEMOE_KEYS, shared_intermediate_size="shared_ffn"), "GraniteMoeSharedForCausalLM",
 )
 
-FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared)
+FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -345,6 +428,8 @@ TINY = {
     "granitemoeshared": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=40,
                              embedding_multiplier=3.0, residual_multiplier=0.5, logits_scaling=4.0,
                              attention_multiplier=0.2),
+    "ernie4_5_moe": dict(_DIMS, moe_num_experts=4, moe_k=2, moe_intermediate_size=24, moe_num_shared_experts=2,
+                         num_hidden_layers=3, moe_layer_start_index=1, use_bias=True, tie_word_embeddings=True),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
@@ -354,5 +439,5 @@ TINY = {
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "first_k_dense", "flex_olmo", "olmoe", "granitemoe",
+__all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "ernie4_5_moe", "first_k_dense", "flex_olmo", "olmoe", "granitemoe",
            "granitemoeshared", "qwen2_moe", "qwen3_moe", "solar_open", "write_first_k"]
