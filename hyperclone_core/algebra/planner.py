@@ -203,7 +203,8 @@ class Growth:
     ) -> "Growth":
         """The CLI's growth options: ratios for width, ffn, heads, kv heads; ``layers``
         is the new total depth.  Defaults: ffn and heads grow with the width
-        (head_dim fixed); kv heads grow with the heads unless there is one (MQA)."""
+        (head_dim fixed), except under ALiBi, whose slopes depend on the head count (heads
+        fixed, head_dim grows); kv heads grow with the heads unless there is one (MQA)."""
         sizes = {"hidden": _scaled("--width", cfg.hidden, width)}
         if ffn_size is not None:
             sizes["ffn"] = int(ffn_size)
