@@ -101,7 +101,8 @@ def _growth_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--ffn-size", type=lambda t: validate.integer("--ffn-size", t, 1, validate.MAX_DIM),
                    help="ffn size, instead of --ffn (default: none, --ffn applies)")
     g.add_argument("--heads", type=_ratio("--heads"),
-                   help="attention-head ratio (default: the width, so head_dim stays fixed)")
+                   help="attention-head ratio (default: the width, so head_dim stays fixed; 1 under ALiBi, whose "
+                        "slopes depend on the head count)")
     g.add_argument("--kv-heads", type=_ratio("--kv-heads"),
                    help="kv-head ratio (default: the head ratio; a single kv head, MQA, stays one)")
     g.add_argument("--layers", type=validate.depth,
