@@ -41,6 +41,29 @@ class PatternFamily(Family):
 
 # ---------------------------------------------------------------- shared readers
 
+CLASS_DEFAULTS = {
+    "smollm3": dict(rms_norm_eps=1e-6, num_key_value_heads=4, tie_word_embeddings=True, rope_theta=2_000_000.0,
+                    max_position_embeddings=32768),
+    "gemma3_text": dict(rms_norm_eps=1e-6, num_key_value_heads=4, head_dim=256, tie_word_embeddings=True,
+                        query_pre_attn_scalar=256, sliding_window=4096, max_position_embeddings=131072),
+    "vaultgemma": dict(rms_norm_eps=1e-6, num_key_value_heads=4, head_dim=256, tie_word_embeddings=True,
+                       query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+                       attn_logit_softcapping=50.0, max_position_embeddings=8192),
+    "olmo3": dict(rms_norm_eps=1e-5, sliding_window=4096, max_position_embeddings=2048),
+    "exaone4": dict(rms_norm_eps=1e-5, sliding_window=4096, sliding_window_pattern=4, max_position_embeddings=2048),
+    "glm": dict(rms_norm_eps=1.5625e-7, num_key_value_heads=2, head_dim=128, attention_bias=True,
+                max_position_embeddings=131072),
+    "glm4": dict(rms_norm_eps=1.5625e-7, num_key_value_heads=2, head_dim=128, attention_bias=True,
+                 max_position_embeddings=131072),
+    "hunyuan_v1_dense": dict(rms_norm_eps=1e-5, max_position_embeddings=2048),
+}
+"""What each type's config class gives a key a config.json leaves out (where it changes
+the maths); a key present, even as null, is read as written."""
+
+
+def _with_defaults(hf: Mapping[str, Any], model_type: str) -> dict:
+    return {**CLASS_DEFAULTS[model_type], **hf}
+
 
 def _refuse(hf: Mapping[str, Any], key: str, bad, why: str) -> None:
     if hf.get(key) is not None and hf.get(key) == bad:
@@ -125,6 +148,7 @@ QK_HEAD = (
 
 
 def _smollm3(hf):
+    hf = _with_defaults(hf, "smollm3")
     layers = int(hf["num_hidden_layers"])
     interval = int(hf.get("no_rope_layer_interval") or 4)
     flags = hf.get("no_rope_layers")
@@ -177,15 +201,16 @@ def _gemma_flags(hf) -> dict:
 
 
 def _gemma3(hf):
+    hf = _with_defaults(hf, "gemma3_text")
     if hf.get("use_bidirectional_attention"):
         raise ConfigError("gemma3_text: use_bidirectional_attention=True is not supported (a causal decoder only)")
     layers = int(hf["num_hidden_layers"])
     pattern = int(hf.get("sliding_window_pattern") or 6)
     types = _types(hf, layers, lambda i: "sliding_attention" if (i + 1) % pattern else "full_attention")
-    hd = int(hf.get("head_dim") or 256)
+    hd = implicit_head_dim(hf, int(hf["hidden_size"]), int(hf["num_attention_heads"]))
     positions = int(hf.get("max_position_embeddings") or 131072)
     rope = per_type_rope(hf, hd, positions, 1_000_000.0, 10_000.0, "rope_local_base_freq")
-    hf = dict(hf, head_dim=hd, rope_parameters=None, rope_scaling=None)
+    hf = dict(hf, rope_parameters=None, rope_scaling=None)
     # transformers' Gemma 3 attention keeps attn_logit_softcapping but never applies it
     flags = dict(_gemma_flags(hf), attn_softcap=0.0)
     cfg = read_llama_like(hf, "gemma3_text", placement="sandwich", qk_norm="head", **flags, **_sliding(hf, types))
@@ -207,9 +232,9 @@ VAULT_ROLES = (
 
 
 def _vaultgemma(hf):
+    hf = _with_defaults(hf, "vaultgemma")
     layers = int(hf["num_hidden_layers"])
     types = _types(hf, layers, lambda i: "sliding_attention" if (i + 1) % 2 else "full_attention")
-    hf = dict(hf, head_dim=int(hf.get("head_dim") or 256))
     return read_llama_like(hf, "vaultgemma", **_gemma_flags(hf), **_sliding(hf, types))
 
 
@@ -232,6 +257,7 @@ OLMO3_ROLES = (
 
 
 def _olmo3(hf):
+    hf = _with_defaults(hf, "olmo3")
     layers = int(hf["num_hidden_layers"])
     types = _types(hf, layers, lambda i: "sliding_attention" if (i + 1) % 4 else "full_attention")
     heads = int(hf["num_attention_heads"])
@@ -262,6 +288,7 @@ EXAONE4_ROLES = (
 
 
 def _exaone4(hf):
+    hf = _with_defaults(hf, "exaone4")
     layers = int(hf["num_hidden_layers"])
     window = hf.get("sliding_window")
     pattern = hf.get("sliding_window_pattern")
@@ -303,6 +330,7 @@ GLM4_ROLES = GLM_ROLES + norm(f"{L}.post_self_attn_layernorm", "norm.attn_out") 
 
 
 def _glm(hf, family="glm", **flags):
+    hf = _with_defaults(hf, family)
     rp = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), Mapping) else {}
     if "partial_rotary_factor" not in rp and "partial_rotary_factor" not in hf and not hf.get("rope_scaling"):
         hf = dict(hf, partial_rotary_factor=0.5)  # the config class's default
@@ -330,6 +358,7 @@ HUNYUAN_ROLES = (
 
 
 def _hunyuan(hf):
+    hf = _with_defaults(hf, "hunyuan_v1_dense")
     rp = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
     if (rp.get("rope_type") or rp.get("type")) == "dynamic" and rp.get("alpha"):
         # transformers' NTK-alpha RoPE: a fixed alpha stretches the base, default RoPE otherwise
