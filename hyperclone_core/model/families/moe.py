@@ -359,6 +359,38 @@ ernie4_5_moe = Family(
     write_layers=write_interval_layers,
 )
 
+# ---------------------------------------------------------------- HunYuan MoE V1
+
+
+def _one(hf: Mapping[str, Any], key: str, default: int) -> int:
+    """An int key that may be a per-layer list: refused unless every layer has the same value."""
+    value = hf.get(key)
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConfigError(f"{hf.get('model_type')}: per-layer {key}={list(value)} is not supported (one value for "
+                              "every layer is)")
+        value = value[0]
+    return int(default if value is None else value)
+
+
+def _hunyuan_moe(hf):
+    from .patterns import _hunyuan  # HunYuan's attention (qk-norm after RoPE, NTK-alpha RoPE) is the dense type's
+
+    cfg = _hunyuan(hf)
+    return replace(cfg, family="hunyuan_v1_moe", experts=_one(hf, "num_experts", 1),
+                   experts_per_tok=_one(hf, "moe_topk", 1), shared_ffn=cfg.ffn)
+
+
+hunyuan_v1_moe = Family(
+    "hunyuan_v1_moe", ("hunyuan_v1_moe",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + (Role(f"{L}.self_attn.query_layernorm.weight", "attn.q_norm", (out("head_dim"),)),
+       Role(f"{L}.self_attn.key_layernorm.weight", "attn.k_norm", (out("head_dim"),)))
+    + (router(f"{L}.mlp.gate.wg.weight"),) + experts(f"{L}.mlp.experts", ffn="ffn")
+    + shared_mlp(f"{L}.mlp.shared_mlp", ffn="ffn") + BLOCK_NORMS,
+    _hunyuan_moe, dict(LLAMA_KEYS, num_experts="experts"), "HunYuanMoEV1ForCausalLM",
+)
+
 # ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
 
 
@@ -410,7 +442,8 @@ granitemoeshared = Family(
     dict(GRANITEMOE_KEYS, shared_intermediate_size="shared_ffn"), "GraniteMoeSharedForCausalLM",
 )
 
-FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe)
+FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
+            hunyuan_v1_moe)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -430,6 +463,7 @@ TINY = {
                              attention_multiplier=0.2),
     "ernie4_5_moe": dict(_DIMS, moe_num_experts=4, moe_k=2, moe_intermediate_size=24, moe_num_shared_experts=2,
                          num_hidden_layers=3, moe_layer_start_index=1, use_bias=True, tie_word_embeddings=True),
+    "hunyuan_v1_moe": dict(_DIMS, num_experts=4, moe_topk=2, head_dim=16, attention_bias=True),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
@@ -440,4 +474,4 @@ TINY = {
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
 __all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "ernie4_5_moe", "first_k_dense", "flex_olmo", "olmoe", "granitemoe",
-           "granitemoeshared", "qwen2_moe", "qwen3_moe", "solar_open", "write_first_k"]
+           "granitemoeshared", "hunyuan_v1_moe", "qwen2_moe", "qwen3_moe", "solar_open", "write_first_k"]
