@@ -636,7 +636,10 @@ def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
         return x + r(attn(h)) + r(ff(h if cfg.shared_block_norm else n("norm.mlp_in", x)))
     if cfg.placement == "pre":
         h = x + r(attn(n("norm.attn_in", x)))
-        return h + r(ff(n("norm.mlp_in", h)))
+        y = ff(n("norm.mlp_in", h))
+        if get("norm.mlp_out") is not None:  # A.X-K1: a layer storing one norms its MLP's output
+            y = n("norm.mlp_out", y)
+        return h + r(y)
     if cfg.placement == "post":
         h = n("norm.attn_in", x + r(attn(x)))
         return n("norm.mlp_in", h + r(ff(h)))

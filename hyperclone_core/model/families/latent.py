@@ -77,6 +77,10 @@ MOE_ROLES = (
 (router, routed experts, always-on shared experts of ``n_shared_experts`` x
 ``moe_intermediate_size``)."""
 V3_ROLES = MOE_ROLES + (correction_bias(f"{L}.mlp.gate.e_score_correction_bias"),)
+AXK1_ROLES = V3_ROLES + (
+    Role(f"{L}.post_mlp_layernorm.weight", "norm.mlp_out", (out("hidden"),), on_layer=moe_layer),
+)
+"""A.X-K1: DeepSeek-V3's stack whose MoE layers norm their MLP output (``post_mlp_layernorm``)."""
 
 MLA_KEYS = {
     "hidden_size": "hidden", "intermediate_size": "ffn", "num_hidden_layers": "layers",
@@ -191,13 +195,28 @@ def _deepseek_v2(hf):
                     mlp_bias=bool(hf.get("mlp_bias", False)), norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **moe)
 
 
+def _mlp_layer_types(hf, family: str, default: list) -> tuple:
+    """``mlp_layer_types`` ("dense" | "sparse" per layer; ``default`` where the config has none)."""
+    layers = _int(hf, "num_hidden_layers")
+    types = hf.get("mlp_layer_types") or default
+    if sorted(set(types) - {"dense", "sparse"}) or len(types) != layers:
+        raise ConfigError(f"{family}: mlp_layer_types {types!r} must give 'dense' or 'sparse' for each of "
+                          f"the {layers} layers")
+    return tuple("moe" if t == "sparse" else "dense" for t in types)
+
+
 def _glm4_moe_lite(hf):
     layers = _int(hf, "num_hidden_layers")
-    types = hf.get("mlp_layer_types") or ["dense"] + ["sparse"] * (layers - 1)
-    if sorted(set(types) - {"dense", "sparse"}) or len(types) != layers:
-        raise ConfigError(f"glm4_moe_lite: mlp_layer_types {types!r} must give 'dense' or 'sparse' for each of "
-                          f"the {layers} layers")
-    return _deepseek_v3(hf, "glm4_moe_lite", tuple("moe" if t == "sparse" else "dense" for t in types))
+    return _deepseek_v3(hf, "glm4_moe_lite", _mlp_layer_types(hf, "glm4_moe_lite", ["dense"] + ["sparse"] * (layers - 1)))
+
+
+def _axk1(hf):
+    # A.X-K1's config class reads legacy first_k_dense_replace (default 1) and moe_layer_freq
+    first, freq = _int(hf, "first_k_dense_replace", 1), _int(hf, "moe_layer_freq", 1) or 1
+    legacy = ["sparse" if i >= first and i % freq == 0 else "dense" for i in range(_int(hf, "num_hidden_layers"))]
+    if not hf.get("q_lora_rank"):
+        raise ConfigError("axk1: q_lora_rank must be set (A.X-K1's attention always projects q through its latent)")
+    return _deepseek_v3(hf, "axk1", _mlp_layer_types(hf, "axk1", legacy))
 
 
 def _write_mlp_layer_types(out_cfg: dict, new: DecoderConfig) -> None:
@@ -249,13 +268,15 @@ sarvam_mla = LatentFamily("sarvam_mla", ("sarvam_mla",), V3_ROLES, lambda hf: _d
 original Sarvam keys: num_experts, num_shared_experts, deepseek_yarn)."""
 glm4_moe_lite = LatentFamily("glm4_moe_lite", ("glm4_moe_lite",), V3_ROLES, _glm4_moe_lite, MOE_KEYS,
                              "Glm4MoeLiteForCausalLM", write_layers=_write_mlp_layer_types)
+axk1 = LatentFamily("axk1", ("axk1",), AXK1_ROLES, _axk1, MOE_KEYS, "AXK1ForCausalLM",
+                   write_layers=_write_mlp_layer_types)
 deepseek_v2 = LatentFamily("deepseek_v2", ("deepseek_v2",), MOE_ROLES, _deepseek_v2, MOE_KEYS,
                            "DeepseekV2ForCausalLM", write_layers=FIRST_K)
 youtu = LatentFamily("youtu", ("youtu",), DENSE_ROLES, _youtu, MLA_KEYS, "YoutuForCausalLM")
 minicpm3 = LatentFamily("minicpm3", ("minicpm3",), DENSE_ROLES, _minicpm3, MLA_KEYS, "MiniCPM3ForCausalLM",
                         rewrite=_minicpm3_rewrite)
 
-FAMILIES = (deepseek_v3, deepseek_v2, sarvam_mla, glm4_moe_lite, youtu, minicpm3)
+FAMILIES = (deepseek_v3, deepseek_v2, sarvam_mla, glm4_moe_lite, axk1, youtu, minicpm3)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False,
@@ -272,6 +293,7 @@ TINY = {
     "sarvam_mla": dict(_DIMS, **dict(_MOE, n_shared_experts=2), q_lora_rank=None, norm_topk_prob=False),
     "glm4_moe_lite": dict(_DIMS, **_MOE, n_group=2, topk_group=2, routed_scaling_factor=1.8,
                           mlp_layer_types=["dense", "sparse", "sparse"]),
+    "axk1": dict(_DIMS, **_MOE, n_group=2, topk_group=1, mlp_layer_types=["dense", "sparse", "sparse"]),
     "youtu": dict(_DIMS, v_head_dim=16, rope_interleave=False, tie_word_embeddings=True),
     "minicpm3": dict(_DIMS, attention_bias=True, mlp_bias=True, scale_emb=3.0, scale_depth=1.4, dim_model_base=8,
                      tie_word_embeddings=True),
@@ -280,5 +302,5 @@ TINY = {
 (q_lora 16, kv_lora 16, nope 8, rope 4, v 8; Youtu's v 16 is wider than q.k's 12); the
 MoE types one dense layer then two MoE layers of 4 experts, top-2, shared experts."""
 
-__all__ = ["FAMILIES", "TINY", "LatentFamily", "read_mla", "deepseek_v2", "deepseek_v3", "glm4_moe_lite", "minicpm3",
+__all__ = ["FAMILIES", "TINY", "LatentFamily", "read_mla", "axk1", "deepseek_v2", "deepseek_v3", "glm4_moe_lite", "minicpm3",
            "sarvam_mla", "youtu"]
