@@ -11,6 +11,10 @@ everything and scale q up with the position (temperature tuning).  MoE and dense
 interleave (dense ones have their own ffn size, ``intermediate_size_mlp``); the router
 picks top-k by its logits and its sigmoid scales each chosen expert's INPUT; a shared
 expert always runs.  Experts are stored stacked ``(experts, in, out)``, gate|up as halves.
+
+Granite SWA (dense) and Granite MoE SWA: Granite's multipliers, sliding and full layers,
+sinks on every layer, and a RoPE base per layer (``layer_rope_theta``, 0 = no RoPE): read
+as NoPE layers plus at most one base for the full and one for the sliding layers.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ...errors import ConfigError
+from ..rope import rope_params
 from ..spec import DecoderConfig, Family, Role, in_, moe_layer, out
-from ._common import LLAMA_KEYS, attention, embeddings, norm, read_llama_like
-from .moe import dense_mlp, on, router, shared_mlp
+from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, norm, read_llama_like
+from .moe import dense_mlp, granite_multipliers, on, router, shared_mlp
 
 L = "model.layers.{i}"
 HEADS = "kv_heads*q_per_kv"
@@ -205,7 +210,94 @@ llama4_text = Family("llama4_text", ("llama4_text",), LLAMA4_ROLES, _llama4,
                           num_local_experts="experts"),
                      "Llama4ForCausalLM", write_layers=_write_llama4_layers)
 
-FAMILIES = (gpt_oss, llama4_text)
+
+# ---------------------------------------------------------------- Granite SWA, Granite MoE SWA
+
+BLOCK_NORMS = norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attention_layernorm", "norm.mlp_in")
+GRANITE_SWA_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + sinks(f"{L}.self_attn")
+    + gated_mlp(f"{L}.mlp")
+    + BLOCK_NORMS
+)
+GMOE = f"{L}.block_sparse_moe"
+_has_shared = lambda cfg: cfg.shared_ffn > 0  # noqa: E731
+GRANITEMOE_SWA_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + sinks(f"{L}.self_attn")
+    + (
+        router(f"{GMOE}.router.weight"),
+        Role(f"{GMOE}.experts.gate_up_proj", "moe.experts.gate_up", (out("experts"), out("ffn|ffn"), in_("hidden"))),
+        Role(f"{GMOE}.experts.down_proj", "moe.experts.down", (out("experts"), out("hidden"), in_("ffn")), writer=True),
+        Role(f"{L}.shared_mlp.input_linear.weight", "moe.shared.gate_up", (out("shared_ffn|shared_ffn"), in_("hidden")),
+             when=_has_shared),
+        Role(f"{L}.shared_mlp.output_linear.weight", "moe.shared.down", (out("hidden"), in_("shared_ffn")),
+             writer=True, when=_has_shared),
+    )
+    + BLOCK_NORMS
+)
+
+
+def _granite_layers(hf: Mapping[str, Any], global_theta: float) -> dict:
+    """layer_types and the per-layer RoPE bases as decoder flags: NoPE layers (theta 0), the
+    full layers' base as rope_theta and the sliding layers' own as rope_sliding; refused
+    where one kind of layer mixes bases (the decoder has one table per kind)."""
+    layers = int(hf["num_hidden_layers"])
+    types = _layer_types(hf, layers, lambda i: "full_attention" if i % 4 == 0 else "sliding_attention")
+    if "sliding_attention" in types and not hf.get("sliding_window"):
+        raise ConfigError(f"{hf['model_type']}: layer_types has sliding layers but sliding_window is not set")
+    thetas = [float(t or 0) for t in (hf.get("layer_rope_theta") or [global_theta] * layers)]
+    if len(thetas) != layers:
+        raise ConfigError(f"layer_rope_theta has {len(thetas)} entries for {layers} layers")
+    nope = tuple(t == 0 for t in thetas)
+    bases = {kind: sorted({t for t, k in zip(thetas, types) if t and k == kind}) for kind in LAYER_KINDS}
+    if any(len(b) > 1 for b in bases.values()):
+        raise ConfigError(f"layer_rope_theta {thetas}: layers of one kind (full or sliding) with different RoPE "
+                          "bases are not supported; supported: one base for the full and one for the sliding layers")
+    full, sliding = (bases[k][0] if bases[k] else None for k in LAYER_KINDS)
+    theta = full or sliding or global_theta
+    flags = dict(sliding_window=int(hf.get("sliding_window") or 0), layer_types=types,
+                 nope_layers=nope if any(nope) else (), rope_theta=theta)
+    if sliding is not None and sliding != theta:
+        flags["rope_sliding"] = (("rope_theta", sliding),)
+    return flags
+
+
+def _write_granite_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    """The grown stack's layer_rope_theta (an inserted layer keeps its source's base)."""
+    local = dict(new.rope_sliding).get("rope_theta", new.rope_theta)
+    out_cfg["layer_rope_theta"] = [
+        0.0 if new.nope_layers and new.nope_layers[i] else (local if t == "sliding_attention" else new.rope_theta)
+        for i, t in enumerate(new.layer_types)]
+
+
+def _granite_swa(hf: Mapping[str, Any], family: str = "granite_swa", **flags) -> DecoderConfig:
+    hf = _defaults(hf, dict(tie_word_embeddings=family == "granite_swa", sliding_window=128,
+                            rms_norm_eps=1e-5 if family == "granite_swa" else 1e-6))
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(
+        hf, family, qkv_bias=bias, o_bias=bias, **granite_multipliers(hf),
+        **_granite_layers(hf, rope_params(hf)["theta"]), **flags,
+    )
+
+
+def _granitemoe_swa(hf: Mapping[str, Any]) -> DecoderConfig:
+    hf = _defaults(hf, dict(num_local_experts=8, num_experts_per_tok=2))
+    return _granite_swa(hf, "granitemoe_swa", experts=int(hf["num_local_experts"]),
+                        experts_per_tok=int(hf["num_experts_per_tok"]), experts_stacked="out_in",
+                        shared_ffn=int(hf.get("shared_intermediate_size") or 0))
+
+
+granite_swa = Family("granite_swa", ("granite_swa",), GRANITE_SWA_ROLES,
+                     lambda hf: _granite_swa(hf, mlp_bias=bool(hf.get("mlp_bias", False))), LLAMA_KEYS,
+                     "GraniteSWAForCausalLM", write_layers=_write_granite_layers)
+granitemoe_swa = Family("granitemoe_swa", ("granitemoe_swa",), GRANITEMOE_SWA_ROLES, _granitemoe_swa,
+                        dict(LLAMA_KEYS, num_local_experts="experts", shared_intermediate_size="shared_ffn"),
+                        "GraniteMoeSWAForCausalLM", write_layers=_write_granite_layers)
+
+FAMILIES = (gpt_oss, llama4_text, granite_swa, granitemoe_swa)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -218,7 +310,15 @@ TINY = {
                         num_experts_per_tok=2, interleave_moe_layer_step=2, no_rope_layer_interval=2,
                         attention_chunk_size=4, attn_temperature_tuning=True, floor_scale=2, attn_scale=0.5,
                         attention_bias=True, use_qk_norm=True, rms_norm_eps=1e-5),
+    "granite_swa": dict(_DIMS, num_hidden_layers=4, tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+                        sliding_window=4, layer_types=["full_attention", "sliding_attention"] * 2,
+                        layer_rope_theta=[0.0, 10000.0, 100.0, 10000.0], embedding_multiplier=3.0,
+                        residual_multiplier=0.5, logits_scaling=4.0, attention_multiplier=0.2),
+    "granitemoe_swa": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=40,
+                           sliding_window=4, layer_rope_theta=[100.0, 10000.0], attention_bias=True,
+                           embedding_multiplier=2.0, residual_multiplier=0.7, logits_scaling=2.0,
+                           attention_multiplier=0.3),
 }
 """Tiny configs (``families.TINY``): a SwiGLU limit small enough that the clamps bite."""
 
-__all__ = ["FAMILIES", "TINY", "gpt_oss", "llama4_text", "sinks"]
+__all__ = ["FAMILIES", "TINY", "gpt_oss", "granite_swa", "granitemoe_swa", "llama4_text", "sinks"]
