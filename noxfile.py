@@ -6,6 +6,7 @@
     nox -s torch jax mlx         # one backend's tests each
     nox -s conformance-numpy     # the conformance suite against one backend (numpy torch jax mlx listy)
     nox -t conformance           # the conformance suite against every backend
+    nox -s families              # every model type's cases (not only the representative ones) on every backend
     nox -s demo -- --quick       # posargs are forwarded (to pytest, the benchmark, the demo)
 """
 
@@ -81,6 +82,20 @@ def _conformance(backend: str):
 
 for _backend in CONFORMANCE_EXTRAS:
     _conformance(_backend)  # registered under its name by nox.session
+
+
+@nox.session(default=False)
+def families(session):
+    """Every model type's conformance cases on numpy, torch, jax and mlx (CI runs the representative ones).
+
+    The suite's type cases (forward against the oracle; width 2, and width 2 plus one layer,
+    preserved) with --hyperclone-all-types; posargs go to pytest."""
+    session.install(TORCH)
+    session.install(".[torch,jax,mlx,dev]")
+    session.chdir(session.create_tmp())
+    for backend in ("numpy", "torch", "jax", "mlx"):
+        session.run("python", "-m", "pytest", "--pyargs", "hyperclone_conformance", "--hyperclone-backend", backend,
+                    "--hyperclone-all-types", "-k", "type_", "-q", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session

@@ -280,8 +280,8 @@ def features(family, cfg) -> frozenset:
     """Every structural feature a case exercises, for choosing representative cases:
 
     - ``("flag", name, item)`` for each ``DecoderConfig`` flag off its default: the item
-      itself when it is a string or a bool or a value ``FLAGS`` lists, else ``"set"``
-      (one rope_theta or norm_eps stands for every other);
+      itself when it is a string or a bool or a value ``FLAGS`` lists, and ``"set"`` for
+      any number (one rope_theta or norm_eps stands for every other);
     - ``("dim", what)`` for the shapes of attention and MoE: ``mqa`` (one kv head),
       ``gqa``, ``head_dim`` (heads x head_dim != hidden), ``embed`` (an embedding
       narrower or wider than hidden), ``experts``, ``top1``;
@@ -302,7 +302,7 @@ def features(family, cfg) -> frozenset:
         for item in flag_items(value):
             if isinstance(item, (str, bool)) or any(same_value(item, v) for v in listed):
                 out.add(("flag", f.name, item))
-            else:
+            if not isinstance(item, (str, bool)):
                 out.add(("flag", f.name, "set"))
     if cfg.kv_heads == 1 and cfg.heads > 1:
         out.add(("dim", "mqa"))

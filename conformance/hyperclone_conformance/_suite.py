@@ -103,6 +103,21 @@ def _type_cases() -> dict:
 TYPE_CASES = _type_cases()
 
 
+def _representative() -> tuple:
+    """The type cases the suite runs by default: with the other cases, one exercising
+    each structural feature any type has (``_coverage.features``: every flag value,
+    attention/MoE shape and role-table layout), chosen greedily (``_coverage.representative``).
+    ``--hyperclone-all-types`` (or ``HYPERCLONE_ALL_TYPES=1``) runs every type."""
+    from hyperclone_conformance._coverage import representative
+
+    def read(hf):
+        family = family_for_config(hf)
+        return family, family.read(hf)
+
+    always = {n: read(hf) for n, hf in list(CASES.items()) + list(_OTHER_FORWARD.items())}
+    return tuple(representative(always, {n: read(hf) for n, hf in TYPE_CASES.items()}))
+
+
 ROPE_VARIANTS = {
     "linear": dict(rope_type="linear", factor=4.0),
     "dynamic": dict(rope_type="dynamic", factor=4.0),
@@ -125,6 +140,7 @@ def _rope_case(base: dict, params: dict) -> dict:
     return hf
 
 
+_OTHER_FORWARD = {k: v for k, v in _forward_cases().items() if k not in TYPE_CASES}
 FORWARD_CASES = _forward_cases()
 """Forward-only cases (not in the expansion matrix): the decoder flags whose fast paths
 the families' defaults never reach -- a RoPE base other than 10000, a sliding window
@@ -132,6 +148,27 @@ with no softcap (every layer, 3 of 8 keys), an attention scale other than
 head_dim ** -0.5 with no softcap, softcaps strong enough that ignoring either fails
 by over 100x the bound, a q/k/v clip that clips (OLMo's 8.0 never does here), and
 every RoPE type (``ROPE_VARIANTS``); ``_coverage.SENSITIVE`` proves each margin."""
+
+REPRESENTATIVE = _representative()
+"""The type cases (``TYPE_CASES``) run by default; the others run with ``--hyperclone-all-types``."""
+
+TYPE_GROWTHS = {
+    "width2": GROWTHS["width2"],
+    "width2_depth+1": lambda cfg: Growth.of(cfg, width=2, layers=cfg.layers + 1),
+}
+"""The growths each type case is expanded by (strategy ``noisy10``): width 2, and width 2
+with one inserted layer (its noisy copy, and the layer pattern -- sliding/full, dense/MoE,
+RoPE/NoPE -- extended) where the family's stack keeps zero-writer copies exact (not post-norm)."""
+
+
+def type_growths() -> list:
+    """(case, growth) for every type case and each growth valid for it."""
+    out = []
+    for case, hf in TYPE_CASES.items():
+        family = family_for_config(hf)
+        exact = family.depth_exact(family.read(hf))
+        out += [(case, g) for g in TYPE_GROWTHS if exact or "depth" not in g]
+    return out
 
 
 @dataclass(frozen=True)
@@ -164,7 +201,7 @@ def expected_refusal(case: str, strategy: str, growth: str) -> bool:
     have no separate kv heads.  Any other refusal is a failure, not a skip."""
     if strategy == "diagonal" and growth == "ffn1.5":
         return True
-    if growth == "depth+2" and source(case).cfg.placement == "post":
+    if "depth" in growth and source(case).cfg.placement == "post":
         return True
     return growth in ("kv_heads", "q_per_kv") and case in MHA_ONLY
 
@@ -178,7 +215,7 @@ def planned(case: str, strategy: str, growth: str, dtype: Optional[str] = None):
     """The plan (or the planner's refusal, as a ``Refused`` to raise)."""
     src = source(case)
     try:
-        return plan(src.family, src.hf_config, GROWTHS[growth](src.cfg), STRATEGIES[strategy],
+        return plan(src.family, src.hf_config, {**GROWTHS, **TYPE_GROWTHS}[growth](src.cfg), STRATEGIES[strategy],
                     seed=7, dtype=dtype)
     except HypercloneError as exc:
         return Refused(f"{type(exc).__name__}: {exc}")

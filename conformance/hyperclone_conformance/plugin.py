@@ -17,6 +17,10 @@ import pytest
 
 ENV_VAR = "HYPERCLONE_TEST_BACKEND"
 DEFAULT_BACKEND = "numpy"
+ALL_TYPES_ENV = "HYPERCLONE_ALL_TYPES"
+ALL_TYPES_MARK = "hyperclone_all_types"
+"""Marks a case that runs only with ``--hyperclone-all-types`` (a model type outside the
+representative set, ``_suite.REPRESENTATIVE``); deselected otherwise."""
 
 
 def pytest_addoption(parser):
@@ -28,10 +32,14 @@ def pytest_addoption(parser):
                     help="device passed to the backend's asarray (e.g. cuda); default: the backend's")
     group.addoption("--hyperclone-xfails", default=None, metavar="FILE",
                     help="known failures of this backend: one test id per line ('#' starts a comment)")
+    group.addoption("--hyperclone-all-types", action="store_true", default=False,
+                    help=f"run the cases of every model type the built-in families grow (default: a representative "
+                         f"subset covering every decoder feature and role layout; also ${ALL_TYPES_ENV}=1)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "capability(name): needs the backend to declare this capability")
+    config.addinivalue_line("markers", f"{ALL_TYPES_MARK}: runs only with --hyperclone-all-types")
     name = selected_backend(config, default=None)
     if name is None:
         return
@@ -87,7 +95,37 @@ def _ids(item) -> tuple:
     return (item.name, f"{base}::{item.name}", item.nodeid)
 
 
+def all_types(config) -> bool:
+    """Whether every model type's cases run (``--hyperclone-all-types`` or ``HYPERCLONE_ALL_TYPES=1``)."""
+    return bool(config.getoption("hyperclone_all_types", False)) or \
+        os.environ.get(ALL_TYPES_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def type_params(cases) -> list:
+    """pytest params for ``cases`` (case names, or tuples starting with one): a type case
+    outside ``_suite.REPRESENTATIVE`` carries the all-types mark (deselected by default)."""
+    from hyperclone_conformance import _suite
+
+    extra = set(_suite.TYPE_CASES) - set(_suite.REPRESENTATIVE)
+    out = []
+    for c in cases:
+        name = c[0] if isinstance(c, tuple) else c
+        marks = [getattr(pytest.mark, ALL_TYPES_MARK)] if name in extra else []
+        out.append(pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=marks))
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
+    _xfails(config, items)
+    if not all_types(config):
+        dropped = [item for item in items if item.get_closest_marker(ALL_TYPES_MARK)]
+        if dropped:
+            keep = set(map(id, dropped))
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if id(item) not in keep]
+
+
+def _xfails(config, items):
     path = config.getoption("hyperclone_xfails", None)
     if not path:
         return
@@ -144,16 +182,19 @@ def summary_lines(suite) -> list:
         keys = [k for k in results if k[3] == dtype]
         if not keys:
             continue
-        growths = [g for g in suite.GROWTHS if any(k[2] == g for k in keys)]
+        growths = [g for g in {**suite.GROWTHS, **getattr(suite, "TYPE_GROWTHS", {})} if any(k[2] == g for k in keys)]
         lines.append(f"function preservation, {dtype}: cell = max|dlogit| / relative to max|logit| "
                      f"(bound {bound:g}), per growth")
-        head = f"{'case':<11} {'strategy':<14}" + "".join(f" {g:<16}" for g in growths)
-        lines += [head, "-" * len(head)]
+        order = list(suite.CASES) + list(getattr(suite, "FORWARD_CASES", ()))
         rows = sorted({(k[0], k[1]) for k in keys},
-                      key=lambda r: (list(suite.CASES).index(r[0]), list(suite.STRATEGIES).index(r[1])))
+                      key=lambda r: (order.index(r[0]) if r[0] in order else len(order), r[0],
+                                     list(suite.STRATEGIES).index(r[1])))
+        width = max([11] + [len(case) for case, _ in rows])
+        head = f"{'case':<{width}} {'strategy':<14}" + "".join(f" {g:<16}" for g in growths)
+        lines += [head, "-" * len(head)]
         for case, strat in rows:
             cells = [_cell(results.get((case, strat, g, dtype))) for g in growths]
-            lines.append(f"{case:<11} {strat:<14}" + "".join(f" {c:<16}" for c in cells))
+            lines.append(f"{case:<{width}} {strat:<14}" + "".join(f" {c:<16}" for c in cells))
         counts: dict = {}
         for k in keys:
             counts[results[k]["status"]] = counts.get(results[k]["status"], 0) + 1

@@ -43,18 +43,43 @@ def _default() -> DecoderConfig:
     return DecoderConfig("x", 1, 1, 1, 1, 1, 1, 1, 1)
 
 
+def _default_cases() -> list:
+    """The forward cases a run without ``--hyperclone-all-types`` runs: every case but the
+    type cases outside the representative set."""
+    extra = set(S.TYPE_CASES) - set(S.REPRESENTATIVE)
+    return [c for c in list(S.CASES) + list(S.FORWARD_CASES) if c not in extra]
+
+
+def _read(case):
+    hf = S.CASES[case] if case in S.CASES else S.FORWARD_CASES[case]
+    family = S.family_for_config(hf)
+    return family, family.read(hf)
+
+
 def _observed() -> dict:
-    """flag -> the non-default values the forward cases give it (a tuple flag: its items)."""
+    """flag -> the non-default values the forward cases run by default give it (a tuple
+    flag: its items)."""
     default, out = _default(), {}
-    for case in list(S.CASES) + list(S.FORWARD_CASES):
-        cfg = S.source(case).cfg
+    for case in _default_cases():
+        cfg = _read(case)[1]
         for f in fields(DecoderConfig):
             v = getattr(cfg, f.name)
-            if v != getattr(default, f.name):
-                items = v if isinstance(v, tuple) else (v,)
-                out.setdefault(f.name, set()).update(
-                    i[0] if isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) else i for i in items)
+            if not C.same_value(v, getattr(default, f.name)):
+                out.setdefault(f.name, set()).update(C.flag_items(v))
     return out
+
+
+def test_the_default_selection_covers_every_feature_of_every_type():
+    """The representative type cases (``_suite.REPRESENTATIVE``), with the other cases,
+    exercise every structural feature (``_coverage.features``: flag values, attention and
+    MoE shapes, role-table layouts) that any model type's case exercises, so the default
+    run misses no decoder path a type reaches; ``--hyperclone-all-types`` runs them all."""
+    covered = set().union(*(C.features(*_read(c)) for c in _default_cases()))
+    for case in S.TYPE_CASES:
+        missing = C.features(*_read(case)) - covered
+        assert not missing, (f"{case} exercises {sorted(missing, key=str)} and no case run by default does: "
+                             "_suite.REPRESENTATIVE must include a case for each")
+    assert set(S.REPRESENTATIVE) <= set(S.TYPE_CASES)
 
 
 def test_every_decoder_flag_has_its_values_covered():

@@ -1,5 +1,7 @@
 """The backend's decoder equals the numpy oracle's (``reference.forward``, float64)
-on random weights, for every family in ``hyperclone_core.model.testing.CASES``."""
+on random weights, for every family in ``hyperclone_core.model.testing.CASES``, every
+forward-only case and the tiny config of every model type (``_suite.TYPE_CASES``; by
+default the representative ones, ``_suite.REPRESENTATIVE``)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import numpy as np
 import pytest
 
 from hyperclone_conformance import _suite as S
+from hyperclone_conformance.plugin import type_params
 from hyperclone_core.run import reference
 
 pytestmark = pytest.mark.capability("forward")
 
 
-@pytest.mark.parametrize("case", list(S.CASES) + list(S.FORWARD_CASES))
+@pytest.mark.parametrize("case", type_params(list(S.CASES) + list(S.FORWARD_CASES)))
 def test_forward_matches_oracle(backend, case):
     src = S.source(case)
     want = reference.forward(src.family, src.cfg, src.weights, src.tokens, dtype=np.float64)

@@ -1,5 +1,6 @@
 """Function preservation: for every case x strategy x growth, the model the backend
-expanded computes (with the backend's forward) the source model's logits.
+expanded computes (with the backend's forward) the source model's logits; and for
+every model type's tiny config, ``noisy10`` at ``width2`` and ``depth+1``.
 
 float32: max|dlogit| <= F32_BOUND * max|logit|; bfloat16 (weights stored in
 bfloat16, computed in it where the backend's forward takes ``dtype``):
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from hyperclone_conformance import _suite as S
+from hyperclone_conformance.plugin import type_params
 
 pytestmark = pytest.mark.capability("expand", "forward")
 
@@ -48,3 +50,11 @@ def test_function_preservation(backend, device, case, strategy, growth):
 @pytest.mark.parametrize("case,strategy,growth", S.BF16_SUBSET)
 def test_function_preservation_bf16(backend, device, case, strategy, growth):
     _check(backend, device, case, strategy, growth, "bfloat16")
+
+
+@pytest.mark.parametrize("case,growth", type_params(S.type_growths()))
+def test_type_preservation(backend, device, case, growth):
+    """Every model type's tiny config (``_suite.TYPE_CASES``; by default the representative
+    ones) grown ``width2`` and, where depth growth is exact, ``depth+1``, with ``noisy10``:
+    the grown model computes the source's logits on this backend."""
+    _check(backend, device, case, "noisy10", growth, None)
