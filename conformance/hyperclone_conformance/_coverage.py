@@ -86,7 +86,7 @@ DIMS = ("family", "vocab", "hidden", "ffn", "moe_ffn", "shared_ffn", "layers", "
 FLAGS = {
     "norm": ("layer", "layer_noparam"), "norm_eps": (1e-6,), "norm_unit_offset": (True,),
     "placement": ("post", "sandwich", "post_sublayer"), "parallel_residual": (True,), "final_norm": (False,),
-    "mlp": ("plain",), "fused_gate_up": (True,), "qkv_layout": ("concat", "per_head", "grouped"),
+    "mlp": ("plain",), "fused_gate_up": (True,), "qkv_layout": ("concat", "per_head", "grouped", "blocked"),
     "act": ("relu", "gelu", "gelu_pytorch_tanh", "relu2", "xielu"), "pos": ("learned", "alibi"), "rope_theta": (100.0,),
     "rotary_dim": (4,), "learned_pos_offset": (2,), "qk_norm": ("head", "full"), "qkv_bias": (True,),
     "o_bias": (True,), "mlp_bias": (True,), "norm_bias": (True,), "tie_embeddings": (True,),
@@ -101,7 +101,7 @@ FLAGS = {
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
     "rope_reverse": (True,), "q_scale_beta": (0.1,), "q_scale_period": (4,),
     "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16),
-    "shared_block_norm": (True,), "qk_norm_type": ("layer",),
+    "shared_block_norm": (True,), "qk_norm_type": ("layer",), "qkv_blocks": (4,),
     "experts_stacked": ("in_out",), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
     "glu_alpha": (1.5,), "glu_limit": (0.3,), "attn_chunk": (4,), "qk_norm_skip_nope": (True,),
     "attn_temp_floor": (2,), "attn_temp_scale": (0.5,), "moe_input_weighted": (True,),

@@ -345,6 +345,13 @@ def plan(
                             f"a multiple of {new_sizes['heads']} heads; choose --heads to divide the width")
         new_sizes["head_dim"] = new_sizes["hidden"] // new_sizes["heads"]
         growth = Growth(dict(growth.sizes, head_dim=new_sizes["head_dim"]), growth.layout)
+    if "block_heads" in old_sizes:  # CodeGen: heads sit in qkv_blocks blocks; each block's heads grow alike
+        blocks = src_cfg.qkv_blocks
+        if new_sizes["heads"] % blocks or new_sizes["kv_heads"] != new_sizes["heads"]:
+            raise PlanError(f"{family.name} keeps its heads in {blocks} blocks of its fused qkv: the head count "
+                            f"({new_sizes['heads']}) must stay a multiple of {blocks}, every head its own kv head")
+        new_sizes["block_heads"] = new_sizes["heads"] // blocks
+        growth = Growth(dict(growth.sizes, block_heads=new_sizes["block_heads"]), growth.layout)
     if not src_cfg.embed:  # the token embedding is as wide as the hidden state
         new_sizes["embed"] = new_sizes["hidden"]
     maps = {}

@@ -419,6 +419,10 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
             qkv = xp.reshape(qkv, (B, T, KV, G + 2, D))
             q = xp.reshape(qkv[:, :, :, :G], (B, T, H * D))
             k, v = (xp.reshape(qkv[:, :, :, G + j], (B, T, KV * D)) for j in range(2))
+        elif cfg.qkv_layout == "blocked":  # CodeGen: qkv_blocks blocks x (q, v, k) x the block's heads x head_dim
+            nb = cfg.qkv_blocks
+            qkv = xp.reshape(qkv, (B, T, nb, 3, H // nb, D))
+            q, v, k = (xp.reshape(qkv[:, :, :, j], (B, T, H * D)) for j in range(3))
         else:  # "concat": q | k | v
             q, k, v = qkv[..., :H * D], qkv[..., H * D:(H + KV) * D], qkv[..., (H + KV) * D:]
     if cfg.clip_qkv and not cfg.clip_after_qk_norm:

@@ -38,6 +38,7 @@ def _segments_key(segments) -> str:
 DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",
     "experts", "layers", "embed", "moe_ffn", "shared_ffn", "q_lora", "kv_lora", "mla_qk", "mla_kv", "v_dim",
+    "block_heads",
 )
 """Named sizes.  ``heads`` = kv_heads * q_per_kv is derived; ``embed`` is the token
 embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``).
@@ -46,7 +47,9 @@ latent ranks of q and k/v; per head ``mla_qk`` = nope + rope features of q and k
 = ``head_dim``), ``mla_kv`` = nope + ``v_dim`` rows of the latent's up-projection.  No
 growth option names them: they keep their size (ratio 1).  ``moe_ffn`` (routed experts)
 and ``shared_ffn`` (shared experts) are ffn sizes of MoE stacks whose dense layers or
-shared experts have their own: they grow with ``ffn`` (same ratio)."""
+shared experts have their own: they grow with ``ffn`` (same ratio).  ``block_heads``
+(CodeGen's fused qkv in ``qkv_blocks`` blocks): the heads of one block, heads / qkv_blocks;
+the planner grows it with the heads, so a grown head stays in its source head's block."""
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,10 @@ class DecoderConfig:
     final_norm: bool = True
     mlp: str = "gated"                # gated | plain
     fused_gate_up: bool = False       # phi3: one gate|up matrix
-    qkv_layout: str = "separate"      # separate | concat (q|k|v rows) | per_head (heads x 3 x head_dim) |
-    #                                   grouped (kv_heads x (q_per_kv + 2) x head_dim: falcon's new architecture)
+    qkv_layout: str = "separate"      # separate | concat | per_head | grouped | blocked:
+    #                                   concat: q, k, v rows; per_head: heads x 3 x head_dim; grouped: kv_heads x
+    #                                   (q_per_kv + 2) x head_dim (falcon's new architecture); blocked: qkv_blocks x
+    #                                   (q, v, k) x block heads x head_dim (CodeGen)
     act: str = "silu"
     pos: str = "rope"                 # rope | learned | alibi (per-head linear biases, slopes from the head count)
     rope_theta: float = 10000.0
@@ -219,7 +224,7 @@ class DecoderConfig:
     logit_scale: float = 1.0          # logits times this (granite: 1 / logits_scaling; cohere: logit_scale)
     rope_interleaved: bool = False    # GPT-J/Cohere/GLM: RoPE rotates pairs (2i, 2i+1), not halves
     shared_block_norm: bool = False   # parallel residual under ONE norm (phi, gptj, cohere): the MLP reads norm.attn_in's output
-    qk_norm_type: str = "rms"         # rms | layer: the qk-norm's kind (phi, persimmon, cohere: LayerNorm, bias if stored)
+    qk_norm_type: str = "rms"         # the qk-norm's kind, bias if stored (LayerNorm: phi, persimmon, cohere): rms | layer
     kv_lora: int = 0                  # MLA (DeepSeek): k/v latent rank; 0 = no MLA.  head_dim is then the RoPE'd part
     q_lora: int = 0                   # MLA: q latent rank (q_a -> RMS norm -> q_b); 0 = one q projection.  Both
     #                                   latent norms are RMS with epsilon 1e-6 (transformers' MLA families)
@@ -258,6 +263,7 @@ class DecoderConfig:
     rope_sliding: tuple = ()          # sliding layers' own RoPE (Gemma 3's local base): sorted (field, value) pairs of
     #                                   rope_theta, rotary_dim, rope_type, rope_scaling; () = the same RoPE as full layers
     qk_norm_after_rope: bool = False  # HunYuan: the per-head qk-norm runs on the rotated q and k
+    qkv_blocks: int = 0               # CodeGen (qkv_layout blocked): the fused qkv's blocks, each (q, v, k) x its heads
 
     @property
     def q_per_kv(self) -> int:
@@ -276,6 +282,8 @@ class DecoderConfig:
             experts=max(self.experts, 1), layers=self.layers, embed=self.embed_dim,
             moe_ffn=self.moe_ffn or self.ffn, shared_ffn=self.shared_ffn or self.ffn,
         )
+        if self.qkv_blocks:  # CodeGen: the heads of one fused-qkv block (see DIMS)
+            out["block_heads"] = self.heads // self.qkv_blocks
         if self.kv_lora:  # MLA's dims (see DIMS)
             out.update(q_lora=self.q_lora, kv_lora=self.kv_lora, mla_qk=self.nope_dim + self.head_dim,
                        mla_kv=self.nope_dim + self.v_dim, v_dim=self.v_dim)

@@ -293,6 +293,31 @@ def _gptj(hf) -> DecoderConfig:
 
 gptj = Family("gptj", ("gptj",), GPTJ_ROLES, _gptj, GPT_KEYS, "GPTJForCausalLM", rope_keys=())
 
+# ---------------------------------------------------------------- codegen: GPT-J's block, a blocked fused qkv
+
+BLOCKS = 4  # CodeGen's fused qkv: 4 blocks (the model-parallel shards it was trained with), each q | v | k
+BH = f"{BLOCKS}*block_heads*head_dim"  # the heads, block-major: every per-head axis of the family
+CODEGEN_ROLES = (
+    Role(f"{T}.wte.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln(f"{T}.ln_f", "norm.final"),
+    *_lin("lm_head", "lm_head", "vocab", "hidden", bias=True),
+    *_ln(f"{H}.ln_1", "norm.attn_in"),
+    *_lin(f"{H}.attn.qkv_proj", "attn.qkv", f"{BLOCKS}*3*block_heads*head_dim", "hidden"),
+    *_lin(f"{H}.attn.out_proj", "attn.o", "hidden", BH, writer=True),
+    *_lin(f"{H}.mlp.fc_in", "mlp.up", "ffn", "hidden", bias=True),
+    *_lin(f"{H}.mlp.fc_out", "mlp.down", "hidden", "ffn", writer=True, bias=True),
+)
+
+
+def _codegen(hf) -> DecoderConfig:
+    d = _gpt_dims(hf)
+    if d["heads"] % BLOCKS:
+        raise ConfigError(f"codegen: n_head ({d['heads']}) must be a multiple of {BLOCKS} (the fused qkv's blocks)")
+    return replace(_gptj(hf), family="codegen", **d, qkv_layout="blocked", qkv_blocks=BLOCKS)
+
+
+codegen = Family("codegen", ("codegen",), CODEGEN_ROLES, _codegen, GPT_KEYS, "CodeGenForCausalLM", rope_keys=())
+
 # ---------------------------------------------------------------- falcon
 
 F = "transformer.h.{i}"
@@ -425,7 +450,7 @@ def _persimmon(hf) -> DecoderConfig:
 MHA_KEYS = {k: v for k, v in NO_HEAD_DIM_KEYS.items() if v != "kv_heads"}
 persimmon = Family("persimmon", ("persimmon",), PERSIMMON_ROLES, _persimmon, MHA_KEYS, "PersimmonForCausalLM")
 
-FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, gptj, falcon, persimmon)
+FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, gptj, codegen, falcon, persimmon)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -444,9 +469,11 @@ TINY = {
                     sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "persimmon": dict(_DIMS, qk_layernorm=True, hidden_act="relu2",
                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+    "codegen": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, n_ctx=64, rotary_dim=4,
+                    tie_word_embeddings=False),
     "gptj": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
                  tie_word_embeddings=False),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "cohere", "cohere2", "falcon", "gptj", "persimmon", "phi", "stablelm", "starcoder2"]
+__all__ = ["FAMILIES", "TINY", "codegen", "cohere", "cohere2", "falcon", "gptj", "persimmon", "phi", "stablelm", "starcoder2"]
