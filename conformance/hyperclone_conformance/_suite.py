@@ -106,16 +106,21 @@ TYPE_CASES = _type_cases()
 def _representative() -> tuple:
     """The type cases the suite runs by default: with the other cases, one exercising
     each structural feature any type has (``_coverage.features``: every flag value,
-    attention/MoE shape and role-table layout), chosen greedily (``_coverage.representative``).
-    ``--hyperclone-all-types`` (or ``HYPERCLONE_ALL_TYPES=1``) runs every type."""
-    from hyperclone_conformance._coverage import representative
+    attention/MoE shape and role-table layout), chosen greedily (``_coverage.representative``),
+    after the type cases ``_coverage.SENSITIVE`` proves a flag's margin on (a backend must
+    run the case whose margin is proven).  ``--hyperclone-all-types`` (or
+    ``HYPERCLONE_ALL_TYPES=1``) runs every type."""
+    from hyperclone_conformance._coverage import SENSITIVE, representative
 
     def read(hf):
         family = family_for_config(hf)
         return family, family.read(hf)
 
+    pinned = sorted({case for _, case, _, _ in SENSITIVE if case in TYPE_CASES})
     always = {n: read(hf) for n, hf in list(CASES.items()) + list(_OTHER_FORWARD.items())}
-    return tuple(representative(always, {n: read(hf) for n, hf in TYPE_CASES.items()}))
+    always.update({n: read(TYPE_CASES[n]) for n in pinned})
+    rest = {n: read(hf) for n, hf in TYPE_CASES.items() if n not in pinned}
+    return tuple(sorted(pinned + representative(always, rest)))
 
 
 ROPE_VARIANTS = {

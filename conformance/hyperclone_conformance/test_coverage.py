@@ -80,6 +80,8 @@ def test_the_default_selection_covers_every_feature_of_every_type():
         assert not missing, (f"{case} exercises {sorted(missing, key=str)} and no case run by default does: "
                              "_suite.REPRESENTATIVE must include a case for each")
     assert set(S.REPRESENTATIVE) <= set(S.TYPE_CASES)
+    unrun = sorted({case for _, case, _, _ in C.SENSITIVE} - set(_default_cases()))
+    assert not unrun, f"_coverage.SENSITIVE proves margins on cases a default run does not run: {unrun}"
 
 
 def test_every_decoder_flag_has_its_values_covered():
