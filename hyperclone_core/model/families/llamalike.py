@@ -51,6 +51,8 @@ def _window(hf) -> int:
 
 def _granite(hf):
     bias = bool(hf.get("attention_bias", False))
+    if hf.get("attention_multiplier") == 0:
+        raise ConfigError("granite config sets attention_multiplier=0: an all-equal attention is not supported")
     return read_llama_like(
         hf, "granite", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
         embed_multiplier=_float(hf, "embedding_multiplier", 1.0),
@@ -111,17 +113,18 @@ def _seed_oss(hf):
 seed_oss = Family("seed_oss", ("seed_oss",), LLAMA_ROLES, _seed_oss, LLAMA_KEYS, "SeedOssForCausalLM")
 
 
-def _sliding(family):
-    """Ministral and CWM: Mistral/Llama blocks without biases (CWM's MLP may have them),
-    each layer full or sliding as ``layer_types`` says."""
+def _sliding(family, mlp_bias):
+    """Ministral and CWM: Mistral/Llama blocks without attention biases (CWM's Llama MLP
+    reads ``mlp_bias``), each layer full or sliding as ``layer_types`` says."""
     def read(hf):
-        return read_llama_like(hf, family, sliding_window=_window(hf), mlp_bias=bool(hf.get("mlp_bias", False)))
+        return read_llama_like(hf, family, sliding_window=_window(hf),
+                               mlp_bias=mlp_bias and bool(hf.get("mlp_bias", False)))
     return read
 
 
-ministral = Family("ministral", ("ministral",), LLAMA_ROLES, _sliding("ministral"), LLAMA_KEYS,
+ministral = Family("ministral", ("ministral",), LLAMA_ROLES, _sliding("ministral", False), LLAMA_KEYS,
                    "MinistralForCausalLM")
-cwm = Family("cwm", ("cwm",), LLAMA_ROLES, _sliding("cwm"), LLAMA_KEYS, "CwmForCausalLM")
+cwm = Family("cwm", ("cwm",), LLAMA_ROLES, _sliding("cwm", True), LLAMA_KEYS, "CwmForCausalLM")
 
 
 
