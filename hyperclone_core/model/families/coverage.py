@@ -202,7 +202,7 @@ COVERAGE: dict = {
     "laguna": needs(MOE_SHARED, "qk-norm", "soft-capping", "per-layer-type RoPE"),
     "llama4_text": supported("llama4_text"),
     "longcat_flash": needs(MLA, "zero-computation experts", "shortcut-connected MoE"),
-    "mellum": needs("MoE routing", "qk-norm"),
+    "mellum": supported("mellum"),
     "mimo_v2_flash": needs("attention sinks", "MoE routing", "sliding-window layers with their own head sizes"),
     "minicpm3": supported("minicpm3"),
     "minicpm5_moe": needs(MOE_SHARED),

@@ -391,6 +391,48 @@ hunyuan_v1_moe = Family(
     _hunyuan_moe, dict(LLAMA_KEYS, num_experts="experts"), "HunYuanMoEV1ForCausalLM",
 )
 
+# ---------------------------------------------------------------- Mellum
+
+
+def mellum_mlp_types(hf: Mapping[str, Any], layers: int, experts: int) -> tuple:
+    """Mellum's ``mlp_layer_types``: "sparse" (MoE) or "dense" per layer (every layer sparse without it)."""
+    kinds = list(hf.get("mlp_layer_types") or ["sparse"] * layers)
+    if len(kinds) != layers or set(kinds) - {"sparse", "dense"}:
+        raise ConfigError(f"mellum: mlp_layer_types {kinds} must give 'sparse' or 'dense' for each of {layers} layers")
+    return tuple("moe" if k == "sparse" and experts else "dense" for k in kinds)
+
+
+def _mellum_rewrite(out_cfg: dict, types: tuple) -> None:
+    out_cfg["mlp_layer_types"] = ["sparse" if t == "moe" else "dense" for t in types]
+
+
+def _mellum(hf):
+    from .patterns import per_type_rope
+
+    layers, n = int(hf["num_hidden_layers"]), _experts(hf)
+    hd = int(hf.get("head_dim") or 128)
+    positions = int(hf.get("max_position_embeddings") or 131072)
+    rope = per_type_rope(hf, hd, positions, 500_000.0, 10_000.0)
+    types = tuple(hf.get("layer_types") or ["full_attention"] * layers)
+    bias = bool(hf.get("attention_bias", False))
+    cfg = read_llama_like(
+        dict(hf, head_dim=hd, rope_parameters=None, rope_scaling=None), "mellum", experts=n,
+        experts_per_tok=int(hf.get("num_experts_per_tok") or 1), moe_ffn=int(hf.get("moe_intermediate_size") or 896),
+        moe_renorm=bool(hf.get("norm_topk_prob", True)), mlp_types=mellum_mlp_types(hf, layers, n),
+        qk_norm="head", qkv_bias=bias, o_bias=bias, sliding_window=int(hf.get("sliding_window") or 0),
+        layer_types=types, norm_eps=float(hf.get("rms_norm_eps") or 1e-6),
+    )
+    return DecoderConfig(**dict(cfg.to_dict(), **rope))
+
+
+mellum = Family(
+    "mellum", ("mellum",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_HEAD
+    + dense_mlp() + QWEN_EXPERTS + BLOCK_NORMS,
+    _mellum, QWEN_MOE_KEYS, "MellumForCausalLM", rope_keys=(),
+    write_layers=layer_writer(mellum_mlp_types, _mellum_rewrite, "mlp_layer_types"),
+)
+
 # ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
 
 
@@ -443,7 +485,7 @@ granitemoeshared = Family(
 )
 
 FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
-            hunyuan_v1_moe)
+            hunyuan_v1_moe, mellum)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -464,6 +506,9 @@ TINY = {
     "ernie4_5_moe": dict(_DIMS, moe_num_experts=4, moe_k=2, moe_intermediate_size=24, moe_num_shared_experts=2,
                          num_hidden_layers=3, moe_layer_start_index=1, use_bias=True, tie_word_embeddings=True),
     "hunyuan_v1_moe": dict(_DIMS, num_experts=4, moe_topk=2, head_dim=16, attention_bias=True),
+    "mellum": dict(_DIMS, **_MOE, num_hidden_layers=3, head_dim=16, moe_intermediate_size=24, attention_bias=True,
+                   norm_topk_prob=False, sliding_window=4, mlp_layer_types=["dense", "sparse", "sparse"],
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
@@ -474,4 +519,4 @@ TINY = {
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
 __all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "ernie4_5_moe", "first_k_dense", "flex_olmo", "olmoe", "granitemoe",
-           "granitemoeshared", "hunyuan_v1_moe", "qwen2_moe", "qwen3_moe", "solar_open", "write_first_k"]
+           "granitemoeshared", "hunyuan_v1_moe", "mellum", "qwen2_moe", "qwen3_moe", "solar_open", "write_first_k"]
