@@ -41,6 +41,14 @@ _SCHEMA: dict = {
     "mlp_bias": ("bool",), "layer_norm_elementwise_affine": ("bool",), "_remove_final_layer_norm": ("bool",),
     "hidden_act": ("str",), "hidden_activation": ("str",), "activation_function": ("str",),
     "rope_parameters": ("dict",), "rope_scaling": ("dict",), "layer_types": ("list",),
+    # phi, stablelm, starcoder2, persimmon, cohere, cohere2, falcon, gptj, codegen (families/parallel.py)
+    "qk_layernorm": ("bool",), "use_qkv_bias": ("bool",), "use_bias": ("bool",), "use_qk_norm": ("bool",),
+    "multi_query": ("bool",), "parallel_attn": ("bool",), "new_decoder_architecture": ("bool",), "alibi": ("bool",),
+    "bias": ("bool",), "norm_epsilon": ("pos", 0.0, 1.0), "layer_norm_epsilon": ("pos", 0.0, 1.0),
+    "logit_scale": ("pos", 0.0, 1e6), "sliding_window_pattern": ("int", 1, MAX_LAYERS),
+    "num_ln_in_parallel_attn": ("int", 1, 2), "ffn_hidden_size": _SIZE, "num_kv_heads": _SIZE, "activation": ("str",),
+    "n_embd": _SIZE, "n_inner": _SIZE, "n_head": _SIZE, "n_layer": ("int", 1, MAX_LAYERS),
+    "n_positions": ("int", 1, MAX_POSITIONS), "rotary_dim": _SIZE,
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")  # chunked: Llama 4 (its reader checks)

@@ -1,7 +1,12 @@
-"""LayerNorm decoders, most with attention and MLP side by side: phi (parallel block
-under one LayerNorm, biases everywhere, LM-head bias, optional qk LayerNorm), stablelm
-(optional parallel block, optional qkv bias), starcoder2 (sequential LayerNorm blocks,
-a plain biased MLP, sliding window), persimmon (per-head fused qkv, qk LayerNorm, relu²).
+"""LayerNorm decoders, most with attention and MLP side by side under one norm.
+
+phi (parallel block, biases everywhere, LM-head bias, optional qk LayerNorm), stablelm
+(optional parallel block, optional qkv bias), starcoder2 (sequential blocks, a plain
+biased MLP, sliding window), persimmon (per-head fused qkv, qk LayerNorm, relu²), cohere
+(bias-free LayerNorm, per-head qk-norm gains, interleaved RoPE, logit scale), cohere2
+(sliding layers with RoPE, full layers without), gptj and codegen (interleaved partial
+rotary; CodeGen's fused qkv in 4 blocks), falcon (multi-query, per-head or grouped fused
+qkv; parallel under one or two LayerNorms, or sequential).
 """
 
 from __future__ import annotations
@@ -365,8 +370,9 @@ def _falcon(hf) -> DecoderConfig:
     num_kv_heads, parallel under ln_attn and ln_mlp, or one LayerNorm when
     num_ln_in_parallel_attn is 1)."""
     if hf.get("alibi"):
-        raise ConfigError("falcon: alibi = true (ALiBi slopes rounded to bfloat16, divided by sqrt(head_dim)) is not "
-                          "supported yet; supported: rotary falcon configs")
+        raise ConfigError("falcon: alibi = true is not supported (supported: rotary falcon configs): falcon divides "
+                          "its ALiBi bias by sqrt(head_dim) and the slopes depend on the head count, so no width "
+                          "growth (more heads or a wider head) can keep the model's function")
     new_arch = bool(hf.get("new_decoder_architecture", False))
     parallel = bool(hf.get("parallel_attn", True))
     hf = dict(hf, intermediate_size=hf.get("ffn_hidden_size") or 4 * int(hf.get("hidden_size") or 0))
