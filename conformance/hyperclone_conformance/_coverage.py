@@ -100,7 +100,7 @@ FLAGS = {
                      "partial_rotary_factor"),
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
     "rope_reverse": (True,), "q_scale_beta": (0.1,), "q_scale_period": (4,),
-    "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16),
+    "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16), "moe_group_top": (1,),
     "shared_block_norm": (True,), "qk_norm_type": ("layer",), "qkv_blocks": (4,),
     "experts_stacked": ("in_out",), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
     "glu_alpha": (1.5,), "glu_limit": (0.3,), "attn_chunk": (4,), "qk_norm_skip_nope": (True,),

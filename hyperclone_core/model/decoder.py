@@ -522,7 +522,7 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
     if bias is not None:
         choice = choice + o.stop_gradient(o.astype(bias, choice.dtype))
     if cfg.moe_groups > 1:
-        choice = _group_limited(o, choice, cfg.moe_groups, cfg.moe_topk_groups)
+        choice = _group_limited(o, choice, cfg.moe_groups, cfg.moe_topk_groups, cfg.moe_group_top)
     top = o.top_k(choice, cfg.experts_per_tok)
     weights = xp.take_along_axis(scores, top, axis=-1)
     if cfg.moe_renorm:
@@ -532,14 +532,14 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
     return top, o.astype(weights, x.dtype)
 
 
-def _group_limited(o: ArrayOps, choice, groups: int, keep: int):
+def _group_limited(o: ArrayOps, choice, groups: int, keep: int, top: int = 2):
     """``choice`` (..., E) with the experts outside the ``keep`` best of ``groups`` equal
-    groups set to -inf (out of the choice); a group ranks by the sum of its two largest entries."""
+    groups set to -inf (out of the choice); a group ranks by the sum of its ``top`` largest entries."""
     xp = o.xp
     E = choice.shape[-1]
     lead = tuple(choice.shape[:-1])
     g = xp.reshape(choice, lead + (groups, E // groups))
-    best2 = xp.take_along_axis(g, o.top_k(g, min(2, E // groups)), axis=-1)
+    best2 = xp.take_along_axis(g, o.top_k(g, min(top, E // groups)), axis=-1)
     kept = o.top_k(xp.sum(best2, axis=-1), keep)  # (..., keep)
     ids = o.constant(np.arange(groups))
     hit = xp.sum(o.astype(kept[..., :, None] == ids, choice.dtype), axis=-2) > 0  # (..., groups)

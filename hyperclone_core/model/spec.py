@@ -264,6 +264,8 @@ class DecoderConfig:
     #                                   rope_theta, rotary_dim, rope_type, rope_scaling; () = the same RoPE as full layers
     qk_norm_after_rope: bool = False  # HunYuan: the per-head qk-norm runs on the rotated q and k
     qkv_blocks: int = 0               # CodeGen (qkv_layout blocked): the fused qkv's blocks, each (q, v, k) x its heads
+    moe_group_top: int = 2            # grouped top-k: a group ranks by the sum of its this-many best scores (DeepSeek-V2's
+    #                                   group_limited_greedy: 1, its best expert)
 
     @property
     def q_per_kv(self) -> int:

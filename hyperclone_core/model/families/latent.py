@@ -178,9 +178,9 @@ def _deepseek_v3(hf, family="deepseek_v3", mlp_types=None):
                     qkv_bias=bias, o_bias=bias, norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **moe)
 
 
-V2_TOPK = ("greedy",)
-"""DeepSeek-V2 routing transformers computes that the decoder's does: greedy top-k over the
-softmax (its group_limited_greedy ranks groups by their best expert, not supported)."""
+V2_TOPK = ("greedy", "group_limited_greedy")
+"""DeepSeek-V2's routings (topk_method): top-k over the softmax, or over the experts of the
+topk_group groups whose best expert scores highest (group_limited_greedy)."""
 
 
 def _deepseek_v2(hf):
@@ -189,8 +189,16 @@ def _deepseek_v2(hf):
     if method not in V2_TOPK:
         raise ConfigError(f"deepseek_v2: topk_method {method!r} is not supported; supported: {', '.join(V2_TOPK)}")
     mlp_types = first_k_dense(hf, _int(hf, "num_hidden_layers"))
-    # transformers' DeepSeek-V2 router never renormalises (it ignores norm_topk_prob); greedy has no groups
-    moe = _moe_flags(dict(hf, n_group=1), mlp_types, "softmax", moe_renorm=False)
+    if method == "greedy":
+        hf = dict(hf, n_group=1)  # greedy ignores the groups
+    elif "moe" in mlp_types:
+        groups, keep, n = _int(hf, "n_group", 1), _int(hf, "topk_group", 1), _int(hf, "n_routed_experts")
+        if groups < 1 or keep < 1 or keep * (n // groups) < _int(hf, "num_experts_per_tok", 1):
+            # transformers would pick masked experts (weight 0) where the kept groups hold too few
+            raise ConfigError(f"deepseek_v2: group_limited_greedy keeps topk_group ({keep}) of n_group ({groups}) "
+                              f"groups of {n} experts, fewer than num_experts_per_tok")
+    # transformers' DeepSeek-V2 router never renormalises (it ignores norm_topk_prob)
+    moe = _moe_flags(hf, mlp_types, "softmax", moe_renorm=False, moe_group_top=1)
     return read_mla(hf, "deepseek_v2", rope_interleaved=True, qkv_bias=bias, o_bias=bias,
                     mlp_bias=bool(hf.get("mlp_bias", False)), norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **moe)
 
@@ -289,7 +297,7 @@ TINY = {
     "deepseek_v3": dict(_DIMS, **_MOE, n_group=2, topk_group=1, routed_scaling_factor=2.5, attention_bias=True,
                         rope_parameters=_YARN),
     "deepseek_v2": dict(_DIMS, **_MOE, q_lora_rank=None, routed_scaling_factor=1.5, attention_bias=True,
-                        mlp_bias=True),
+                        mlp_bias=True, topk_method="group_limited_greedy", n_group=2, topk_group=1),
     "sarvam_mla": dict(_DIMS, **dict(_MOE, n_shared_experts=2), q_lora_rank=None, norm_topk_prob=False),
     "glm4_moe_lite": dict(_DIMS, **_MOE, n_group=2, topk_group=2, routed_scaling_factor=1.8,
                           mlp_layer_types=["dense", "sparse", "sparse"]),
