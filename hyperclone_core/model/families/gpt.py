@@ -46,10 +46,11 @@ class GPTFamily(Family):
             raise PlanError(f"{self.name} configs have no kv-head count: {new.kv_heads} kv heads for {new.heads} heads "
                             f"cannot be written (this config has {kv}); leave out --kv-heads")
         cfg = super().write_config(hf, new, layer_src)
-        if self.attention_types:
+        if self.attention_types:  # the pattern lives in attention_types; it is rewritten when depth grew
             cfg.pop("layer_types", None)
             if "layer_types" in hf:
                 cfg["layer_types"] = hf["layer_types"]
+        if self.attention_types and tuple(new.layer_types) != src.layer_types:
             kinds = ["local" if t == "sliding_attention" else "global" for t in new.layer_types]
             runs: list = []
             for kind in kinds:  # run-length: [[[kind], count], ...]
