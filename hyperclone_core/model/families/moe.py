@@ -93,8 +93,13 @@ def layer_writer(rule: Callable, rewrite: Callable, what: str) -> Callable:
     inserted layers), ``rewrite(config, mlp_types)`` sets the keys; a pattern they cannot
     express (``what`` says which) is refused."""
     def write(out_cfg: dict, new: DecoderConfig) -> None:
-        if not new.mlp_types or rule(out_cfg, new.layers, new.experts) == new.mlp_types:
+        if not new.mlp_types:
             return
+        try:
+            if rule(out_cfg, new.layers, new.experts) == new.mlp_types:
+                return
+        except ConfigError:  # the source's keys do not fit the grown depth (a list per layer)
+            pass
         rewrite(out_cfg, new.mlp_types)
         if rule(out_cfg, new.layers, new.experts) != new.mlp_types:
             raise ConfigError(f"the grown stack's dense/MoE layers {list(new.mlp_types)} cannot be written as {what}; "
