@@ -72,14 +72,14 @@ HCX_ROLES = LLAMA_ROLES + tuple(
 
 def _hyperclovax(hf):
     bias = bool(hf.get("attention_bias", False))
-    head_dim = int(hf.get("head_dim") or int(hf["hidden_size"]) // int(hf["num_attention_heads"]))
+    mult = hf.get("attention_multiplier")  # None: transformers uses head_dim ** -0.5, as DecoderConfig's 0 does
     return read_llama_like(
         hf, "hyperclovax", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
         placement="sandwich" if hf.get("use_post_norm", True) else "pre",
         embed_multiplier=_float(hf, "embedding_multiplier", 1.0),
         residual_multiplier=_float(hf, "residual_multiplier", 1.0),
         logit_scale=_float(hf, "logits_scaling", 1.0),  # a multiplier here (Granite divides)
-        attn_scale=_float(hf, "attention_multiplier", head_dim ** -0.5),
+        attn_scale=0.0 if mult is None else float(mult),
     )
 
 
