@@ -27,7 +27,8 @@ from . import rope
 from .spec import DecoderConfig
 
 ACT_ALIASES = {"swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-               "gelu_fast": "gelu_tanh"}
+               "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "gelu_python_tanh": "gelu_tanh",
+               "gelu_accurate": "gelu_tanh"}
 ACTIVATIONS = ("silu", "relu", "gelu", "gelu_tanh", "relu2", "xielu")
 """``xielu`` (Apertus) has learned per-layer scalars (``mlp.act.alpha_p`` ...): ``mlp`` reads them."""
 
