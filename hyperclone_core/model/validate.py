@@ -45,7 +45,7 @@ _SCHEMA: dict = {
     "qk_layernorm": ("bool",), "use_qkv_bias": ("bool",), "use_bias": ("bool",), "use_qk_norm": ("bool",),
     "multi_query": ("bool",), "parallel_attn": ("bool",), "new_decoder_architecture": ("bool",), "alibi": ("bool",),
     "bias": ("bool",), "norm_epsilon": ("pos", 0.0, 1.0), "layer_norm_epsilon": ("pos", 0.0, 1.0),
-    "logit_scale": ("pos", 0.0, 1e6), "sliding_window_pattern": ("int", 1, MAX_LAYERS),
+    "logit_scale": ("pos", 0.0, 1e6), "sliding_window_pattern": ("int", 0, MAX_LAYERS),
     "num_ln_in_parallel_attn": ("int", 1, 2), "ffn_hidden_size": _SIZE, "num_kv_heads": _SIZE, "activation": ("str",),
     "n_embd": _SIZE, "n_inner": _SIZE, "n_head": _SIZE, "n_layer": ("int", 1, MAX_LAYERS),
     "n_positions": ("int", 1, MAX_POSITIONS), "rotary_dim": _SIZE,

@@ -300,7 +300,7 @@ def _exaone4(hf):
         if window else tuple(hf.get("layer_types") or ("full_attention",) * layers)
     # transformers: with a sliding window, the full layers run without RoPE
     nope = tuple(t != "sliding_attention" for t in types) if window else ()
-    sliding = _sliding(hf, types) if window else dict(sliding_window=0, layer_types=())
+    sliding = _sliding(hf, types) if window else dict(sliding_window=0, layer_types=types)
     return read_llama_like(hf, "exaone4", placement="post_sublayer", qk_norm="head",
                            nope_layers=nope if any(nope) else (), **sliding)
 
