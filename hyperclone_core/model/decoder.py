@@ -722,7 +722,8 @@ def cross_entropy(o: ArrayOps, logits, targets):
 
 
 __all__ = [
-    "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "alibi_bias", "alibi_slopes", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
+    "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
+    "alibi_bias", "alibi_slopes",
     "latent_attention",
     "causal_mask", "check_length", "chunk_of", "cross_entropy", "embed", "expert", "forward", "head", "mlp", "moe", "norm",
     "rope_of", "rope_tables", "route", "shared_experts", "sliding_rope", "tables", "window_of",
