@@ -368,6 +368,8 @@ class Family:
         out = dict(hf)
         sizes = dict(new.sizes(), positions=new.positions)
         for key, dim in self.config_keys.items():
+            if dim == "shared_ffn" and not new.shared_ffn:
+                continue  # no shared expert (sizes() reads its 0 as ffn): the key keeps its 0
             if key in out or dim in ("hidden", "ffn", "layers", "heads", "vocab"):
                 out[key] = sizes[dim]
         if "head_dim" not in self.config_keys.values() and new.hidden != new.heads * new.head_dim:
