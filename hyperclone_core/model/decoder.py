@@ -81,11 +81,9 @@ def alibi_slopes(heads: int, max_bias: float = 8.0) -> tuple:
     return tuple(slopes)
 
 
-def alibi_bias(slopes, T: int) -> np.ndarray:
-    """(H, T, T) float64: slope_h * (k - q), the linear bias head h adds to the score of
-    query q on key k (a per-row shift of slope_h * k, which the softmax ignores)."""
-    q, k = np.arange(T)[:, None], np.arange(T)[None, :]
-    return np.asarray(slopes, dtype=np.float64)[:, None, None] * (k - q)[None].astype(np.float64)
+def relative_positions(T: int) -> np.ndarray:
+    """(T, T) float64: k - q, key position minus query position (ALiBi's distance)."""
+    return (np.arange(T)[None, :] - np.arange(T)[:, None]).astype(np.float64)
 
 
 def window_of(cfg: DecoderConfig, layer: int) -> int:
@@ -278,15 +276,17 @@ class ArrayOps:
         return xp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
 
     def attention(self, q, k, v, *, scale: float, window: int, softcap: float, sinks=None, chunk: int = 0,
-                  alibi=None, **extra):
+                  alibi=None, keep=None, **extra):
         """Causal attention; q (B, T, H, D), k/v (B, T, KV, D) with H a multiple of KV
         (query head h reads kv head h // (H // KV)); returns (B, T, H, D).  ``extra``:
         the optional features (``extras_set``), keyword arguments a backend's fused
         kernel does not know and hands back here.  ``sinks`` (H,): a learned logit per
         head that joins each softmax's denominator and reads no value (gpt-oss);
         ``chunk``: keys only from the query's block of that many positions (Llama 4);
-        ``alibi`` (H,): per-head slopes of ALiBi's linear bias ``alibi_bias``, added to the
-        scaled scores (bloom, mpt)."""
+        ``alibi`` (H,): per-head slopes of ALiBi's linear bias slope_h * (k - q) (a per-row
+        shift of transformers' slope_h * k, which the softmax ignores), added to the
+        scaled scores (bloom, mpt); ``keep`` (B, T, T) bool: the keys each query may read
+        besides causality (DeepSeek sparse attention's indexer, ``index_keep``)."""
         _refuse_extras("attention", extra)
         xp = self.xp
         H, KV = q.shape[2], k.shape[2]
@@ -295,10 +295,13 @@ class ArrayOps:
         q, k, v = (xp.swapaxes(t, 1, 2) for t in (q, k, v))
         scores = (q @ xp.swapaxes(k, -1, -2)) * scale
         if alibi is not None:
-            scores = scores + self.constant(alibi_bias(alibi, q.shape[2]), scores.dtype)
+            slopes = self.constant(np.asarray(alibi, np.float64).reshape(-1, 1, 1), scores.dtype)
+            scores = scores + slopes * self.constant(relative_positions(q.shape[2]), scores.dtype)
         if softcap:
             scores = xp.tanh(scores / softcap) * softcap
         allowed = self.constant(causal_mask(q.shape[2], window, chunk))
+        if keep is not None:
+            allowed = allowed & keep[:, None]
         scores = xp.where(allowed, scores, -math.inf)
         cdt = self.compute_dtype(scores.dtype)
         if sinks is None:
@@ -349,6 +352,16 @@ def norm(cfg: DecoderConfig, o: ArrayOps, x, w, b):
     return o.astype(y, x.dtype)
 
 
+def _per_head(o: ArrayOps, get: Get, kind: str, heads: int):
+    """A gain stored whole, or one tensor per head (a ``{h}`` role, stablelm): then stacked
+    to (heads, head_dim)."""
+    w = get(kind)
+    if w is not None or get(kind, 0) is None:
+        return w
+    rows = [get(kind, h) for h in range(heads)]
+    return o.xp.concatenate([o.xp.reshape(r, (1, r.shape[0])) for r in rows], axis=0)
+
+
 def _qk_norm(cfg: DecoderConfig, o: ArrayOps, x, w, b=None):
     """The qk-norm (``cfg.qk_norm_type``) of q or k: its gain (and bias) shared by every
     head (head_dim,), over the full width, or one per head, shaped (heads, head_dim) over
@@ -363,6 +376,8 @@ def _qk_norm(cfg: DecoderConfig, o: ArrayOps, x, w, b=None):
 
 LATENT_NORM_EPS = 1e-6
 """The epsilon of MLA's q and k/v latent RMS norms (transformers builds them with its default)."""
+INDEX_NORM_EPS = 1e-6
+"""The epsilon of the sparse-attention indexer's key LayerNorm (transformers' constant)."""
 
 
 def latent_attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
@@ -378,8 +393,8 @@ def latent_attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o:
     H, N, R, V, L = cfg.heads, cfg.nope_dim, cfg.head_dim, cfg.v_dim, cfg.kv_lora
     lcfg = replace(cfg, norm="rms", norm_eps=LATENT_NORM_EPS, norm_unit_offset=False)
     if cfg.q_lora:
-        q = norm(lcfg, o, o.linear(x, get("attn.q_a"), get("attn.q_a.bias")), get("attn.q_a_norm"), None)
-        q = o.linear(q, get("attn.q_b"))
+        q_lat = norm(lcfg, o, o.linear(x, get("attn.q_a"), get("attn.q_a.bias")), get("attn.q_a_norm"), None)
+        q = o.linear(q_lat, get("attn.q_b"))
     else:
         q = o.linear(x, get("attn.q"))
     q = xp.reshape(q, (B, T, H, N + R))
@@ -395,9 +410,37 @@ def latent_attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o:
         v = xp.concatenate([v, xp.zeros_like(k[..., :N + R - V])], axis=-1)
     elif V > N + R:
         q, k = (xp.concatenate([t, xp.zeros_like(v[..., :V - N - R])], axis=-1) for t in (q, k))
+    keep = index_keep(cfg, get, x, q_lat, tb, o) if cfg.index_topk else None
     out = o.attention(q, k, v, scale=cfg.attn_scale or (N + R) ** -0.5, window=window_of(cfg, layer),
-                      softcap=cfg.attn_softcap)
+                      softcap=cfg.attn_softcap, keep=keep)
     return o.linear(xp.reshape(out[..., :V], (B, T, H * V)), get("attn.o"), get("attn.o.bias"))
+
+
+def index_keep(cfg: DecoderConfig, get: Get, x, q_lat, tb: Tables, o: ArrayOps):
+    """DeepSeek sparse attention's indexer (V3.2, GLM-MoE-DSA): the (B, T, T) keys each query
+    reads, its ``index_topk`` best by the score sum_h w_h relu(q_h . k / sqrt(index_dim)) (q_h
+    from the q latent, one k per position LayerNorm-ed, both RoPE'd on their first head_dim
+    features, w = x's projection / sqrt(index_heads)); None when every key fits.  A key tied
+    with the k-th best score is kept too (transformers keeps k of the tied)."""
+    xp = o.xp
+    B, T, _ = x.shape
+    Hi, Di, R = cfg.index_heads, cfg.index_dim, cfg.head_dim
+    topk = min(cfg.index_topk, T)
+    if topk >= T:
+        return None
+    cdt = o.compute_dtype(x.dtype)
+    q = xp.reshape(o.linear(q_lat, get("attn.index_q")), (B, T, Hi, Di))
+    k = norm(replace(cfg, norm="layer", norm_eps=INDEX_NORM_EPS), o, o.linear(x, get("attn.index_k")),
+             get("attn.index_k_norm"), get("attn.index_k_norm.bias"))
+    k = xp.reshape(k, (B, T, 1, Di))
+    q, k = (o.astype(xp.concatenate([o.rope(t[..., :R], tb.cos, tb.sin, interleaved=cfg.index_rope_interleaved),
+                                     t[..., R:]], axis=-1), cdt) for t in (q, k))
+    scores = o.relu((xp.swapaxes(q, 1, 2) @ xp.swapaxes(xp.swapaxes(k, 1, 2), -1, -2)) * Di ** -0.5)  # (B, Hi, T, T)
+    w = o.astype(o.linear(x, get("attn.index_w")), cdt) * Hi ** -0.5  # (B, T, Hi)
+    index = xp.sum(scores * xp.swapaxes(w, 1, 2)[..., None], axis=1)  # (B, T, T)
+    index = o.stop_gradient(xp.where(o.constant(causal_mask(T)), index, -math.inf))
+    kth = xp.take_along_axis(index, o.top_k(index, topk)[..., -1:], axis=-1)
+    return index >= kth
 
 
 def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
@@ -406,8 +449,13 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     xp = o.xp
     B, T, _ = x.shape
     H, KV, D = cfg.heads, cfg.kv_heads, cfg.head_dim
+    gate = None  # an output gate: the attention's output times sigmoid(gate)
     if cfg.qkv_layout == "separate":
-        q = o.linear(x, get("attn.q"), get("attn.q.bias"))
+        if get("attn.q_gate") is not None:  # per head its query, then its gate (MiniCPM5-MoE's gated attention)
+            qg = xp.reshape(o.linear(x, get("attn.q_gate"), get("attn.q_gate.bias")), (B, T, H, 2 * D))
+            q, gate = (xp.reshape(t, (B, T, H * D)) for t in (qg[..., :D], qg[..., D:]))
+        else:
+            q = o.linear(x, get("attn.q"), get("attn.q.bias"))
         k = o.linear(x, get("attn.k"), get("attn.k.bias"))
         v = o.linear(x, get("attn.v"), get("attn.v.bias"))
     else:
@@ -429,14 +477,14 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     if cfg.clip_qkv and not cfg.clip_after_qk_norm:
         q, k, v = (xp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
     if cfg.qk_norm == "full":
-        q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
-            _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
+        q, k = _qk_norm(cfg, o, q, _per_head(o, get, "attn.q_norm", H), get("attn.q_norm.bias")), \
+            _qk_norm(cfg, o, k, _per_head(o, get, "attn.k_norm", KV), get("attn.k_norm.bias"))
     if cfg.clip_qkv and cfg.clip_after_qk_norm:  # OLMoE clamps the normed q and k
         q, k, v = (xp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
     q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, D))
     if cfg.qk_norm == "head" and not cfg.qk_norm_after_rope:
-        q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
-            _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
+        q, k = _qk_norm(cfg, o, q, _per_head(o, get, "attn.q_norm", H), get("attn.q_norm.bias")), \
+            _qk_norm(cfg, o, k, _per_head(o, get, "attn.k_norm", KV), get("attn.k_norm.bias"))
     which = rope_of(cfg, layer)
     if which:
         cos, sin = (tb.local_cos, tb.local_sin) if which == "sliding" else (tb.cos, tb.sin)
@@ -444,14 +492,11 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     nope = bool(cfg.nope_layers and cfg.nope_layers[layer])
     if cfg.qk_norm == "head" and cfg.qk_norm_after_rope and not (nope and cfg.qk_norm_skip_nope):
         # HunYuan, Llama 4: the rotated heads are normed
-        q, k = _qk_norm(cfg, o, q, get("attn.q_norm"), get("attn.q_norm.bias")), \
-            _qk_norm(cfg, o, k, get("attn.k_norm"), get("attn.k_norm.bias"))
+        q, k = _qk_norm(cfg, o, q, _per_head(o, get, "attn.q_norm", H), get("attn.q_norm.bias")), \
+            _qk_norm(cfg, o, k, _per_head(o, get, "attn.k_norm", KV), get("attn.k_norm.bias"))
     if nope and cfg.attn_temp_floor:  # Llama 4's temperature tuning: q grows with the position
         t = np.arange(T, dtype=np.float64) + 1.0
         temp = 1.0 + cfg.attn_temp_scale * np.log1p(np.floor(t / cfg.attn_temp_floor))
-        q = q * o.constant(temp[None, :, None, None], q.dtype)
-    if cfg.q_scale_beta:  # Ministral 3: q times 1 + beta * log(1 + floor(position / period)), every layer
-        temp = 1.0 + cfg.q_scale_beta * np.log1p(np.floor(np.arange(T, dtype=np.float64) / cfg.q_scale_period))
         q = q * o.constant(temp[None, :, None, None], q.dtype)
     if cfg.q_scale_beta:  # Ministral 3: q times 1 + beta * log(1 + floor(position / period)), every layer
         temp = 1.0 + cfg.q_scale_beta * np.log1p(np.floor(np.arange(T, dtype=np.float64) / cfg.q_scale_period))
@@ -460,7 +505,10 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     out = o.attention(q, k, v, scale=scale, window=window_of(cfg, layer),
                       softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer),
                       alibi=alibi_slopes(H) if cfg.pos == "alibi" else None)
-    return o.linear(xp.reshape(out, (B, T, H * D)), get("attn.o"), get("attn.o.bias"))
+    out = xp.reshape(out, (B, T, H * D))
+    if gate is not None:
+        out = out * _sigmoid(o, gate)
+    return o.linear(out, get("attn.o"), get("attn.o.bias"))
 
 
 def activation(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> Callable:
@@ -512,9 +560,10 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
     logits, in the compute dtype.  The choice ranks the scores plus the correction bias
     (``moe.correction.bias``: DeepSeek-V3's ``e_score_correction_bias``, Ernie's
     ``moe_statics``) where one is stored; under grouped top-k (``moe_groups``) only the
-    experts of the ``moe_topk_groups`` groups with the largest top-2 sums compete.  The weights are the chosen experts' scores (without the
-    bias), renormalised to sum 1 under ``moe_renorm`` (a softmax over the top-k logits is
-    the same), times ``moe_scale``."""
+    experts of the ``moe_topk_groups`` groups with the largest top-``moe_group_top`` sums
+    compete.  The weights are the chosen experts' scores (without the bias), renormalised
+    to sum 1 under ``moe_renorm`` (a softmax over the top-k logits is the same), times
+    ``moe_scale``."""
     xp = o.xp
     logits = o.astype(o.linear(x, get("moe.router"), get("moe.router.bias")), o.compute_dtype(x.dtype))
     scores = _sigmoid(o, logits) if cfg.moe_scoring == "sigmoid" else o.softmax(logits)
@@ -723,8 +772,8 @@ def cross_entropy(o: ArrayOps, logits, targets):
 
 __all__ = [
     "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
-    "alibi_bias", "alibi_slopes",
-    "latent_attention",
+    "alibi_slopes", "relative_positions",
+    "latent_attention", "index_keep",
     "causal_mask", "check_length", "chunk_of", "cross_entropy", "embed", "expert", "forward", "head", "mlp", "moe", "norm",
     "rope_of", "rope_tables", "route", "shared_experts", "sliding_rope", "tables", "window_of",
 ]

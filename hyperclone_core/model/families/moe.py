@@ -438,6 +438,37 @@ mellum = Family(
     write_layers=layer_writer(mellum_mlp_types, _mellum_rewrite, "mlp_layer_types"),
 )
 
+# ---------------------------------------------------------------- MiniCPM5-MoE
+
+
+def _minicpm5_moe(hf):
+    _refuse(hf, use_gated_attention=lambda v: v is False)
+    layers = int(hf["num_hidden_layers"])
+    if not hf.get("mlp_layer_types"):  # the config class's default: first_k_dense_replace (1) dense layers
+        k = int(hf.get("first_k_dense_replace", 1) or 0)
+        hf = dict(hf, mlp_layer_types=["dense" if i < k else "sparse" for i in range(layers)])
+    flags = deepseek_routing(hf, layers)
+    flags["mlp_types"] = mellum_mlp_types(hf, layers, flags["experts"])
+    bias = bool(hf.get("attention_bias", False))
+    hd = hf.get("head_dim") or int(hf["hidden_size"]) // int(hf["num_attention_heads"])
+    return read_llama_like(dict(hf, head_dim=hd), "minicpm5_moe", qkv_bias=bias, o_bias=bias,
+                           norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **flags)
+
+
+GATED_Q = (  # per head: its query rows, then its output gate's (gated attention)
+    Role(f"{L}.self_attn.q_proj.weight", "attn.q_gate", (out(f"{Q.replace('*head_dim', '*2*head_dim')}"), in_("hidden"))),
+    Role(f"{L}.self_attn.q_proj.bias", "attn.q_gate.bias", (out(f"{Q.replace('*head_dim', '*2*head_dim')}"),),
+         when=lambda cfg: cfg.qkv_bias),
+)
+minicpm5_moe = Family(
+    "minicpm5_moe", ("minicpm5_moe",),
+    embeddings("model.embed_tokens.weight") + GATED_Q
+    + tuple(r for r in attention(f"{L}.self_attn", bias=True, o_bias=True) if r.kind not in ("attn.q", "attn.q.bias"))
+    + dense_mlp() + DEEPSEEK_EXPERTS + BLOCK_NORMS,
+    _minicpm5_moe, DEEPSEEK_KEYS, "MiniCPM5MoeForCausalLM",
+    write_layers=layer_writer(mellum_mlp_types, _mellum_rewrite, "mlp_layer_types"),
+)
+
 # ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
 
 
@@ -490,7 +521,7 @@ granitemoeshared = Family(
 )
 
 FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
-            hunyuan_v1_moe, mellum)
+            hunyuan_v1_moe, mellum, minicpm5_moe)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -514,6 +545,9 @@ TINY = {
     "mellum": dict(_DIMS, **_MOE, num_hidden_layers=3, head_dim=16, moe_intermediate_size=24, attention_bias=True,
                    norm_topk_prob=False, sliding_window=4, mlp_layer_types=["dense", "sparse", "sparse"],
                    layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    "minicpm5_moe": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
+                         num_hidden_layers=3, mlp_layer_types=["dense", "sparse", "sparse"], n_group=2, topk_group=1,
+                         routed_scaling_factor=2.5, head_dim=16, attention_bias=True),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
@@ -523,5 +557,5 @@ TINY = {
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "deepseek_routing", "dots1", "ernie4_5_moe", "first_k_dense", "flex_olmo", "olmoe", "granitemoe",
-           "granitemoeshared", "hunyuan_v1_moe", "mellum", "qwen2_moe", "qwen3_moe", "solar_open", "write_first_k"]
+__all__ = ["FAMILIES", "TINY", "deepseek_routing", "first_k_dense", "layer_writer", "write_first_k"] + [
+    f.name for f in FAMILIES]
