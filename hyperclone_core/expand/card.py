@@ -176,7 +176,9 @@ def config_changes(plan, config: Mapping[str, Any], asked: Mapping[str, str] = (
             out["asked"].append(dict(entry, by="growth"))
         elif key == "tie_word_embeddings" and untie and a and not b:
             out["asked"].append(dict(entry, by="untie"))
-        elif key == "layer_types" and isinstance(a, list) and "layers" in grown:
+        elif "layers" in grown and isinstance(a, list) and isinstance(b, list) and (
+                key == "layer_types" or len(b) == plan.decoder.layers > len(a) == plan.source_decoder.layers):
+            # a per-layer list (layer_types, SmolLM3/Llama 4's no_rope_layers ...) extended for the inserted layers
             out["asked"].append(dict(entry, by="--layers (each inserted layer keeps its source layer's kind)"))
         else:
             out["unrequested"].append(dict(entry, why=_why(key, a, b, plan, untie)))

@@ -11,7 +11,6 @@ glm4 (interleaved partial rotary; GLM-4 with post-sublayer norms too), hunyuan_v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...errors import ConfigError
@@ -20,23 +19,6 @@ from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out
 from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, gated_mlp, norm, read_llama_like
 
 L = "model.layers.{i}"
-
-
-@dataclass(frozen=True)
-class PatternFamily(Family):
-    """A family with per-layer config keys transformers reads by layer index (SmolLM3's
-    ``no_rope_layers``): ``layer_keys`` holds (key, fn(new decoder config) -> list), written
-    when depth growth inserts layers (each copy keeps its source layer's entry, as the
-    planner maps the decoder's per-layer fields)."""
-
-    layer_keys: tuple = ()
-
-    def write_config(self, hf: Mapping[str, Any], new: DecoderConfig, layer_src) -> dict:
-        written = super().write_config(hf, new, layer_src)
-        if layer_src is not None and list(layer_src) != list(range(len(layer_src))):
-            for key, fn in self.layer_keys:
-                written[key] = fn(new)
-        return written
 
 
 # ---------------------------------------------------------------- shared readers
@@ -168,10 +150,18 @@ def _smollm3(hf):
                            nope_layers=nope if any(nope) else (), **_sliding(hf, types))
 
 
-smollm3 = PatternFamily(
-    "smollm3", ("smollm3",), LLAMA_ROLES, _smollm3, LLAMA_KEYS, "SmolLM3ForCausalLM",
-    layer_keys=(("no_rope_layers", lambda cfg: [int(not n) for n in (cfg.nope_layers or (False,) * cfg.layers)]),),
-)
+def _smollm3_layers(out: dict, new: DecoderConfig) -> None:
+    """``no_rope_layers`` as the grown stack has it (the planner maps ``nope_layers`` by
+    source layer), written where the config had the list or transformers' derivation from
+    ``no_rope_layer_interval`` would give another pattern."""
+    flags = [int(not n) for n in (new.nope_layers or (False,) * new.layers)]
+    interval = int(out.get("no_rope_layer_interval") or 4)
+    if out.get("no_rope_layers") is not None or flags != [int((i + 1) % interval != 0) for i in range(new.layers)]:
+        out["no_rope_layers"] = flags
+
+
+smollm3 = Family("smollm3", ("smollm3",), LLAMA_ROLES, _smollm3, LLAMA_KEYS, "SmolLM3ForCausalLM",
+                 write_layers=_smollm3_layers)
 
 
 # ---------------------------------------------------------------- Gemma 3 and VaultGemma
@@ -404,5 +394,5 @@ TINY = {
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "PatternFamily", "per_type_rope", "exaone4", "gemma3_text", "glm", "glm4",
+__all__ = ["FAMILIES", "TINY", "per_type_rope", "exaone4", "gemma3_text", "glm", "glm4",
            "hunyuan_v1_dense", "olmo3", "smollm3", "vaultgemma"]
