@@ -469,6 +469,35 @@ minicpm5_moe = Family(
     write_layers=layer_writer(mellum_mlp_types, _mellum_rewrite, "mlp_layer_types"),
 )
 
+# ---------------------------------------------------------------- Aria (text)
+
+
+def _aria_text(hf):
+    act = hf.get("hidden_act") or "silu"
+    if act not in ("silu", "swish"):  # the routed experts are SiLU-gated whatever hidden_act says
+        raise ConfigError(f"aria_text: hidden_act={act!r} is not supported (Aria's routed experts always use SiLU, "
+                          "its shared experts hidden_act; one activation for both is)")
+    bias = bool(hf.get("attention_bias", False))
+    # top-k of the logits, then a softmax over those k: softmax-then-top-k renormalised
+    return read_llama_like(hf, "aria_text", experts=int(hf.get("moe_num_experts") or 8),
+                           experts_per_tok=int(hf.get("moe_topk") or 2), experts_stacked="in_out",
+                           shared_ffn=int(hf["intermediate_size"]) * int(hf.get("moe_num_shared_experts", 2) or 0),
+                           qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
+
+
+aria_text = Family(
+    "aria_text", ("aria_text",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + on(moe_layer, (
+        router(f"{L}.mlp.router.weight"),
+        Role(f"{L}.mlp.experts.fc1.weight", "moe.experts.gate_up", (out("experts"), in_("hidden"), out("ffn|ffn"))),
+        Role(f"{L}.mlp.experts.fc2.weight", "moe.experts.down", (out("experts"), in_("ffn"), out("hidden")),
+             writer=True),
+    ))
+    + shared_mlp(f"{L}.mlp.shared_experts", bias=True) + BLOCK_NORMS,
+    _aria_text, dict(LLAMA_KEYS, moe_num_experts="experts"), "AriaTextForCausalLM",
+)
+
 # ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
 
 
@@ -521,7 +550,7 @@ granitemoeshared = Family(
 )
 
 FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
-            hunyuan_v1_moe, mellum, minicpm5_moe)
+            hunyuan_v1_moe, mellum, minicpm5_moe, aria_text)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -548,6 +577,8 @@ TINY = {
     "minicpm5_moe": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                          num_hidden_layers=3, mlp_layer_types=["dense", "sparse", "sparse"], n_group=2, topk_group=1,
                          routed_scaling_factor=2.5, head_dim=16, attention_bias=True),
+    "aria_text": dict(_DIMS, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=2, attention_bias=True,
+                      mlp_bias=True),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
