@@ -149,3 +149,102 @@ def test_without_huggingface_hub_the_message_says_what_to_install(cache, monkeyp
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(CheckpointError, match=r"pip install 'hyperclone\[hf\]'"):
         io.Checkpoint("someorg/somemodel")
+
+
+def test_the_cache_layout_is_the_one_huggingface_hub_reads(cache):
+    """huggingface_hub's own cache scanner sees the test's cache as it sees one it wrote:
+    the repo, both snapshots, the refs pointing at them, no corrupted entry."""
+    c, _ = cache
+    info = huggingface_hub.scan_cache_dir(c)
+    assert not info.warnings, info.warnings
+    (repo,) = [r for r in info.repos if r.repo_id == REPO]
+    assert repo.repo_type == "model"
+    assert {r.commit_hash: set(r.refs) for r in repo.revisions} == {MAIN: {"main"}, V1: {"v1"}}
+    assert {f.file_name for r in repo.revisions for f in r.files} >= {"config.json", "model.safetensors"}
+
+
+def _offline_env(hf_home) -> dict:
+    """Environment of a fresh process that knows the cache only through HF_HOME and is offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    return env
+
+
+def test_a_fresh_process_grows_an_id_from_hf_home_offline(tmp_path):
+    """What a user has: a model huggingface_hub cached under $HF_HOME/hub, HF_HUB_OFFLINE=1,
+    nothing monkeypatched (the hub's settings are read from the environment at import):
+    plan, expand, verify and train take the id, and the card names it as base_model."""
+    hf_home = tmp_path / "hf-home"
+    cfg = testing.CASES["llama"]
+    io.save_checkpoint(tmp_path / "made", cfg, testing.random_weights(cfg, seed=3))
+    _snapshot(hf_home / "hub", REPO, MAIN, tmp_path / "made")
+    env, work = _offline_env(hf_home), tmp_path / "work"
+    work.mkdir()
+    np.save(work / "t.npy", testing.random_tokens(96, batch=8, seq=32))
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "hyperclone_core.cli", *args], capture_output=True, text=True,
+                           env=env, cwd=work, timeout=300)
+        assert r.returncode == 0, f"hyperclone {' '.join(args)}: exit {r.returncode}\n{r.stderr}"
+        return r.stdout
+
+    assert "hidden" in cli("plan", REPO, "--width", "2")
+    cli("expand", REPO, "wide", "--width", "2", "--layers", "+1", "--quiet")
+    cli("verify", REPO, "wide")
+    card = (work / "wide" / "README.md").read_text()
+    assert f"\nbase_model: {REPO}\n" in card and f"(commit {MAIN})" in card
+    cli("train", REPO, "--data", "t.npy", "--out", "run", "--steps", "1", "--batch-size", "2", "--seq-len", "8",
+        "--eval-every", "1", "--eval-batches", "1", "--no-progress")
+    assert not (work / "testorg").exists(), "the id was read as a folder"
+
+
+def test_sharded_snapshot_grows_by_id(cache, tmp_path):
+    """A sharded model (model.safetensors.index.json and its shards, each a symlink into
+    the blobs) resolves and grows like a single-file one."""
+    c, _ = cache
+    cfg = testing.CASES["llama"]
+    w = testing.random_weights(cfg, seed=5)
+    io.save_checkpoint(tmp_path / "sharded", cfg, w, max_shard_bytes=20_000)
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    _snapshot(c, "testorg/sharded", MAIN, tmp_path / "sharded")
+    ck = io.Checkpoint("testorg/sharded")
+    assert ck.hub.commit == MAIN
+    np.testing.assert_array_equal(ck.read("lm_head.weight"), w["lm_head.weight"])
+    assert main(["expand", "testorg/sharded", str(tmp_path / "wide"), "--quiet"]) == 0
+    assert main(["verify", "testorg/sharded", str(tmp_path / "wide")]) == 0
+
+
+def test_python_api_grows_an_id(cache, tmp_path):
+    """expand_checkpoint and the backends' loaders take the id like a folder."""
+    from hyperclone_core.expand.checkpoint import expand_checkpoint
+
+    _, made = cache
+    expand_checkpoint(f"{REPO}@v1", tmp_path / "wide", width=2, progress=False)
+    report = json.loads((tmp_path / "wide" / "hyperclone.json").read_text())
+    assert report["source_hub"] == {"repo_id": REPO, "revision": "v1", "commit": V1}
+    jax_interop = pytest.importorskip("hyperclone_jax.interop")
+    config, params = jax_interop.load_pretrained(REPO)
+    assert config["hidden_size"] == 32
+    np.testing.assert_array_equal(np.asarray(params["model.embed_tokens.weight"]), made[MAIN]["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("command", ["expand", "verify", "train"])
+def test_unknown_id_offline_is_exit_3_in_every_command(cache, tmp_path, capsys, command):
+    args = {"expand": ["expand", "nobody/nothing", str(tmp_path / "w")],
+            "verify": ["verify", REPO, "nobody/nothing"],
+            "train": ["train", "nobody/nothing", "--data", "x.npy", "--out", str(tmp_path / "o")]}[command]
+    assert main(args) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nobody/nothing" in err[0] and "HF_HUB_OFFLINE" in err[0], err
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_snapshot_without_weights_is_not_taken_offline(cache, tmp_path):
+    """A cached snapshot holding only config.json (an interrupted download) is not a model:
+    offline, the id is an input error naming it, not a "no weights" failure mid-way."""
+    c, _ = cache
+    (tmp_path / "cfg-only").mkdir()
+    (tmp_path / "cfg-only" / "config.json").write_text(json.dumps(testing.CASES["llama"]))
+    _snapshot(c, "testorg/partial", MAIN, tmp_path / "cfg-only")
+    with pytest.raises(CheckpointError, match="testorg/partial.*HF_HUB_OFFLINE"):
+        io.Checkpoint("testorg/partial")
