@@ -466,11 +466,13 @@ def plan(
         if src_role is None:
             raise PlanError(f"{family.name}: role {role.pattern} exists only in the grown config")
         layers = [(j, lmap[j]) for j in role.layers(new_cfg)] if role.per_layer else [(None, (None, False))]
-        experts = range(new_cfg.experts) if role.per_expert else [None]
+        experts = role.indices(new_cfg)
+        # a per-head role: each grown head's tensor copies its source head's
+        heads_src = axis_map([tuple(role.per_index.split("*"))], maps, old_sizes).src if role.per_head else None
         for j, (src_layer, inserted) in layers:
             for e in experts:
                 name = expand_pattern(role.pattern, j, e)
-                src_e = None if e is None else e % src_cfg.experts
+                src_e = None if e is None else int(heads_src[e]) if role.per_head else e % src_cfg.experts
                 if role.kind == "lm_head" and src_cfg.tie_embeddings:
                     source = src_names_by_kind(src_names, "embed")
                 else:

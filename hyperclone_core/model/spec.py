@@ -148,6 +148,10 @@ class Role:
     on_layer: Optional[Callable[["DecoderConfig", int], bool]] = field(default=None, compare=False)
     """A per-layer role held by some layers only: ``on_layer(cfg, i)`` (the dense and the
     MoE layers of a mixed stack: ``moe_layer``/``dense_layer``); None = every layer."""
+    per_index: str = ""
+    """A role stored as one tensor per head (``{h}`` in ``pattern``: stablelm's per-head qk
+    LayerNorms): the dims the head index ranges over (``kv_heads*q_per_kv``, ``kv_heads``).
+    A grown head's tensor copies its source head's; the slot's expert position holds the head."""
 
     @property
     def per_layer(self) -> bool:
@@ -162,6 +166,18 @@ class Role:
     @property
     def per_expert(self) -> bool:
         return "{e}" in self.pattern
+
+    @property
+    def per_head(self) -> bool:
+        return "{h}" in self.pattern
+
+    def indices(self, cfg: "DecoderConfig") -> list:
+        """The experts (``{e}``) or heads (``{h}``) of this role in ``cfg``; [None] for neither."""
+        if self.per_expert:
+            return list(range(cfg.experts))
+        if self.per_head:
+            return list(range(segment_size(tuple(self.per_index.split("*")), cfg.sizes())))
+        return [None]
 
     def shape(self, sizes: Mapping[str, int]) -> tuple:
         return tuple(a.size(sizes) for a in self.axes)
@@ -409,8 +425,8 @@ def expand_pattern(pattern: str, layer: Optional[int] = None, expert: Optional[i
     name = pattern
     if layer is not None:
         name = name.replace("{i}", str(layer))
-    if expert is not None:
-        name = name.replace("{e}", str(expert))
+    if expert is not None:  # an expert, or the head of a per-head role
+        name = name.replace("{e}", str(expert)).replace("{h}", str(expert))
     return name
 
 
@@ -419,7 +435,7 @@ def tensor_names(family: Family, cfg: DecoderConfig) -> dict:
     names = {}
     for role in family.roles_for(cfg):
         layers = role.layers(cfg)
-        experts = range(cfg.experts) if role.per_expert else [None]
+        experts = role.indices(cfg)
         for i in layers:
             for e in experts:
                 names[expand_pattern(role.pattern, i, e)] = (role, i, e)

@@ -58,7 +58,7 @@ def slots(family: Family, cfg: DecoderConfig, stored_only: bool = True) -> dict:
             continue
         shape = role.shape(sizes)
         for i in role.layers(cfg):
-            for e in (range(cfg.experts) if role.per_expert else [None]):
+            for e in role.indices(cfg):
                 name = expand_pattern(role.pattern, i, e)
                 out[name] = Slot(name, role, i, e, shape)
     return out

@@ -1,7 +1,7 @@
 """LayerNorm decoders, most with attention and MLP side by side under one norm.
 
 phi (parallel block, biases everywhere, LM-head bias, optional qk LayerNorm), stablelm
-(optional parallel block, optional qkv bias), starcoder2 (sequential blocks, a plain
+(optional parallel block, optional qkv bias, optional per-head qk LayerNorms), starcoder2 (sequential blocks, a plain
 biased MLP, sliding window), persimmon (per-head fused qkv, qk LayerNorm, relu²), cohere
 (bias-free LayerNorm, per-head qk-norm gains, interleaved RoPE, logit scale), cohere2
 (sliding layers with RoPE, full layers without), gptj and codegen (interleaved partial
@@ -119,6 +119,11 @@ STABLELM_ROLES = (
     *_lin(f"{L}.self_attn.k_proj", "attn.k", KV, "hidden", bias=has("qkv_bias")),
     *_lin(f"{L}.self_attn.v_proj", "attn.v", KV, "hidden", bias=has("qkv_bias")),
     *_lin(f"{L}.self_attn.o_proj", "attn.o", "hidden", Q, writer=True),
+    # qk_layernorm: one bias-free LayerNorm per head, each stored as its own tensor
+    Role(f"{L}.self_attn.q_layernorm.norms.{{h}}.weight", "attn.q_norm", (out("head_dim"),), when=has("qk_norm"),
+         per_index="kv_heads*q_per_kv"),
+    Role(f"{L}.self_attn.k_layernorm.norms.{{h}}.weight", "attn.k_norm", (out("head_dim"),), when=has("qk_norm"),
+         per_index="kv_heads"),
     *_lin(f"{L}.mlp.gate_proj", "mlp.gate", "ffn", "hidden"),
     *_lin(f"{L}.mlp.up_proj", "mlp.up", "ffn", "hidden"),
     *_lin(f"{L}.mlp.down_proj", "mlp.down", "hidden", "ffn", writer=True),
@@ -127,9 +132,6 @@ NO_HEAD_DIM_KEYS = {k: v for k, v in LLAMA_KEYS.items() if v != "head_dim"}
 
 
 def _stablelm(hf) -> DecoderConfig:
-    if hf.get("qk_layernorm"):
-        raise ConfigError("stablelm: qk_layernorm = true (one LayerNorm per head, stored as separate tensors "
-                          "q_layernorm.norms.<h>) is not supported yet")
     hf = _with_partial(hf, 0.25)
     d = _dims(hf, head_dim_key=False)
     parallel = bool(hf.get("use_parallel_residual", False))
@@ -138,6 +140,7 @@ def _stablelm(hf) -> DecoderConfig:
         parallel_residual=parallel, shared_block_norm=parallel, mlp="gated", act=hf.get("hidden_act") or "silu",
         **rope_fields(hf, d["head_dim"], d["positions"]),
         qkv_bias=bool(hf.get("use_qkv_bias", False)),
+        qk_norm="head" if hf.get("qk_layernorm") else "", qk_norm_type="layer",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
     )
 
@@ -464,7 +467,7 @@ _GQA = dict(_DIMS, num_key_value_heads=2)
 TINY = {
     "phi": dict(_GQA, qk_layernorm=True, hidden_act="gelu_new",
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
-    "stablelm": dict(_GQA, use_qkv_bias=True, use_parallel_residual=True,
+    "stablelm": dict(_GQA, use_qkv_bias=True, use_parallel_residual=True, qk_layernorm=True,
                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
     "starcoder2": dict(_GQA, use_bias=True, sliding_window=4, tie_word_embeddings=True),
     "cohere": dict(_GQA, use_qk_norm=True, attention_bias=True, logit_scale=0.25, tie_word_embeddings=True),
