@@ -362,16 +362,6 @@ def _per_head(o: ArrayOps, get: Get, kind: str, heads: int):
     return o.xp.concatenate([o.xp.reshape(r, (1, r.shape[0])) for r in rows], axis=0)
 
 
-def _per_head(o: ArrayOps, get: Get, kind: str, heads: int):
-    """A gain stored whole, or one tensor per head (a ``{h}`` role, stablelm): then stacked
-    to (heads, head_dim)."""
-    w = get(kind)
-    if w is not None or get(kind, 0) is None:
-        return w
-    rows = [get(kind, h) for h in range(heads)]
-    return o.xp.concatenate([o.xp.reshape(r, (1, r.shape[0])) for r in rows], axis=0)
-
-
 def _qk_norm(cfg: DecoderConfig, o: ArrayOps, x, w, b=None):
     """The qk-norm (``cfg.qk_norm_type``) of q or k: its gain (and bias) shared by every
     head (head_dim,), over the full width, or one per head, shaped (heads, head_dim) over
