@@ -18,6 +18,7 @@ from hyperclone_core.cli import main
 from hyperclone_core.errors import ConfigError
 from hyperclone_core.model import families
 from hyperclone_core.model.decoder import alibi_slopes
+from hyperclone_core.model.families import gpt
 from hyperclone_core.run.reference import forward
 
 transformers = pytest.importorskip("transformers")
@@ -31,7 +32,7 @@ VARIANTS = {
     "gpt2-unscaled": ("gpt2", dict(scale_attn_weights=False, reorder_and_upcast_attn=True)),
     "neo-all-local": ("gpt_neo", dict(attention_types=[[["local"], 2]], window_size=3)),
 }
-CASES = {mt: (mt, {}) for mt in families.TINY if families.get_family(mt).__module__.endswith(".gpt")}
+CASES = {mt: (mt, {}) for mt in gpt.TINY}
 CASES.update(VARIANTS)
 
 

@@ -15,7 +15,7 @@ growth keeps that ratio or is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Mapping
 
 from ...errors import ConfigError, PlanError
@@ -27,41 +27,23 @@ QKV = f"{Q}|{KV}|{KV}"                       # q | k | v, each head-major
 PER_HEAD = "kv_heads*q_per_kv*3*head_dim"    # per head: its q, k, v
 
 
-@dataclass(frozen=True)
-class GPTFamily(Family):
-    """A family whose config cannot say everything growth changes: ``ffn_ratio`` (the
-    model's code makes the MLP that many times hidden) and gpt_neo's ``attention_types``
-    (its per-layer global/local pattern, in place of ``layer_types``)."""
+def _fixed_ffn(name: str, ratio: int = 4):
+    """``write_layers`` of a family whose MLP is ``ratio`` x hidden in the model's code (no
+    config key): a growth that breaks the ratio cannot be written."""
+    def check(cfg: dict, new: DecoderConfig) -> None:
+        if new.ffn != ratio * new.hidden:
+            raise PlanError(f"{name}'s MLP is {ratio} x hidden in the model's code (no config key): ffn {new.ffn} "
+                            f"with hidden {new.hidden} cannot be written; grow --ffn with --width")
+    return check
 
-    ffn_ratio: int = 0
-    attention_types: bool = False
 
-    def write_config(self, hf: Mapping[str, Any], new: DecoderConfig, layer_src) -> dict:
-        if self.ffn_ratio and new.ffn != self.ffn_ratio * new.hidden:
-            raise PlanError(f"{self.name}'s MLP is {self.ffn_ratio} x hidden in the model's code (no config key): "
-                            f"ffn {new.ffn} with hidden {new.hidden} cannot be written; grow --ffn with --width")
-        src = self.read(hf)
-        kv = 1 if src.kv_heads == 1 < src.heads else new.heads  # multi_query: one kv head; else one per head
-        if new.kv_heads != kv:
-            raise PlanError(f"{self.name} configs have no kv-head count: {new.kv_heads} kv heads for {new.heads} heads "
-                            f"cannot be written (this config has {kv}); leave out --kv-heads")
-        cfg = super().write_config(hf, new, layer_src)
-        if self.attention_types:  # the pattern lives in attention_types; it is rewritten when depth grew
-            cfg.pop("layer_types", None)
-            if "layer_types" in hf:
-                cfg["layer_types"] = hf["layer_types"]
-        if self.attention_types and tuple(new.layer_types) != src.layer_types:
-            kinds = ["local" if t == "sliding_attention" else "global" for t in new.layer_types]
-            runs: list = []
-            for kind in kinds:  # run-length: [[[kind], count], ...]
-                if runs and runs[-1][0] == [kind]:
-                    runs[-1][1] += 1
-                else:
-                    runs.append([[kind], 1])
-            cfg["attention_types"] = runs
-            if "attention_layers" in cfg:
-                cfg["attention_layers"] = kinds
-        return cfg
+def _bigcode_heads(cfg: dict, new: DecoderConfig) -> None:
+    """gpt_bigcode has no kv-head count: one kv head under multi_query, else one per head."""
+    kv = 1 if cfg.get("multi_query", True) else new.heads
+    if new.kv_heads != kv:
+        raise PlanError(f"gpt_bigcode configs have no kv-head count: {new.kv_heads} kv heads for {new.heads} heads "
+                        f"cannot be written (multi_query={bool(cfg.get('multi_query', True))} gives {kv}); "
+                        "leave out --kv-heads")
 
 
 # ---------------------------------------------------------------- role builders
@@ -154,7 +136,7 @@ def read_gpt2(hf) -> DecoderConfig:
                 attn_scale_inverse_layer=bool(hf.get("scale_attn_by_inverse_layer_idx", False)))
 
 
-gpt2 = GPTFamily("gpt2", ("gpt2", "gpt-sw3"), GPT2_ROLES, read_gpt2, GPT2_KEYS, "GPT2LMHeadModel", rope_keys=())
+gpt2 = Family("gpt2", ("gpt2", "gpt-sw3"), GPT2_ROLES, read_gpt2, GPT2_KEYS, "GPT2LMHeadModel", rope_keys=())
 
 
 # ---------------------------------------------------------------- gpt_bigcode
@@ -187,8 +169,8 @@ def read_bigcode(hf) -> DecoderConfig:
     return replace(cfg, kv_heads=1) if mq else cfg
 
 
-gpt_bigcode = GPTFamily("gpt_bigcode", ("gpt_bigcode",), BIGCODE_ROLES, read_bigcode, GPT2_KEYS,
-                        "GPTBigCodeForCausalLM", rope_keys=())
+gpt_bigcode = Family("gpt_bigcode", ("gpt_bigcode",), BIGCODE_ROLES, read_bigcode, GPT2_KEYS,
+                     "GPTBigCodeForCausalLM", rope_keys=(), write_layers=_bigcode_heads)
 
 
 # ---------------------------------------------------------------- gpt_neo
@@ -217,12 +199,31 @@ def _neo_layers(hf, layers: int) -> tuple:
     if not kinds:
         types = hf.get("attention_types") or [[["global", "local"], 12]]
         kinds = [k for item in types for _ in range(int(item[1])) for k in item[0]]
-    if len(kinds) != layers:
+    if layers is not None and len(kinds) != layers:
         raise ConfigError(f"gpt_neo: attention_types give {len(kinds)} layers, num_layers is {layers}")
     bad = sorted(set(kinds) - {"global", "local"})
     if bad:
         raise ConfigError(f"gpt_neo: attention_types {bad} are not supported (global and local are)")
     return tuple("sliding_attention" if k == "local" else "full_attention" for k in kinds)
+
+
+def _neo_write_layers(cfg: dict, new: DecoderConfig) -> None:
+    """The layer pattern lives in attention_types (never layer_types); rewritten, run-length,
+    only where depth changed it (a width growth leaves it as written)."""
+    cfg.pop("layer_types", None)
+    src = _neo_layers(cfg, len(cfg.get("attention_layers") or []) or None)
+    if tuple(new.layer_types) == src:
+        return
+    kinds = ["local" if t == "sliding_attention" else "global" for t in new.layer_types]
+    runs: list = []
+    for kind in kinds:  # [[[kind], count], ...]
+        if runs and runs[-1][0] == [kind]:
+            runs[-1][1] += 1
+        else:
+            runs.append([[kind], 1])
+    cfg["attention_types"] = runs
+    if "attention_layers" in cfg:
+        cfg["attention_layers"] = kinds
 
 
 def read_neo(hf) -> DecoderConfig:
@@ -239,8 +240,8 @@ def read_neo(hf) -> DecoderConfig:
     )
 
 
-gpt_neo = GPTFamily("gpt_neo", ("gpt_neo",), NEO_ROLES, read_neo, NEO_KEYS, "GPTNeoForCausalLM", rope_keys=(),
-                    attention_types=True)
+gpt_neo = Family("gpt_neo", ("gpt_neo",), NEO_ROLES, read_neo, NEO_KEYS, "GPTNeoForCausalLM", rope_keys=(),
+                 write_layers=_neo_write_layers)
 
 
 # ---------------------------------------------------------------- openai-gpt
@@ -273,10 +274,10 @@ def read_openai(hf) -> DecoderConfig:
     )
 
 
-openai_gpt = GPTFamily("openai-gpt", ("openai-gpt",), OPENAI_ROLES, read_openai,
-                       {"n_embd": "hidden", "n_layer": "layers", "n_head": "heads", "vocab_size": "vocab",
-                        "n_positions": "positions"},
-                       "OpenAIGPTLMHeadModel", rope_keys=(), ffn_ratio=4)
+openai_gpt = Family("openai-gpt", ("openai-gpt",), OPENAI_ROLES, read_openai,
+                    {"n_embd": "hidden", "n_layer": "layers", "n_head": "heads", "vocab_size": "vocab",
+                     "n_positions": "positions"},
+                    "OpenAIGPTLMHeadModel", rope_keys=(), write_layers=_fixed_ffn("openai-gpt"))
 
 
 # ---------------------------------------------------------------- biogpt
@@ -316,7 +317,7 @@ def read_biogpt(hf) -> DecoderConfig:
     )
 
 
-biogpt = GPTFamily("biogpt", ("biogpt",), BIOGPT_ROLES, read_biogpt, BIOGPT_KEYS, "BioGptForCausalLM", rope_keys=())
+biogpt = Family("biogpt", ("biogpt",), BIOGPT_ROLES, read_biogpt, BIOGPT_KEYS, "BioGptForCausalLM", rope_keys=())
 
 
 # ---------------------------------------------------------------- bloom
@@ -348,9 +349,9 @@ def read_bloom(hf) -> DecoderConfig:
     )
 
 
-bloom = GPTFamily("bloom", ("bloom",), BLOOM_ROLES, read_bloom,
-                  {"hidden_size": "hidden", "n_layer": "layers", "n_head": "heads", "vocab_size": "vocab"},
-                  "BloomForCausalLM", rope_keys=(), ffn_ratio=4)
+bloom = Family("bloom", ("bloom",), BLOOM_ROLES, read_bloom,
+               {"hidden_size": "hidden", "n_layer": "layers", "n_head": "heads", "vocab_size": "vocab"},
+               "BloomForCausalLM", rope_keys=(), write_layers=_fixed_ffn("bloom"))
 
 
 # ---------------------------------------------------------------- mpt
@@ -393,10 +394,10 @@ def read_mpt(hf) -> DecoderConfig:
     )
 
 
-mpt = GPTFamily("mpt", ("mpt",), MPT_ROLES, read_mpt,
-                {"d_model": "hidden", "n_layers": "layers", "n_heads": "heads", "vocab_size": "vocab",
-                 "max_seq_len": "positions"},
-                "MptForCausalLM", rope_keys=(), ffn_ratio=4)
+mpt = Family("mpt", ("mpt",), MPT_ROLES, read_mpt,
+             {"d_model": "hidden", "n_layers": "layers", "n_heads": "heads", "vocab_size": "vocab",
+              "max_seq_len": "positions"},
+             "MptForCausalLM", rope_keys=(), write_layers=_fixed_ffn("mpt"))
 
 
 FAMILIES = (gpt2, gpt_bigcode, gpt_neo, openai_gpt, biogpt, bloom, mpt)
