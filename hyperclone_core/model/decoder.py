@@ -420,8 +420,9 @@ def index_keep(cfg: DecoderConfig, get: Get, x, q_lat, tb: Tables, o: ArrayOps):
     """DeepSeek sparse attention's indexer (V3.2, GLM-MoE-DSA): the (B, T, T) keys each query
     reads, its ``index_topk`` best by the score sum_h w_h relu(q_h . k / sqrt(index_dim)) (q_h
     from the q latent, one k per position LayerNorm-ed, both RoPE'd on their first head_dim
-    features, w = x's projection / sqrt(index_heads)); None when every key fits.  A key tied
-    with the k-th best score is kept too (transformers keeps k of the tied)."""
+    features, w = x's projection / sqrt(index_heads)); None when every key fits.  Keys tied
+    at the k-th best score go to the lower index (transformers' torch.topk breaks such ties
+    its own way: relu's exact zeros tie where no index head fires)."""
     xp = o.xp
     B, T, _ = x.shape
     Hi, Di, R = cfg.index_heads, cfg.index_dim, cfg.head_dim
@@ -439,8 +440,9 @@ def index_keep(cfg: DecoderConfig, get: Get, x, q_lat, tb: Tables, o: ArrayOps):
     w = o.astype(o.linear(x, get("attn.index_w")), cdt) * Hi ** -0.5  # (B, T, Hi)
     index = xp.sum(scores * xp.swapaxes(w, 1, 2)[..., None], axis=1)  # (B, T, T)
     index = o.stop_gradient(xp.where(o.constant(causal_mask(T)), index, -math.inf))
-    kth = xp.take_along_axis(index, o.top_k(index, topk)[..., -1:], axis=-1)
-    return index >= kth
+    order = o.top_k(index, T)  # every key, best first (ties: the lower index first)
+    rank = o.top_k(-o.astype(order, cdt), T)  # the inverse permutation: each key's place in that order
+    return rank < topk
 
 
 def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
@@ -458,6 +460,7 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
             q = o.linear(x, get("attn.q"), get("attn.q.bias"))
         k = o.linear(x, get("attn.k"), get("attn.k.bias"))
         v = o.linear(x, get("attn.v"), get("attn.v.bias"))
+        KV = k.shape[-1] // D  # the layer's own (MiMo-V2-Flash's sliding layers have twice the kv heads)
     else:
         qkv = o.linear(x, get("attn.qkv"), get("attn.qkv.bias"))
         if cfg.qkv_layout == "per_head":  # heads x 3 x head_dim
@@ -481,7 +484,10 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
             _qk_norm(cfg, o, k, _per_head(o, get, "attn.k_norm", KV), get("attn.k_norm.bias"))
     if cfg.clip_qkv and cfg.clip_after_qk_norm:  # OLMoE clamps the normed q and k
         q, k, v = (xp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
-    q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, D))
+    Dv = cfg.v_dim or D  # MiMo-V2-Flash: values narrower than queries and keys
+    q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, Dv))
+    if cfg.v_scale != 1.0:
+        v = v * cfg.v_scale
     if cfg.qk_norm == "head" and not cfg.qk_norm_after_rope:
         q, k = _qk_norm(cfg, o, q, _per_head(o, get, "attn.q_norm", H), get("attn.q_norm.bias")), \
             _qk_norm(cfg, o, k, _per_head(o, get, "attn.k_norm", KV), get("attn.k_norm.bias"))
@@ -505,7 +511,7 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     out = o.attention(q, k, v, scale=scale, window=window_of(cfg, layer),
                       softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer),
                       alibi=alibi_slopes(H) if cfg.pos == "alibi" else None)
-    out = xp.reshape(out, (B, T, H * D))
+    out = xp.reshape(out, (B, T, H * Dv))
     if gate is not None:
         out = out * _sigmoid(o, gate)
     return o.linear(out, get("attn.o"), get("attn.o.bias"))
@@ -627,7 +633,12 @@ def expert(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable, e: int):
     """Expert e's gated MLP on x: its own tensors (``moe.gate``/``moe.up``/``moe.down``) or row
     e of stacked ones (``moe.experts.gate_up``/``moe.experts.down``, gate|up fused as halves or
     interleaved), joined by ``expert_glu``."""
-    if cfg.experts_stacked:
+    if cfg.experts_stacked == "flat":  # DBRX: (experts*ffn, hidden) gate, up, and down read (in, out)
+        gate_w, up_w, down_w = (o.xp.reshape(w, (cfg.experts, -1, w.shape[-1]))[e]
+                                for w in (get("moe.experts.gate"), get("moe.experts.up"), get("moe.experts.down")))
+        gate, up = o.linear(x, gate_w), o.linear(x, up_w)
+        down, down_b = down_w.T, None
+    elif cfg.experts_stacked:
         w, b = _stacked(cfg, get, "moe.experts.gate_up", e)
         h = o.linear(x, w, b)
         if cfg.gate_up_interleaved:  # gate, up, gate, up, ...

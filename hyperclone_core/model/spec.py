@@ -38,13 +38,15 @@ def _segments_key(segments) -> str:
 DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",
     "experts", "layers", "embed", "moe_ffn", "shared_ffn", "q_lora", "kv_lora", "mla_qk", "mla_kv", "v_dim",
+    "index_heads", "index_dim",
     "block_heads",
 )
 """Named sizes.  ``heads`` = kv_heads * q_per_kv is derived; ``embed`` is the token
 embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``).
 Multi-head latent attention (MLA, DeepSeek-V2/V3) only: ``q_lora`` and ``kv_lora``, the
 latent ranks of q and k/v; per head ``mla_qk`` = nope + rope features of q and k (rope
-= ``head_dim``), ``mla_kv`` = nope + ``v_dim`` rows of the latent's up-projection.  No
+= ``head_dim``), ``mla_kv`` = nope + ``v_dim`` rows of the latent's up-projection;
+``index_heads`` and ``index_dim``: DeepSeek sparse attention's indexer.  No
 growth option names them: they keep their size (ratio 1).  ``moe_ffn`` (routed experts)
 and ``shared_ffn`` (shared experts) are ffn sizes of MoE stacks whose dense layers or
 shared experts have their own: they grow with ``ffn`` (same ratio).  ``block_heads``
@@ -247,7 +249,9 @@ class DecoderConfig:
     nope_dim: int = 0                 # MLA: per-head q/k features without RoPE (before the RoPE'd head_dim ones)
     v_dim: int = 0                    # MLA: per-head value width
     attn_chunk: int = 0               # llama4: "chunked_attention" layers attend within blocks of this many positions
-    experts_stacked: str = ""         # "" one tensor per expert | in_out: (experts, in, out) stacks | out_in: (experts, out, in)
+    experts_stacked: str = ""         # "" | in_out | out_in | flat
+    #                                   expert tensors: "" one per expert; stacked (experts, in, out), (experts, out, in),
+    #                                   or DBRX's flat (experts*ffn, hidden) gate, up and down (down read (in, out))
     gate_up_interleaved: bool = False  # gpt-oss: a fused gate|up output alternates gate, up (gate = [..., ::2])
     expert_glu: str = ""              # "" act(gate) * up | clamped (gpt-oss): (clip(up, +-glu_limit) + 1) * g
     #                                   * sigmoid(glu_alpha g), g = min(gate, glu_limit)
@@ -257,6 +261,7 @@ class DecoderConfig:
     attn_temp_floor: int = 0          # llama4 attn_temperature_tuning on NoPE layers: q times 1 + attn_temp_scale
     attn_temp_scale: float = 0.0      # * log(1 + floor((position + 1) / attn_temp_floor)); 0 = off (floor_scale, attn_scale)
     moe_input_weighted: bool = False  # llama4: each expert reads its routing weight times x (not weighted after)
+    v_scale: float = 1.0              # MiMo-V2-Flash attention_value_scale: the values times this
     # MoE routing (decoder.route) and shared experts; mlp_types () = every layer MoE when experts, else dense
     mlp_types: tuple = ()             # per layer: dense | moe (first_k_dense_replace, mlp_only_layers, decoder_sparse_step)
     moe_ffn: int = 0                  # routed experts' ffn size where it differs from the dense layers' (0 = ffn)
@@ -273,8 +278,6 @@ class DecoderConfig:
     rope_reverse: bool = False        # nanochat: RoPE turns each pair by minus its angle (rotate_half's signs flipped)
     q_scale_beta: float = 0.0         # ministral3 (llama_4_scaling_beta): q times 1 + beta * log(1 + floor(position
     q_scale_period: int = 0           # / q_scale_period)) in every layer (original_max_position_embeddings); 0 = off
-    q_scale_beta: float = 0.0         # ministral3 (llama_4_scaling_beta): q times 1 + beta * log(1 + floor(position
-    q_scale_period: int = 0           # / q_scale_period)) in every layer (original_max_position_embeddings); 0 = off
     nope_layers: tuple = ()           # per layer: True = no RoPE in that layer (SmolLM3, Cohere 2); () = RoPE everywhere
     rope_sliding: tuple = ()          # sliding layers' own RoPE (Gemma 3's local base): sorted (field, value) pairs of
     #                                   rope_theta, rotary_dim, rope_type, rope_scaling; () = the same RoPE as full layers
@@ -282,6 +285,11 @@ class DecoderConfig:
     qkv_blocks: int = 0               # CodeGen (qkv_layout blocked): the fused qkv's blocks, each (q, v, k) x its heads
     moe_group_top: int = 2            # grouped top-k: a group ranks by the sum of its this-many best scores (DeepSeek-V2's
     #                                   group_limited_greedy: 1, its best expert)
+    index_topk: int = 0               # DeepSeek sparse attention (MLA + indexer, V3.2): each query reads its index_topk best
+    #                                   keys by the indexer (decoder.index_keep); 0 = every key
+    index_heads: int = 0              # the indexer's heads (index_n_heads)
+    index_dim: int = 0                # the indexer's head width (index_head_dim); RoPE on its first head_dim features
+    index_rope_interleaved: bool = False  # the indexer's RoPE rotates pairs (2i, 2i+1) (GLM-MoE-DSA), not halves
 
     @property
     def q_per_kv(self) -> int:
@@ -305,6 +313,10 @@ class DecoderConfig:
         if self.kv_lora:  # MLA's dims (see DIMS)
             out.update(q_lora=self.q_lora, kv_lora=self.kv_lora, mla_qk=self.nope_dim + self.head_dim,
                        mla_kv=self.nope_dim + self.v_dim, v_dim=self.v_dim)
+        elif self.v_dim:  # values narrower than q and k without MLA (MiMo-V2-Flash): a dim no option grows
+            out["v_dim"] = self.v_dim
+        if self.index_topk:  # the sparse-attention indexer's (see DIMS)
+            out.update(index_heads=self.index_heads, index_dim=self.index_dim)
         return out
 
     def with_sizes(self, sizes: Mapping[str, int]) -> "DecoderConfig":
@@ -358,6 +370,10 @@ class Family:
     per-layer structure from that ``write_config`` does not know: which layers are MoE
     (``mlp_only_layers``, ``first_k_dense_replace`` ...); refuses a pattern the keys
     cannot express."""
+    interleaved_dims: tuple = ()
+    """Dims that always grow with the ``interleave`` layout (copies side by side), whatever
+    the growth's layout: MiMo-V2-Flash's q_per_kv, whose query heads read a sliding layer's
+    kv heads in halves of each group (only side-by-side copies keep each in its half)."""
 
     def roles_for(self, cfg: DecoderConfig) -> tuple:
         return tuple(r for r in self.roles if r.when is None or r.when(cfg))

@@ -147,7 +147,7 @@ COVERAGE: dict = {
     "cohere2": supported("cohere2"),
     "cohere2_moe": needs("Cohere 2's block", MOE_SHARED),
     "cwm": supported("cwm"),
-    "dbrx": needs("MoE with fused expert tensors", "clip_qkv with bias-free LayerNorm"),
+    "dbrx": supported("dbrx"),
     "deepseek_v2": supported("deepseek_v2"),
     "deepseek_v3": supported("deepseek_v3"),
     "deepseek_v32": supported("deepseek_v32"),

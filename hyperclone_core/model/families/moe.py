@@ -498,6 +498,66 @@ aria_text = Family(
     _aria_text, dict(LLAMA_KEYS, moe_num_experts="experts"), "AriaTextForCausalLM",
 )
 
+# ---------------------------------------------------------------- DBRX
+
+
+def _sub(hf: Mapping[str, Any], key: str) -> dict:
+    value = hf.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"dbrx: {key} must be a mapping, not {type(value).__name__}")
+    return dict(value)
+
+
+def _dbrx(hf):
+    attn, ffn = _sub(hf, "attn_config"), _sub(hf, "ffn_config")
+    p = ffn.get("moe_normalize_expert_weights", 1.0)
+    if p is not None and float(p) != 1.0:  # the weights are divided by their p-norm: p = 1 is their sum
+        raise ConfigError(f"dbrx: ffn_config.moe_normalize_expert_weights={p!r} is not supported (1 or null is)")
+    act = ffn.get("ffn_act_fn") or {"name": "silu"}
+    if not isinstance(act, Mapping) or set(act) - {"name"}:
+        raise ConfigError(f"dbrx: ffn_config.ffn_act_fn={act!r} is not supported (only a name, no arguments)")
+    heads = int(hf.get("n_heads") or 16)
+    flat = dict(
+        hf, hidden_size=int(hf.get("d_model") or 2048), intermediate_size=int(ffn.get("ffn_hidden_size") or 3584),
+        num_hidden_layers=int(hf.get("n_layers") or 24), num_attention_heads=heads,
+        num_key_value_heads=int(attn.get("kv_n_heads") or 1), max_position_embeddings=int(hf.get("max_seq_len") or 2048),
+        hidden_act=act.get("name") or "silu", head_dim=None,
+    )
+    return read_llama_like(
+        flat, "dbrx", norm="layer", norm_eps=1e-5, qkv_layout="concat", clip_qkv=float(attn.get("clip_qkv") or 0.0),
+        experts=int(ffn.get("moe_num_experts") or 4), experts_per_tok=int(ffn.get("moe_top_k") or 1),
+        moe_renorm=p is not None, experts_stacked="flat",
+    )
+
+
+def _dbrx_nested(out_cfg: dict, new: DecoderConfig) -> None:
+    """The sizes DBRX keeps in its nested configs: kv_n_heads, ffn_hidden_size (and ffn_config's hidden_size)."""
+    out_cfg["attn_config"] = dict(_sub(out_cfg, "attn_config"), kv_n_heads=new.kv_heads)
+    ffn = _sub(out_cfg, "ffn_config")
+    ffn["ffn_hidden_size"] = new.ffn
+    if "hidden_size" in ffn:
+        ffn["hidden_size"] = new.hidden
+    out_cfg["ffn_config"] = ffn
+
+
+DB = "transformer.blocks.{i}"
+dbrx = Family(
+    "dbrx", ("dbrx",),
+    embeddings("transformer.wte.weight", final_norm="transformer.norm_f.weight") + (
+        Role(f"{DB}.norm_attn_norm.norm_1.weight", "norm.attn_in", (out("hidden"),)),
+        Role(f"{DB}.norm_attn_norm.attn.Wqkv.weight", "attn.qkv", (out(f"{Q}|{KV}|{KV}"), in_("hidden"))),
+        Role(f"{DB}.norm_attn_norm.attn.out_proj.weight", "attn.o", (out("hidden"), in_(Q)), writer=True),
+        Role(f"{DB}.norm_attn_norm.norm_2.weight", "norm.mlp_in", (out("hidden"),)),
+        Role(f"{DB}.ffn.router.layer.weight", "moe.router", (out("experts"), in_("hidden")), noiseless=True),
+        Role(f"{DB}.ffn.experts.mlp.w1", "moe.experts.gate", (out("experts*ffn"), in_("hidden"))),
+        Role(f"{DB}.ffn.experts.mlp.v1", "moe.experts.up", (out("experts*ffn"), in_("hidden"))),
+        Role(f"{DB}.ffn.experts.mlp.w2", "moe.experts.down", (in_("experts*ffn"), out("hidden")), writer=True),
+    ),
+    _dbrx, dict(d_model="hidden", n_heads="heads", n_layers="layers", vocab_size="vocab", max_seq_len="positions",
+                num_key_value_heads="kv_heads"),
+    "DbrxForCausalLM", write_layers=_dbrx_nested,
+)
+
 # ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
 
 
@@ -550,7 +610,7 @@ granitemoeshared = Family(
 )
 
 FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
-            hunyuan_v1_moe, mellum, minicpm5_moe, aria_text)
+            hunyuan_v1_moe, mellum, minicpm5_moe, aria_text, dbrx)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -579,6 +639,9 @@ TINY = {
                          routed_scaling_factor=2.5, head_dim=16, attention_bias=True),
     "aria_text": dict(_DIMS, moe_num_experts=4, moe_topk=2, moe_num_shared_experts=2, attention_bias=True,
                       mlp_bias=True),
+    "dbrx": dict(vocab_size=96, d_model=32, n_heads=4, n_layers=2, max_seq_len=64,
+                 attn_config=dict(kv_n_heads=2, clip_qkv=2.0, rope_theta=10000.0),
+                 ffn_config=dict(ffn_hidden_size=48, moe_num_experts=4, moe_top_k=2)),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
