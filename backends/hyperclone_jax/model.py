@@ -89,8 +89,9 @@ class JaxOps(ArrayOps):
 
     def attention(self, q, k, v, *, scale, window, softcap, **extra):
         """``jax.nn.dot_product_attention`` (GQA and the causal/sliding mask built in;
-        cuDNN flash attention where jax picks it) unless a softcap needs the scores."""
-        if softcap or decoder.extras_set(extra):
+        cuDNN flash attention where jax picks it) unless a softcap needs the scores, or the
+        values are narrower than the keys (MiMo-V2-Flash: the fused kernel wants one head size)."""
+        if softcap or decoder.extras_set(extra) or v.shape[-1] != q.shape[-1]:
             return super().attention(q, k, v, scale=scale, window=window, softcap=softcap, **extra)
         return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
                                             local_window_size=(window - 1, 0) if window else None)

@@ -357,7 +357,8 @@ def plan(
     maps = {}
     for dim in growth.sizes:
         if dim != "layers" and dim != "heads":
-            maps[dim] = ReplicationMap(old_sizes[dim], int(new_sizes[dim]), growth.layout)
+            layout = "interleave" if dim in family.interleaved_dims else growth.layout
+            maps[dim] = ReplicationMap(old_sizes[dim], int(new_sizes[dim]), layout)
     if not src_cfg.embed and "hidden" in maps:
         maps["embed"] = maps["hidden"]
     if new_sizes["experts"] != old_sizes["experts"]:

@@ -15,6 +15,11 @@ expert always runs.  Experts are stored stacked ``(experts, in, out)``, gate|up 
 Granite SWA (dense) and Granite MoE SWA: Granite's multipliers, sliding and full layers,
 sinks on every layer, and a RoPE base per layer (``layer_rope_theta``, 0 = no RoPE): read
 as NoPE layers plus at most one base for the full and one for the sliding layers.
+
+MiMo-V2-Flash: sliding layers with twice the kv heads of the full layers and sinks
+(``attention_sink_bias``), values narrower than q/k (``v_head_dim``) and scaled
+(``attention_value_scale``), partial RoPE with its own base per layer kind, DeepSeek-V3
+routing (sigmoid, correction bias, grouped top-k) on the "sparse" layers.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ...errors import ConfigError
-from ..rope import rope_params
+from ..rope import rope_fields, rope_params
 from ..spec import DecoderConfig, Family, Role, in_, moe_layer, out
 from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, norm, read_llama_like
-from .moe import dense_mlp, granite_multipliers, on, router, shared_mlp
+from .moe import DEEPSEEK_EXPERTS, deepseek_routing, dense_mlp, granite_multipliers, on, router, shared_mlp
 
 L = "model.layers.{i}"
 HEADS = "kv_heads*q_per_kv"
@@ -297,7 +302,118 @@ granitemoe_swa = Family("granitemoe_swa", ("granitemoe_swa",), GRANITEMOE_SWA_RO
                         dict(LLAMA_KEYS, num_local_experts="experts", shared_intermediate_size="shared_ffn"),
                         "GraniteMoeSWAForCausalLM", write_layers=_write_granite_layers)
 
-FAMILIES = (gpt_oss, llama4_text, granite_swa, granitemoe_swa)
+
+# ---------------------------------------------------------------- MiMo-V2-Flash
+
+
+def _sliding(cfg: DecoderConfig, i: int) -> bool:
+    return bool(cfg.layer_types) and cfg.layer_types[i] == "sliding_attention"
+
+
+def _full(cfg: DecoderConfig, i: int) -> bool:
+    return not _sliding(cfg, i)
+
+
+def _mimo_kv(kind: str, kv: str) -> tuple:
+    """k or v of the full layers (``kv``) and of the sliding ones (twice the heads: each kv
+    head's pair, so query head (g, j) reads sliding head (g, j // (q_per_kv / 2)))."""
+    a = f"{L}.self_attn"
+    name = {"attn.k": "k_proj", "attn.v": "v_proj"}[kind]
+    roles = ()
+    for pred, axis in ((_full, f"kv_heads*{kv}"), (_sliding, f"kv_heads*2*{kv}")):
+        roles += (
+            Role(f"{a}.{name}.weight", kind, (out(axis), in_("hidden")), on_layer=pred),
+            Role(f"{a}.{name}.bias", kind + ".bias", (out(axis),), when=lambda c: c.qkv_bias, on_layer=pred),
+        )
+    return roles
+
+
+MIMO_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + (
+        Role(f"{L}.self_attn.q_proj.weight", "attn.q", (out("kv_heads*q_per_kv*head_dim"), in_("hidden"))),
+        Role(f"{L}.self_attn.q_proj.bias", "attn.q.bias", (out("kv_heads*q_per_kv*head_dim"),),
+             when=lambda c: c.qkv_bias),
+        Role(f"{L}.self_attn.o_proj.weight", "attn.o", (out("hidden"), in_("kv_heads*q_per_kv*v_dim")), writer=True),
+        Role(f"{L}.self_attn.attention_sink_bias", "attn.sinks", (out(HEADS),), on_layer=_sliding),
+    )
+    + _mimo_kv("attn.k", "head_dim") + _mimo_kv("attn.v", "v_dim")
+    + dense_mlp(f"{L}.mlp")
+    + DEEPSEEK_EXPERTS
+    + BLOCK_NORMS
+)
+
+MIMO_DEFAULTS = dict(
+    vocab_size=152576, hidden_size=4096, intermediate_size=16384, num_hidden_layers=48, num_attention_heads=64,
+    num_key_value_heads=4, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    attention_bias=False, moe_intermediate_size=2048, num_experts_per_tok=8, n_routed_experts=256,
+    routed_scaling_factor=1.0, n_group=1, topk_group=1, norm_topk_prob=True, head_dim=192, v_head_dim=128,
+    sliding_window=129, attention_value_scale=0.707,
+)
+MIMO_ROPE = {"full_attention": dict(rope_type="default", rope_theta=5_000_000.0, partial_rotary_factor=0.334),
+             "sliding_attention": dict(rope_type="default", rope_theta=10_000.0, partial_rotary_factor=0.334)}
+"""MiMoV2FlashConfig's defaults."""
+
+
+def _mimo(hf: Mapping[str, Any]) -> DecoderConfig:
+    hf = _defaults(hf, MIMO_DEFAULTS)
+    for key in ("routed_scaling_factor", "attention_value_scale", "head_dim", "v_head_dim"):
+        if hf.get(key) is None:
+            hf[key] = {"routed_scaling_factor": 1.0, "attention_value_scale": 1.0}.get(key)
+    if hf["head_dim"] is None:
+        hf["head_dim"] = int(hf["hidden_size"]) // int(hf["num_attention_heads"])
+    if hf["v_head_dim"] is None:
+        raise ConfigError("mimo_v2_flash: v_head_dim is null")
+    if hf.get("sliding_window_size") is not None:
+        hf["sliding_window"] = int(hf["sliding_window_size"]) + 1
+    layers = int(hf["num_hidden_layers"])
+    types = _layer_types(hf, layers, lambda i: "full_attention" if i == 0 or (i + 1) % 6 == 0 else "sliding_attention")
+    kinds = hf.get("mlp_layer_types") or ["dense"] + ["sparse"] * (layers - 1)
+    if len(kinds) != layers or set(kinds) - {"dense", "sparse"}:
+        raise ConfigError(f"mimo_v2_flash: mlp_layer_types {kinds} must give each of the {layers} layers dense or sparse")
+    heads, kv = int(hf["num_attention_heads"]), int(hf.get("num_key_value_heads") or hf["num_attention_heads"])
+    if "sliding_attention" in types and heads % (2 * kv):
+        raise ConfigError(f"mimo_v2_flash: sliding layers have 2 x {kv} kv heads, which do not divide {heads} heads")
+    rp = hf.get("rope_parameters") or MIMO_ROPE
+    if not all(isinstance(rp.get(k), Mapping) for k in LAYER_KINDS):
+        raise ConfigError("mimo_v2_flash: rope_parameters must hold one dict per layer kind (full_attention, "
+                          "sliding_attention), as MiMoV2FlashConfig reads it")
+    head_dim = int(hf["head_dim"])
+    positions = int(hf["max_position_embeddings"])
+
+    def rope_of(kind):
+        p = dict(rp[kind])
+        p.setdefault("partial_rotary_factor", 0.334)
+        return dict(hf, rope_parameters=p, rope_scaling=None, rope_theta=None, partial_rotary_factor=None)
+
+    full, sliding = (rope_fields(rope_of(k), head_dim, positions) for k in LAYER_KINDS)
+    own = tuple(sorted((k, v) for k, v in sliding.items() if full[k] != v))
+    bias = bool(hf["attention_bias"])
+    routing = deepseek_routing(hf, layers)
+    routing["mlp_types"] = tuple("moe" if k == "sparse" else "dense" for k in kinds)
+    if "moe" not in routing["mlp_types"]:
+        routing["mlp_types"] = ()
+        routing["experts"] = 0
+    return read_llama_like(
+        rope_of("full_attention"), "mimo_v2_flash", qkv_bias=bias, o_bias=False, sliding_window=int(hf["sliding_window"]),
+        layer_types=types, rope_sliding=own if "sliding_attention" in types else (), v_dim=int(hf["v_head_dim"]),
+        v_scale=float(hf["attention_value_scale"]), **routing,
+    )
+
+
+def _write_mimo_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    out_cfg["mlp_layer_types"] = ["sparse" if moe_layer(new, i) else "dense" for i in range(new.layers)]
+
+
+mimo_v2_flash = Family("mimo_v2_flash", ("mimo_v2_flash",), MIMO_ROLES, _mimo,
+                       dict(LLAMA_KEYS, n_routed_experts="experts", moe_intermediate_size="moe_ffn",
+                            v_head_dim="v_dim"),
+                       "MiMoV2FlashForCausalLM", rope_keys=(), write_layers=_write_mimo_layers,
+                       interleaved_dims=("q_per_kv",))
+"""q_per_kv grows interleaved: query head (g, j) of p per kv head g reads sliding kv head (g, j // (p / 2)),
+so a copy of j must sit in j's half of the grown group (tiled copies would land in the other half)."""
+
+FAMILIES = (gpt_oss, llama4_text, granite_swa, granitemoe_swa, mimo_v2_flash)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -318,7 +434,14 @@ TINY = {
                            sliding_window=4, layer_rope_theta=[100.0, 10000.0], attention_bias=True,
                            embedding_multiplier=2.0, residual_multiplier=0.7, logits_scaling=2.0,
                            attention_multiplier=0.3),
+    "mimo_v2_flash": dict(_DIMS, num_hidden_layers=3, head_dim=16, v_head_dim=8, moe_intermediate_size=24,
+                          n_routed_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1, sliding_window=4,
+                          attention_value_scale=0.6, routed_scaling_factor=1.5, attention_bias=True,
+                          rope_parameters={
+                              "full_attention": dict(rope_type="default", rope_theta=50000.0, partial_rotary_factor=0.5),
+                              "sliding_attention": dict(rope_type="default", rope_theta=1000.0,
+                                                        partial_rotary_factor=0.25)}),
 }
 """Tiny configs (``families.TINY``): a SwiGLU limit small enough that the clamps bite."""
 
-__all__ = ["FAMILIES", "TINY", "gpt_oss", "granite_swa", "granitemoe_swa", "llama4_text", "sinks"]
+__all__ = ["FAMILIES", "TINY", "gpt_oss", "granite_swa", "granitemoe_swa", "llama4_text", "mimo_v2_flash", "sinks"]
