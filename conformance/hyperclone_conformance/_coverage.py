@@ -101,12 +101,12 @@ FLAGS = {
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
     "rope_reverse": (True,), "q_scale_beta": (0.1,), "q_scale_period": (4,),
     "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16), "moe_group_top": (1,),
-    "shared_block_norm": (True,), "qk_norm_type": ("layer",), "qkv_blocks": (4,),
+    "shared_block_norm": (True,), "qk_norm_type": ("layer",), "qkv_blocks": (4,), "shared_scale": (0.5,),
     "experts_stacked": ("in_out", "out_in", "flat"), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
     "glu_alpha": (1.5,), "glu_limit": (0.3,), "attn_chunk": (4,), "qk_norm_skip_nope": (True,),
     "attn_temp_floor": (2,), "attn_temp_scale": (0.5,), "moe_input_weighted": (True,), "v_scale": (0.6,),
-    "mlp_types": ("dense", "moe"), "moe_renorm": (False,), "moe_scoring": ("sigmoid",), "moe_groups": (2,),
-    "moe_topk_groups": (1,), "moe_scale": (2.5,), "clip_after_qk_norm": (True,),
+    "mlp_types": ("dense", "moe"), "moe_renorm": (False,), "moe_scoring": ("sigmoid", "sparsemixer"), "moe_groups": (2,),
+    "moe_topk_groups": (1,), "moe_scale": (2.5,), "clip_after_qk_norm": (True,), "router_jitter": (0.3,), "head_bias": (True,),
     "transposed_linear": (True,), "embed_norm": (True,), "attn_scale_inverse_layer": (True,),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case

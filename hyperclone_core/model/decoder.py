@@ -508,13 +508,38 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
         temp = 1.0 + cfg.q_scale_beta * np.log1p(np.floor(np.arange(T, dtype=np.float64) / cfg.q_scale_period))
         q = q * o.constant(temp[None, :, None, None], q.dtype)
     scale = (cfg.attn_scale or D ** -0.5) / (layer + 1 if cfg.attn_scale_inverse_layer else 1)
-    out = o.attention(q, k, v, scale=scale, window=window_of(cfg, layer),
-                      softcap=cfg.attn_softcap, sinks=get("attn.sinks"), chunk=chunk_of(cfg, layer),
-                      alibi=alibi_slopes(H) if cfg.pos == "alibi" else None)
+    kw = dict(scale=scale, window=window_of(cfg, layer), softcap=cfg.attn_softcap, sinks=get("attn.sinks"),
+              chunk=chunk_of(cfg, layer), alibi=alibi_slopes(H) if cfg.pos == "alibi" else None)
+    out = differential(cfg, get, q, k, v, layer, o, **kw) if cfg.diff_attn else o.attention(q, k, v, **kw)
     out = xp.reshape(out, (B, T, H * Dv))
     if gate is not None:
         out = out * _sigmoid(o, gate)
     return o.linear(out, get("attn.o"), get("attn.o.bias"))
+
+
+def diff_lambda_init(layer: int) -> float:
+    """Differential attention's lambda_init of ``layer`` (a function of the layer index alone)."""
+    return 0.8 - 0.6 * math.exp(-0.3 * layer)
+
+
+def differential(cfg: DecoderConfig, get: Get, q, k, v, layer: int, o: ArrayOps, **kw):
+    """DiffLlama's differential attention, (B, T, heads/2, 2 head_dim): each query head
+    attends twice, to the values of the first half of the kv heads then of the second (kv head
+    j of a half serving the query heads of kv heads j and j + KV/2); query head h's two outputs,
+    side by side, minus lambda times those of head h + heads/2, RMS-normed over the 2 head_dim
+    features (no gain) and times 1 - lambda_init.  lambda = exp(lambda_q1 . lambda_k1) -
+    exp(lambda_q2 . lambda_k2) + lambda_init (``diff_lambda_init``)."""
+    xp = o.xp
+    H, half = q.shape[2], v.shape[2] // 2
+    v1, v2 = (xp.concatenate([t, t], axis=2) for t in (v[:, :, :half], v[:, :, half:]))
+    out = xp.concatenate([o.attention(q, k, v1, **kw), o.attention(q, k, v2, **kw)], axis=-1)
+    cdt = o.compute_dtype(q.dtype)
+    lam1, lam2 = (o.astype(xp.exp(xp.sum(o.astype(get(f"attn.lambda_q{j}"), cdt) * o.astype(get(f"attn.lambda_k{j}"), cdt))),
+                           q.dtype) for j in (1, 2))
+    init = diff_lambda_init(layer)
+    y = out[:, :, :H // 2] - (lam1 - lam2 + init) * out[:, :, H // 2:]
+    y = norm(replace(cfg, norm="rms", norm_unit_offset=False), o, y, None, None)
+    return y * o.constant(np.asarray(1.0 - init), y.dtype)
 
 
 def activation(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> Callable:
@@ -552,6 +577,8 @@ def moe(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
         else:
             out = out + w_e * expert(cfg, get, x, o, act, e)
     shared = shared_experts(cfg, get, x, o, act)
+    if shared is not None and cfg.shared_scale != 1.0:  # cohere2_moe's "average": (routed + shared) / 2
+        shared = shared * o.constant(np.asarray(cfg.shared_scale), shared.dtype)
     return out if shared is None else out + shared
 
 
@@ -572,6 +599,9 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
     ``moe_scale``."""
     xp = o.xp
     logits = o.astype(o.linear(x, get("moe.router"), get("moe.router.bias")), o.compute_dtype(x.dtype))
+    if cfg.moe_scoring == "sparsemixer":
+        top, weights = _sparsemixer(o, logits, cfg.router_jitter)
+        return top, o.astype(weights, x.dtype)
     scores = _sigmoid(o, logits) if cfg.moe_scoring == "sigmoid" else o.softmax(logits)
     choice = o.stop_gradient(scores)
     bias = get("moe.correction.bias")
@@ -586,6 +616,24 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
     if cfg.moe_scale != 1.0:
         weights = weights * cfg.moe_scale
     return top, o.astype(weights, x.dtype)
+
+
+def _sparsemixer(o: ArrayOps, logits, eps: float) -> tuple:
+    """PhiMoE's sparsemixer at inference: two rounds, each choosing the best expert left and
+    weighting it by its softmax among the experts whose logit is within 2 ``eps`` (relative:
+    (best - s) / max(|s|, best)) of the best; the first choice leaves the second round."""
+    xp = o.xp
+    ids = o.constant(np.arange(logits.shape[-1]))
+    masked, tops, weights = logits, [], []
+    for _ in range(2):
+        i = o.top_k(o.stop_gradient(masked), 1)
+        best = xp.take_along_axis(masked, i, axis=-1)
+        far = o.stop_gradient((best - logits) / xp.maximum(xp.maximum(logits, -logits), best) > 2 * eps)
+        gates = o.softmax(xp.where(far, -math.inf, masked))
+        tops.append(i)
+        weights.append(xp.take_along_axis(gates, i, axis=-1))
+        masked = xp.where(ids == i, -math.inf, masked)
+    return xp.concatenate(tops, axis=-1), xp.concatenate(weights, axis=-1)
 
 
 def _group_limited(o: ArrayOps, choice, groups: int, keep: int, top: int = 2):
@@ -783,7 +831,7 @@ def cross_entropy(o: ArrayOps, logits, targets):
 
 __all__ = [
     "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
-    "alibi_slopes", "relative_positions",
+    "alibi_slopes", "relative_positions", "differential", "diff_lambda_init",
     "latent_attention", "index_keep",
     "causal_mask", "check_length", "chunk_of", "cross_entropy", "embed", "expert", "forward", "head", "mlp", "moe", "norm",
     "rope_of", "rope_tables", "route", "shared_experts", "sliding_rope", "tables", "window_of",

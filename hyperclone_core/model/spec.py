@@ -39,7 +39,7 @@ DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",
     "experts", "layers", "embed", "moe_ffn", "shared_ffn", "q_lora", "kv_lora", "mla_qk", "mla_kv", "v_dim",
     "index_heads", "index_dim",
-    "block_heads",
+    "block_heads", "kv_half",
 )
 """Named sizes.  ``heads`` = kv_heads * q_per_kv is derived; ``embed`` is the token
 embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``).
@@ -51,7 +51,10 @@ growth option names them: they keep their size (ratio 1).  ``moe_ffn`` (routed e
 and ``shared_ffn`` (shared experts) are ffn sizes of MoE stacks whose dense layers or
 shared experts have their own: they grow with ``ffn`` (same ratio).  ``block_heads``
 (CodeGen's fused qkv in ``qkv_blocks`` blocks): the heads of one block, heads / qkv_blocks;
-the planner grows it with the heads, so a grown head stays in its source head's block."""
+the planner grows it with the heads, so a grown head stays in its source head's block.
+``kv_half`` (differential attention, ``diff_attn``): half the kv heads, grown by the planner
+with the kv heads: every per-head axis is written over it, so each differential pair of query
+heads and each half of the values keeps its source's."""
 
 
 @dataclass(frozen=True)
@@ -266,12 +269,15 @@ class DecoderConfig:
     mlp_types: tuple = ()             # per layer: dense | moe (first_k_dense_replace, mlp_only_layers, decoder_sparse_step)
     moe_ffn: int = 0                  # routed experts' ffn size where it differs from the dense layers' (0 = ffn)
     shared_ffn: int = 0               # the always-on shared expert MLP's ffn size (n_shared_experts x its size; 0 = none)
-    moe_scoring: str = "softmax"      # softmax | sigmoid: the router's expert scores (DeepSeek-V3, GLM-4 MoE: sigmoid)
+    moe_scoring: str = "softmax"      # softmax | sigmoid | sparsemixer: the router's expert scores (sigmoid: DeepSeek-V3)
+    #                                   sparsemixer: PhiMoE's two rounds of masked softmax (router_jitter), always 2 experts
     moe_renorm: bool = True           # the chosen experts' scores renormalised to sum 1 (norm_topk_prob)
     moe_groups: int = 0               # grouped top-k (n_group): experts in groups ranked by their top-2 score sum; 0 = none
     moe_topk_groups: int = 0          # grouped top-k (topk_group): the groups kept; the rest's scores are 0 for the choice
     moe_scale: float = 1.0            # routed experts' weights times this (routed_scaling_factor)
     clip_after_qk_norm: bool = False  # olmoe: clip_qkv clamps q and k after the full-width qk-norm, not before
+    router_jitter: float = 0.0        # sparsemixer's eps (PhiMoE router_jitter_noise): experts within 2 eps of the best share
+    head_bias: bool = False           # the LM head has a bias where the config says so (phimoe lm_head_bias, ernie use_bias)
     transposed_linear: bool = False   # GPT-2/openai-gpt Conv1D: attention and MLP weights stored (in, out)
     embed_norm: bool = False          # bloom: a LayerNorm (norm.embed) on the token embeddings
     attn_scale_inverse_layer: bool = False  # GPT-2 scale_attn_by_inverse_layer_idx: layer i's scale / (i + 1)
@@ -283,6 +289,7 @@ class DecoderConfig:
     #                                   rope_theta, rotary_dim, rope_type, rope_scaling; () = the same RoPE as full layers
     qk_norm_after_rope: bool = False  # HunYuan: the per-head qk-norm runs on the rotated q and k
     qkv_blocks: int = 0               # CodeGen (qkv_layout blocked): the fused qkv's blocks, each (q, v, k) x its heads
+    shared_scale: float = 1.0         # the shared experts' output times this (cohere2_moe "average": 0.5, moe_scale 0.5)
     moe_group_top: int = 2            # grouped top-k: a group ranks by the sum of its this-many best scores (DeepSeek-V2's
     #                                   group_limited_greedy: 1, its best expert)
     index_topk: int = 0               # DeepSeek sparse attention (MLA + indexer, V3.2): each query reads its index_topk best
@@ -290,6 +297,8 @@ class DecoderConfig:
     index_heads: int = 0              # the indexer's heads (index_n_heads)
     index_dim: int = 0                # the indexer's head width (index_head_dim); RoPE on its first head_dim features
     index_rope_interleaved: bool = False  # the indexer's RoPE rotates pairs (2i, 2i+1) (GLM-MoE-DSA), not halves
+    diff_attn: bool = False           # DiffLlama's differential attention (decoder.differential): query heads h and
+    #                                   h + heads/2 subtracted with a learned lambda; values in two halves of the kv heads
 
     @property
     def q_per_kv(self) -> int:
@@ -315,6 +324,8 @@ class DecoderConfig:
                        mla_kv=self.nope_dim + self.v_dim, v_dim=self.v_dim)
         elif self.v_dim:  # values narrower than q and k without MLA (MiMo-V2-Flash): a dim no option grows
             out["v_dim"] = self.v_dim
+        if self.diff_attn:  # differential attention's half of the kv heads (see DIMS)
+            out["kv_half"] = self.kv_heads // 2
         if self.index_topk:  # the sparse-attention indexer's (see DIMS)
             out.update(index_heads=self.index_heads, index_dim=self.index_dim)
         return out
@@ -378,8 +389,12 @@ class Family:
     def roles_for(self, cfg: DecoderConfig) -> tuple:
         return tuple(r for r in self.roles if r.when is None or r.when(cfg))
 
+    depth_inexact: str = ""
+    """Why an inserted layer changes the function although it is the identity (maths that reads
+    the layer index: DiffLlama's lambda_init); depth growth then needs --inexact."""
+
     def depth_exact(self, cfg: DecoderConfig) -> bool:
-        return cfg.placement != "post"
+        return cfg.placement != "post" and not self.depth_inexact
 
     def normalized_axes(self, cfg: DecoderConfig) -> dict:
         """Axes some norm normalizes over: they must grow uniformly."""

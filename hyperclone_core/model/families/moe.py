@@ -342,14 +342,14 @@ def _ernie(hf):
     return read_llama_like(
         hf, "ernie4_5_moe", experts=n, experts_per_tok=int(hf.get("moe_k") or 1), moe_ffn=moe_ffn,
         shared_ffn=moe_ffn * int(hf.get("moe_num_shared_experts") or 0), mlp_types=interval_mlp_types(hf, layers, n),
-        rope_interleaved=True, qkv_bias=bias, o_bias=bias, mlp_bias=bias,
+        rope_interleaved=True, qkv_bias=bias, o_bias=bias, mlp_bias=bias, head_bias=bias,
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
     )
 
 
 ERNIE_ROLES = (
     embeddings("model.embed_tokens.weight")
-    + (Role("lm_head.bias", "lm_head.bias", (out("vocab"),), when=_mlp_bias),)
+    + (Role("lm_head.bias", "lm_head.bias", (out("vocab"),), when=lambda cfg: cfg.head_bias),)
     + attention(f"{L}.self_attn", bias=True, o_bias=True)
     + dense_mlp(bias=True)
     + (router(f"{L}.mlp.gate.weight"),
@@ -558,6 +558,40 @@ dbrx = Family(
     "DbrxForCausalLM", write_layers=_dbrx_nested,
 )
 
+# ---------------------------------------------------------------- PhiMoE
+
+
+def _phimoe(hf):
+    rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = (rp.get("rope_type") or rp.get("type") or "default") if isinstance(rp, Mapping) else "default"
+    if kind != "default":  # its scaled RoPE multiplies cos/sin by short_mscale or long_mscale by length
+        raise ConfigError(f"phimoe: rope_parameters rope_type {kind!r} is not supported (PhiMoE's short/long mscale "
+                          "scaling); default RoPE is")
+    window = int(hf.get("sliding_window") or 0)
+    bias = bool(hf.get("attention_bias", False))
+    # sparsemixer routes to two experts whatever num_experts_per_tok says
+    return read_llama_like(
+        hf, "phimoe", norm="layer", norm_bias=True, experts=int(hf.get("num_local_experts") or 16),
+        experts_per_tok=2, moe_scoring="sparsemixer", router_jitter=float(hf.get("router_jitter_noise") or 0.0),
+        qkv_bias=bias, o_bias=bias, sliding_window=window, head_bias=bool(hf.get("lm_head_bias", False)),
+        layer_types=("sliding_attention",) * int(hf["num_hidden_layers"]) if window else (),
+    )
+
+
+PM = f"{L}.block_sparse_moe"
+phimoe = Family(
+    "phimoe", ("phimoe",),
+    embeddings("model.embed_tokens.weight")
+    + (Role("model.norm.bias", "norm.final.bias", (out("hidden"),)),
+       Role("lm_head.bias", "lm_head.bias", (out("vocab"),), when=lambda cfg: cfg.head_bias))
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + (router(f"{PM}.gate.weight"),) + experts(f"{PM}.experts", ffn="ffn", names=("w1", "w3", "w2"))
+    + norm(f"{L}.input_layernorm", "norm.attn_in", bias=True)
+    + norm(f"{L}.post_attention_layernorm", "norm.mlp_in", bias=True),
+    _phimoe,
+    dict(LLAMA_KEYS, num_local_experts="experts"), "PhimoeForCausalLM",
+)
+
 # ---------------------------------------------------------------- GraniteMoE, GraniteMoeShared
 
 
@@ -610,7 +644,7 @@ granitemoeshared = Family(
 )
 
 FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
-            hunyuan_v1_moe, mellum, minicpm5_moe, aria_text, dbrx)
+            hunyuan_v1_moe, mellum, minicpm5_moe, aria_text, dbrx, phimoe)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -642,6 +676,8 @@ TINY = {
     "dbrx": dict(vocab_size=96, d_model=32, n_heads=4, n_layers=2, max_seq_len=64,
                  attn_config=dict(kv_n_heads=2, clip_qkv=2.0, rope_theta=10000.0),
                  ffn_config=dict(ffn_hidden_size=48, moe_num_experts=4, moe_top_k=2)),
+    "phimoe": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.3, attention_bias=True,
+                   lm_head_bias=True, sliding_window=4),
     "dots1": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
                   num_hidden_layers=3, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
                   routed_scaling_factor=2.5, attention_bias=True, sliding_window=4, max_window_layers=2),
