@@ -18,6 +18,7 @@ from ...errors import ConfigError
 from ..rope import raw_params, rope_fields
 from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out, require
 from ._common import KV, LLAMA_KEYS, Q, has
+from .moe import dense_mlp, experts, router, shared_mlp
 
 M = "model"
 L = "model.layers.{i}"
@@ -252,6 +253,83 @@ def _cohere2(hf) -> DecoderConfig:
 
 cohere2 = Family("cohere2", ("cohere2",), COHERE_ROLES, _cohere2, LLAMA_KEYS, "Cohere2ForCausalLM")
 
+# ---------------------------------------------------------------- cohere2_moe: Cohere 2's block, an MoE MLP
+
+_LN_OR_RMS = lambda c: c.norm == "layer"  # noqa: E731  (bias-free LayerNorm, or RMSNorm with rms_norm_eps)
+COHERE2_MOE_ROLES = (
+    tuple(r for r in COHERE_ROLES if not r.kind.startswith("mlp."))
+    + dense_mlp(f"{L}.mlp")
+    + (router(f"{L}.mlp.gate.weight"),)
+    + experts(f"{L}.mlp.experts")  # saved one tensor per expert (transformers unstacks its 3D parameters)
+    + shared_mlp(f"{L}.mlp.shared_experts")
+)
+COHERE2_MOE_KEYS = dict(LLAMA_KEYS, intermediate_size="moe_ffn", prefix_dense_intermediate_size="ffn",
+                        num_experts="experts")
+
+
+def _pattern_types(layers: int, pattern: int, start: int = 0) -> list:
+    return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(start, layers)]
+
+
+def _cohere2_moe(hf) -> DecoderConfig:
+    """Cohere 2's parallel block (LayerNorm, or RMSNorm where rms_norm_eps is set) over an MoE
+    MLP: top-k of the router's logits, softmax over those k (or sigmoid, renormalised by
+    norm_topk_prob), stacked experts, shared experts added or averaged; dense layers
+    (mlp_layer_types, or the first first_k_dense_replace) with their own ffn size; full-attention
+    layers without RoPE except dense ones under prefix_dense_sliding_window_pattern 1."""
+    layers = int(hf.get("num_hidden_layers") or 0)
+    k = int(hf.get("first_k_dense_replace") or 0)
+    types = hf.get("layer_types")
+    if types is None:
+        types = (_pattern_types(k, int(hf.get("prefix_dense_sliding_window_pattern") or 1))
+                 + _pattern_types(layers - k, int(hf.get("sliding_window_pattern") or 4)))
+    mlp = hf.get("mlp_layer_types") or ["dense" if i < k else "sparse" for i in range(layers)]
+    if len(types) != layers or set(types) - {"sliding_attention", "full_attention"}:
+        raise ConfigError(f"cohere2_moe: layer_types must name sliding_attention or full_attention for each of the "
+                          f"{layers} layers, not {list(types)}")
+    if len(mlp) != layers or set(mlp) - {"dense", "sparse"}:
+        raise ConfigError(f"cohere2_moe: mlp_layer_types must name dense or sparse for each of the {layers} layers, "
+                          f"not {list(mlp)}")
+    selection = hf.get("expert_selection_fn") or "softmax"
+    combine = hf.get("shared_expert_combination_strategy") or "average"
+    if selection not in ("softmax", "sigmoid"):
+        raise ConfigError(f"cohere2_moe: expert_selection_fn {selection!r} is not supported; supported: softmax, sigmoid")
+    if combine not in ("sum", "average"):
+        raise ConfigError(f"cohere2_moe: shared_expert_combination_strategy {combine!r} is not supported; "
+                          "supported: sum, average")
+    window = int(hf.get("sliding_window") or 0)
+    if not window and "sliding_attention" in types:
+        raise ConfigError("cohere2_moe: sliding_attention layers need a sliding_window")
+    force = int(hf.get("prefix_dense_sliding_window_pattern") or 1) == 1
+    nope = tuple(t == "full_attention" and not (force and m == "dense") for t, m in zip(types, mlp))
+    moe_ffn = int(hf.get("intermediate_size") or 0)
+    ffn = int(hf.get("prefix_dense_intermediate_size") or moe_ffn)
+    shared = int(hf.get("num_shared_experts") or 0)
+    average = shared > 0 and combine == "average"
+    rms = hf.get("rms_norm_eps") is not None
+    base = _cohere(dict(hf, use_qk_norm=False, intermediate_size=ffn))
+    return replace(
+        base, family="cohere2_moe", norm="rms" if rms else "layer",
+        norm_eps=float(hf["rms_norm_eps"]) if rms else base.norm_eps,
+        sliding_window=window, layer_types=tuple(types), nope_layers=nope if any(nope) else (),
+        experts=int(hf.get("num_experts") or 0), experts_per_tok=int(hf.get("num_experts_per_tok") or 2),
+        mlp_types=tuple("dense" if m == "dense" else "moe" for m in mlp),
+        moe_ffn=moe_ffn if moe_ffn != ffn else 0, shared_ffn=moe_ffn * shared, moe_scoring=selection,
+        moe_renorm=selection == "softmax" or bool(hf.get("norm_topk_prob", True)),
+        moe_scale=0.5 if average else 1.0, shared_scale=0.5 if average else 1.0,
+    )
+
+
+def _write_cohere2_moe_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    """The grown stack's dense/MoE layers, written out (depth growth inserts copies)."""
+    if new.mlp_types:
+        out_cfg["mlp_layer_types"] = ["dense" if t == "dense" else "sparse" for t in new.mlp_types]
+        out_cfg.pop("first_k_dense_replace", None)
+
+
+cohere2_moe = Family("cohere2_moe", ("cohere2_moe",), COHERE2_MOE_ROLES, _cohere2_moe, COHERE2_MOE_KEYS,
+                     "Cohere2MoeForCausalLM", write_layers=_write_cohere2_moe_layers)
+
 # ---------------------------------------------------------------- gptj
 
 T = "transformer"
@@ -459,7 +537,7 @@ def _persimmon(hf) -> DecoderConfig:
 MHA_KEYS = {k: v for k, v in NO_HEAD_DIM_KEYS.items() if v != "kv_heads"}
 persimmon = Family("persimmon", ("persimmon",), PERSIMMON_ROLES, _persimmon, MHA_KEYS, "PersimmonForCausalLM")
 
-FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, gptj, codegen, falcon, persimmon)
+FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, cohere2_moe, gptj, codegen, falcon, persimmon)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -480,9 +558,15 @@ TINY = {
                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
     "codegen": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, n_ctx=64, rotary_dim=4,
                     tie_word_embeddings=False),
+    "cohere2_moe": dict(_GQA, num_hidden_layers=4, head_dim=8, attention_bias=True, logit_scale=0.25,
+                        tie_word_embeddings=True, sliding_window=4, num_experts=4, num_experts_per_tok=2,
+                        num_shared_experts=1, shared_expert_combination_strategy="average", prefix_dense_intermediate_size=40,
+                        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                        mlp_layer_types=["dense", "dense", "sparse", "sparse"], prefix_dense_sliding_window_pattern=1),
     "gptj": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
                  tie_word_embeddings=False),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "codegen", "cohere", "cohere2", "falcon", "gptj", "persimmon", "phi", "stablelm", "starcoder2"]
+__all__ = ["FAMILIES", "TINY", "codegen", "cohere", "cohere2", "cohere2_moe", "falcon", "gptj", "persimmon", "phi",
+           "stablelm", "starcoder2"]
