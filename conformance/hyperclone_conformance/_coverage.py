@@ -101,6 +101,7 @@ FLAGS = {
     "embed_multiplier": (3.0,), "residual_multiplier": (0.5,), "logit_scale": (0.25,),
     "rope_reverse": (True,), "q_scale_beta": (0.1,), "q_scale_period": (4,),
     "kv_lora": (16,), "q_lora": (16,), "nope_dim": (8,), "v_dim": (8, 16), "moe_group_top": (1,),
+    "index_topk": (4, 5), "index_heads": (8,), "index_dim": (8, 6), "index_rope_interleaved": (True,),
     "shared_block_norm": (True,), "qk_norm_type": ("layer",), "qkv_blocks": (4,), "shared_scale": (0.5,),
     "experts_stacked": ("in_out", "out_in", "flat"), "gate_up_interleaved": (True,), "expert_glu": ("clamped",),
     "glu_alpha": (1.5,), "glu_limit": (0.3,), "attn_chunk": (4,), "qk_norm_skip_nope": (True,),

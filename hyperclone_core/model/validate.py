@@ -51,7 +51,8 @@ _SCHEMA: dict = {
     "n_positions": ("int", 1, MAX_POSITIONS), "rotary_dim": _SIZE,
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
-LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")  # chunked: Llama 4 (its reader checks)
+LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")
+"""chunked: Llama 4; indexed: DeepSeek sparse attention (V3.2, GLM-MoE-DSA); each reader checks its own."""
 
 
 def _bad(path, key, value, want) -> ConfigError:

@@ -77,6 +77,16 @@ MOE_ROLES = (
 (router, routed experts, always-on shared experts of ``n_shared_experts`` x
 ``moe_intermediate_size``)."""
 V3_ROLES = MOE_ROLES + (correction_bias(f"{L}.mlp.gate.e_score_correction_bias"),)
+IDX = f"{A}.indexer"
+DSA_ROLES = V3_ROLES + (
+    Role(f"{IDX}.wq_b.weight", "attn.index_q", (out("index_heads*index_dim"), in_("q_lora"))),
+    Role(f"{IDX}.wk.weight", "attn.index_k", (out("index_dim"), in_("hidden")), noiseless=True),
+    Role(f"{IDX}.k_norm.weight", "attn.index_k_norm", (out("index_dim"),)),
+    Role(f"{IDX}.k_norm.bias", "attn.index_k_norm.bias", (out("index_dim"),)),
+    Role(f"{IDX}.weights_proj.weight", "attn.index_w", (out("index_heads"), in_("hidden")), noiseless=True),
+)
+"""DeepSeek-V3.2 / GLM-MoE-DSA: DeepSeek-V3's stack plus each layer's sparse-attention
+indexer (its projections reading hidden are noiseless: they feed the top-k key choice)."""
 AXK1_ROLES = V3_ROLES + (
     Role(f"{L}.post_mlp_layernorm.weight", "norm.mlp_out", (out("hidden"),), on_layer=moe_layer),
 )
@@ -113,7 +123,8 @@ def _int(hf, key, default=0) -> int:
     return int(default if value is None else value)
 
 
-def read_mla(hf: Mapping[str, Any], family: str, rope_interleaved: bool, **flags) -> DecoderConfig:
+def read_mla(hf: Mapping[str, Any], family: str, rope_interleaved: bool, attention_kinds: tuple = ("full_attention",),
+             **flags) -> DecoderConfig:
     """The neutral config of an MLA decoder (``flags`` override).  Refuses what the
     decoder does not compute: grouped kv heads, partial rotary on the RoPE'd part."""
     missing = [k for k in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "num_attention_heads")
@@ -135,8 +146,9 @@ def read_mla(hf: Mapping[str, Any], family: str, rope_interleaved: bool, **flags
     if cfg.rotary_dim:
         raise ConfigError(f"partial_rotary_factor {cfg.rotary_dim / rope_dim:g}: MLA rotates all "
                           f"qk_rope_head_dim ({rope_dim}) features; a partial rotary is not supported")
-    if cfg.layer_types and set(cfg.layer_types) != {"full_attention"}:
-        raise ConfigError(f"layer_types {sorted(set(cfg.layer_types))}: {family} attends fully in every layer")
+    if cfg.layer_types and set(cfg.layer_types) - set(attention_kinds):
+        raise ConfigError(f"layer_types {sorted(set(cfg.layer_types))}: {family} layers are all "
+                          f"{' or '.join(attention_kinds)}")
     # transformers' softmax scale: qk_head_dim ** -0.5, times YaRN's mscale(mscale_all_dim) squared
     scale = (nope + rope_dim) ** -0.5
     rp = raw_params(hf)
@@ -166,7 +178,7 @@ def _moe_flags(hf: Mapping[str, Any], mlp_types: tuple, scoring: str, **flags) -
                 moe_scale=float(hf.get("routed_scaling_factor") or 1.0), **flags)
 
 
-def _deepseek_v3(hf, family="deepseek_v3", mlp_types=None):
+def _deepseek_v3(hf, family="deepseek_v3", mlp_types=None, **kw):
     bias = bool(hf.get("attention_bias", False))
     mlp_types = first_k_dense(hf, _int(hf, "num_hidden_layers")) if mlp_types is None else mlp_types
     moe = _moe_flags(hf, mlp_types, "sigmoid", moe_renorm=bool(hf.get("norm_topk_prob", True)))
@@ -175,7 +187,7 @@ def _deepseek_v3(hf, family="deepseek_v3", mlp_types=None):
         rp = {k: v for k, v in rp.items() if k != "type"} | {"rope_type": "yarn"}
         hf = dict(hf, rope_scaling=None, rope_parameters=rp)
     return read_mla(hf, family, rope_interleaved=bool(hf.get("rope_interleave", True)),
-                    qkv_bias=bias, o_bias=bias, norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **moe)
+                    qkv_bias=bias, o_bias=bias, norm_eps=float(hf.get("rms_norm_eps") or 1e-6), **moe, **kw)
 
 
 V2_TOPK = ("greedy", "group_limited_greedy")
@@ -231,6 +243,53 @@ def _write_mlp_layer_types(out_cfg: dict, new: DecoderConfig) -> None:
     out_cfg["mlp_layer_types"] = ["sparse" if t == "moe" else "dense" for t in new.mlp_types]
 
 
+def _dsa(hf, family: str, index_rope_interleaved: bool) -> DecoderConfig:
+    """DeepSeek sparse attention: V3's MLA (q latent required, interleaved RoPE) and MoE, and the indexer."""
+    if not hf.get("q_lora_rank"):
+        raise ConfigError(f"{family}: q_lora_rank must be set (the indexer reads the q latent)")
+    layers = _int(hf, "num_hidden_layers")
+    dense = min(_int(hf, "first_k_dense_replace", 3), layers)
+    types = _mlp_layer_types(hf, family, ["dense"] * dense + ["sparse"] * (layers - dense))
+    require_keys = [k for k in ("index_topk", "index_n_heads", "index_head_dim") if not hf.get(k)]
+    if require_keys:
+        raise ConfigError(f"{family}: config.json lacks {', '.join(require_keys)} (the sparse-attention indexer)")
+    rope_dim, index_dim = _int(hf, "qk_rope_head_dim"), _int(hf, "index_head_dim")
+    if index_dim < rope_dim:
+        raise ConfigError(f"{family}: index_head_dim ({index_dim}) < qk_rope_head_dim ({rope_dim})")
+    cfg = _deepseek_v3(dict(hf, rope_interleave=True), family, types, attention_kinds=("indexed_attention",))
+    return replace(cfg, index_topk=_int(hf, "index_topk"), index_heads=_int(hf, "index_n_heads"),
+                   index_dim=index_dim, index_rope_interleaved=index_rope_interleaved)
+
+
+def _write_dsa_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    _write_mlp_layer_types(out_cfg, new)
+    out_cfg["layer_types"] = ["indexed_attention"] * new.layers
+
+
+def _indexer_types(hf) -> list:
+    """GLM-MoE-DSA's per-layer indexer modes as its config class derives them."""
+    if hf.get("indexer_types"):
+        return list(hf["indexer_types"])
+    layers, pattern = _int(hf, "num_hidden_layers"), hf.get("index_topk_pattern")
+    if pattern is not None:
+        return [{"F": "full", "S": "shared"}.get(c, c) for c in pattern] if isinstance(pattern, str) else list(pattern)
+    freq, offset = max(_int(hf, "index_topk_freq", 1), 1), _int(hf, "index_skip_topk_offset", 2)
+    return ["full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(layers)]
+
+
+def _glm_moe_dsa(hf):
+    modes = _indexer_types(hf)
+    if set(modes) != {"full"}:
+        raise ConfigError(f"glm_moe_dsa: indexer_types {modes!r}: 'shared' layers reuse an earlier layer's key "
+                          "choice, not supported; supported: every layer 'full' (its own indexer)")
+    return _dsa(hf, "glm_moe_dsa", True)
+
+
+def _write_glm_dsa_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    _write_dsa_layers(out_cfg, new)
+    out_cfg["indexer_types"] = ["full"] * new.layers
+
+
 def _youtu(hf):
     bias = bool(hf.get("attention_bias", False))
     return read_mla(hf, "youtu", rope_interleaved=bool(hf.get("rope_interleave", True)), qkv_bias=bias, o_bias=bias,
@@ -276,6 +335,10 @@ sarvam_mla = LatentFamily("sarvam_mla", ("sarvam_mla",), V3_ROLES, lambda hf: _d
 original Sarvam keys: num_experts, num_shared_experts, deepseek_yarn)."""
 glm4_moe_lite = LatentFamily("glm4_moe_lite", ("glm4_moe_lite",), V3_ROLES, _glm4_moe_lite, MOE_KEYS,
                              "Glm4MoeLiteForCausalLM", write_layers=_write_mlp_layer_types)
+deepseek_v32 = LatentFamily("deepseek_v32", ("deepseek_v32",), DSA_ROLES, lambda hf: _dsa(hf, "deepseek_v32", False),
+                            MOE_KEYS, "DeepseekV32ForCausalLM", write_layers=_write_dsa_layers)
+glm_moe_dsa = LatentFamily("glm_moe_dsa", ("glm_moe_dsa",), DSA_ROLES, _glm_moe_dsa, MOE_KEYS, "GlmMoeDsaForCausalLM",
+                           write_layers=_write_glm_dsa_layers)
 axk1 = LatentFamily("axk1", ("axk1",), AXK1_ROLES, _axk1, MOE_KEYS, "AXK1ForCausalLM",
                    write_layers=_write_mlp_layer_types)
 deepseek_v2 = LatentFamily("deepseek_v2", ("deepseek_v2",), MOE_ROLES, _deepseek_v2, MOE_KEYS,
@@ -284,7 +347,7 @@ youtu = LatentFamily("youtu", ("youtu",), DENSE_ROLES, _youtu, MLA_KEYS, "YoutuF
 minicpm3 = LatentFamily("minicpm3", ("minicpm3",), DENSE_ROLES, _minicpm3, MLA_KEYS, "MiniCPM3ForCausalLM",
                         rewrite=_minicpm3_rewrite)
 
-FAMILIES = (deepseek_v3, deepseek_v2, sarvam_mla, glm4_moe_lite, axk1, youtu, minicpm3)
+FAMILIES = (deepseek_v3, deepseek_v2, sarvam_mla, glm4_moe_lite, axk1, deepseek_v32, glm_moe_dsa, youtu, minicpm3)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False,
@@ -302,13 +365,20 @@ TINY = {
     "glm4_moe_lite": dict(_DIMS, **_MOE, n_group=2, topk_group=2, routed_scaling_factor=1.8,
                           mlp_layer_types=["dense", "sparse", "sparse"]),
     "axk1": dict(_DIMS, **_MOE, n_group=2, topk_group=1, mlp_layer_types=["dense", "sparse", "sparse"]),
+    "deepseek_v32": dict(_DIMS, **_MOE, n_group=2, topk_group=1, mlp_layer_types=["dense", "sparse", "sparse"],
+                         index_topk=4, index_n_heads=8, index_head_dim=8),
+    "glm_moe_dsa": dict(_DIMS, **_MOE, n_group=2, topk_group=1, mlp_layer_types=["dense", "sparse", "sparse"],
+                        index_topk=5, index_n_heads=8, index_head_dim=6),
     "youtu": dict(_DIMS, v_head_dim=16, rope_interleave=False, tie_word_embeddings=True),
     "minicpm3": dict(_DIMS, attention_bias=True, mlp_bias=True, scale_emb=3.0, scale_depth=1.4, dim_model_base=8,
                      tie_word_embeddings=True),
 }
 """Tiny configs of every type these families grow (``families.TINY``): small MLA sizes
 (q_lora 16, kv_lora 16, nope 8, rope 4, v 8; Youtu's v 16 is wider than q.k's 12); the
-MoE types one dense layer then two MoE layers of 4 experts, top-2, shared experts."""
+MoE types one dense layer then two MoE layers of 4 experts, top-2, shared experts; the
+sparse-attention indexers keep 4 or 5 keys of the tests' 12 (8 index heads: with fewer,
+relu's zeros tie often, and transformers' torch.topk breaks ties its own way)."""
 
-__all__ = ["FAMILIES", "TINY", "LatentFamily", "read_mla", "axk1", "deepseek_v2", "deepseek_v3", "glm4_moe_lite", "minicpm3",
+__all__ = ["FAMILIES", "TINY", "LatentFamily", "read_mla", "axk1", "deepseek_v2", "deepseek_v3", "deepseek_v32",
+           "glm_moe_dsa", "glm4_moe_lite", "minicpm3",
            "sarvam_mla", "youtu"]
