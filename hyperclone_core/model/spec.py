@@ -256,8 +256,9 @@ class DecoderConfig:
     #                                   expert tensors: "" one per expert; stacked (experts, in, out), (experts, out, in),
     #                                   or DBRX's flat (experts*ffn, hidden) gate, up and down (down read (in, out))
     gate_up_interleaved: bool = False  # gpt-oss: a fused gate|up output alternates gate, up (gate = [..., ::2])
-    expert_glu: str = ""              # "" act(gate) * up | clamped (gpt-oss): (clip(up, +-glu_limit) + 1) * g
-    #                                   * sigmoid(glu_alpha g), g = min(gate, glu_limit)
+    expert_glu: str = ""              # "" | clamped
+    #                                   how experts join gate and up: "" act(gate) * up; clamped (gpt-oss):
+    #                                   (clip(up, +-glu_limit) + 1) * g * sigmoid(glu_alpha g), g = min(gate, glu_limit)
     glu_alpha: float = 0.0            # the clamped GLU's sigmoid gain (gpt-oss swiglu_alpha)
     glu_limit: float = 0.0            # the clamped GLU's clamp (gpt-oss swiglu_limit)
     qk_norm_skip_nope: bool = False   # llama4: NoPE layers (nope_layers) run no qk-norm
