@@ -36,9 +36,60 @@ def _float(hf, key, default):
     return float(default if value is None else value)
 
 
-def _no(hf, key, why):
-    if hf.get(key):
-        raise ConfigError(f"{hf.get('model_type')} config sets {key}={hf[key]!r}: {why} is not supported")
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, original_max_position_embeddings=8192, low_freq_factor=1.0,
+                  high_freq_factor=4.0)
+CLASS_DEFAULTS = {
+    "granite": dict(rms_norm_eps=1e-6, max_position_embeddings=2048),
+    "hyperclovax": dict(rms_norm_eps=1e-6, max_position_embeddings=2048),
+    "helium": dict(head_dim=128, rms_norm_eps=1e-8, max_position_embeddings=4096, rope=1e5),
+    "ernie4_5": dict(head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=131072, rope=5e5),
+    "seed_oss": dict(head_dim=128, rms_norm_eps=1e-6, max_position_embeddings=524288),
+    "ministral": dict(rms_norm_eps=1e-6, max_position_embeddings=131072, sliding_window=4096),
+    "ministral3": dict(head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=262144, rope_dict=lambda hf: dict(
+        rope_type="yarn", rope_theta=1e6, factor=16.0, original_max_position_embeddings=16384,
+        max_position_embeddings=hf["max_position_embeddings"], beta_fast=32.0, beta_slow=1.0, mscale_all_dim=1.0,
+        mscale=1.0, llama_4_scaling_beta=0.1)),
+    "cwm": dict(head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=131072, sliding_window=8192, rope=1e6,
+                rope_dict=lambda hf: dict(LLAMA3_ROPE, rope_theta=1e6, factor=16.0)),
+    "exaone": dict(rms_norm_eps=1e-5, max_position_embeddings=4096, rope=5e5),
+    "arcee": dict(hidden_act="relu2", max_position_embeddings=4096),
+    "jais2": dict(hidden_act="relu2", max_position_embeddings=8192, layer_norm_eps=1e-5),
+    "nemotron": dict(hidden_act="relu2", max_position_embeddings=4096, norm_eps=1e-5, partial_rotary_factor=0.5),
+    "apertus": dict(hidden_act="xielu", max_position_embeddings=65536, rope=12e6,
+                    rope_dict=lambda hf: dict(LLAMA3_ROPE, rope_theta=12e6)),
+    "apertus1p5_text": dict(hidden_act="xielu", max_position_embeddings=65536, rope=12e6,
+                            rope_dict=lambda hf: dict(LLAMA3_ROPE, rope_theta=12e6)),
+    "nanochat": dict(hidden_act="relu2", rms_norm_eps=1e-6, max_position_embeddings=2048, final_logit_softcapping=15.0),
+}
+"""What each config class gives a key a config.json leaves out, where Llama's reader
+would assume otherwise; ``rope``: the RoPE base where neither the RoPE dict nor the
+config has ``rope_theta`` (default 10000); ``rope_dict``: the whole RoPE dict the class
+sets when the config has none (a top-level ``rope_theta`` is then ignored, as the class
+does)."""
+
+
+def _completed(model_type: str, read, aliases=None):
+    """``read`` of a config completed by its class's defaults (``CLASS_DEFAULTS``), after
+    its ``aliases`` (key -> the key it stands for) are resolved."""
+    def complete(hf):
+        defaults = dict(CLASS_DEFAULTS.get(model_type, {}))
+        theta, rope_dict = defaults.pop("rope", 10000.0), defaults.pop("rope_dict", None)
+        hf = dict(hf)
+        for alias, key in (aliases or {}).items():
+            if hf.get(key) is None and hf.get(alias) is not None:
+                hf[key] = hf[alias]
+        for key, value in defaults.items():
+            if key not in hf:
+                hf[key] = value
+        rp = raw_params(hf)
+        rp = dict(rp or (rope_dict(hf) if rope_dict else {}))
+        if rp.get("rope_theta") is None:
+            rp["rope_theta"] = float(hf["rope_theta"]) if hf.get("rope_theta") is not None else theta
+        if rp.get("partial_rotary_factor") is None and hf.get("partial_rotary_factor") is not None:
+            rp["partial_rotary_factor"] = hf["partial_rotary_factor"]
+        rp.setdefault("rope_type", "default")
+        return read(dict(hf, rope_parameters=rp, rope_scaling=None))
+    return complete
 
 
 def _window(hf) -> int:
@@ -62,7 +113,7 @@ def _granite(hf):
     )
 
 
-granite = Family("granite", ("granite",), LLAMA_ROLES, _granite, LLAMA_KEYS, "GraniteForCausalLM")
+granite = Family("granite", ("granite",), LLAMA_ROLES, _completed("granite", _granite), LLAMA_KEYS, "GraniteForCausalLM")
 
 HCX_ROLES = LLAMA_ROLES + tuple(
     Role(r.pattern, r.kind, r.axes, when=lambda c: c.placement == "sandwich")
@@ -83,7 +134,8 @@ def _hyperclovax(hf):
     )
 
 
-hyperclovax = Family("hyperclovax", ("hyperclovax",), HCX_ROLES, _hyperclovax, LLAMA_KEYS, "HyperCLOVAXForCausalLM")
+hyperclovax = Family("hyperclovax", ("hyperclovax",), HCX_ROLES, _completed("hyperclovax", _hyperclovax), LLAMA_KEYS,
+                     "HyperCLOVAXForCausalLM")
 
 # ---------------------------------------------------------------- renamed or re-biased Llamas
 
@@ -93,7 +145,7 @@ def _helium(hf):
                            mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
-helium = Family("helium", ("helium",), LLAMA_ROLES, _helium, LLAMA_KEYS, "HeliumForCausalLM")
+helium = Family("helium", ("helium",), LLAMA_ROLES, _completed("helium", _helium), LLAMA_KEYS, "HeliumForCausalLM")
 
 
 def _ernie(hf):
@@ -102,7 +154,7 @@ def _ernie(hf):
                            tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
 
 
-ernie4_5 = Family("ernie4_5", ("ernie4_5",), LLAMA_ROLES, _ernie, LLAMA_KEYS, "Ernie4_5ForCausalLM")
+ernie4_5 = Family("ernie4_5", ("ernie4_5",), LLAMA_ROLES, _completed("ernie4_5", _ernie), LLAMA_KEYS, "Ernie4_5ForCausalLM")
 
 
 def _seed_oss(hf):
@@ -110,21 +162,26 @@ def _seed_oss(hf):
                            o_bias=bool(hf.get("attention_out_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
-seed_oss = Family("seed_oss", ("seed_oss",), LLAMA_ROLES, _seed_oss, LLAMA_KEYS, "SeedOssForCausalLM")
+seed_oss = Family("seed_oss", ("seed_oss",), LLAMA_ROLES, _completed("seed_oss", _seed_oss), LLAMA_KEYS, "SeedOssForCausalLM")
 
 
 def _sliding(family, mlp_bias):
     """Ministral and CWM: Mistral/Llama blocks without attention biases (CWM's Llama MLP
     reads ``mlp_bias``), each layer full or sliding as ``layer_types`` says."""
     def read(hf):
-        return read_llama_like(hf, family, sliding_window=_window(hf),
+        kinds = hf.get("layer_types")
+        if not kinds:  # the class's pattern: Ministral slides everywhere (if a window is set), CWM every layer but 4i
+            n, window = int(hf["num_hidden_layers"]), hf.get("sliding_window")
+            kinds = ["full_attention" if not window or (family == "cwm" and i % 4 == 0) else "sliding_attention"
+                     for i in range(n)]
+        return read_llama_like(dict(hf, layer_types=list(kinds)), family, sliding_window=_window(hf),
                                mlp_bias=mlp_bias and bool(hf.get("mlp_bias", False)))
     return read
 
 
-ministral = Family("ministral", ("ministral",), LLAMA_ROLES, _sliding("ministral", False), LLAMA_KEYS,
+ministral = Family("ministral", ("ministral",), LLAMA_ROLES, _completed("ministral", _sliding("ministral", False)), LLAMA_KEYS,
                    "MinistralForCausalLM")
-cwm = Family("cwm", ("cwm",), LLAMA_ROLES, _sliding("cwm", True), LLAMA_KEYS, "CwmForCausalLM")
+cwm = Family("cwm", ("cwm",), LLAMA_ROLES, _completed("cwm", _sliding("cwm", True)), LLAMA_KEYS, "CwmForCausalLM")
 
 
 
@@ -142,7 +199,8 @@ def _ministral3(hf):
                            q_scale_beta=float(beta), q_scale_period=int(period))
 
 
-ministral3 = Family("ministral3", ("ministral3",), LLAMA_ROLES, _ministral3, LLAMA_KEYS, "Ministral3ForCausalLM")
+ministral3 = Family("ministral3", ("ministral3",), LLAMA_ROLES, _completed("ministral3", _ministral3), LLAMA_KEYS,
+                    "Ministral3ForCausalLM")
 
 X = "transformer.h.{i}"
 EXAONE_ROLES = (
@@ -164,16 +222,12 @@ EXAONE_ALIASES = {"num_layers": "num_hidden_layers", "layer_norm_epsilon": "rms_
 
 
 def _exaone(hf):
-    hf = dict(hf)
-    for alias, key in EXAONE_ALIASES.items():
-        if hf.get(key) is None and hf.get(alias) is not None:
-            hf[key] = hf[alias]
     bias = bool(hf.get("attention_bias", False))
     return read_llama_like(hf, "exaone", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
-exaone = Family("exaone", ("exaone",), EXAONE_ROLES, _exaone, dict(LLAMA_KEYS, num_layers="layers"),
-                "LlamaForCausalLM")
+exaone = Family("exaone", ("exaone",), EXAONE_ROLES, _completed("exaone", _exaone, EXAONE_ALIASES),
+                dict(LLAMA_KEYS, num_layers="layers"), "LlamaForCausalLM")
 """transformers runs EXAONE 3 as Llama (and names that architecture) but keeps EXAONE's
 tensor names in the checkpoint."""
 
@@ -193,7 +247,7 @@ def _arcee(hf):
                            mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
-arcee = Family("arcee", ("arcee",), ARCEE_ROLES, _arcee, LLAMA_KEYS, "ArceeForCausalLM")
+arcee = Family("arcee", ("arcee",), ARCEE_ROLES, _completed("arcee", _arcee), LLAMA_KEYS, "ArceeForCausalLM")
 
 JAIS2_ROLES = (
     embeddings("model.embed_tokens.weight")
@@ -212,7 +266,7 @@ def _jais2(hf):
                            mlp_bias=bool(hf.get("mlp_bias", True)))
 
 
-jais2 = Family("jais2", ("jais2",), JAIS2_ROLES, _jais2, LLAMA_KEYS, "Jais2ForCausalLM")
+jais2 = Family("jais2", ("jais2",), JAIS2_ROLES, _completed("jais2", _jais2), LLAMA_KEYS, "Jais2ForCausalLM")
 
 NEMOTRON_ROLES = (
     embeddings("model.embed_tokens.weight")
@@ -231,7 +285,7 @@ def _nemotron(hf):
                            qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
-nemotron = Family("nemotron", ("nemotron",), NEMOTRON_ROLES, _nemotron, LLAMA_KEYS, "NemotronForCausalLM")
+nemotron = Family("nemotron", ("nemotron",), NEMOTRON_ROLES, _completed("nemotron", _nemotron), LLAMA_KEYS, "NemotronForCausalLM")
 
 XIELU = tuple(
     Role(f"{L}.mlp.act_fn.{n}", f"mlp.act.{n}", axes, when=lambda c: c.act == "xielu")
@@ -258,7 +312,7 @@ def _apertus(hf):
                            qkv_bias=bias, o_bias=bias)
 
 
-apertus = Family("apertus", ("apertus",), APERTUS_ROLES, _apertus, LLAMA_KEYS, "ApertusForCausalLM")
+apertus = Family("apertus", ("apertus",), APERTUS_ROLES, _completed("apertus", _apertus), LLAMA_KEYS, "ApertusForCausalLM")
 
 
 def _apertus1p5(hf):
@@ -269,8 +323,8 @@ def _apertus1p5(hf):
     return _apertus(hf)
 
 
-apertus1p5_text = Family("apertus1p5_text", ("apertus1p5_text",), APERTUS_ROLES, _apertus1p5, LLAMA_KEYS,
-                         "Apertus1p5TextForCausalLM")
+apertus1p5_text = Family("apertus1p5_text", ("apertus1p5_text",), APERTUS_ROLES,
+                         _completed("apertus1p5_text", _apertus1p5), LLAMA_KEYS, "Apertus1p5TextForCausalLM")
 """Apertus 1.5's text decoder: Apertus's block and names; a pruned head (output_vocab_size) is refused."""
 
 NANOCHAT_ROLES = (
@@ -287,7 +341,7 @@ def _nanochat(hf):
                            final_softcap=_float(hf, "final_logit_softcapping", 0.0), qkv_bias=bias, o_bias=bias)
 
 
-nanochat = Family("nanochat", ("nanochat",), NANOCHAT_ROLES, _nanochat, LLAMA_KEYS, "NanoChatForCausalLM")
+nanochat = Family("nanochat", ("nanochat",), NANOCHAT_ROLES, _completed("nanochat", _nanochat), LLAMA_KEYS, "NanoChatForCausalLM")
 """Every norm is a weightless RMS norm (the embeddings' included); qk-norm after RoPE."""
 
 FAMILIES = (granite, hyperclovax, helium, ernie4_5, seed_oss, ministral, ministral3, cwm, exaone, arcee, jais2, nemotron,
