@@ -418,9 +418,9 @@ FALCON_ROLES = (
     *_ln(f"{F}.ln_mlp", "norm.mlp_in", when=_two_norms),
 )
 FALCON_QKV = {
-    "concat": f"{Q}|{KV}|{KV}",  # multi_query: q rows | one k head | one v head
     "per_head": "kv_heads*q_per_kv*3*head_dim",  # heads x (q, k, v) x head_dim
-    "grouped": "kv_heads*(q_per_kv*head_dim|head_dim|head_dim)",  # new architecture: per kv head its q, its k, its v
+    # new architecture: per kv head its q, its k, its v; with one kv head, multi_query's q rows | k | v
+    "grouped": "kv_heads*(q_per_kv*head_dim|head_dim|head_dim)",
 }
 
 
@@ -480,7 +480,8 @@ def _falcon(hf) -> DecoderConfig:
                               f"({d['heads']}) without multi_query or new_decoder_architecture (the fused qkv holds "
                               "a key and a value per head)")
         d["kv_heads"] = 1 if mqa else d["heads"]
-        layout, shared = ("concat" if mqa else "per_head"), parallel
+        # multi_query's q rows | k | v is the grouped layout with one kv head
+        layout, shared = ("grouped" if mqa else "per_head"), parallel
     bias = bool(hf.get("bias", False))
     return DecoderConfig(
         family="falcon", **d, norm="layer", norm_eps=_eps(hf, "layer_norm_epsilon"), norm_bias=True,
@@ -493,10 +494,15 @@ def _falcon(hf) -> DecoderConfig:
 class _FalconFamily(Family):
     def write_config(self, hf, new, layer_src):
         classic = not hf.get("new_decoder_architecture", False)
-        if classic and hf.get("multi_query", True) and new.kv_heads != 1:
-            raise ConfigError(f"falcon with multi_query has one kv head; {new.kv_heads} kv heads cannot be written "
-                              "(leave out --kv-heads)")
         out = super().write_config(hf, new, layer_src)
+        if classic and hf.get("multi_query", True) and new.kv_heads != 1:
+            # more kv heads than multi_query's one: the new architecture with one LayerNorm computes the same
+            # block and reads the grouped fused qkv, which with one kv head is multi_query's layout
+            if not new.parallel_residual:
+                raise ConfigError(f"falcon with multi_query and sequential blocks (parallel_attn false) has one kv "
+                                  f"head; {new.kv_heads} kv heads cannot be written (leave out --kv-heads)")
+            out.update(new_decoder_architecture=True, num_ln_in_parallel_attn=1)
+            classic = False
         # the classic blocks without multi_query read num_kv_heads as the head count
         out["num_kv_heads"] = new.heads if classic else new.kv_heads
         out.pop("num_key_value_heads", None)  # derived by the config class
