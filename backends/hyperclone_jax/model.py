@@ -128,7 +128,11 @@ def _ends_config(cfg: DecoderConfig) -> DecoderConfig:
 
 def _block_config(cfg: DecoderConfig, layer: int) -> DecoderConfig:
     """What block ``layer`` reads: a one-layer config carrying its attention type (and its
-    attention scale where it depends on the layer index: GPT-2's 1 / (layer + 1))."""
+    attention scale where it depends on the layer index: GPT-2's 1 / (layer + 1)); differential
+    attention, whose lambda_init reads the layer index, keeps the whole config (``_block`` then
+    runs layer ``layer`` of it)."""
+    if cfg.diff_attn:
+        return cfg
     types = (cfg.layer_types[layer],) if cfg.layer_types else ()
     nope = (cfg.nope_layers[layer],) if cfg.nope_layers else ()
     scale = {}
@@ -142,10 +146,10 @@ def _embed(cfg: DecoderConfig, w, tokens):
     return decoder.embed(cfg, _getter(w), tokens, OPS)
 
 
-@functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
-def _block(cfg: DecoderConfig, w, x):
+@functools.partial(jax.jit, static_argnums=(0, 3), compiler_options=QUICK_COMPILE)
+def _block(cfg: DecoderConfig, w, x, layer: int):
     tb = decoder.tables(cfg, x.shape[1], OPS, x.dtype)
-    return decoder.block(cfg, _getter(w), x, 0, tb, OPS)
+    return decoder.block(cfg, _getter(w), x, layer, tb, OPS)
 
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
@@ -176,7 +180,7 @@ def forward(family: Family, cfg: DecoderConfig, weights: Mapping[str, Any], toke
     ends = _ends_config(cfg)
     x = _embed(ends, top, jax.device_put(tokens.astype(np.int32), dev))
     for i, w in enumerate(layers):
-        x = _block(_block_config(cfg, i), w, x)
+        x = _block(_block_config(cfg, i), w, x, i if cfg.diff_attn else 0)
     return _head(ends, top, x)
 
 

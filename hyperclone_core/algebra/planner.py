@@ -352,6 +352,12 @@ def plan(
                             f"({new_sizes['heads']}) must stay a multiple of {blocks}, every head its own kv head")
         new_sizes["block_heads"] = new_sizes["heads"] // blocks
         growth = Growth(dict(growth.sizes, block_heads=new_sizes["block_heads"]), growth.layout)
+    if "kv_half" in old_sizes:  # differential attention: its axes run over half the kv heads (spec.DIMS)
+        if new_sizes["kv_heads"] % 2:
+            raise PlanError(f"{family.name}'s differential attention splits the kv heads in two halves: "
+                            f"{new_sizes['kv_heads']} kv heads is odd; choose an even --kv-heads growth")
+        new_sizes["kv_half"] = new_sizes["kv_heads"] // 2
+        growth = Growth(dict(growth.sizes, kv_half=new_sizes["kv_half"]), growth.layout)
     if not src_cfg.embed:  # the token embedding is as wide as the hidden state
         new_sizes["embed"] = new_sizes["hidden"]
     maps = {}
@@ -413,7 +419,8 @@ def plan(
     lmap = layer_map(src_cfg.layers, new_sizes["layers"])
     if new_sizes["layers"] != old_sizes["layers"]:
         if not family.depth_exact(src_cfg):
-            msg = (f"rule 'depth': a {src_cfg.placement}-norm stack is not the identity with zeroed "
+            msg = (f"rule 'depth': {family.depth_inexact}" if family.depth_inexact else
+                   f"rule 'depth': a {src_cfg.placement}-norm stack is not the identity with zeroed "
                    "residual writers (LN(h + 0) != h)")
             if not allow_inexact:
                 raise CertificateError(msg + "; pass --inexact to stack layers anyway")
