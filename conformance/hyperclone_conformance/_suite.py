@@ -93,11 +93,12 @@ def _forward_cases() -> dict:
 
 def _type_cases() -> dict:
     """``type_<model_type>``: the tiny config of every model type a built-in family grows
-    (``families.TINY``) whose type no case above has already."""
+    (``families.TINY``), those of the types ``CASES`` has too (their tiny configs turn on the
+    type's optional features; one runs by default only where it brings a feature no other
+    case has, ``REPRESENTATIVE``)."""
     from hyperclone_core.model.families import TINY
 
-    have = {hf["model_type"] for hf in CASES.values()}
-    return {f"type_{mt}": dict(hf) for mt, hf in sorted(TINY.items()) if mt not in have}
+    return {f"type_{mt}": dict(hf) for mt, hf in sorted(TINY.items())}
 
 
 TYPE_CASES = _type_cases()
