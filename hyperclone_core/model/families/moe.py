@@ -338,7 +338,6 @@ def _ernie(hf):
     n = int(hf.get("moe_num_experts") or 0)
     moe_ffn = int(hf.get("moe_intermediate_size") or hf["intermediate_size"])
     layers = int(hf["num_hidden_layers"])
-    _refuse(hf, num_mtp_layers=lambda v: int(v) > 0)  # transformers drops the MTP layer's weights
     return read_llama_like(
         hf, "ernie4_5_moe", experts=n, experts_per_tok=int(hf.get("moe_k") or 1), moe_ffn=moe_ffn,
         shared_ffn=moe_ffn * int(hf.get("moe_num_shared_experts") or 0), mlp_types=interval_mlp_types(hf, layers, n),
