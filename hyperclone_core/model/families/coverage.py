@@ -166,7 +166,7 @@ COVERAGE: dict = {
     "exaone_moe": needs("EXAONE 4's block", MOE_SHARED),
     "falcon": supported("falcon"),
     "flex_olmo": supported("flex_olmo"),
-    "flint": needs(MOE_SHARED, "qk-norm", "attention sinks"),
+    "flint": supported("flint"),
     "gemma3_text": supported("gemma3_text"),
     "gemma3n_text": needs("AltUp and Laurel residual streams", "per-layer input embeddings", "KV sharing"),
     "gemma4_text": needs("per-layer-type RoPE", "qk-norm", "MoE routing", "per-layer input embeddings"),

@@ -20,6 +20,9 @@ MiMo-V2-Flash: sliding layers with twice the kv heads of the full layers and sin
 (``attention_sink_bias``), values narrower than q/k (``v_head_dim``) and scaled
 (``attention_value_scale``), partial RoPE with its own base per layer kind, DeepSeek-V3
 routing (sigmoid, correction bias, grouped top-k) on the "sparse" layers.
+
+Flint: Qwen2-MoE's stack with per-head qk-norm, sinks (stored ``softmax_offset``), RoPE
+on the sliding layers only, sigmoid routing and an ungated shared expert.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ...errors import ConfigError
 from ..rope import rope_fields, rope_params
 from ..spec import DecoderConfig, Family, Role, in_, moe_layer, out
 from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, norm, read_llama_like
-from .moe import DEEPSEEK_EXPERTS, deepseek_routing, dense_mlp, granite_multipliers, on, router, shared_mlp
+from .moe import (DEEPSEEK_EXPERTS, deepseek_routing, dense_mlp, experts, granite_multipliers, on, qwen_mlp_types,
+                  router, shared_mlp, write_qwen_layers)
 
 L = "model.layers.{i}"
 HEADS = "kv_heads*q_per_kv"
@@ -413,7 +417,66 @@ mimo_v2_flash = Family("mimo_v2_flash", ("mimo_v2_flash",), MIMO_ROLES, _mimo,
 """q_per_kv grows interleaved: query head (g, j) of p per kv head g reads sliding kv head (g, j // (p / 2)),
 so a copy of j must sit in j's half of the grown group (tiled copies would land in the other half)."""
 
-FAMILIES = (gpt_oss, llama4_text, granite_swa, granitemoe_swa, mimo_v2_flash)
+
+# ---------------------------------------------------------------- Flint
+
+FLINT_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + (
+        Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out("head_dim"),)),
+        Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out("head_dim"),)),
+        Role(f"{L}.self_attn.softmax_offset", "attn.sinks", (out(HEADS),)),
+    )
+    + dense_mlp(f"{L}.mlp")
+    + (router(f"{L}.mlp.gate.weight"),)
+    + experts(f"{L}.mlp.experts")
+    + shared_mlp(f"{L}.mlp.shared_expert")
+    + BLOCK_NORMS
+)
+FLINT_DEFAULTS = dict(
+    vocab_size=150144, hidden_size=2048, intermediate_size=6144, num_hidden_layers=49, num_attention_heads=32,
+    num_key_value_heads=4, max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    sliding_window=513, decoder_sparse_step=1, moe_intermediate_size=512, shared_expert_intermediate_size=1024,
+    num_experts_per_tok=6, num_experts=256, norm_topk_prob=True, head_dim=128, attention_bias=False,
+)
+"""FlintConfig's defaults (mlp_only_layers [0, 1] where null)."""
+
+
+def _flint(hf: Mapping[str, Any]) -> DecoderConfig:
+    hf = _defaults(hf, FLINT_DEFAULTS)
+    if hf.get("mlp_only_layers") is None:
+        hf["mlp_only_layers"] = [0, 1]
+    if hf.get("head_dim") is None:
+        hf["head_dim"] = int(hf["hidden_size"]) // int(hf["num_attention_heads"])
+    layers = int(hf["num_hidden_layers"])
+    last = layers - 1
+    types = _layer_types(hf, layers, lambda i: "full_attention" if i < 2 or i % 4 == 1 or i == last
+                         else "sliding_attention")
+    window = int(hf.get("sliding_window") or 0)
+    # RoPE only where a layer slides (a config without a window has none anywhere)
+    nope = tuple(not (window and t == "sliding_attention") for t in types)
+    n = int(hf["num_experts"])
+    shared = int(hf["shared_expert_intermediate_size"])
+    if n and shared <= 0:
+        raise ConfigError("flint: shared_expert_intermediate_size must be positive (the shared expert always runs)")
+    mlp_types = qwen_mlp_types(hf, layers, n)
+    bias = bool(hf["attention_bias"])
+    return read_llama_like(
+        hf, "flint", qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=window, layer_types=types,
+        nope_layers=nope if any(nope) else (), experts=n if "moe" in mlp_types else 0,
+        experts_per_tok=int(hf["num_experts_per_tok"]), moe_scoring="sigmoid", moe_renorm=bool(hf["norm_topk_prob"]),
+        moe_ffn=int(hf["moe_intermediate_size"]), shared_ffn=shared,
+        mlp_types=mlp_types if len(set(mlp_types)) > 1 else (),
+    )
+
+
+flint = Family("flint", ("flint",), FLINT_ROLES, _flint,
+               dict(LLAMA_KEYS, num_experts="experts", moe_intermediate_size="moe_ffn",
+                    shared_expert_intermediate_size="shared_ffn"),
+               "FlintForCausalLM", write_layers=write_qwen_layers)
+
+FAMILIES = (gpt_oss, llama4_text, granite_swa, granitemoe_swa, mimo_v2_flash, flint)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -441,7 +504,9 @@ TINY = {
                               "full_attention": dict(rope_type="default", rope_theta=50000.0, partial_rotary_factor=0.5),
                               "sliding_attention": dict(rope_type="default", rope_theta=1000.0,
                                                         partial_rotary_factor=0.25)}),
+    "flint": dict(_DIMS, num_hidden_layers=4, head_dim=8, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+                  num_experts=4, num_experts_per_tok=2, sliding_window=4, attention_bias=True, norm_topk_prob=False),
 }
 """Tiny configs (``families.TINY``): a SwiGLU limit small enough that the clamps bite."""
 
-__all__ = ["FAMILIES", "TINY", "gpt_oss", "granite_swa", "granitemoe_swa", "llama4_text", "mimo_v2_flash", "sinks"]
+__all__ = ["FAMILIES", "TINY", "flint", "gpt_oss", "granite_swa", "granitemoe_swa", "llama4_text", "mimo_v2_flash", "sinks"]
