@@ -1,8 +1,10 @@
 """Llama-like families that differ from Llama in names, biases, a few scalars or one
 block variant: Granite's multipliers (granite, hyperclovax with peri-layer norms),
-interleaved RoPE (helium, ernie4_5), sliding-window patterns (ministral, cwm), EXAONE's
-names, relu² MLPs (arcee, nemotron with LayerNorm-1p, jais2 with LayerNorm, nanochat
-with weightless norms), xIELU (apertus)."""
+interleaved RoPE (helium, ernie4_5), attention/output biases (seed_oss), sliding-window
+patterns (ministral, cwm; ministral3 with Llama 4's q scale), EXAONE's names, relu² MLPs
+(arcee, nemotron with LayerNorm-1p, jais2 with LayerNorm, nanochat with weightless
+norms), xIELU (apertus, apertus1p5_text).  Each reader first completes a config.json as
+its config class would (``CLASS_DEFAULTS``)."""
 
 from __future__ import annotations
 
@@ -100,16 +102,22 @@ def _window(hf) -> int:
 # ---------------------------------------------------------------- Granite, HyperCLOVA X
 
 
+def _attention_multiplier(hf, default):
+    value = hf.get("attention_multiplier")
+    if value is not None and float(value) == 0.0:
+        raise ConfigError(f"{hf.get('model_type')} config sets attention_multiplier=0 (every attention score 0): "
+                          "not supported")
+    return default if value is None else float(value)
+
+
 def _granite(hf):
     bias = bool(hf.get("attention_bias", False))
-    if hf.get("attention_multiplier") == 0:
-        raise ConfigError("granite config sets attention_multiplier=0: an all-equal attention is not supported")
     return read_llama_like(
         hf, "granite", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
         embed_multiplier=_float(hf, "embedding_multiplier", 1.0),
         residual_multiplier=_float(hf, "residual_multiplier", 1.0),
         logit_scale=1.0 / _float(hf, "logits_scaling", 1.0),
-        attn_scale=_float(hf, "attention_multiplier", 1.0),
+        attn_scale=_attention_multiplier(hf, 1.0),
     )
 
 
@@ -123,14 +131,13 @@ HCX_ROLES = LLAMA_ROLES + tuple(
 
 def _hyperclovax(hf):
     bias = bool(hf.get("attention_bias", False))
-    mult = hf.get("attention_multiplier")  # None: transformers uses head_dim ** -0.5, as DecoderConfig's 0 does
     return read_llama_like(
         hf, "hyperclovax", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)),
         placement="sandwich" if hf.get("use_post_norm", True) else "pre",
         embed_multiplier=_float(hf, "embedding_multiplier", 1.0),
         residual_multiplier=_float(hf, "residual_multiplier", 1.0),
         logit_scale=_float(hf, "logits_scaling", 1.0),  # a multiplier here (Granite divides)
-        attn_scale=0.0 if mult is None else float(mult),
+        attn_scale=_attention_multiplier(hf, 0.0),  # None: head_dim ** -0.5, which DecoderConfig's 0 means
     )
 
 
