@@ -182,7 +182,7 @@ COVERAGE: dict = {
     "gpt2": supported("gpt2"),
     "gpt_bigcode": supported("gpt_bigcode"),
     "gpt_neo": supported("gpt_neo"),
-    "gpt_neox_japanese": needs("its attention layout (bias added after the residual)"),
+    "gpt_neox_japanese": supported("gpt_neox_japanese"),
     "gpt_oss": supported("gpt_oss"),
     "gptj": supported("gptj"),
     "granite": supported("granite"),

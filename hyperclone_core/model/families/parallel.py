@@ -6,7 +6,8 @@ biased MLP, sliding window), persimmon (per-head fused qkv, qk LayerNorm, relu²
 (bias-free LayerNorm, per-head qk-norm gains, interleaved RoPE, logit scale), cohere2
 (sliding layers with RoPE, full layers without), gptj and codegen (interleaved partial
 rotary; CodeGen's fused qkv in 4 blocks), falcon (multi-query, per-head or grouped fused
-qkv; parallel under one or two LayerNorms, or sequential).
+qkv; parallel under one or two LayerNorms, or sequential), gpt_neox_japanese (sequential
+blocks, the last layer's attention output bias).
 """
 
 from __future__ import annotations
@@ -543,7 +544,62 @@ def _persimmon(hf) -> DecoderConfig:
 MHA_KEYS = {k: v for k, v in NO_HEAD_DIM_KEYS.items() if v != "kv_heads"}
 persimmon = Family("persimmon", ("persimmon",), PERSIMMON_ROLES, _persimmon, MHA_KEYS, "PersimmonForCausalLM")
 
-FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, cohere2_moe, gptj, codegen, falcon, persimmon)
+# ---------------------------------------------------------------- gpt_neox_japanese
+
+J = "gpt_neox_japanese"
+JL = f"{J}.layers.{{i}}"
+_last = lambda cfg, i: i == cfg.layers - 1  # noqa: E731  (only the last layer's attention has an output bias)
+GPT_NEOX_JAPANESE_ROLES = (
+    Role(f"{J}.embed_in.weight", "embed", (in_("vocab"), out("hidden"))),
+    Role("embed_out.weight", "lm_head", (out("vocab"), in_("hidden"))),
+    *_ln(f"{J}.final_layer_norm", "norm.final"),
+    *_ln(f"{JL}.input_layernorm", "norm.attn_in"),
+    *_ln(f"{JL}.post_attention_layernorm", "norm.mlp_in"),
+    *_lin(f"{JL}.attention.query_key_value", "attn.qkv", "kv_heads*q_per_kv*3*head_dim", "hidden"),
+    *_lin(f"{JL}.attention.dense", "attn.o", "hidden", Q, writer=True),
+    Role(f"{JL}.attention.dense_bias", "attn.o.bias", (out("hidden"),), writer=True, on_layer=_last),
+    *_lin(f"{JL}.mlp.dense_h_to_4h", "mlp.up", "ffn", "hidden"),
+    *_lin(f"{JL}.mlp.dense_4h_to_h", "mlp.down", "hidden", "ffn", writer=True),
+)
+GPT_NEOX_JAPANESE_KEYS = {"hidden_size": "hidden", "num_hidden_layers": "layers", "num_attention_heads": "heads",
+                          "vocab_size": "vocab", "max_position_embeddings": "positions"}
+
+
+def _gpt_neox_japanese(hf) -> DecoderConfig:
+    """Pre-LN blocks with a per-head fused qkv, no biases but the last layer's attention output
+    bias (added with the residual), an MLP of hidden x intermediate_multiple_size."""
+    require(hf, "hidden_size")
+    multiple = hf.get("intermediate_multiple_size")
+    if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1):
+        raise ConfigError(f"gpt_neox_japanese: intermediate_multiple_size must be a positive integer, not {multiple!r}")
+    hf = dict(hf, intermediate_size=int(hf["hidden_size"]) * (4 if multiple is None else multiple))
+    hf.pop("num_key_value_heads", None)
+    hf.pop("head_dim", None)
+    d = _dims(hf, head_dim_key=False)
+    return DecoderConfig(
+        family="gpt_neox_japanese", **d, norm="layer", norm_eps=_eps(hf), norm_bias=True, mlp="plain",
+        act=hf.get("hidden_act") or "gelu", qkv_layout="per_head", **rope_fields(hf, d["head_dim"], d["positions"]),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    )
+
+
+class _JapaneseFamily(Family):
+    def write_config(self, hf, new, layer_src):
+        if layer_src is not None and len(layer_src) > 1 and layer_src[-1] == layer_src[-2]:
+            raise ConfigError("gpt_neox_japanese: only the last layer has an attention output bias, and this depth "
+                              "growth makes a copy the last layer; grow by fewer layers (copies then sit inside)")
+        out = super().write_config(hf, new, layer_src)
+        if new.ffn % new.hidden:
+            raise ConfigError(f"gpt_neox_japanese stores its MLP width as hidden_size x intermediate_multiple_size (an "
+                              f"integer): {new.ffn} is not a multiple of {new.hidden}; grow --ffn with --width")
+        out["intermediate_multiple_size"] = new.ffn // new.hidden
+        return out
+
+
+gpt_neox_japanese = _JapaneseFamily("gpt_neox_japanese", ("gpt_neox_japanese",), GPT_NEOX_JAPANESE_ROLES,
+                                    _gpt_neox_japanese, GPT_NEOX_JAPANESE_KEYS, "GPTNeoXJapaneseForCausalLM")
+
+FAMILIES = (phi, stablelm, starcoder2, cohere, cohere2, cohere2_moe, gptj, codegen, falcon, persimmon, gpt_neox_japanese)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64, tie_word_embeddings=False)
@@ -569,10 +625,14 @@ TINY = {
                         num_shared_experts=1, shared_expert_combination_strategy="average", prefix_dense_intermediate_size=40,
                         layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
                         mlp_layer_types=["dense", "dense", "sparse", "sparse"], prefix_dense_sliding_window_pattern=1),
+    "gpt_neox_japanese": dict(vocab_size=96, hidden_size=32, intermediate_multiple_size=2, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=64, tie_word_embeddings=False,
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                               "partial_rotary_factor": 0.5}),
     "gptj": dict(vocab_size=96, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64, rotary_dim=4,
                  tie_word_embeddings=False),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "codegen", "cohere", "cohere2", "cohere2_moe", "falcon", "gptj", "persimmon", "phi",
-           "stablelm", "starcoder2"]
+__all__ = ["FAMILIES", "TINY", "codegen", "cohere", "cohere2", "cohere2_moe", "falcon", "gpt_neox_japanese", "gptj",
+           "persimmon", "phi", "stablelm", "starcoder2"]
