@@ -49,6 +49,11 @@ _SCHEMA: dict = {
     "num_ln_in_parallel_attn": ("int", 1, 2), "ffn_hidden_size": _SIZE, "num_kv_heads": _SIZE, "activation": ("str",),
     "n_embd": _SIZE, "n_inner": _SIZE, "n_head": _SIZE, "n_layer": ("int", 1, MAX_LAYERS),
     "n_positions": ("int", 1, MAX_POSITIONS), "rotary_dim": _SIZE,
+    # Granite's multipliers and the other Llama-like families (families/llamalike.py)
+    "embedding_multiplier": ("pos", 0.0, 1e6), "residual_multiplier": ("pos", 0.0, 1e6),
+    "logits_scaling": ("pos", 0.0, 1e6), "attention_multiplier": ("pos", 0.0, 1e6), "use_post_norm": ("bool",),
+    "attention_out_bias": ("bool",), "norm_eps": ("pos", 0.0, 1.0), "num_layers": ("int", 1, MAX_LAYERS),
+    "output_vocab_size": _SIZE,
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")
