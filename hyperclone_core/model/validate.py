@@ -54,6 +54,14 @@ _SCHEMA: dict = {
     "logits_scaling": ("pos", 0.0, 1e6), "attention_multiplier": ("pos", 0.0, 1e6), "use_post_norm": ("bool",),
     "attention_out_bias": ("bool",), "norm_eps": ("pos", 0.0, 1.0), "num_layers": ("int", 1, MAX_LAYERS),
     "output_vocab_size": _SIZE,
+    # multi-head latent attention and DeepSeek's MoE (families/latent.py)
+    "kv_lora_rank": _SIZE, "q_lora_rank": _SIZE, "qk_nope_head_dim": ("int", 0, MAX_DIM), "qk_rope_head_dim": _SIZE,
+    "v_head_dim": _SIZE, "n_routed_experts": ("int", 1, 4096), "n_shared_experts": ("int", 0, 4096),
+    "first_k_dense_replace": ("int", 0, MAX_LAYERS), "n_group": ("int", 1, 4096),
+    "topk_group": ("int", 1, 4096), "routed_scaling_factor": ("pos", 0.0, 1e6), "norm_topk_prob": ("bool",),
+    "rope_interleave": ("bool",), "topk_method": ("str",), "index_topk": ("int", 1, MAX_POSITIONS),
+    "index_n_heads": _SIZE, "index_head_dim": _SIZE, "scale_emb": ("pos", 0.0, 1e6), "scale_depth": ("pos", 0.0, 1e6),
+    "dim_model_base": _SIZE,
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")

@@ -171,6 +171,10 @@ def _moe_flags(hf: Mapping[str, Any], mlp_types: tuple, scoring: str, **flags) -
     groups, keep = _int(hf, "n_group", 1), _int(hf, "topk_group", 1)
     if n and groups > 1 and n % groups:
         raise ConfigError(f"n_routed_experts ({n}) is not a multiple of n_group ({groups})")
+    if "moe" in mlp_types and _int(hf, "num_experts_per_tok", 1) > n:
+        raise ConfigError(f"num_experts_per_tok ({_int(hf, 'num_experts_per_tok', 1)}) exceeds n_routed_experts ({n})")
+    if "moe" in mlp_types and groups > 1 and keep > groups:
+        raise ConfigError(f"topk_group ({keep}) exceeds n_group ({groups})")
     moe_ffn = _int(hf, "moe_intermediate_size")
     return dict(experts=n, experts_per_tok=_int(hf, "num_experts_per_tok", 1), mlp_types=mlp_types,
                 moe_ffn=moe_ffn, shared_ffn=moe_ffn * int(shared or 0), moe_scoring=scoring,
