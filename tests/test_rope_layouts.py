@@ -37,6 +37,7 @@ DISTINCTIVE = {
     "gemma3_text": dict(rope_sliding=()), "olmo3": dict(rope_sliding=()),
     "glm": dict(rope_interleaved=False), "glm4": dict(rope_interleaved=False),
     "hunyuan_v1_dense": dict(qk_norm_after_rope=False),
+    "modernbert-decoder": dict(rope_sliding=(), head_act=""),
 }
 """The flag each type's tiny case turns on, and its off value: the oracle must move."""
 

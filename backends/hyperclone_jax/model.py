@@ -138,7 +138,8 @@ def _block_config(cfg: DecoderConfig, layer: int) -> DecoderConfig:
     scale = {}
     if cfg.attn_scale_inverse_layer:
         scale = dict(attn_scale=(cfg.attn_scale or cfg.head_dim ** -0.5) / (layer + 1), attn_scale_inverse_layer=False)
-    return replace(cfg, family="", layers=1, layer_types=types, nope_layers=nope, **scale)
+    return replace(cfg, family="", layers=1, layer_types=types, nope_layers=nope,
+                   first_attn_norm=cfg.first_attn_norm or layer != 0, **scale)
 
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)

@@ -204,13 +204,17 @@ class Decoder(nn.Module):
 
     Built with parameters on the meta device (no memory, no init); the
     classmethods ``from_weights``, ``from_pretrained`` and ``random`` fill them.
-    ``config`` is the HF config dict (what ``save_pretrained`` writes).
+    ``config`` is the HF config dict (what ``save_pretrained`` writes); ``cfg`` the
+    ``DecoderConfig``, also ``decoder`` unless the checkpoint has top-level ``decoder.*``
+    tensors (ModernBERT's LM head), whose module takes that name.
     """
 
     def __init__(self, family: Family, cfg: DecoderConfig, config: Optional[Mapping[str, Any]] = None):
         super().__init__()
         self.family = family
-        self.decoder = cfg
+        self.cfg = cfg
+        if not any(name.split(".")[0] == "decoder" for name in slots(family, cfg)):
+            self.decoder = cfg
         self.config = dict(config) if config is not None else {"model_type": family.model_types[0]}
         decoder.activation_key(cfg.act)  # refuse an unknown activation before anything is built
         self.slots = _Slots()
@@ -243,14 +247,14 @@ class Decoder(nn.Module):
         if key not in self._tables:
             if len(self._tables) > 8:
                 self._tables.clear()
-            self._tables[key] = decoder.tables(self.decoder, T, torch_ops(device), dtype)
+            self._tables[key] = decoder.tables(self.cfg, T, torch_ops(device), dtype)
         return self._tables[key]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T)."""
         emb = self.slots("embed")
         tb = self.tables(tokens.shape[1], emb.device, emb.dtype)
-        return decoder.forward(self.decoder, self.slots, tokens, torch_ops(emb.device), layers=self.layers, tb=tb)
+        return decoder.forward(self.cfg, self.slots, tokens, torch_ops(emb.device), layers=self.layers, tb=tb)
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -286,7 +290,7 @@ class Decoder(nn.Module):
 
         ck = Checkpoint(folder)
         model = cls.from_config(ck.config)
-        ck.validate(model.family, model.decoder)
+        ck.validate(model.family, model.cfg)
         stored = TorchArrays().from_stored
         model.assign({name: stored(np.asarray(ck.raw(name)), ck.dtype(name)).to(device=device, dtype=dtype)
                       for name in model.shapes if name in ck})
@@ -299,10 +303,10 @@ class Decoder(nn.Module):
         in checkpoint order; each tensor is written once, in place."""
         model = cls.from_config(hf_config)
         g = torch.Generator(device=device or "cpu").manual_seed(seed)
-        kinds = {n: s.kind for n, s in slots(model.family, model.decoder).items()}
+        kinds = {n: s.kind for n, s in slots(model.family, model.cfg).items()}
         tensors = {}
         for name, shape in model.shapes.items():
-            rule, value = init_rule(kinds[name], model.decoder, std)
+            rule, value = init_rule(kinds[name], model.cfg, std)
             t = torch.empty(shape, dtype=dtype, device=device)
             tensors[name] = t.normal_(0.0, value, generator=g) if rule == "normal" else t.fill_(value)
         model.assign(tensors)
@@ -345,7 +349,7 @@ class Decoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
-        c = self.decoder
+        c = self.cfg
         return f"family={c.family}, hidden={c.hidden}, layers={c.layers}, heads={c.heads}/{c.kv_heads}"
 
 

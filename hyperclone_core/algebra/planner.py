@@ -535,6 +535,8 @@ def _head_fold(cfg: DecoderConfig, roles: Mapping[str, Role], r: int, old_sizes,
     factor = 1.0 / (r * c)
     if "proj_out" in roles:
         return ("proj_out", factor, False)
+    if cfg.head_act:  # a prediction head (ModernBERT): its norm writes the LM head's input
+        return ("norm.head", factor, False) if "norm.head" in roles else None
     if cfg.final_norm and cfg.norm != "layer_noparam" and "norm.final" in roles:
         return ("norm.final", factor, bool(cfg.norm_unit_offset))
     return None

@@ -555,7 +555,7 @@ def mlp(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
     if cfg.experts and get("moe.router") is not None:  # a dense layer of an MoE stack has no router
         return moe(cfg, get, x, o, act)
     if cfg.fused_gate_up:
-        gu = o.linear(x, get("mlp.gate_up"))
+        gu = o.linear(x, get("mlp.gate_up"), get("mlp.gate_up.bias"))
         half = gu.shape[-1] // 2
         return o.linear(act(gu[..., :half]) * gu[..., half:], get("mlp.down"), get("mlp.down.bias"))
     up = o.linear(x, get("mlp.up"), get("mlp.up.bias"))
@@ -733,6 +733,8 @@ def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
         get = _transposed(get)
 
     def n(kind, h):
+        if kind == "norm.attn_in" and layer == 0 and not cfg.first_attn_norm:
+            return h  # ModernBERT: layer 0's attention reads the (normed) embeddings as they are
         return norm(cfg, o, h, get(kind), get(kind + ".bias"))
 
     def attn(h):
@@ -789,6 +791,9 @@ def head(cfg: DecoderConfig, get: Get, x, o: ArrayOps):
         x = norm(cfg, o, x, get("norm.final"), get("norm.final.bias"))
     if get("proj_out") is not None:
         x = o.linear(x, get("proj_out"))
+    if cfg.head_act:  # ModernBERT's prediction head: dense, activation, norm
+        x = norm(cfg, o, o.act(cfg.head_act)(o.linear(x, get("head.dense"), get("head.dense.bias"))),
+                 get("norm.head"), get("norm.head.bias"))
     logits = o.linear(x, get("embed") if cfg.tie_embeddings else get("lm_head"), get("lm_head.bias"))
     if cfg.logit_scale != 1.0:
         logits = logits * o.constant(np.asarray(cfg.logit_scale), logits.dtype)

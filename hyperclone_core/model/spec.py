@@ -301,6 +301,11 @@ class DecoderConfig:
     diff_attn: bool = False           # DiffLlama's differential attention (decoder.differential): query heads h and
     #                                   h + heads/2 subtracted with a learned lambda; values in two halves of the kv heads
 
+    first_attn_norm: bool = True      # ModernBERT: False = layer 0 has no attention norm (its input is the normed embedding)
+    head_act: str = ""                # ModernBERT: a prediction head before the LM head (head.dense, this activation,
+    #                                   norm.head); "" = none
+    head_dense_bias: bool = False     # ModernBERT: the prediction head's dense has a bias (classifier_bias)
+
     @property
     def q_per_kv(self) -> int:
         return self.heads // self.kv_heads

@@ -210,7 +210,7 @@ COVERAGE: dict = {
     "minimax_m2": needs("MoE with sigmoid routing", "full-width qk-norm", "partial rotary"),
     "ministral": supported("ministral"),
     "ministral3": supported("ministral3"),
-    "modernbert-decoder": needs("ModernBERT's blocks (embedding norm, fused GeGLU, local and global RoPE bases)"),
+    "modernbert-decoder": supported("modernbert-decoder"),
     "mpt": supported("mpt"),
     "nanochat": supported("nanochat"),
     "nemotron": supported("nemotron"),

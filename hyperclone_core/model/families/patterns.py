@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ...errors import ConfigError
+from ...errors import ConfigError, PlanError
 from ..rope import rope_fields
-from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out
+from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out, require
 from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, gated_mlp, norm, read_llama_like
 
 L = "model.layers.{i}"
@@ -79,11 +79,13 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 def per_type_rope(hf: Mapping[str, Any], head_dim: int, positions: int, full_theta: float, sliding_theta: float,
-                  sliding_theta_key: str = "") -> dict:
+                  sliding_theta_key: str = "", full_theta_key: str = "rope_theta", scaling_both: bool = False) -> dict:
     """The decoder's RoPE fields of a config with a RoPE per layer type: transformers 5's
     ``rope_parameters`` keyed by ``full_attention``/``sliding_attention``, or 4.x's top-level
     keys (``rope_theta`` and ``rope_scaling`` for full layers; ``sliding_theta_key``, where the
-    type has one, for sliding layers), resolved as the type's config class does.  Returns the
+    type has one, for sliding layers; ``full_theta_key`` in place of rope_theta, and
+    ``scaling_both``: rope_scaling for both kinds, where the class says so), resolved as the
+    type's config class does.  Returns the
     full layers' fields plus ``rope_sliding`` (the sliding layers' where they differ)."""
     rp = hf.get("rope_parameters")
     if rp is not None and not isinstance(rp, Mapping):
@@ -101,7 +103,9 @@ def per_type_rope(hf: Mapping[str, Any], head_dim: int, positions: int, full_the
     sliding = dict(rp.get("sliding_attention") or {"rope_type": "default"})
     if hf.get("rope_scaling"):  # transformers: a 4.x rope_scaling goes to the full layers
         full.update(hf["rope_scaling"])
-    full.setdefault("rope_theta", hf.get("rope_theta") or full_theta)
+        if scaling_both:
+            sliding.update(hf["rope_scaling"])
+    full.setdefault("rope_theta", hf.get(full_theta_key) or full_theta)
     sliding.setdefault("rope_theta", (hf.get(sliding_theta_key) if sliding_theta_key else None) or sliding_theta)
     base = {k: v for k, v in hf.items() if k not in ("rope_parameters", "rope_scaling", "rope_theta")}
     fields = [rope_fields(dict(base, rope_parameters=p), head_dim, positions) for p in (full, sliding)]
@@ -365,7 +369,89 @@ hunyuan_v1_dense = Family("hunyuan_v1_dense", ("hunyuan_v1_dense",), HUNYUAN_ROL
                           "HunYuanDenseV1ForCausalLM")
 
 
-FAMILIES = (smollm3, gemma3_text, vaultgemma, olmo3, exaone4, glm, glm4, hunyuan_v1_dense)
+# ---------------------------------------------------------------- ModernBERT decoder
+
+MB = "model.layers.{i}"
+
+
+def _has(flag):
+    return lambda cfg: bool(getattr(cfg, flag))
+
+
+def _ln(name: str, kind: str, **kw) -> tuple:
+    return (Role(f"{name}.weight", kind, (out("hidden"),), **kw),
+            Role(f"{name}.bias", kind + ".bias", (out("hidden"),), when=_has("norm_bias"), **kw))
+
+
+def _attn_norm_layer(cfg, i):
+    return i != 0 or cfg.first_attn_norm
+
+
+MODERNBERT_ROLES = (
+    Role("model.embeddings.tok_embeddings.weight", "embed", (in_("vocab"), out("hidden"))),
+    *_ln("model.embeddings.norm", "norm.embed"),
+    *_ln(f"{MB}.attn_norm", "norm.attn_in", on_layer=_attn_norm_layer),
+    *attention(f"{MB}.attn", o_name="Wo", bias=True, o_bias=True),
+    *_ln(f"{MB}.mlp_norm", "norm.mlp_in"),
+    Role(f"{MB}.mlp.Wi.weight", "mlp.gate_up", (out("ffn|ffn"), in_("hidden"))),
+    Role(f"{MB}.mlp.Wi.bias", "mlp.gate_up.bias", (out("ffn|ffn"),), when=_has("mlp_bias")),
+    Role(f"{MB}.mlp.Wo.weight", "mlp.down", (out("hidden"), in_("ffn")), writer=True),
+    Role(f"{MB}.mlp.Wo.bias", "mlp.down.bias", (out("hidden"),), writer=True, when=_has("mlp_bias")),
+    *_ln("model.final_norm", "norm.final"),
+    Role("lm_head.dense.weight", "head.dense", (out("hidden"), in_("hidden"))),
+    Role("lm_head.dense.bias", "head.dense.bias", (out("hidden"),), when=_has("head_dense_bias")),
+    *_ln("lm_head.norm", "norm.head"),
+    Role("decoder.weight", "lm_head", (out("vocab"), in_("hidden"))),
+    Role("decoder.bias", "lm_head.bias", (out("vocab"),), when=_has("head_bias")),
+)
+MODERNBERT_KEYS = {
+    "hidden_size": "hidden", "intermediate_size": "ffn", "num_hidden_layers": "layers",
+    "num_attention_heads": "heads", "vocab_size": "vocab", "max_position_embeddings": "positions",
+}
+
+
+def _modernbert(hf):
+    require(hf, "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    hidden, heads, layers = int(hf["hidden_size"]), int(hf["num_attention_heads"]), int(hf["num_hidden_layers"])
+    if hidden % heads:
+        raise ConfigError(f"modernbert-decoder: hidden_size ({hidden}) is not a multiple of num_attention_heads ({heads})")
+    every = int(hf.get("global_attn_every_n_layers") or 3)
+    types = _types(hf, layers, lambda i: "sliding_attention" if i % every else "full_attention")
+    local = hf.get("local_attention")
+    if "sliding_attention" in types and not local:
+        raise ConfigError(f"modernbert-decoder: layer_types has sliding layers but local_attention is {local!r}")
+    head_dim, positions = hidden // heads, int(hf.get("max_position_embeddings") or 8192)
+    rope = per_type_rope(hf, head_dim, positions, 160_000.0, 10_000.0, "local_rope_theta", "global_rope_theta",
+                         scaling_both=True)
+    return DecoderConfig(
+        family="modernbert-decoder", vocab=int(hf["vocab_size"]), hidden=hidden, ffn=int(hf["intermediate_size"]),
+        layers=layers, heads=heads, kv_heads=heads, head_dim=head_dim, positions=positions,
+        norm="layer", norm_eps=float(hf.get("norm_eps") or 1e-5), norm_bias=bool(hf.get("norm_bias", False)),
+        embed_norm=True, first_attn_norm=False, fused_gate_up=True,
+        act=hf.get("hidden_activation") or "gelu", head_act=hf.get("classifier_activation") or "gelu",
+        qkv_bias=bool(hf.get("attention_bias", False)), o_bias=bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)), head_dense_bias=bool(hf.get("classifier_bias", False)),
+        head_bias=bool(hf.get("decoder_bias", True)), tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        # transformers: the sliding layers see local_attention // 2 positions back
+        sliding_window=int(local) // 2 if "sliding_attention" in types else 0, layer_types=types, **rope,
+    )
+
+
+class _ModernBertFamily(Family):
+    def write_config(self, hf, new, layer_src) -> dict:
+        if layer_src is not None and list(layer_src).count(0) > 1:
+            raise PlanError("modernbert-decoder: depth growth would insert a copy of layer 0, which has no attention "
+                            "norm while every later layer needs one; grow by a number of layers that copies later "
+                            "ones (layers are copied evenly through the stack)")
+        return super().write_config(hf, new, layer_src)
+
+
+modernbert_decoder = _ModernBertFamily(
+    "modernbert-decoder", ("modernbert-decoder",), MODERNBERT_ROLES, _modernbert, MODERNBERT_KEYS,
+    "ModernBertDecoderForCausalLM", rope_keys=())
+
+
+FAMILIES = (smollm3, gemma3_text, vaultgemma, olmo3, exaone4, glm, glm4, hunyuan_v1_dense, modernbert_decoder)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -388,6 +474,13 @@ TINY = {
                     layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
     "glm": dict(_DIMS, head_dim=16, attention_bias=True, partial_rotary_factor=0.5),
     "glm4": dict(_DIMS, head_dim=16, attention_bias=True, partial_rotary_factor=0.5),
+    "modernbert-decoder": dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                               num_attention_heads=4, max_position_embeddings=64, local_attention=8, norm_bias=True,
+                               attention_bias=True, mlp_bias=True, classifier_bias=True, classifier_activation="silu",
+                               hidden_activation="gelu", tie_word_embeddings=True, cls_token_id=1, sep_token_id=2,
+                               layer_types=["full_attention", "sliding_attention", "full_attention"],
+                               rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 20.0}}),
     "hunyuan_v1_dense": dict(_DIMS, head_dim=16, attention_bias=True,
                              rope_parameters={"rope_type": "dynamic", "alpha": 3.0, "factor": 1.0,
                                               "rope_theta": 10000.0}),
@@ -395,4 +488,4 @@ TINY = {
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
 __all__ = ["FAMILIES", "TINY", "per_type_rope", "exaone4", "gemma3_text", "glm", "glm4",
-           "hunyuan_v1_dense", "olmo3", "smollm3", "vaultgemma"]
+           "hunyuan_v1_dense", "modernbert_decoder", "olmo3", "smollm3", "vaultgemma"]
