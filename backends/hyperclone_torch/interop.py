@@ -47,13 +47,26 @@ from .populate import _Populator
 RENAMES = (
     (re.compile(r"^embed_out\.weight$"), "lm_head.weight"),
     (re.compile(r"\.block_sparse_moe\.gate\.weight$"), ".mlp.gate.weight"),
+    (re.compile(r"\.block_sparse_moe\.gate\.weight$"), ".mlp.router.weight"),  # phimoe
+    (re.compile(r"\.block_sparse_moe\.router\.layer\.weight$"), ".block_sparse_moe.router.weight"),  # granitemoe
+    (re.compile(r"\.block_sparse_moe\.input_linear\.weight$"), ".block_sparse_moe.experts.gate_up_proj"),
+    (re.compile(r"\.block_sparse_moe\.output_linear\.weight$"), ".block_sparse_moe.experts.down_proj"),
+    (re.compile(r"\.mlp\.experts\.fc1\.weight$"), ".mlp.experts.gate_up_proj"),  # aria: (experts, in, out) both
+    (re.compile(r"\.mlp\.experts\.fc2\.weight$"), ".mlp.experts.down_proj"),
+    (re.compile(r"\.mlp\.moe_statics\.e_score_correction_bias$"), ".mlp.gate.moe_statics.e_score_correction_bias"),
+    (re.compile(r"\.self_attn\.q_proj\.(weight|bias)$"), r".self_attn.q_gate_proj.\1"),  # minicpm5_moe: q|gate per head
 )
-"""Checkpoint name -> transformers' in-memory name (regex, replacement)."""
+"""Checkpoint name -> transformers' in-memory name (regex, replacement); the first whose
+result the model has applies."""
 
 FUSED = (
     (re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.w1\.weight$"), r"\1.mlp.experts.gate_up_proj", (0, 2)),
     (re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.w3\.weight$"), r"\1.mlp.experts.gate_up_proj", (1, 2)),
     (re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.w2\.weight$"), r"\1.mlp.experts.down_proj", None),
+    # Qwen-MoE, OLMoE, DeepSeek-style ... experts: experts.{e}.gate_proj/up_proj/down_proj
+    (re.compile(r"^(.*)\.experts\.(\d+)\.gate_proj\.weight$"), r"\1.experts.gate_up_proj", (0, 2)),
+    (re.compile(r"^(.*)\.experts\.(\d+)\.up_proj\.weight$"), r"\1.experts.gate_up_proj", (1, 2)),
+    (re.compile(r"^(.*)\.experts\.(\d+)\.down_proj\.weight$"), r"\1.experts.down_proj", None),
 )
 """Checkpoint name -> (stacked in-memory name, expert = group 2, part (k of n) of the expert's dim 0)."""
 
