@@ -62,6 +62,12 @@ _SCHEMA: dict = {
     "rope_interleave": ("bool",), "topk_method": ("str",), "index_topk": ("int", 1, MAX_POSITIONS),
     "index_n_heads": _SIZE, "index_head_dim": _SIZE, "scale_emb": ("pos", 0.0, 1e6), "scale_depth": ("pos", 0.0, 1e6),
     "dim_model_base": _SIZE,
+    # MoE families (families/moe.py)
+    "moe_intermediate_size": _SIZE, "shared_expert_intermediate_size": ("int", 0, MAX_DIM),
+    "shared_intermediate_size": ("int", 0, MAX_DIM), "decoder_sparse_step": ("int", 1, MAX_LAYERS),
+    "moe_num_experts": ("int", 1, 4096), "moe_k": ("int", 1, 4096), "moe_num_shared_experts": ("int", 0, 4096),
+    "moe_layer_start_index": ("int", 0, MAX_LAYERS), "moe_layer_interval": ("int", 1, MAX_LAYERS),
+    "qkv_bias": ("bool",), "lm_head_bias": ("bool",),
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")

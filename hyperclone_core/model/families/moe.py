@@ -642,8 +642,34 @@ granitemoeshared = Family(
     dict(GRANITEMOE_KEYS, shared_intermediate_size="shared_ffn"), "GraniteMoeSharedForCausalLM",
 )
 
-FAMILIES = (qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
-            hunyuan_v1_moe, mellum, minicpm5_moe, aria_text, dbrx, phimoe)
+
+
+def checked(read: Callable) -> Callable:
+    """``read`` followed by the routing's own consistency checks (a config transformers would
+    fail on, or route differently from what its keys say, is refused naming the sizes)."""
+    def read_checked(hf: Mapping[str, Any]) -> DecoderConfig:
+        cfg = read(hf)
+        mt = hf.get("model_type")
+        if cfg.experts and not 1 <= cfg.experts_per_tok <= cfg.experts:
+            raise ConfigError(f"{mt}: {cfg.experts_per_tok} experts per token of {cfg.experts} experts")
+        if cfg.moe_groups:
+            if cfg.experts % cfg.moe_groups or not 1 <= cfg.moe_topk_groups <= cfg.moe_groups:
+                raise ConfigError(f"{mt}: grouped top-k of {cfg.experts} experts in n_group={cfg.moe_groups} groups "
+                                  f"keeping topk_group={cfg.moe_topk_groups} is not a valid grouping")
+            if cfg.moe_topk_groups * (cfg.experts // cfg.moe_groups) < cfg.experts_per_tok:
+                raise ConfigError(f"{mt}: the {cfg.moe_topk_groups} kept groups hold fewer experts than the "
+                                  f"{cfg.experts_per_tok} chosen per token")
+        if cfg.mlp_types and len(cfg.mlp_types) != cfg.layers:
+            raise ConfigError(f"{mt}: {len(cfg.mlp_types)} dense/MoE layer kinds for {cfg.layers} layers")
+        return cfg
+    return read_checked
+
+
+FAMILIES = tuple(replace(f, read=checked(f.read)) for f in (
+    qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
+    hunyuan_v1_moe, mellum, minicpm5_moe, aria_text, dbrx, phimoe))
+(qwen2_moe, qwen3_moe, olmoe, flex_olmo, dots1, solar_open, granitemoe, granitemoeshared, ernie4_5_moe,
+ hunyuan_v1_moe, mellum, minicpm5_moe, aria_text, dbrx, phimoe) = FAMILIES
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
