@@ -149,6 +149,10 @@ SENSITIVE = [
     *[("rope_type", f"rope_{t}", ("default",), 100) for t in FLAGS["rope_type"]],
     ("attn_scale_inverse_layer", "type_gpt2", (False,), 100),
     ("embed_norm", "type_bloom", (False,), 100),
+    ("shared_block_norm", "type_cohere", (False,), 100),
+    ("qk_norm_type", "type_persimmon", ("rms",), 100),
+    ("qkv_blocks", "type_codegen", (2,), 100),
+    ("shared_scale", "type_cohere2_moe", (1.0,), 100),
 ]
 """(flag, case, wrong values, k): the oracle run on the case with the flag set to a wrong
 value ("+1": one more) differs by at least k times the float32 bound, so a backend that
