@@ -148,8 +148,12 @@ hyperclovax = Family("hyperclovax", ("hyperclovax",), HCX_ROLES, _completed("hyp
 
 
 def _helium(hf):
-    return read_llama_like(hf, "helium", rope_interleaved=True, qkv_bias=bool(hf.get("attention_bias", False)),
-                           mlp_bias=bool(hf.get("mlp_bias", False)))
+    cfg = read_llama_like(hf, "helium", rope_interleaved=True, qkv_bias=bool(hf.get("attention_bias", False)),
+                          mlp_bias=bool(hf.get("mlp_bias", False)))
+    if cfg.heads * cfg.head_dim != cfg.hidden:  # transformers' Helium cannot run it either
+        raise ConfigError(f"helium's o_proj is hidden_size x hidden_size: num_attention_heads ({cfg.heads}) x head_dim "
+                          f"({cfg.head_dim}) must equal hidden_size ({cfg.hidden})")
+    return cfg
 
 
 helium = Family("helium", ("helium",), LLAMA_ROLES, _completed("helium", _helium), LLAMA_KEYS, "HeliumForCausalLM")
