@@ -494,7 +494,7 @@ def plan(
                 tp, err = _plan_tensor(
                     name, source, role, maps, old_sizes, new_sizes, strat, arrays,
                     np.random.default_rng(rng.integers(2**63)), seed_for(seed, name),
-                    zero_writer=inserted and role.writer, head_ratio=head_ratio * layer_ratio, family=family,
+                    zero_writer=inserted and (role.writer or role.unit), head_ratio=head_ratio * layer_ratio, family=family,
                     src_cfg=src_cfg, dtype=dtype, allow_inexact=allow_inexact, inexact=inexact,
                     fold=fold if fold is not None and role.kind in (fold[0], fold[0] + ".bias") else None,
                 )
@@ -615,6 +615,9 @@ def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, ar
         ops.insert(0, Scale((), arrays.put("const:0.0", np.asarray(0.0, np.float32))))
         notes.append("depth: inserted layer's residual writer starts at zero")
         used = "zero"
+        if role.unit:  # a multiplier of the residual stream: the identity is 1
+            ops.insert(1, Offset(1.0))
+            notes[-1] = "depth: inserted layer's residual-stream multiplier starts at 1"
     if fold is not None:
         _, f, unit_offset = fold
         ops.append(Scale((), arrays.put(f"const:{f!r}", np.asarray(f, np.float32))))

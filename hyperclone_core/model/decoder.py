@@ -488,6 +488,8 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     q, k, v = xp.reshape(q, (B, T, H, D)), xp.reshape(k, (B, T, KV, D)), xp.reshape(v, (B, T, KV, Dv))
     if cfg.v_scale != 1.0:
         v = v * cfg.v_scale
+    if cfg.v_norm:  # Gemma 4: each value head RMS-normed, without a gain
+        v = norm(replace(cfg, norm="rms", norm_unit_offset=False), o, v, None, None)
     if cfg.qk_norm == "head" and not cfg.qk_norm_after_rope:
         q, k = _qk_norm(cfg, o, q, _per_head(o, get, "attn.q_norm", H), get("attn.q_norm.bias")), \
             _qk_norm(cfg, o, k, _per_head(o, get, "attn.k_norm", KV), get("attn.k_norm.bias"))
@@ -728,7 +730,12 @@ def _transposed(get: Get) -> Get:
 def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
     """One decoder layer: its norm placement around attention and MLP (each sublayer's
     output times ``residual_multiplier``).  Conv1D-stored weights (``transposed_linear``)
-    are read transposed: every 2-D tensor of the layer is a projection."""
+    are read transposed: every 2-D tensor of the layer is a projection.  A layer storing
+    ``layer.scalar`` (Gemma 4) multiplies its output, the whole residual stream, by it."""
+    scalar = get("layer.scalar")
+    if scalar is not None:
+        inner = block(cfg, lambda kind, *e: None if kind == "layer.scalar" else get(kind, *e), x, layer, tb, o)
+        return inner * scalar
     if cfg.transposed_linear:
         get = _transposed(get)
 

@@ -153,6 +153,9 @@ class Role:
     on_layer: Optional[Callable[["DecoderConfig", int], bool]] = field(default=None, compare=False)
     """A per-layer role held by some layers only: ``on_layer(cfg, i)`` (the dense and the
     MoE layers of a mixed stack: ``moe_layer``/``dense_layer``); None = every layer."""
+    unit: bool = False
+    """A multiplier of the whole residual stream (Gemma 4's ``layer_scalar``): an inserted
+    layer's copy holds 1 (the identity), not its source's value."""
     per_index: str = ""
     """A role stored as one tensor per head (``{h}`` in ``pattern``: stablelm's per-head qk
     LayerNorms): the dims the head index ranges over (``kv_heads*q_per_kv``, ``kv_heads``).
@@ -300,6 +303,7 @@ class DecoderConfig:
     index_rope_interleaved: bool = False  # the indexer's RoPE rotates pairs (2i, 2i+1) (GLM-MoE-DSA), not halves
     diff_attn: bool = False           # DiffLlama's differential attention (decoder.differential): query heads h and
     #                                   h + heads/2 subtracted with a learned lambda; values in two halves of the kv heads
+    v_norm: bool = False              # Gemma 4: each value head RMS-normed (no gain, norm_eps) before attention
 
     first_attn_norm: bool = True      # ModernBERT: False = layer 0 has no attention norm (its input is the normed embedding)
     head_act: str = ""                # ModernBERT: a prediction head before the LM head (head.dense, this activation,

@@ -1,10 +1,16 @@
-"""Dense decoders with their own attention or block layout: diffllama (differential attention)."""
+"""Dense decoders with their own attention or block layout: diffllama (differential attention),
+gemma4_text and gemma4_unified_text (Gemma 3's sandwich block with plain RMS gains, value norms,
+unit attention scale, a stored per-layer output scalar; MoE, per-layer input embeddings, KV sharing
+and full layers of another head size refused by key)."""
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from ...errors import ConfigError
-from ..spec import Family, Role, in_, out
-from ._common import LLAMA_KEYS, embeddings, gated_mlp, has, norm, read_llama_like
+from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out
+from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, has, norm, read_llama_like
+from .patterns import _sliding, _types, per_type_rope
 
 L = "model.layers.{i}"
 
@@ -51,13 +57,125 @@ diffllama = Family(
                   "plan's copies and scales cannot express",
 )
 
-FAMILIES = (diffllama,)
+# ---------------------------------------------------------------- gemma4_text
+
+GEMMA4_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + gated_mlp(f"{L}.mlp", bias=False)
+    + norm(f"{L}.input_layernorm", "norm.attn_in")
+    + norm(f"{L}.post_attention_layernorm", "norm.attn_out")
+    + norm(f"{L}.pre_feedforward_layernorm", "norm.mlp_in")
+    + norm(f"{L}.post_feedforward_layernorm", "norm.mlp_out")
+    + (
+        Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out("head_dim"),)),
+        Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out("head_dim"),)),
+        Role(f"{L}.layer_scalar", "layer.scalar", (out("1"),), unit=True),
+    )
+)
+_G4 = {"rms_norm_eps": 1e-6, "num_key_value_heads": 4, "head_dim": 256, "tie_word_embeddings": True,
+       "hidden_activation": "gelu_pytorch_tanh"}
+GEMMA4_DEFAULTS = {
+    "gemma4_text": dict(_G4, sliding_window=512, max_position_embeddings=131072, hidden_size_per_layer_input=256),
+    "gemma4_unified_text": dict(_G4, sliding_window=1024, max_position_embeddings=262144),
+}
+"""The config classes' defaults for the keys the reader needs (a config.json may leave them out);
+Gemma4UnifiedTextConfig has no per-layer input embeddings and no MoE block."""
+GEMMA4_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
+}
+"""Gemma4TextConfig's RoPE per layer type where the config has none."""
+
+
+def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) -> None:
+    mt = hf.get("model_type") or "gemma4_text"
+    if hf.get("enable_moe_block"):
+        raise ConfigError(f"{mt}: enable_moe_block=True is not supported (Gemma 4's MoE block runs beside the dense "
+                          "MLP: its router RMS-norms and rescales the residual (router.scale, per_expert_scale), and "
+                          "the two outputs are summed under their own norms)")
+    if hf.get("hidden_size_per_layer_input"):
+        raise ConfigError(f"{mt}: hidden_size_per_layer_input={hf['hidden_size_per_layer_input']!r} is not supported "
+                          "(per-layer input embeddings: a table packing every layer's input, whose projection is "
+                          "scaled by hidden_size ** -0.5); only configs with it 0 grow")
+    if hf.get("num_kv_shared_layers"):
+        raise ConfigError(f"{mt}: num_kv_shared_layers={hf['num_kv_shared_layers']!r} is not supported (later "
+                          "layers reuse earlier layers' keys and values)")
+    if hf.get("attention_k_eq_v"):
+        raise ConfigError(f"{mt}: attention_k_eq_v=True is not supported (full layers read their values from the "
+                          "key projection)")
+    if hf.get("use_bidirectional_attention") not in (None, "vision"):  # "vision": text tokens stay causal
+        raise ConfigError(f"{mt}: use_bidirectional_attention={hf['use_bidirectional_attention']!r} is not "
+                          "supported (a causal decoder only)")
+    overrides = hf.get("per_layer_config")
+    if overrides is None:  # the class puts global_head_dim on its full layers
+        if "full_attention" in types and int(hf.get("global_head_dim") or 512) != head_dim:
+            raise ConfigError(f"{mt}: global_head_dim={hf.get('global_head_dim') or 512} (the full layers' head size) "
+                              f"differs from head_dim={head_dim}; one head size for every layer is supported")
+        return
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{mt}: per_layer_config must be a mapping, not {type(overrides).__name__}")
+    own = {"head_dim": head_dim, "num_key_value_heads": kv}
+    for layer, o in overrides.items():
+        if not isinstance(o, Mapping):
+            raise ConfigError(f"{mt}: per_layer_config[{layer!r}] must be a mapping")
+        for key, value in o.items():
+            if key not in own or value != own[key]:
+                raise ConfigError(f"{mt}: per_layer_config[{layer!r}] sets {key}={value!r}; layers of another "
+                                  f"{key} than the config's ({own.get(key)!r}) are not supported")
+
+
+def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
+    defaults = GEMMA4_DEFAULTS[family]
+    hf = {**defaults, **{k: v for k, v in hf.items() if v is not None or k not in defaults}}
+    layers = int(hf["num_hidden_layers"])
+    types = list(_types(hf, layers, lambda i: "sliding_attention" if (i + 1) % 6 else "full_attention"))
+    types[-1] = "full_attention"  # transformers forces the last layer's type
+    types = tuple(types)
+    hd = implicit_head_dim(hf, int(hf["hidden_size"]), int(hf["num_attention_heads"]))
+    kv = int(hf.get("num_key_value_heads") or hf["num_attention_heads"])
+    _gemma4_refuse(hf, hd, kv, types)
+    positions = int(hf.get("max_position_embeddings") or 131072)
+    rope = per_type_rope(dict(hf, rope_parameters=hf.get("rope_parameters") or GEMMA4_ROPE), hd, positions,
+                         1_000_000.0, 10_000.0)
+    bias = bool(hf.get("attention_bias", False))
+    cfg = read_llama_like(
+        dict(hf, rope_parameters=None, rope_scaling=None), family, placement="sandwich", qk_norm="head",
+        v_norm=True, attn_scale=1.0, embed_scale=True, act=hf.get("hidden_activation") or "gelu_pytorch_tanh",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)), qkv_bias=bias, o_bias=bias,
+        final_softcap=float(hf.get("final_logit_softcapping") or 0.0), **_sliding(hf, types),
+    )
+    return DecoderConfig(**dict(cfg.to_dict(), **rope))
+
+
+def _gemma4_layers(out_cfg: dict, new: DecoderConfig) -> None:
+    """The grown config's per_layer_config, where the source had one: its overrides are the
+    config's own values (anything else is refused), so none is needed at any depth."""
+    if out_cfg.get("per_layer_config"):
+        out_cfg["per_layer_config"] = {}
+
+
+gemma4_text = Family("gemma4_text", ("gemma4_text",), GEMMA4_ROLES, _gemma4, LLAMA_KEYS,
+                     "Gemma4ForCausalLM", rope_keys=(), write_layers=_gemma4_layers)
+gemma4_unified_text = Family("gemma4_unified_text", ("gemma4_unified_text",), GEMMA4_ROLES,
+                             lambda hf: _gemma4(hf, "gemma4_unified_text"), LLAMA_KEYS, "Gemma4UnifiedForCausalLM",
+                             rope_keys=(), write_layers=_gemma4_layers)
+"""The same text decoder without per-layer input embeddings or MoE (its own causal-LM class)."""
+
+FAMILIES = (diffllama, gemma4_text, gemma4_unified_text)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
 TINY = {
     "diffllama": dict(_DIMS, attention_bias=True),
+    "gemma4_text": dict(_DIMS, num_hidden_layers=3, head_dim=16, global_head_dim=16, sliding_window=4,
+                        layer_types=["sliding_attention", "full_attention", "full_attention"],
+                        hidden_size_per_layer_input=0, attention_bias=True, final_logit_softcapping=15.0,
+                        tie_word_embeddings=True),
+    "gemma4_unified_text": dict(_DIMS, num_hidden_layers=3, head_dim=16, global_head_dim=16, sliding_window=4,
+                                layer_types=["sliding_attention", "full_attention", "full_attention"],
+                                final_logit_softcapping=15.0, tie_word_embeddings=True),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "diffllama"]
+__all__ = ["FAMILIES", "TINY", "diffllama", "gemma4_text", "gemma4_unified_text"]
