@@ -506,7 +506,8 @@ class _FalconFamily(Family):
             classic = False
         # the classic blocks without multi_query read num_kv_heads as the head count
         out["num_kv_heads"] = new.heads if classic else new.kv_heads
-        out.pop("num_key_value_heads", None)  # derived by the config class
+        if "num_key_value_heads" in out:  # derived by the config class: written as it derives it
+            out["num_key_value_heads"] = new.kv_heads
         return out
 
 
