@@ -1,0 +1,222 @@
+"""More mixture-of-experts families, built from ``moe.py``'s pieces: GLM-4 MoE (GLM-4.5) and the
+types transformers runs on its block (SarvamMoE, Param2MoE: a fused qkv under their original
+names), MiniMax-M2 (sigmoid routing, full-width qk-norm, partial RoPE), EXAONE-MoE (EXAONE 4's
+attention in a pre-norm block over DeepSeek-V3 routing).
+
+Each reader reads every key of its config class that changes the maths and refuses the
+values this decoder cannot compute, naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+from ...errors import ConfigError
+from ..rope import raw_params
+from ..spec import Family, Role, out
+from ._common import LLAMA_KEYS, attention, embeddings, read_llama_like
+from ..spec import in_
+from ._common import KV, Q
+from .moe import (BLOCK_NORMS, DEEPSEEK_EXPERTS, DEEPSEEK_KEYS, QK_FULL, QK_HEAD, L, checked, correction_bias,
+                  deepseek_routing, dense_mlp, experts, layer_writer, mellum_mlp_types, router, shared_mlp,
+                  write_first_k)
+
+
+CLASS_DEFAULTS = {
+    "glm4_moe": dict(rms_norm_eps=1e-5, n_shared_experts=1, routed_scaling_factor=1.0, n_group=1, topk_group=1,
+                     first_k_dense_replace=1, norm_topk_prob=True, use_qk_norm=False, attention_bias=False,
+                     num_experts_per_tok=8, n_routed_experts=128, moe_intermediate_size=1408, rope_theta=10000.0),
+    "sarvam_moe": dict(rms_norm_eps=1e-6, n_shared_experts=1, routed_scaling_factor=2.5, n_group=1, topk_group=1,
+                       first_k_dense_replace=1, norm_topk_prob=True, use_qk_norm=True, attention_bias=False,
+                       num_experts_per_tok=6, n_routed_experts=128, moe_intermediate_size=1024, head_dim=64,
+                       rope_theta=8_000_000.0),
+    "param2moe": dict(rms_norm_eps=1e-6, n_shared_experts=2, routed_scaling_factor=2.5, n_group=1, topk_group=1,
+                      first_k_dense_replace=1, norm_topk_prob=True, use_qk_norm=True, attention_bias=False,
+                      num_experts_per_tok=6, n_routed_experts=64, moe_intermediate_size=2048, head_dim=64,
+                      tie_word_embeddings=True, rope_theta=500_000.0),
+    "minimax_m2": dict(rms_norm_eps=1e-6, head_dim=128, num_experts_per_tok=8, num_local_experts=256,
+                       rope_theta=5_000_000.0),
+    "exaone_moe": dict(rms_norm_eps=1e-5, sliding_window=4096, sliding_window_pattern=4, max_position_embeddings=2048,
+                       first_k_dense_replace=1, moe_intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
+                       num_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1),
+}
+"""What each type's config class gives a key a config.json leaves out (where it changes the
+maths); a key present is read as written."""
+ALIASES = {
+    "sarvam_moe": dict(num_experts="n_routed_experts", num_local_experts="n_routed_experts",
+                       num_shared_experts="n_shared_experts", use_qkv_bias="attention_bias"),
+    "param2moe": dict(num_experts="n_routed_experts", num_local_experts="n_routed_experts",
+                      num_shared_experts="n_shared_experts", use_qkv_bias="attention_bias"),
+    "glm4_moe": dict(num_local_experts="n_routed_experts"),
+    "minimax_m2": dict(num_experts="num_local_experts"),
+}
+"""The config classes' attribute_map: a config.json may store a key under its alias."""
+
+
+def _with_defaults(hf: Mapping[str, Any], model_type: str) -> dict:
+    hf = dict(hf)
+    for alias, key in ALIASES.get(model_type, {}).items():
+        if hf.get(key) is None and hf.get(alias) is not None:
+            hf[key] = hf[alias]
+    rp = raw_params(hf)
+    defaults = dict(CLASS_DEFAULTS[model_type])
+    if rp.get("rope_theta") is not None or hf.get("rope_theta") is not None:
+        defaults.pop("rope_theta", None)
+    return {**defaults, **hf}
+
+
+def _has_qk_norm(cfg) -> bool:
+    return cfg.qk_norm == "head"
+
+
+def _partial(hf: Mapping[str, Any], default: float) -> dict:
+    """``hf`` with its rotary fraction made explicit: the config class's ``default`` where
+    neither rope_parameters nor the top level sets one."""
+    rp = raw_params(hf)
+    if rp.get("partial_rotary_factor") is None and hf.get("partial_rotary_factor") is None:
+        return dict(hf, partial_rotary_factor=default)
+    return dict(hf)
+
+
+def _shared_experts(hf: Mapping[str, Any], default: int = 1) -> int:
+    n = hf.get("n_shared_experts", default)
+    n = default if n is None else int(n)
+    if n < 1:  # transformers still builds the shared MLP, with zero-width tensors
+        raise ConfigError(f"{hf.get('model_type')}: n_shared_experts={n} is not supported (at least one shared expert)")
+    return n
+
+
+# ---------------------------------------------------------------- GLM-4 MoE (GLM-4.5), SarvamMoE, Param2MoE
+
+
+def _glm4_block(hf: Mapping[str, Any], model_type: str, partial: float):
+    """GLM-4 MoE's block as transformers runs it for ``model_type`` (its defaults, its rotary fraction)."""
+    hf = _partial(_with_defaults(hf, model_type), partial)
+    layers = int(hf["num_hidden_layers"])
+    _shared_experts(hf)
+    flags = deepseek_routing(hf, layers)
+    flags["moe_renorm"] = bool(hf.get("norm_topk_prob"))
+    flags["moe_scale"] = float(hf["routed_scaling_factor"])
+    return read_llama_like(hf, model_type, qkv_bias=bool(hf.get("attention_bias")),
+                           qk_norm="head" if hf.get("use_qk_norm") else "", **flags)
+
+
+def _glm4_moe(hf):
+    return _glm4_block(hf, "glm4_moe", 0.5)
+
+
+GLM4_KEYS = dict(DEEPSEEK_KEYS, num_local_experts="experts")
+glm4_moe = Family(
+    "glm4_moe", ("glm4_moe",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True)
+    + tuple(replace(r, when=_has_qk_norm) for r in QK_HEAD)
+    + dense_mlp() + DEEPSEEK_EXPERTS + BLOCK_NORMS,
+    _glm4_moe, GLM4_KEYS, "Glm4MoeForCausalLM", write_layers=write_first_k(),
+)
+
+
+def _sarvam(model_type: str):
+    def read(hf):
+        cfg = _glm4_block(hf, model_type, 1.0)
+        return replace(cfg, qkv_layout="concat")
+    return read
+
+
+SA = f"{L}.attention"
+SARVAM_ROLES = (
+    embeddings("model.word_embeddings.weight")
+    + (Role(f"{SA}.query_key_value.weight", "attn.qkv", (out(f"{Q}|{KV}|{KV}"), in_("hidden"))),
+       Role(f"{SA}.query_key_value.bias", "attn.qkv.bias", (out(f"{Q}|{KV}|{KV}"),), when=lambda c: c.qkv_bias),
+       Role(f"{SA}.dense.weight", "attn.o", (out("hidden"), in_(Q)), writer=True),
+       Role(f"{SA}.query_layernorm.weight", "attn.q_norm", (out("head_dim"),), when=_has_qk_norm),
+       Role(f"{SA}.key_layernorm.weight", "attn.k_norm", (out("head_dim"),), when=_has_qk_norm))
+    + dense_mlp()
+    + (router(f"{L}.mlp.gate.weight"), correction_bias(f"{L}.mlp.gate.expert_bias"))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_experts") + BLOCK_NORMS
+)
+SARVAM_KEYS = dict(DEEPSEEK_KEYS, num_experts="experts", num_local_experts="experts")
+sarvam_moe = Family("sarvam_moe", ("sarvam_moe",), SARVAM_ROLES, _sarvam("sarvam_moe"), SARVAM_KEYS,
+                    "Glm4MoeForCausalLM", write_layers=write_first_k())
+param2moe = Family("param2moe", ("param2moe",), SARVAM_ROLES, _sarvam("param2moe"), SARVAM_KEYS,
+                   "Glm4MoeForCausalLM", write_layers=write_first_k())
+
+# ---------------------------------------------------------------- MiniMax-M2
+
+
+def _minimax_m2(hf):
+    hf = _with_defaults(hf, "minimax_m2")
+    rp = raw_params(hf)
+    if rp.get("partial_rotary_factor") is None and hf.get("partial_rotary_factor") is None:
+        rotary = hf.get("rotary_dim")  # the released checkpoints' legacy key: rotary features per head
+        hf["partial_rotary_factor"] = 1.0 if rotary is None else int(rotary) / int(hf["head_dim"])
+    # sigmoid scores, the correction bias for the choice, the chosen scores renormalised; no shared expert
+    return read_llama_like(hf, "minimax_m2", experts=int(hf["num_local_experts"]),
+                           experts_per_tok=int(hf["num_experts_per_tok"]), moe_scoring="sigmoid", moe_renorm=True,
+                           qk_norm="full")
+
+
+MM = f"{L}.block_sparse_moe"
+minimax_m2 = Family(
+    "minimax_m2", ("minimax_m2",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn") + QK_FULL
+    + (router(f"{MM}.gate.weight"), correction_bias(f"{MM}.e_score_correction_bias"))
+    + experts(f"{MM}.experts", ffn="ffn", names=("w1", "w3", "w2")) + BLOCK_NORMS,
+    _minimax_m2, dict(LLAMA_KEYS, num_local_experts="experts", num_experts="experts"), "MiniMaxM2ForCausalLM",
+)
+
+# ---------------------------------------------------------------- EXAONE-MoE
+
+
+def _exaone_moe(hf):
+    from .patterns import _exaone4  # EXAONE 4's attention: per-head qk-norm, sliding layers, full ones without RoPE
+
+    hf = _with_defaults(hf, "exaone_moe")
+    layers = int(hf["num_hidden_layers"])
+    if not hf.get("mlp_layer_types"):
+        k = int(hf.get("first_k_dense_replace") or 0)
+        hf["mlp_layer_types"] = ["dense" if i < k else "sparse" for i in range(layers)]
+    n_shared = int(hf.get("num_shared_experts") or 0)
+    if n_shared < 1:  # transformers still builds the shared MLP, with zero-width tensors
+        raise ConfigError(f"exaone_moe: num_shared_experts={n_shared} is not supported (at least one shared expert)")
+    flags = deepseek_routing(dict(hf, n_routed_experts=hf["num_experts"], n_shared_experts=n_shared), layers)
+    flags.update(moe_renorm=bool(hf.get("norm_topk_prob")), moe_scale=float(hf["routed_scaling_factor"]),
+                 mlp_types=mellum_mlp_types(hf, layers, flags["experts"]))
+    return replace(_exaone4(hf), family="exaone_moe", placement="pre", **flags)
+
+
+def _exaone_rewrite(out_cfg: dict, types: tuple) -> None:
+    out_cfg["mlp_layer_types"] = ["sparse" if t == "moe" else "dense" for t in types]
+
+
+exaone_moe = Family(
+    "exaone_moe", ("exaone_moe",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn") + QK_HEAD + dense_mlp()
+    + (router(f"{L}.mlp.gate.weight"), correction_bias(f"{L}.mlp.e_score_correction_bias"))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_experts") + BLOCK_NORMS,
+    _exaone_moe, dict(LLAMA_KEYS, num_experts="experts", moe_intermediate_size="moe_ffn"), "ExaoneMoeForCausalLM",
+    write_layers=layer_writer(mellum_mlp_types, _exaone_rewrite, "mlp_layer_types"),
+)
+
+FAMILIES = tuple(replace(f, read=checked(f.read)) for f in (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe))
+(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe) = FAMILIES
+
+_DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+TINY = {
+    "glm4_moe": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
+                     first_k_dense_replace=1, n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                     use_qk_norm=True, attention_bias=True, partial_rotary_factor=0.5),
+    "sarvam_moe": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=16,
+                       head_dim=16, n_group=2, topk_group=1, routed_scaling_factor=2.5, attention_bias=True),
+    "param2moe": dict(_DIMS, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=2, moe_intermediate_size=16,
+                      head_dim=8, norm_topk_prob=False, first_k_dense_replace=2, num_hidden_layers=4,
+                      tie_word_embeddings=True),
+    "minimax_m2": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, head_dim=16, rotary_dim=8),
+    "exaone_moe": dict(_DIMS, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                       num_shared_experts=2, sliding_window=4, sliding_window_pattern=2, n_group=2, topk_group=1,
+                       mlp_layer_types=["dense", "sparse", "dense", "sparse"]),
+}
+"""Tiny configs of every type these families grow (``families.TINY``)."""
+
+__all__ = ["FAMILIES", "TINY"] + [f.name for f in FAMILIES]
