@@ -273,8 +273,9 @@ class DecoderConfig:
     mlp_types: tuple = ()             # per layer: dense | moe (first_k_dense_replace, mlp_only_layers, decoder_sparse_step)
     moe_ffn: int = 0                  # routed experts' ffn size where it differs from the dense layers' (0 = ffn)
     shared_ffn: int = 0               # the always-on shared expert MLP's ffn size (n_shared_experts x its size; 0 = none)
-    moe_scoring: str = "softmax"      # softmax | sigmoid | sparsemixer: the router's expert scores (sigmoid: DeepSeek-V3)
-    #                                   sparsemixer: PhiMoE's two rounds of masked softmax (router_jitter), always 2 experts
+    moe_scoring: str = "softmax"      # softmax | sigmoid | sparsemixer
+    #                                   the router's expert scores (sigmoid: DeepSeek-V3; sparsemixer: PhiMoE's two
+    #                                   rounds of masked softmax, router_jitter, always 2 experts)
     moe_renorm: bool = True           # the chosen experts' scores renormalised to sum 1 (norm_topk_prob)
     moe_groups: int = 0               # grouped top-k (n_group): experts in groups ranked by their top-2 score sum; 0 = none
     moe_topk_groups: int = 0          # grouped top-k (topk_group): the groups kept; the rest's scores are 0 for the choice
@@ -304,6 +305,8 @@ class DecoderConfig:
     diff_attn: bool = False           # DiffLlama's differential attention (decoder.differential): query heads h and
     #                                   h + heads/2 subtracted with a learned lambda; values in two halves of the kv heads
     v_norm: bool = False              # Gemma 4: each value head RMS-normed (no gain, norm_eps) before attention
+    dyn_keep: int = 0                 # Doge keep_window_size (dynamic mask, attn.dt stored): a query reads only its
+    #                                   dyn_keep keys of largest dynamic bias when the sequence is longer; 0 = every key
 
     first_attn_norm: bool = True      # ModernBERT: False = layer 0 has no attention norm (its input is the normed embedding)
     head_act: str = ""                # ModernBERT: a prediction head before the LM head (head.dense, this activation,
