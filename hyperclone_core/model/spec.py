@@ -277,8 +277,8 @@ class DecoderConfig:
     #                                   the router's expert scores (sigmoid: DeepSeek-V3; sparsemixer: PhiMoE's two
     #                                   rounds of masked softmax, router_jitter, always 2 experts)
     moe_renorm: bool = True           # the chosen experts' scores renormalised to sum 1 (norm_topk_prob)
-    moe_groups: int = 0               # grouped top-k (n_group): experts in groups ranked by their top-2 score sum; 0 = none
-    moe_topk_groups: int = 0          # grouped top-k (topk_group): the groups kept; the rest's scores are 0 for the choice
+    moe_groups: int = 0               # grouped top-k (n_group): experts in groups ranked by their best scores' sum; 0 = none
+    moe_topk_groups: int = 0          # grouped top-k (topk_group): the groups kept; the others' experts leave the choice
     moe_scale: float = 1.0            # routed experts' weights times this (routed_scaling_factor)
     clip_after_qk_norm: bool = False  # olmoe: clip_qkv clamps q and k after the full-width qk-norm, not before
     router_jitter: float = 0.0        # sparsemixer's eps (PhiMoE router_jitter_noise): experts within 2 eps of the best share
