@@ -443,7 +443,7 @@ FALCON_ROLES += (
 )
 FALCON_KEYS = {"hidden_size": "hidden", "ffn_hidden_size": "ffn", "num_hidden_layers": "layers",
                "num_attention_heads": "heads", "num_kv_heads": "kv_heads", "vocab_size": "vocab",
-               "max_position_embeddings": "positions"}
+               "max_position_embeddings": "positions", "num_key_value_heads": "kv_heads"}
 
 
 def _falcon(hf) -> DecoderConfig:
@@ -506,8 +506,6 @@ class _FalconFamily(Family):
             classic = False
         # the classic blocks without multi_query read num_kv_heads as the head count
         out["num_kv_heads"] = new.heads if classic else new.kv_heads
-        if "num_key_value_heads" in out:  # derived by the config class: written as it derives it
-            out["num_key_value_heads"] = new.kv_heads
         return out
 
 
