@@ -458,6 +458,8 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
             q, gate = (xp.reshape(t, (B, T, H * D)) for t in (qg[..., :D], qg[..., D:]))
         else:
             q = o.linear(x, get("attn.q"), get("attn.q.bias"))
+        if get("attn.gate") is not None:  # a separate output-gate projection (AFMoE's gate_proj)
+            gate = o.linear(x, get("attn.gate"), get("attn.gate.bias"))
         k = o.linear(x, get("attn.k"), get("attn.k.bias"))
         v = o.linear(x, get("attn.v"), get("attn.v.bias"))
         KV = k.shape[-1] // D  # the layer's own (MiMo-V2-Flash's sliding layers have twice the kv heads)

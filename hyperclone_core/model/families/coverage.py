@@ -133,7 +133,7 @@ COVERAGE: dict = {
     "ctrl": refused("other", "sinusoidal positions and CTRL's attention layout"),
     "bitnet": refused("other", "ternary (1.58-bit) weights with sub-norms inside attention and MLP"),
     # ---------------------------------------------------------------- not yet: attention + MLP/MoE decoders
-    "afmoe": needs(MOE_SHARED, "qk-norm with gated attention", "sliding-window layers"),
+    "afmoe": supported("afmoe"),
     "apertus": supported("apertus"),
     "apertus1p5_text": supported("apertus1p5_text"),
     "arcee": supported("arcee"),

@@ -1,7 +1,8 @@
 """More mixture-of-experts families, built from ``moe.py``'s pieces: GLM-4 MoE (GLM-4.5) and the
 types transformers runs on its block (SarvamMoE, Param2MoE: a fused qkv under their original
 names), MiniMax-M2 (sigmoid routing, full-width qk-norm, partial RoPE), EXAONE-MoE (EXAONE 4's
-attention in a pre-norm block over DeepSeek-V3 routing).
+attention in a pre-norm block over DeepSeek-V3 routing), AFMoE (sandwich norms, a sigmoid output gate on
+the attention, RoPE on the sliding layers only, sigmoid routing with an expert bias).
 
 Each reader reads every key of its config class that changes the maths and refuses the
 values this decoder cannot compute, naming the key.
@@ -14,12 +15,10 @@ from typing import Any, Mapping
 
 from ...errors import ConfigError
 from ..rope import raw_params
-from ..spec import Family, Role, out
-from ._common import LLAMA_KEYS, attention, embeddings, read_llama_like
-from ..spec import in_
-from ._common import KV, Q
+from ..spec import Family, Role, in_, out
+from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, norm, read_llama_like
 from .moe import (BLOCK_NORMS, DEEPSEEK_EXPERTS, DEEPSEEK_KEYS, QK_FULL, QK_HEAD, L, checked, correction_bias,
-                  deepseek_routing, dense_mlp, experts, layer_writer, mellum_mlp_types, router, shared_mlp,
+                  deepseek_routing, dense_mlp, experts, first_k_dense, layer_writer, mellum_mlp_types, router, shared_mlp,
                   write_first_k)
 
 
@@ -37,6 +36,9 @@ CLASS_DEFAULTS = {
                       tie_word_embeddings=True, rope_theta=500_000.0),
     "minimax_m2": dict(rms_norm_eps=1e-6, head_dim=128, num_experts_per_tok=8, num_local_experts=256,
                        rope_theta=5_000_000.0),
+    "afmoe": dict(rms_norm_eps=1e-5, head_dim=128, num_dense_layers=1, num_experts=64, num_experts_per_tok=6,
+                  num_shared_experts=2, route_scale=1.0, global_attn_every_n_layers=4, sliding_window=1024,
+                  mup_enabled=False, attention_bias=False, moe_intermediate_size=1408),
     "exaone_moe": dict(rms_norm_eps=1e-5, sliding_window=4096, sliding_window_pattern=4, max_position_embeddings=2048,
                        first_k_dense_replace=1, moe_intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
                        num_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1),
@@ -198,8 +200,50 @@ exaone_moe = Family(
     write_layers=layer_writer(mellum_mlp_types, _exaone_rewrite, "mlp_layer_types"),
 )
 
-FAMILIES = tuple(replace(f, read=checked(f.read)) for f in (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe))
-(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe) = FAMILIES
+# ---------------------------------------------------------------- AFMoE
+
+
+def _afmoe(hf):
+    hf = _with_defaults(hf, "afmoe")
+    layers = int(hf["num_hidden_layers"])
+    types = hf.get("layer_types")
+    if not types:
+        every = int(hf["global_attn_every_n_layers"])
+        types = ["sliding_attention" if (i + 1) % every else "full_attention" for i in range(layers)]
+    types = tuple(types)
+    n_shared = int(hf.get("num_shared_experts") or 0)
+    if n_shared < 1:  # transformers still builds the shared MLP, with zero-width tensors
+        raise ConfigError(f"afmoe: num_shared_experts={n_shared} is not supported (at least one shared expert)")
+    n = int(hf["num_experts"])
+    moe_ffn = int(hf["moe_intermediate_size"])
+    bias = bool(hf.get("attention_bias"))
+    # RoPE on the sliding layers only; the full layers attend without positions
+    return read_llama_like(
+        hf, "afmoe", placement="sandwich", qk_norm="head", qkv_bias=bias, o_bias=bias,
+        embed_scale=bool(hf.get("mup_enabled")), layer_types=types,
+        sliding_window=int(hf.get("sliding_window") or 0) if "sliding_attention" in types else 0,
+        nope_layers=tuple(t != "sliding_attention" for t in types) if "sliding_attention" in types else (True,) * layers,
+        experts=n, experts_per_tok=int(hf["num_experts_per_tok"]), moe_scoring="sigmoid", moe_renorm=True,
+        moe_scale=float(hf.get("route_scale") or 1.0), moe_ffn=moe_ffn, shared_ffn=moe_ffn * n_shared,
+        mlp_types=first_k_dense(hf, layers, n, "num_dense_layers"),
+    )
+
+
+afmoe = Family(
+    "afmoe", ("afmoe",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_HEAD
+    + (Role(f"{L}.self_attn.gate_proj.weight", "attn.gate", (out(Q), in_("hidden"))),)
+    + dense_mlp()
+    + (router(f"{L}.mlp.router.gate.weight"), correction_bias(f"{L}.mlp.expert_bias"))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_experts")
+    + norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attention_layernorm", "norm.attn_out")
+    + norm(f"{L}.pre_mlp_layernorm", "norm.mlp_in") + norm(f"{L}.post_mlp_layernorm", "norm.mlp_out"),
+    _afmoe, dict(LLAMA_KEYS, num_experts="experts", moe_intermediate_size="moe_ffn"), "AfmoeForCausalLM",
+    write_layers=write_first_k("num_dense_layers"),
+)
+
+FAMILIES = tuple(replace(f, read=checked(f.read)) for f in (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe))
+(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe) = FAMILIES
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -213,6 +257,9 @@ TINY = {
                       head_dim=8, norm_topk_prob=False, first_k_dense_replace=2, num_hidden_layers=4,
                       tie_word_embeddings=True),
     "minimax_m2": dict(_DIMS, num_local_experts=4, num_experts_per_tok=2, head_dim=16, rotary_dim=8),
+    "afmoe": dict(_DIMS, num_experts=4, num_experts_per_tok=2, num_shared_experts=2, moe_intermediate_size=16,
+                  head_dim=8, num_dense_layers=1, num_hidden_layers=4, global_attn_every_n_layers=2, sliding_window=4,
+                  attention_bias=True, route_scale=2.0, mup_enabled=True),
     "exaone_moe": dict(_DIMS, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                        num_shared_experts=2, sliding_window=4, sliding_window_pattern=2, n_group=2, topk_group=1,
                        mlp_layer_types=["dense", "sparse", "dense", "sparse"]),
