@@ -232,6 +232,16 @@ FAILS = {
     "gemma3_text": "mlx-lm's Gemma 3 fails reading a transformers 5 config (IndexError building its layer pattern)",
     "mimo_v2_flash": "mlx-lm's ModelArgs requires 16 keys transformers' config does not save (hybrid_layer_pattern, "
                      "sliding_window_size, swa_* ...)",
+    "exaone_moe": "mlx-lm's ModelArgs requires head_dim and is_moe_layer, keys transformers 5's EXAONE-MoE config "
+                  "does not save",
+    "gemma4_text": "mlx-lm's Gemma 4 has no attention biases (the tiny config turns attention_bias on)",
+    "glm4_moe": "mlx-lm's ModelArgs requires head_dim and rope_scaling, keys transformers 5's GLM-4-MoE config "
+                "does not save",
+    "glm_moe_dsa": "mlx-lm's ModelArgs requires topk_method, scoring_func and moe_layer_freq, keys transformers' "
+                   "config does not have",
+    "minimax_m2": "mlx-lm's MiniMax ModelArgs requires shared_intermediate_size, a key transformers' MiniMax-M2 "
+                  "config does not have",
+    "phimoe": "mlx-lm's PhiMoE logits differ from transformers' (7e-2 relative on the grown tiny model)",
     "solar_open": "mlx-lm's ModelArgs requires intermediate_size, first_k_dense_replace and partial_rotary_factor, "
                   "keys transformers 5's Solar Open config does not save",
 }
