@@ -457,6 +457,8 @@ def _falcon(hf) -> DecoderConfig:
                           "growth (more heads or a wider head) can keep the model's function")
     new_arch = bool(hf.get("new_decoder_architecture", False))
     parallel = bool(hf.get("parallel_attn", True))
+    if hf.get("n_embed") is not None:  # the config class's older name of hidden_size, which it prefers
+        hf = dict(hf, hidden_size=hf["n_embed"])
     hf = dict(hf, intermediate_size=hf.get("ffn_hidden_size") or 4 * int(hf.get("hidden_size") or 0))
     hf.pop("num_key_value_heads", None)
     hf.pop("head_dim", None)  # a property of the config class: hidden / heads
@@ -496,6 +498,7 @@ class _FalconFamily(Family):
     def write_config(self, hf, new, layer_src):
         classic = not hf.get("new_decoder_architecture", False)
         out = super().write_config(hf, new, layer_src)
+        out.pop("n_embed", None)  # hidden_size is written; the config class would prefer the old width
         if classic and hf.get("multi_query", True) and new.kv_heads != 1:
             # more kv heads than multi_query's one: the new architecture with one LayerNorm computes the same
             # block and reads the grouped fused qkv, which with one kv head is multi_query's layout
