@@ -147,7 +147,8 @@ def _why(key: str, before: Any, after: Any, plan, untie: bool) -> str:
     if key == "rope_scaling":
         return ("RoPE scaling mirrored from rope_parameters (the type also as 'type'): mlx-lm and transformers "
                 "4.x read only rope_scaling and would silently run unscaled RoPE")
-    return "changed by the family's config writer"
+    note = dict(getattr(family, "notes", ())).get(key)  # a family's own word on a key its writer derives
+    return note or "changed by the family's config writer"
 
 
 def family_key(family, dim: str) -> Optional[str]:

@@ -13,7 +13,7 @@ normalize an axis that does not grow, and the projections reading it mix nothing
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional
 
 from ...errors import ConfigError
@@ -108,6 +108,8 @@ class LatentFamily(Family):
     family derives from grown dims (MiniCPM3's depth and width scales)."""
 
     rewrite: Optional[Callable[[Mapping[str, Any], dict, DecoderConfig], dict]] = None
+    notes: tuple = field(default=(), compare=False)
+    """(config key, why the writer changed it) pairs: what the expansion's report says."""
 
     def write_config(self, hf: Mapping[str, Any], new: DecoderConfig, layer_src) -> dict:
         if new.q_per_kv != 1:
@@ -331,25 +333,38 @@ def _minicpm3_rewrite(hf, out, new: DecoderConfig) -> dict:
 
 
 FIRST_K = write_first_k("first_k_dense_replace")
+_LAYER_NOTES = (
+    ("first_k_dense_replace", "the count of leading dense layers, rewritten for the grown depth (each inserted layer "
+                              "is dense or MoE as its source)"),
+    ("mlp_layer_types", "the per-layer dense/MoE pattern, written for the grown depth (each inserted layer is dense "
+                        "or MoE as its source)"),
+    ("layer_types", "every layer indexed (sparse) attention, written for the grown depth"),
+    ("indexer_types", "every layer runs its own indexer, written for the grown depth"),
+)
 deepseek_v3 = LatentFamily("deepseek_v3", ("deepseek_v3",), V3_ROLES, _deepseek_v3, MOE_KEYS,
-                           "DeepseekV3ForCausalLM", write_layers=FIRST_K)
+                           "DeepseekV3ForCausalLM", write_layers=FIRST_K, notes=_LAYER_NOTES)
 sarvam_mla = LatentFamily("sarvam_mla", ("sarvam_mla",), V3_ROLES, lambda hf: _deepseek_v3(hf, "sarvam_mla"),
-                          MOE_KEYS, "DeepseekV3ForCausalLM", write_layers=FIRST_K)
+                          MOE_KEYS, "DeepseekV3ForCausalLM", write_layers=FIRST_K, notes=_LAYER_NOTES)
 """transformers builds sarvam_mla as DeepseekV3ForCausalLM (its config class also reads the
 original Sarvam keys: num_experts, num_shared_experts, deepseek_yarn)."""
 glm4_moe_lite = LatentFamily("glm4_moe_lite", ("glm4_moe_lite",), V3_ROLES, _glm4_moe_lite, MOE_KEYS,
-                             "Glm4MoeLiteForCausalLM", write_layers=_write_mlp_layer_types)
+                             "Glm4MoeLiteForCausalLM", write_layers=_write_mlp_layer_types, notes=_LAYER_NOTES)
 deepseek_v32 = LatentFamily("deepseek_v32", ("deepseek_v32",), DSA_ROLES, lambda hf: _dsa(hf, "deepseek_v32", False),
-                            MOE_KEYS, "DeepseekV32ForCausalLM", write_layers=_write_dsa_layers)
+                            MOE_KEYS, "DeepseekV32ForCausalLM", write_layers=_write_dsa_layers, notes=_LAYER_NOTES)
 glm_moe_dsa = LatentFamily("glm_moe_dsa", ("glm_moe_dsa",), DSA_ROLES, _glm_moe_dsa, MOE_KEYS, "GlmMoeDsaForCausalLM",
-                           write_layers=_write_glm_dsa_layers)
+                           write_layers=_write_glm_dsa_layers, notes=_LAYER_NOTES)
 axk1 = LatentFamily("axk1", ("axk1",), AXK1_ROLES, _axk1, MOE_KEYS, "AXK1ForCausalLM",
-                   write_layers=_write_mlp_layer_types)
+                   write_layers=_write_mlp_layer_types, notes=_LAYER_NOTES)
 deepseek_v2 = LatentFamily("deepseek_v2", ("deepseek_v2",), MOE_ROLES, _deepseek_v2, MOE_KEYS,
-                           "DeepseekV2ForCausalLM", write_layers=FIRST_K)
+                           "DeepseekV2ForCausalLM", write_layers=FIRST_K, notes=_LAYER_NOTES)
 youtu = LatentFamily("youtu", ("youtu",), DENSE_ROLES, _youtu, MLA_KEYS, "YoutuForCausalLM")
-minicpm3 = LatentFamily("minicpm3", ("minicpm3",), DENSE_ROLES, _minicpm3, MLA_KEYS, "MiniCPM3ForCausalLM",
-                        rewrite=_minicpm3_rewrite)
+minicpm3 = LatentFamily(
+    "minicpm3", ("minicpm3",), DENSE_ROLES, _minicpm3, MLA_KEYS, "MiniCPM3ForCausalLM", rewrite=_minicpm3_rewrite,
+    notes=(("scale_depth", "MiniCPM3 scales each sublayer's output by scale_depth / sqrt(num_hidden_layers): scaled "
+                           "with the depth so the residual scale stays"),
+           ("dim_model_base", "MiniCPM3 divides the LM head's input by hidden_size / dim_model_base: scaled with the "
+                              "width so the logit scale stays")),
+)
 
 FAMILIES = (deepseek_v3, deepseek_v2, sarvam_mla, glm4_moe_lite, axk1, deepseek_v32, glm_moe_dsa, youtu, minicpm3)
 
