@@ -1,7 +1,9 @@
 """Dense decoders with their own attention or block layout: diffllama (differential attention),
 gemma4_text and gemma4_unified_text (Gemma 3's sandwich block with plain RMS gains, value norms,
 unit attention scale, a stored per-layer output scalar; MoE, per-layer input embeddings, KV sharing
-and full layers of another head size refused by key)."""
+and full layers of another head size refused by key), doge (dynamic-mask attention: a bias per kv
+head on each key from its values, top keep_window_size keys; learned residual gains; its
+cross-domain MoE refused)."""
 
 from __future__ import annotations
 
@@ -162,7 +164,47 @@ gemma4_unified_text = Family("gemma4_unified_text", ("gemma4_unified_text",), GE
                              rope_keys=(), write_layers=_gemma4_layers)
 """The same text decoder without per-layer input embeddings or MoE (its own causal-LM class)."""
 
-FAMILIES = (diffllama, gemma4_text, gemma4_unified_text)
+# ---------------------------------------------------------------- doge
+
+DA = f"{L}.self_attn"
+DOGE_ROLES = (
+    embeddings("model.embed_tokens.weight")
+    + attention(DA, bias=True, o_bias=True)
+    + gated_mlp(f"{L}.mlp")
+    + norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attention_layernorm", "norm.mlp_in")
+    + (
+        Role(f"{DA}.q_norm.weight", "attn.q_norm", (out("head_dim"),)),
+        Role(f"{DA}.k_norm.weight", "attn.k_norm", (out("head_dim"),)),
+        # the dynamic mask reads every kv head's values; its output picks keys (top-k): no noise
+        Role(f"{DA}.dt_proj.weight", "attn.dt", (out("kv_heads"), in_("kv_heads*head_dim")), noiseless=True),
+        Role(f"{DA}.dt_proj.bias", "attn.dt.bias", (out("kv_heads"),), when=has("qkv_bias"), noiseless=True),
+        Role(f"{DA}.A", "attn.dt_a", (out("kv_heads"),)),
+        Role(f"{L}.input_residual", "res.attn", (out("hidden"),), unit=True),
+        Role(f"{L}.post_attention_residual", "res.mlp", (out("hidden"),), unit=True),
+    )
+)
+
+
+def _doge(hf) -> DecoderConfig:
+    if hf.get("is_moe"):
+        raise ConfigError("doge: is_moe=True is not supported (its cross-domain MoE: a dense MLP plus product-key "
+                          "retrieval of single-neuron experts, num_experts a square, whose key halves do not grow)")
+    keep = hf.get("keep_window_size", 2048)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigError(f"doge: keep_window_size must be a positive integer, not {keep!r}")
+    window = hf.get("sliding_window")
+    bias = bool(hf.get("attention_bias", False))
+    return read_llama_like(
+        {"rms_norm_eps": 1e-6, **{k: v for k, v in hf.items() if v is not None}}, "doge", qk_norm="head",
+        qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)), dyn_keep=keep,
+        sliding_window=int(window or 0), layer_types=("sliding_attention",) * int(hf["num_hidden_layers"])
+        if window else (),
+    )
+
+
+doge = Family("doge", ("doge",), DOGE_ROLES, _doge, LLAMA_KEYS, "DogeForCausalLM")
+
+FAMILIES = (diffllama, gemma4_text, gemma4_unified_text, doge)
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -172,10 +214,11 @@ TINY = {
                         layer_types=["sliding_attention", "full_attention", "full_attention"],
                         hidden_size_per_layer_input=0, attention_bias=True, final_logit_softcapping=15.0,
                         tie_word_embeddings=True),
+    "doge": dict(_DIMS, attention_bias=True, mlp_bias=True, keep_window_size=4),
     "gemma4_unified_text": dict(_DIMS, num_hidden_layers=3, head_dim=16, global_head_dim=16, sliding_window=4,
                                 layer_types=["sliding_attention", "full_attention", "full_attention"],
                                 final_logit_softcapping=15.0, tie_word_embeddings=True),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
-__all__ = ["FAMILIES", "TINY", "diffllama", "gemma4_text", "gemma4_unified_text"]
+__all__ = ["FAMILIES", "TINY", "diffllama", "gemma4_text", "gemma4_unified_text", "doge"]
