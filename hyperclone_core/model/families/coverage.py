@@ -171,7 +171,10 @@ COVERAGE: dict = {
     "flex_olmo": supported("flex_olmo"),
     "flint": supported("flint"),
     "gemma3_text": supported("gemma3_text"),
-    "gemma3n_text": needs("AltUp and Laurel residual streams", "per-layer input embeddings", "KV sharing"),
+    "gemma3n_text": needs("AltUp (altup_num_inputs parallel residual streams, predicted and corrected by "
+                          "input-routed learned coefficients)", "Laurel low-rank residual branches",
+                          "per-layer input embeddings", "KV sharing across layers",
+                          "Gaussian top-k activation sparsity (activation_sparsity_pattern)"),
     "gemma4_text": supported("gemma4_text"),
     "gemma4_unified_text": supported("gemma4_unified_text"),
     "glm": supported("glm"),
@@ -236,7 +239,10 @@ COVERAGE: dict = {
     "xglm": refused("other", "sinusoidal positions computed from d_model: a wider model's position table is not "
                     "copies of the narrow one's, so no width growth is exact"),
     "youtu": supported("youtu"),
-    "zaya": needs("MoE routing", "its sliding-window layers"),
+    "zaya": needs("Compressed Convolutional Attention (q and k from causal depthwise and grouped convolutions "
+                  "over time plus residual projections; values half from the previous token)",
+                  "its MoE router (an MLP over a down-projected residual, a skip expert, router state carried "
+                  "from layer to layer)"),
 }
 """model_type -> Coverage for every causal-LM type of transformers 5.25."""
 
