@@ -312,6 +312,8 @@ class DecoderConfig:
     head_act: str = ""                # ModernBERT: a prediction head before the LM head (head.dense, this activation,
     #                                   norm.head); "" = none
     head_dense_bias: bool = False     # ModernBERT: the prediction head's dense has a bias (classifier_bias)
+    moe_bias_on_logits: bool = False  # Kolibri1: the choice ranks the router logits plus the correction bias (not the
+    #                                   scores plus it); the weights stay the chosen experts' scores
 
     @property
     def q_per_kv(self) -> int:

@@ -2,7 +2,9 @@
 types transformers runs on its block (SarvamMoE, Param2MoE: a fused qkv under their original
 names), MiniMax-M2 (sigmoid routing, full-width qk-norm, partial RoPE), EXAONE-MoE (EXAONE 4's
 attention in a pre-norm block over DeepSeek-V3 routing), AFMoE (sandwich norms, a sigmoid output gate on
-the attention, RoPE on the sliding layers only, sigmoid routing with an expert bias).
+the attention, RoPE on the sliding layers only, sigmoid routing with an expert bias), Kolibri1 (GLM-4's
+sandwich block, EXAONE 4's attention, the correction bias on the router logits) and HY-V3 (Apertus'
+attention over MiniMax-M2's routing with shared experts).
 
 Each reader reads every key of its config class that changes the maths and refuses the
 values this decoder cannot compute, naming the key.
@@ -39,6 +41,11 @@ CLASS_DEFAULTS = {
     "afmoe": dict(rms_norm_eps=1e-5, head_dim=128, num_dense_layers=1, num_experts=64, num_experts_per_tok=6,
                   num_shared_experts=2, route_scale=1.0, global_attn_every_n_layers=4, sliding_window=1024,
                   mup_enabled=False, attention_bias=False, moe_intermediate_size=1408),
+    "kolibri1": dict(rms_norm_eps=1e-6, head_dim=128, sliding_window=513, num_local_experts=384, num_experts_per_tok=6,
+                     norm_topk_prob=False, moe_intermediate_size=512, shared_expert_intermediate_size=512),
+    "hy_v3": dict(rms_norm_eps=1e-5, head_dim=128, attention_bias=False, mlp_bias=False, num_experts=192,
+                  num_experts_per_tok=8, num_shared_experts=1, moe_intermediate_size=1536, router_scaling_factor=2.826,
+                  rope_theta=11_158_840.0),
     "exaone_moe": dict(rms_norm_eps=1e-5, sliding_window=4096, sliding_window_pattern=4, max_position_embeddings=2048,
                        first_k_dense_replace=1, moe_intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
                        num_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1),
@@ -52,6 +59,8 @@ ALIASES = {
                       num_shared_experts="n_shared_experts", use_qkv_bias="attention_bias"),
     "glm4_moe": dict(num_local_experts="n_routed_experts"),
     "minimax_m2": dict(num_experts="num_local_experts"),
+    "kolibri1": dict(num_experts="num_local_experts"),
+    "hy_v3": dict(num_local_experts="num_experts"),
 }
 """The config classes' attribute_map: a config.json may store a key under its alias."""
 
@@ -242,8 +251,75 @@ afmoe = Family(
     write_layers=write_first_k("num_dense_layers"),
 )
 
-FAMILIES = tuple(replace(f, read=checked(f.read)) for f in (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe))
-(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe) = FAMILIES
+# ---------------------------------------------------------------- Kolibri1
+
+
+def _kolibri1(hf):
+    hf = _with_defaults(hf, "kolibri1")
+    layers = int(hf["num_hidden_layers"])
+    types = tuple(hf.get("layer_types") or ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention"
+                                            for i in range(layers)])
+    window = int(hf.get("sliding_window") or 0)
+    if int(hf.get("shared_expert_intermediate_size") or 0) < 1:  # transformers builds a zero-width shared MLP
+        raise ConfigError("kolibri1: shared_expert_intermediate_size=0 is not supported (a shared expert is)")
+    sliding = window and "sliding_attention" in types
+    # EXAONE 4's attention: with a sliding window, the full layers run without RoPE
+    return read_llama_like(
+        hf, "kolibri1", placement="sandwich", qk_norm="head", layer_types=types if sliding else (),
+        sliding_window=window if sliding else 0, nope_layers=tuple(t != "sliding_attention" for t in types)
+        if window and "full_attention" in types else (),
+        experts=int(hf["num_local_experts"]), experts_per_tok=int(hf["num_experts_per_tok"]), moe_scoring="sigmoid",
+        moe_bias_on_logits=True, moe_renorm=bool(hf.get("norm_topk_prob")), moe_ffn=int(hf["moe_intermediate_size"]),
+        shared_ffn=int(hf["shared_expert_intermediate_size"]),
+    )
+
+
+kolibri1 = Family(
+    "kolibri1", ("kolibri1",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn") + QK_HEAD
+    + (router(f"{L}.mlp.gate.weight"), correction_bias(f"{L}.moe.router.expert_bias"))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_experts")
+    + norm(f"{L}.input_layernorm", "norm.attn_in") + norm(f"{L}.post_attn_norm", "norm.attn_out")
+    + norm(f"{L}.post_attention_layernorm", "norm.mlp_in") + norm(f"{L}.post_ffn_norm", "norm.mlp_out"),
+    _kolibri1, dict(LLAMA_KEYS, num_experts="experts", num_local_experts="experts", moe_intermediate_size="moe_ffn",
+                    shared_expert_intermediate_size="shared_ffn"), "Kolibri1ForCausalLM",
+)
+
+# ---------------------------------------------------------------- HY-V3
+
+
+def _hy_v3(hf):
+    hf = _with_defaults(hf, "hy_v3")
+    layers = int(hf["num_hidden_layers"])
+    if not hf.get("mlp_layer_types"):
+        hf["mlp_layer_types"] = ["dense" if i < 1 else "sparse" for i in range(layers)]
+    n_shared = int(hf.get("num_shared_experts") or 0)
+    if n_shared < 1:  # transformers still builds the shared MLP, with zero-width tensors
+        raise ConfigError(f"hy_v3: num_shared_experts={n_shared} is not supported (at least one shared expert)")
+    n = int(hf["num_experts"])
+    moe_ffn = int(hf["moe_intermediate_size"])
+    bias = bool(hf.get("attention_bias"))
+    return read_llama_like(
+        hf, "hy_v3", qk_norm="head", qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias")),
+        experts=n, experts_per_tok=int(hf["num_experts_per_tok"]), moe_scoring="sigmoid", moe_renorm=True,
+        moe_scale=float(hf["router_scaling_factor"]), moe_ffn=moe_ffn, shared_ffn=moe_ffn * n_shared,
+        mlp_types=mellum_mlp_types(hf, layers, n),
+    )
+
+
+hy_v3 = Family(
+    "hy_v3", ("hy_v3",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_HEAD
+    + dense_mlp(bias=True)
+    + (router(f"{L}.mlp.router.gate.weight"), correction_bias(f"{L}.mlp.expert_bias"))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_mlp", bias=True) + BLOCK_NORMS,
+    _hy_v3, dict(LLAMA_KEYS, num_experts="experts", num_local_experts="experts", moe_intermediate_size="moe_ffn"),
+    "HYV3ForCausalLM", write_layers=layer_writer(mellum_mlp_types, _exaone_rewrite, "mlp_layer_types"),
+)
+
+_ALL = (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3)
+FAMILIES = tuple(replace(f, read=checked(f.read)) for f in _ALL)
+(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3) = FAMILIES
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -260,6 +336,11 @@ TINY = {
     "afmoe": dict(_DIMS, num_experts=4, num_experts_per_tok=2, num_shared_experts=2, moe_intermediate_size=16,
                   head_dim=8, num_dense_layers=1, num_hidden_layers=4, global_attn_every_n_layers=2, sliding_window=4,
                   attention_bias=True, route_scale=2.0, mup_enabled=True),
+    "kolibri1": dict(_DIMS, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                     shared_expert_intermediate_size=24, head_dim=8, sliding_window=4, norm_topk_prob=True,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"]),
+    "hy_v3": dict(_DIMS, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, num_shared_experts=2,
+                  head_dim=8, attention_bias=True, mlp_bias=True, router_scaling_factor=2.0),
     "exaone_moe": dict(_DIMS, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                        num_shared_experts=2, sliding_window=4, sliding_window_pattern=2, n_group=2, topk_group=1,
                        mlp_layer_types=["dense", "sparse", "dense", "sparse"]),
