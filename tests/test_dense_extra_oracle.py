@@ -92,3 +92,12 @@ def test_refused_by_key(model_type, change, key):
         hf.pop("global_head_dim")
     with pytest.raises(ConfigError, match=key):
         family_for_config(hf).read(hf)
+
+
+@pytest.mark.parametrize("key,value", [("keep_window_size", 0), ("is_moe", "yes"), ("attention_dropout", 2.0),
+                                       ("hidden_size_per_layer_input", -1), ("global_head_dim", 1.5)])
+def test_config_values_checked_by_key(key, value):
+    from hyperclone_core.model.validate import check_config
+
+    with pytest.raises(ConfigError, match=key):
+        check_config(dict(dense_extra.TINY["doge"], model_type="doge", **{key: value}))

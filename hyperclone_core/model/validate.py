@@ -68,6 +68,10 @@ _SCHEMA: dict = {
     "moe_num_experts": ("int", 1, 4096), "moe_k": ("int", 1, 4096), "moe_num_shared_experts": ("int", 0, 4096),
     "moe_layer_start_index": ("int", 0, MAX_LAYERS), "moe_layer_interval": ("int", 1, MAX_LAYERS),
     "qkv_bias": ("bool",), "lm_head_bias": ("bool",),
+    # diffllama, gemma4_text / gemma4_unified_text, doge (families/dense_extra.py)
+    "attention_dropout": ("num", 0.0, 1.0), "keep_window_size": ("int", 1, MAX_POSITIONS), "is_moe": ("bool",),
+    "enable_moe_block": ("bool",), "hidden_size_per_layer_input": ("int", 0, MAX_DIM),
+    "num_kv_shared_layers": ("int", 0, MAX_LAYERS), "attention_k_eq_v": ("bool",), "global_head_dim": _SIZE,
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")
@@ -100,6 +104,11 @@ def _check(path, key: str, value, rule) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not lo < value <= hi:  # (None lands here too, for the keys that may not be null)
             raise _bad(path, key, value, f"a finite number > {lo:g} and <= {hi:g}")
+    elif kind == "num":  # a finite number in [lo, hi]
+        lo, hi = rule[1], rule[2]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not lo <= value <= hi:
+            raise _bad(path, key, value, f"a number in [{lo:g}, {hi:g}]")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise _bad(path, key, value, "true or false")
