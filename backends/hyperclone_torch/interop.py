@@ -55,6 +55,7 @@ RENAMES = (
     (re.compile(r"\.mlp\.experts\.fc2\.weight$"), ".mlp.experts.down_proj"),
     (re.compile(r"\.mlp\.moe_statics\.e_score_correction_bias$"), ".mlp.gate.moe_statics.e_score_correction_bias"),
     (re.compile(r"\.self_attn\.q_proj\.(weight|bias)$"), r".self_attn.q_gate_proj.\1"),  # minicpm5_moe: q|gate per head
+    (re.compile(r"\.post_mlp_layernorm\.weight$"), ".mlp.post_mlp_layernorm.weight"),  # axk1: the MoE's output norm
 )
 """Checkpoint name -> transformers' in-memory name (regex, replacement); the first whose
 result the model has applies."""
