@@ -28,6 +28,8 @@ VARIANTS = {
     "afmoe": dict(attention_bias=False, mup_enabled=False),
     "kolibri1": dict(norm_topk_prob=False, layer_types=None, num_hidden_layers=5),
     "hy_v3": dict(attention_bias=False, mlp_bias=False),
+    "laguna": dict(gating="per-element", attention_bias=False, moe_router_logit_softcapping=0.0, rope_parameters=None,
+                   layer_types=None, mlp_layer_types=["dense", "sparse", "dense"]),
 }
 BIASES = ("e_score_correction_bias", "expert_bias")
 

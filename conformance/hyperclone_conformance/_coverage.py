@@ -110,7 +110,8 @@ FLAGS = {
     "mlp_types": ("dense", "moe"), "moe_renorm": (False,), "moe_scoring": ("sigmoid", "sparsemixer"), "moe_groups": (2,),
     "moe_topk_groups": (1,), "moe_scale": (2.5,), "clip_after_qk_norm": (True,), "router_jitter": (0.3,), "head_bias": (True,),
     "transposed_linear": (True,), "embed_norm": (True,), "attn_scale_inverse_layer": (True,),
-    "moe_bias_on_logits": (True,),
+    "moe_bias_on_logits": (True,), "attn_gate_act": ("softplus",), "attn_gate_per_head": (True,),
+    "router_softcap": (1.0,),
     "diff_attn": (True,), "v_norm": (True,),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case

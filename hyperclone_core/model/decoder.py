@@ -517,7 +517,14 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     out = differential(cfg, get, q, k, v, layer, o, **kw) if cfg.diff_attn else o.attention(q, k, v, **kw)
     out = xp.reshape(out, (B, T, H * Dv))
     if gate is not None:
-        out = out * _sigmoid(o, gate)
+        if cfg.attn_gate_act == "softplus":  # Laguna; torch's threshold 20
+            gate = xp.where(gate > 20.0, gate, xp.log(1.0 + xp.exp(xp.clip(gate, None, 20.0))))
+        else:
+            gate = _sigmoid(o, gate)
+        if cfg.attn_gate_per_head:  # one gate per head
+            out = xp.reshape(xp.reshape(out, (B, T, H, Dv)) * gate[..., None], (B, T, H * Dv))
+        else:
+            out = out * gate
     return o.linear(out, get("attn.o"), get("attn.o.bias"))
 
 
@@ -603,6 +610,8 @@ def route(cfg: DecoderConfig, get: Get, x, o: ArrayOps) -> tuple:
     ``moe_scale``."""
     xp = o.xp
     logits = o.astype(o.linear(x, get("moe.router"), get("moe.router.bias")), o.compute_dtype(x.dtype))
+    if cfg.router_softcap:  # Laguna: soft-capped logits
+        logits = xp.tanh(logits / cfg.router_softcap) * cfg.router_softcap
     if cfg.moe_scoring == "sparsemixer":
         top, weights = _sparsemixer(o, logits, cfg.router_jitter)
         return top, o.astype(weights, x.dtype)

@@ -314,6 +314,9 @@ class DecoderConfig:
     head_dense_bias: bool = False     # ModernBERT: the prediction head's dense has a bias (classifier_bias)
     moe_bias_on_logits: bool = False  # Kolibri1: the choice ranks the router logits plus the correction bias (not the
     #                                   scores plus it); the weights stay the chosen experts' scores
+    attn_gate_act: str = "sigmoid"    # the attention output gate's (attn.gate) function: sigmoid | softplus (Laguna)
+    attn_gate_per_head: bool = False  # Laguna: attn.gate gives one gate per head (every feature of the head times it)
+    router_softcap: float = 0.0       # Laguna moe_router_logit_softcapping: router logits c tanh(logits / c); 0 = off
 
     @property
     def q_per_kv(self) -> int:

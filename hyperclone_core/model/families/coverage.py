@@ -207,7 +207,7 @@ COVERAGE: dict = {
     "jetmoe": needs("mixture of attention heads", "MoE MLP"),
     "kolibri1": supported("kolibri1"),
     "kolibri1_1": needs("indexed (top-k sparse) attention layers whose KV other layers share", MOE_SHARED, "qk-norm"),
-    "laguna": needs(MOE_SHARED, "qk-norm", "soft-capping", "per-layer-type RoPE"),
+    "laguna": supported("laguna"),
     "llama4_text": supported("llama4_text"),
     "longcat_flash": needs("two attention + MLP sublayers per layer with a shortcut MoE", "zero-computation experts",
                            "MLA latent scales sqrt(hidden / rank), which change with the width"),

@@ -4,7 +4,8 @@ names), MiniMax-M2 (sigmoid routing, full-width qk-norm, partial RoPE), EXAONE-M
 attention in a pre-norm block over DeepSeek-V3 routing), AFMoE (sandwich norms, a sigmoid output gate on
 the attention, RoPE on the sliding layers only, sigmoid routing with an expert bias), Kolibri1 (GLM-4's
 sandwich block, EXAONE 4's attention, the correction bias on the router logits) and HY-V3 (Apertus'
-attention over MiniMax-M2's routing with shared experts).
+attention over MiniMax-M2's routing with shared experts), Laguna (a softplus output gate per head or
+per feature, RoPE per layer type, soft-capped sigmoid routing).
 
 Each reader reads every key of its config class that changes the maths and refuses the
 values this decoder cannot compute, naming the key.
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 
 from ...errors import ConfigError
 from ..rope import raw_params
-from ..spec import Family, Role, in_, out
+from ..spec import DecoderConfig, Family, Role, in_, out
 from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, norm, read_llama_like
 from .moe import (BLOCK_NORMS, DEEPSEEK_EXPERTS, DEEPSEEK_KEYS, QK_FULL, QK_HEAD, L, checked, correction_bias,
                   deepseek_routing, dense_mlp, experts, first_k_dense, layer_writer, mellum_mlp_types, router, shared_mlp,
@@ -46,6 +47,10 @@ CLASS_DEFAULTS = {
     "hy_v3": dict(rms_norm_eps=1e-5, head_dim=128, attention_bias=False, mlp_bias=False, num_experts=192,
                   num_experts_per_tok=8, num_shared_experts=1, moe_intermediate_size=1536, router_scaling_factor=2.826,
                   rope_theta=11_158_840.0),
+    "laguna": dict(rms_norm_eps=1e-6, head_dim=128, sliding_window=512, moe_intermediate_size=512,
+                   shared_expert_intermediate_size=512, num_experts_per_tok=8, num_experts=256, attention_bias=False,
+                   gating=True, moe_routed_scaling_factor=1.0, moe_apply_router_weight_on_input=False,
+                   moe_router_logit_softcapping=0.0),
     "exaone_moe": dict(rms_norm_eps=1e-5, sliding_window=4096, sliding_window_pattern=4, max_position_embeddings=2048,
                        first_k_dense_replace=1, moe_intermediate_size=1024, num_experts=64, num_experts_per_tok=8,
                        num_shared_experts=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1),
@@ -70,7 +75,10 @@ def _with_defaults(hf: Mapping[str, Any], model_type: str) -> dict:
     for alias, key in ALIASES.get(model_type, {}).items():
         if hf.get(key) is None and hf.get(alias) is not None:
             hf[key] = hf[alias]
-    rp = raw_params(hf)
+    try:
+        rp = raw_params(hf)
+    except ConfigError:  # a RoPE per layer type (Laguna): its reader resolves it
+        rp = {}
     defaults = dict(CLASS_DEFAULTS[model_type])
     if rp.get("rope_theta") is not None or hf.get("rope_theta") is not None:
         defaults.pop("rope_theta", None)
@@ -317,9 +325,73 @@ hy_v3 = Family(
     "HYV3ForCausalLM", write_layers=layer_writer(mellum_mlp_types, _exaone_rewrite, "mlp_layer_types"),
 )
 
-_ALL = (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3)
+# ---------------------------------------------------------------- Laguna
+
+
+def _laguna(hf):
+    from .patterns import per_type_rope
+
+    hf = _with_defaults(hf, "laguna")
+    layers, heads = int(hf["num_hidden_layers"]), int(hf["num_attention_heads"])
+    per_layer = hf.get("num_attention_heads_per_layer")
+    if per_layer and any(int(h) != heads for h in per_layer):
+        raise ConfigError(f"laguna: num_attention_heads_per_layer={list(per_layer)} is not supported (every layer "
+                          f"with num_attention_heads={heads} heads is)")
+    if hf.get("moe_apply_router_weight_on_input"):  # transformers refuses it too
+        raise ConfigError("laguna: moe_apply_router_weight_on_input=True is not supported")
+    if int(hf.get("shared_expert_intermediate_size") or 0) < 1:  # transformers builds a zero-width shared MLP
+        raise ConfigError("laguna: shared_expert_intermediate_size=0 is not supported (a shared expert is)")
+    gating = hf.get("gating")
+    if gating not in (True, False, "per-head", "per-element"):
+        raise ConfigError(f"laguna: gating={gating!r} is not supported (true, false, 'per-head' or 'per-element')")
+    types = tuple(hf.get("layer_types") or ["full_attention"] * layers)
+    if not hf.get("mlp_layer_types"):
+        hf["mlp_layer_types"] = ["dense" if i < 1 else "sparse" for i in range(layers)]
+    hd, positions = int(hf["head_dim"]), int(hf.get("max_position_embeddings") or 131072)
+    rope = per_type_rope(dict(hf, rope_parameters=hf.get("rope_parameters") or {
+        "full_attention": {"rope_type": "default", "rope_theta": 500000.0, "partial_rotary_factor": 0.5},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}}),
+        hd, positions, 10000.0, 10000.0)
+    n = int(hf["num_experts"])
+    bias = bool(hf.get("attention_bias"))
+    window = int(hf.get("sliding_window") or 0)
+    cfg = read_llama_like(
+        dict(hf, rope_parameters=None, rope_scaling=None), "laguna", qk_norm="head", qkv_bias=bias, o_bias=bias,
+        layer_types=types if window and "sliding_attention" in types else (),
+        sliding_window=window if "sliding_attention" in types else 0,
+        attn_gate_act="softplus", attn_gate_per_head=gating in (True, "per-head"),
+        experts=n, experts_per_tok=int(hf["num_experts_per_tok"]), moe_scoring="sigmoid", moe_renorm=True,
+        moe_scale=float(hf["moe_routed_scaling_factor"]), router_softcap=float(hf["moe_router_logit_softcapping"] or 0),
+        moe_ffn=int(hf["moe_intermediate_size"]), shared_ffn=int(hf["shared_expert_intermediate_size"]),
+        mlp_types=mellum_mlp_types(hf, layers, n),
+    )
+    return DecoderConfig(**dict(cfg.to_dict(), **rope))
+
+
+def _laguna_layers(out_cfg: dict, new) -> None:
+    _laguna_mlp(out_cfg, new)
+    out_cfg["num_attention_heads_per_layer"] = [new.heads] * new.layers
+
+
+_laguna_mlp = layer_writer(mellum_mlp_types, _exaone_rewrite, "mlp_layer_types")
+laguna = Family(
+    "laguna", ("laguna",),
+    embeddings("model.embed_tokens.weight") + attention(f"{L}.self_attn", bias=True, o_bias=True) + QK_HEAD
+    + (Role(f"{L}.self_attn.g_proj.weight", "attn.gate", (out("kv_heads*q_per_kv"), in_("hidden")),
+            when=lambda c: c.attn_gate_per_head),
+       Role(f"{L}.self_attn.g_proj.weight", "attn.gate", (out(Q), in_("hidden")),
+            when=lambda c: not c.attn_gate_per_head))
+    + dense_mlp()
+    + (router(f"{L}.mlp.gate.weight"), correction_bias(f"{L}.mlp.experts.e_score_correction_bias"))
+    + experts(f"{L}.mlp.experts") + shared_mlp(f"{L}.mlp.shared_expert") + BLOCK_NORMS,
+    _laguna, dict(LLAMA_KEYS, num_experts="experts", moe_intermediate_size="moe_ffn",
+                  shared_expert_intermediate_size="shared_ffn"), "LagunaForCausalLM", rope_keys=(),
+    write_layers=_laguna_layers,
+)
+
+_ALL = (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna)
 FAMILIES = tuple(replace(f, read=checked(f.read)) for f in _ALL)
-(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3) = FAMILIES
+(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna) = FAMILIES
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -341,6 +413,13 @@ TINY = {
                      layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"]),
     "hy_v3": dict(_DIMS, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, num_shared_experts=2,
                   head_dim=8, attention_bias=True, mlp_bias=True, router_scaling_factor=2.0),
+    "laguna": dict(_DIMS, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                   shared_expert_intermediate_size=24, head_dim=8, sliding_window=4, attention_bias=True,
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention"], gating=True,
+                   moe_routed_scaling_factor=2.0, moe_router_logit_softcapping=1.0,
+                   rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500000.0,
+                                                       "partial_rotary_factor": 0.5},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
     "exaone_moe": dict(_DIMS, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                        num_shared_experts=2, sliding_window=4, sliding_window_pattern=2, n_group=2, topk_group=1,
                        mlp_layer_types=["dense", "sparse", "dense", "sparse"]),
