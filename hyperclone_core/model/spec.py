@@ -307,6 +307,8 @@ class DecoderConfig:
     v_norm: bool = False              # Gemma 4: each value head RMS-normed (no gain, norm_eps) before attention
     dyn_keep: int = 0                 # Doge keep_window_size (dynamic mask, attn.dt stored): a query reads only its
     #                                   dyn_keep keys of largest dynamic bias when the sequence is longer; 0 = every key
+    k_eq_v: bool = False              # Gemma 4 attention_k_eq_v: full-attention layers have no v projection, their
+    #                                   values are the raw key projection (before qk-norm and RoPE)
 
     first_attn_norm: bool = True      # ModernBERT: False = layer 0 has no attention norm (its input is the normed embedding)
     head_act: str = ""                # ModernBERT: a prediction head before the LM head (head.dense, this activation,

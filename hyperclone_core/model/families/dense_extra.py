@@ -1,7 +1,8 @@
 """Dense decoders with their own attention or block layout: diffllama (differential attention),
 gemma4_text and gemma4_unified_text (Gemma 3's sandwich block with plain RMS gains, value norms,
-unit attention scale, a stored per-layer output scalar; MoE, per-layer input embeddings, KV sharing
-and full layers of another head size refused by key), doge (dynamic-mask attention: a bias per kv
+unit attention scale, a stored per-layer output scalar, full layers reading their keys as values
+under attention_k_eq_v; MoE, per-layer input embeddings, KV sharing and full layers of another
+head size or kv head count refused by key), doge (dynamic-mask attention: a bias per kv
 head on each key from its values, top keep_window_size keys; learned residual gains; its
 cross-domain MoE refused)."""
 
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 
 from ...errors import ConfigError
 from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out
-from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, has, norm, read_llama_like
+from ._common import KV, LLAMA_KEYS, attention, embeddings, gated_mlp, has, norm, read_llama_like
 from .patterns import _sliding, _types, per_type_rope
 
 L = "model.layers.{i}"
@@ -61,9 +62,18 @@ diffllama = Family(
 
 # ---------------------------------------------------------------- gemma4_text
 
+def _has_v(cfg: DecoderConfig, i: int) -> bool:
+    """Whether layer i has a value projection (under attention_k_eq_v full layers read their keys)."""
+    return not (cfg.k_eq_v and cfg.layer_types and cfg.layer_types[i] == "full_attention")
+
+
 GEMMA4_ROLES = (
     embeddings("model.embed_tokens.weight")
-    + attention(f"{L}.self_attn", bias=True, o_bias=True)
+    + tuple(r for r in attention(f"{L}.self_attn", bias=True, o_bias=True) if r.kind not in ("attn.v", "attn.v.bias"))
+    + (
+        Role(f"{L}.self_attn.v_proj.weight", "attn.v", (out(KV), in_("hidden")), on_layer=_has_v),
+        Role(f"{L}.self_attn.v_proj.bias", "attn.v.bias", (out(KV),), when=has("qkv_bias"), on_layer=_has_v),
+    )
     + gated_mlp(f"{L}.mlp", bias=False)
     + norm(f"{L}.input_layernorm", "norm.attn_in")
     + norm(f"{L}.post_attention_layernorm", "norm.attn_out")
@@ -103,9 +113,11 @@ def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) 
     if hf.get("num_kv_shared_layers"):
         raise ConfigError(f"{mt}: num_kv_shared_layers={hf['num_kv_shared_layers']!r} is not supported (later "
                           "layers reuse earlier layers' keys and values)")
-    if hf.get("attention_k_eq_v"):
-        raise ConfigError(f"{mt}: attention_k_eq_v=True is not supported (full layers read their values from the "
-                          "key projection)")
+    if hf.get("attention_k_eq_v") and hf.get("per_layer_config") is None \
+            and hf.get("num_global_key_value_heads") not in (None, kv):
+        raise ConfigError(f"{mt}: num_global_key_value_heads={hf['num_global_key_value_heads']!r} (the full layers' kv "
+                          f"heads under attention_k_eq_v) differs from num_key_value_heads={kv}; one kv head count "
+                          "for every layer is supported")
     if hf.get("use_bidirectional_attention") not in (None, "vision"):  # "vision": text tokens stay causal
         raise ConfigError(f"{mt}: use_bidirectional_attention={hf['use_bidirectional_attention']!r} is not "
                           "supported (a causal decoder only)")
@@ -145,6 +157,7 @@ def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
         dict(hf, rope_parameters=None, rope_scaling=None), family, placement="sandwich", qk_norm="head",
         v_norm=True, attn_scale=1.0, embed_scale=True, act=hf.get("hidden_activation") or "gelu_pytorch_tanh",
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)), qkv_bias=bias, o_bias=bias,
+        k_eq_v=bool(hf.get("attention_k_eq_v")),
         final_softcap=float(hf.get("final_logit_softcapping") or 0.0), **_sliding(hf, types),
     )
     return DecoderConfig(**dict(cfg.to_dict(), **rope))
@@ -157,10 +170,13 @@ def _gemma4_layers(out_cfg: dict, new: DecoderConfig) -> None:
         out_cfg["per_layer_config"] = {}
 
 
-gemma4_text = Family("gemma4_text", ("gemma4_text",), GEMMA4_ROLES, _gemma4, LLAMA_KEYS,
+GEMMA4_KEYS = dict(LLAMA_KEYS, num_global_key_value_heads="kv_heads")
+"""num_global_key_value_heads (full layers' kv heads under attention_k_eq_v): the same count, written back."""
+
+gemma4_text = Family("gemma4_text", ("gemma4_text",), GEMMA4_ROLES, _gemma4, GEMMA4_KEYS,
                      "Gemma4ForCausalLM", rope_keys=(), write_layers=_gemma4_layers)
 gemma4_unified_text = Family("gemma4_unified_text", ("gemma4_unified_text",), GEMMA4_ROLES,
-                             lambda hf: _gemma4(hf, "gemma4_unified_text"), LLAMA_KEYS, "Gemma4UnifiedForCausalLM",
+                             lambda hf: _gemma4(hf, "gemma4_unified_text"), GEMMA4_KEYS, "Gemma4UnifiedForCausalLM",
                              rope_keys=(), write_layers=_gemma4_layers)
 """The same text decoder without per-layer input embeddings or MoE (its own causal-LM class)."""
 
@@ -217,7 +233,8 @@ TINY = {
     "doge": dict(_DIMS, attention_bias=True, mlp_bias=True, keep_window_size=4),
     "gemma4_unified_text": dict(_DIMS, num_hidden_layers=3, head_dim=16, global_head_dim=16, sliding_window=4,
                                 layer_types=["sliding_attention", "full_attention", "full_attention"],
-                                final_logit_softcapping=15.0, tie_word_embeddings=True),
+                                final_logit_softcapping=15.0, tie_word_embeddings=True, attention_k_eq_v=True,
+                                num_global_key_value_heads=2),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
