@@ -204,7 +204,7 @@ COVERAGE: dict = {
                    "attention sinks with sparse attention"),
     "hyperclovax": supported("hyperclovax"),
     "jais2": supported("jais2"),
-    "jetmoe": needs("mixture of attention heads", "MoE MLP"),
+    "jetmoe": supported("jetmoe"),
     "kolibri1": supported("kolibri1"),
     "kolibri1_1": needs("indexed (top-k sparse) attention layers whose KV other layers share", MOE_SHARED, "qk-norm"),
     "laguna": supported("laguna"),

@@ -5,7 +5,8 @@ attention in a pre-norm block over DeepSeek-V3 routing), AFMoE (sandwich norms, 
 the attention, RoPE on the sliding layers only, sigmoid routing with an expert bias), Kolibri1 (GLM-4's
 sandwich block, EXAONE 4's attention, the correction bias on the router logits) and HY-V3 (Apertus'
 attention over MiniMax-M2's routing with shared experts), Laguna (a softplus output gate per head or
-per feature, RoPE per layer type, soft-capped sigmoid routing).
+per feature, RoPE per layer type, soft-capped sigmoid routing), JetMoE (a mixture of attention heads:
+routed query/output projections over shared keys and values; a routed MLP with a bias).
 
 Each reader reads every key of its config class that changes the maths and refuses the
 values this decoder cannot compute, naming the key.
@@ -389,9 +390,54 @@ laguna = Family(
     write_layers=_laguna_layers,
 )
 
-_ALL = (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna)
+# ---------------------------------------------------------------- JetMoE
+
+
+def _jetmoe(hf):
+    hf = {**dict(rms_norm_eps=1e-6, tie_word_embeddings=True, kv_channels=128, num_local_experts=8,
+                 num_experts_per_tok=2, activation_function="silu"), **hf}
+    eps = float(hf["rms_norm_eps"])
+    if eps != 1e-6:  # the block norms keep their class default whatever the config says
+        raise ConfigError(f"jetmoe: rms_norm_eps={eps!r} is not supported (the layers' norms use 1e-6, the final "
+                          "norm rms_norm_eps; one epsilon for both is)")
+    kv = int(hf.get("num_key_value_heads") or 16)
+    flat = dict(hf, num_attention_heads=kv, num_key_value_heads=kv, head_dim=int(hf["kv_channels"]),
+                hidden_act=hf["activation_function"])
+    # a query head of an expert reads its kv head: per expert, kv_heads heads (q_per_kv 1)
+    return read_llama_like(flat, "jetmoe", experts=int(hf["num_local_experts"]),
+                           experts_per_tok=int(hf["num_experts_per_tok"]), experts_stacked="out_in",
+                           tie_embeddings=bool(hf["tie_word_embeddings"]))
+
+
+def _jetmoe_heads(out_cfg: dict, new) -> None:
+    out_cfg["num_attention_heads"] = new.kv_heads * new.experts_per_tok  # as the config class derives it
+
+
+JA = f"{L}.self_attention"
+jetmoe = Family(
+    "jetmoe", ("jetmoe",),
+    embeddings("model.embed_tokens.weight") + (
+        Role(f"{JA}.kv_proj.weight", "attn.kv", (out(f"{KV}|{KV}"), in_("hidden"))),
+        Role(f"{JA}.experts.router.layer.weight", "attn.moa.router", (out("experts"), in_("hidden")), noiseless=True),
+        Role(f"{JA}.experts.input_linear.weight", "attn.moa.q", (out("experts"), out(KV), in_("hidden"))),
+        Role(f"{JA}.experts.output_linear.weight", "attn.moa.o", (out("experts"), out("hidden"), in_(KV)),
+             writer=True),
+        Role(f"{JA}.experts.bias", "attn.moa.bias", (out("hidden"),), writer=True),
+        router(f"{L}.mlp.router.layer.weight"),
+        Role(f"{L}.mlp.input_linear.weight", "moe.experts.gate_up", (out("experts"), out("ffn|ffn"), in_("hidden"))),
+        Role(f"{L}.mlp.output_linear.weight", "moe.experts.down", (out("experts"), out("hidden"), in_("ffn")),
+             writer=True),
+        Role(f"{L}.mlp.bias", "moe.bias", (out("hidden"),), writer=True),
+    ) + BLOCK_NORMS,
+    _jetmoe, {"hidden_size": "hidden", "intermediate_size": "ffn", "num_hidden_layers": "layers",
+              "num_key_value_heads": "kv_heads", "kv_channels": "head_dim", "vocab_size": "vocab",
+              "max_position_embeddings": "positions", "num_local_experts": "experts"},
+    "JetMoeForCausalLM", write_layers=_jetmoe_heads,
+)
+
+_ALL = (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna, jetmoe)
 FAMILIES = tuple(replace(f, read=checked(f.read)) for f in _ALL)
-(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna) = FAMILIES
+(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna, jetmoe) = FAMILIES
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -420,6 +466,9 @@ TINY = {
                    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500000.0,
                                                        "partial_rotary_factor": 0.5},
                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+    "jetmoe": dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_key_value_heads=2,
+                   kv_channels=8, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+                   tie_word_embeddings=False),
     "exaone_moe": dict(_DIMS, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                        num_shared_experts=2, sliding_window=4, sliding_window_pattern=2, n_group=2, topk_group=1,
                        mlp_layer_types=["dense", "sparse", "dense", "sparse"]),
