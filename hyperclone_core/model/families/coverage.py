@@ -141,7 +141,10 @@ COVERAGE: dict = {
     "axk1": supported("axk1"),
     "axk2": needs("gated RMSNorms (a low-rank sigmoid gate on each norm's output)",
                   "MLA whose q and output gate come from one projection of the q latent and its norm"),
-    "beam": needs("MoE routing", "qk-norm", "soft-capping"),
+    "beam": needs("depth-scaled residual adds (branch / sqrt(n) + residual x sqrt((n - 1) / n), n from the layer "
+                  "index: no inserted layer is the identity and later layers' scales move)",
+                  "scalable-softmax query scaling on its RoPE-less layers", "per-head attention output-gate biases",
+                  "DeepSeek-V4-style experts"),
     "biogpt": supported("biogpt"),
     "bloom": supported("bloom"),
     "codegen": supported("codegen"),
@@ -161,7 +164,10 @@ COVERAGE: dict = {
     "dots1": supported("dots1"),
     "dots3_note_text": needs("per-layer attention configs", "an output-gated MLA (g_proj) with a normed RoPE key",
                              "MLA latent scales sqrt(hidden / rank), which change with the width"),
-    "ergo": needs(MOE_SHARED, "qk-norm"),
+    "ergo": needs("learned per-channel residual gates (sigmoid(w) x branch + sqrt(1 + sigmoid(w)) "
+                  "exp(-softplus(w) / 2) x residual: an inserted layer is the identity only at w = -inf)",
+                  "a per-expert RMS norm on each routed expert's output", "an RMS-normed relu2 shared expert",
+                  "global_attention_scale on the full-attention layers"),
     "ernie4_5": supported("ernie4_5"),
     "ernie4_5_moe": supported("ernie4_5_moe"),
     "exaone": supported("exaone"),
