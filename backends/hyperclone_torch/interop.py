@@ -56,6 +56,17 @@ RENAMES = (
     (re.compile(r"\.mlp\.moe_statics\.e_score_correction_bias$"), ".mlp.gate.moe_statics.e_score_correction_bias"),
     (re.compile(r"\.self_attn\.q_proj\.(weight|bias)$"), r".self_attn.q_gate_proj.\1"),  # minicpm5_moe: q|gate per head
     (re.compile(r"\.post_mlp_layernorm\.weight$"), ".mlp.post_mlp_layernorm.weight"),  # axk1: the MoE's output norm
+    # moe_extra's types: correction biases, routers, shared experts and norms under their checkpoint names
+    (re.compile(r"\.mlp\.e_score_correction_bias$"), ".mlp.gate.e_score_correction_bias"),  # exaone_moe
+    (re.compile(r"\.mlp\.expert_bias$"), ".mlp.e_score_correction_bias"),  # hy_v3
+    (re.compile(r"\.mlp\.router\.gate\.weight$"), ".mlp.gate.weight"),  # hy_v3
+    (re.compile(r"\.mlp\.shared_mlp\.(\w+)\.(weight|bias)$"), r".mlp.shared_experts.\1.\2"),  # hy_v3
+    (re.compile(r"\.moe\.router\.expert_bias$"), ".mlp.gate.e_score_correction_bias"),  # kolibri1
+    (re.compile(r"\.post_attn_norm\.weight$"), ".post_self_attn_layernorm.weight"),  # kolibri1
+    (re.compile(r"\.post_ffn_norm\.weight$"), ".post_mlp_layernorm.weight"),  # kolibri1
+    (re.compile(r"\.mlp\.shared_expert\.(\w+)\.weight$"), r".mlp.shared_experts.\1.weight"),  # laguna
+    (re.compile(r"\.mlp\.experts\.e_score_correction_bias$"), ".mlp.gate.e_score_correction_bias"),  # laguna
+    (re.compile(r"\.block_sparse_moe\.e_score_correction_bias$"), ".mlp.e_score_correction_bias"),  # minimax_m2
 )
 """Checkpoint name -> transformers' in-memory name (regex, replacement); the first whose
 result the model has applies."""
