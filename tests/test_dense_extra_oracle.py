@@ -21,9 +21,16 @@ TOL = 1e-5
 TOKEN_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 VARIANTS = {
     "diffllama": [{}, dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=3)],
-    "gemma4_text": [{}, dict(attention_k_eq_v=True, num_global_key_value_heads=2), dict(num_hidden_layers=7, layer_types=None, rope_parameters=None, attention_bias=False,
+    "gemma4_text": [{}, dict(attention_k_eq_v=True, num_global_key_value_heads=2),
+                    dict(num_hidden_layers=7, layer_types=None, rope_parameters=None, attention_bias=False,
                              final_logit_softcapping=None, sliding_window=3)],
-    "gemma4_unified_text": [{}, dict(attention_k_eq_v=False, attention_bias=True)],
+    "gemma4_unified_text": [{}, dict(attention_k_eq_v=False, attention_bias=True, global_head_dim=32,
+                                     rope_parameters={"sliding_attention": {"rope_type": "default",
+                                                                            "rope_theta": 100.0,
+                                                                            "partial_rotary_factor": 0.5},
+                                                      "full_attention": {"rope_type": "proportional",
+                                                                         "partial_rotary_factor": 0.25,
+                                                                         "rope_theta": 1000.0}})],
     "doge": [{}, dict(sliding_window=5, keep_window_size=3, num_key_value_heads=4, attention_bias=False),
              dict(keep_window_size=64)],
 }
@@ -80,16 +87,14 @@ REFUSED = [
     ("gemma4_text", dict(num_kv_shared_layers=1), "num_kv_shared_layers"),
     ("gemma4_text", dict(attention_k_eq_v=True, num_global_key_value_heads=1), "num_global_key_value_heads"),
     ("gemma4_text", dict(use_bidirectional_attention="all"), "use_bidirectional_attention"),
-    ("gemma4_text", dict(per_layer_config={"2": {"head_dim": 32}}), "head_dim"),
-    ("gemma4_unified_text", dict(global_head_dim=None), "global_head_dim"),
+    ("gemma4_text", dict(per_layer_config={"0": {"head_dim": 32}}), "head_dim"),
+    ("gemma4_text", dict(per_layer_config={"2": {"num_key_value_heads": 1}}), "num_key_value_heads"),
 ]
 
 
 @pytest.mark.parametrize("model_type,change,key", REFUSED, ids=[f"{m}-{k}" for m, _, k in REFUSED])
 def test_refused_by_key(model_type, change, key):
     hf = dict(dense_extra.TINY[model_type], model_type=model_type, **change)
-    if change.get("global_head_dim", 0) is None:  # a config.json without the key: the class's 512
-        hf.pop("global_head_dim")
     with pytest.raises(ConfigError, match=key):
         family_for_config(hf).read(hf)
 

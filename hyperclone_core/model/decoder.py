@@ -110,9 +110,16 @@ def rope_of(cfg: DecoderConfig, layer: int) -> str:
     "sliding" (the sliding layers' own tables) or "rope"."""
     if cfg.pos != "rope" or (cfg.nope_layers and cfg.nope_layers[layer]):
         return ""
-    if cfg.rope_sliding and cfg.layer_types and cfg.layer_types[layer] == "sliding_attention":
+    if (cfg.rope_sliding or cfg.full_head_dim) and cfg.layer_types and cfg.layer_types[layer] == "sliding_attention":
         return "sliding"
     return "rope"
+
+
+def head_dim_of(cfg: DecoderConfig, layer: int) -> int:
+    """The head size of ``layer``: ``full_head_dim`` on a full-attention layer where set (Gemma 4)."""
+    if cfg.full_head_dim and cfg.layer_types and cfg.layer_types[layer] == "full_attention":
+        return cfg.full_head_dim
+    return cfg.head_dim
 
 
 @dataclass
@@ -131,9 +138,10 @@ class Tables:
 def tables(cfg: DecoderConfig, T: int, ops: "ArrayOps", dtype) -> Tables:
     if cfg.pos != "rope":
         return Tables(T)
-    cos, sin = rope_tables(cfg, T)
+    # Gemma 4: the full layers' tables span their own head size (full_head_dim), the sliding layers' head_dim
+    cos, sin = rope_tables(replace(cfg, head_dim=cfg.full_head_dim) if cfg.full_head_dim else cfg, T)
     tb = Tables(T, ops.constant(cos, dtype), ops.constant(sin, dtype))
-    if cfg.rope_sliding:
+    if cfg.rope_sliding or cfg.full_head_dim:
         cos, sin = rope_tables(sliding_rope(cfg), T)
         tb.local_cos, tb.local_sin = ops.constant(cos, dtype), ops.constant(sin, dtype)
     return tb
@@ -276,7 +284,7 @@ class ArrayOps:
         return xp.concatenate([out, rest], axis=-1) if rest.shape[-1] else out
 
     def attention(self, q, k, v, *, scale: float, window: int, softcap: float, sinks=None, chunk: int = 0,
-                  alibi=None, keep=None, **extra):
+                  alibi=None, keep=None, key_bias=None, **extra):
         """Causal attention; q (B, T, H, D), k/v (B, T, KV, D) with H a multiple of KV
         (query head h reads kv head h // (H // KV)); returns (B, T, H, D).  ``extra``:
         the optional features (``extras_set``), keyword arguments a backend's fused
@@ -286,7 +294,9 @@ class ArrayOps:
         ``alibi`` (H,): per-head slopes of ALiBi's linear bias slope_h * (k - q) (a per-row
         shift of transformers' slope_h * k, which the softmax ignores), added to the
         scaled scores (bloom, mpt); ``keep`` (B, T, T) bool: the keys each query may read
-        besides causality (DeepSeek sparse attention's indexer, ``index_keep``)."""
+        besides causality (DeepSeek sparse attention's indexer, ``index_keep``), or (B, H, T, T)
+        per head (Doge); ``key_bias`` (B, H, T): a bias per head on each key, added to the
+        scaled scores (Doge's dynamic mask, ``dynamic_key_bias``)."""
         _refuse_extras("attention", extra)
         xp = self.xp
         H, KV = q.shape[2], k.shape[2]
@@ -297,11 +307,13 @@ class ArrayOps:
         if alibi is not None:
             slopes = self.constant(np.asarray(alibi, np.float64).reshape(-1, 1, 1), scores.dtype)
             scores = scores + slopes * self.constant(relative_positions(q.shape[2]), scores.dtype)
+        if key_bias is not None:
+            scores = scores + self.astype(key_bias, scores.dtype)[:, :, None, :]
         if softcap:
             scores = xp.tanh(scores / softcap) * softcap
         allowed = self.constant(causal_mask(q.shape[2], window, chunk))
         if keep is not None:
-            allowed = allowed & keep[:, None]
+            allowed = allowed & (keep if len(keep.shape) == 4 else keep[:, None])
         scores = xp.where(allowed, scores, -math.inf)
         cdt = self.compute_dtype(scores.dtype)
         if sinks is None:
@@ -452,7 +464,7 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
         return mixture_of_attention(cfg, get, x, layer, tb, o)
     xp = o.xp
     B, T, _ = x.shape
-    H, KV, D = cfg.heads, cfg.kv_heads, cfg.head_dim
+    H, KV, D = cfg.heads, cfg.kv_heads, head_dim_of(cfg, layer)
     gate = None  # an output gate: the attention's output times sigmoid(gate)
     if cfg.qkv_layout == "separate":
         if get("attn.q_gate") is not None:  # per head its query, then its gate (MiniCPM5-MoE's gated attention)
@@ -463,7 +475,8 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
         if get("attn.gate") is not None:  # a separate output-gate projection (AFMoE's gate_proj)
             gate = o.linear(x, get("attn.gate"), get("attn.gate.bias"))
         k = o.linear(x, get("attn.k"), get("attn.k.bias"))
-        v = o.linear(x, get("attn.v"), get("attn.v.bias"))
+        # a layer without a value projection (Gemma 4's attention_k_eq_v) reads its raw keys as values
+        v = k if cfg.k_eq_v and get("attn.v") is None else o.linear(x, get("attn.v"), get("attn.v.bias"))
         KV = k.shape[-1] // D  # the layer's own (MiMo-V2-Flash's sliding layers have twice the kv heads)
     else:
         qkv = o.linear(x, get("attn.qkv"), get("attn.qkv.bias"))
@@ -516,6 +529,8 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
     scale = (cfg.attn_scale or D ** -0.5) / (layer + 1 if cfg.attn_scale_inverse_layer else 1)
     kw = dict(scale=scale, window=window_of(cfg, layer), softcap=cfg.attn_softcap, sinks=get("attn.sinks"),
               chunk=chunk_of(cfg, layer), alibi=alibi_slopes(H) if cfg.pos == "alibi" else None)
+    if get("attn.dt") is not None:  # Doge's dynamic mask
+        kw["key_bias"], kw["keep"] = dynamic_key_bias(cfg, get, v, H, layer, o)
     out = differential(cfg, get, q, k, v, layer, o, **kw) if cfg.diff_attn else o.attention(q, k, v, **kw)
     out = xp.reshape(out, (B, T, H * Dv))
     if gate is not None:
@@ -528,6 +543,28 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
         else:
             out = out * gate
     return o.linear(out, get("attn.o"), get("attn.o.bias"))
+
+
+def dynamic_key_bias(cfg: DecoderConfig, get: Get, v, H: int, layer: int, o: ArrayOps) -> tuple:
+    """Doge's dynamic mask: (key_bias (B, H, T), keep (B, H, T, T) or None).  Each kv head biases
+    every key by exp(A softplus(dt)), dt the ``attn.dt`` projection of the key's values (all kv
+    heads'), ``attn.dt_a`` the head's A; under ``dyn_keep`` a query reads only the ``dyn_keep``
+    keys it may read (causal, in the layer's window or chunk) of largest bias (ties: the lower
+    index) when the sequence is longer."""
+    xp = o.xp
+    B, T, KV, Dv = v.shape
+    cdt = o.compute_dtype(v.dtype)
+    dt = o.astype(o.linear(xp.reshape(v, (B, T, KV * Dv)), get("attn.dt"), get("attn.dt.bias")), cdt)
+    soft = xp.where(dt > 20.0, dt, xp.log(1.0 + xp.exp(xp.clip(dt, None, 20.0))))  # softplus (torch's threshold 20)
+    bias = xp.exp(o.astype(get("attn.dt_a"), cdt) * soft)  # (B, T, KV)
+    bias = xp.swapaxes(xp.repeat(bias, H // KV, axis=-1), 1, 2)  # (B, H, T)
+    keep = None
+    if cfg.dyn_keep and T > cfg.dyn_keep:
+        allowed = o.constant(causal_mask(T, window_of(cfg, layer), chunk_of(cfg, layer)))
+        ranked = o.stop_gradient(xp.where(allowed, bias[:, :, None, :], -math.inf))
+        order = o.top_k(ranked, T)
+        keep = o.top_k(-o.astype(order, cdt), T) < cfg.dyn_keep  # each key's place in that order
+    return o.astype(bias, v.dtype), keep
 
 
 def diff_lambda_init(layer: int) -> float:
@@ -805,11 +842,13 @@ def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
         h = n("norm.attn_in", x)
         return x + r(attn(h)) + r(ff(h if cfg.shared_block_norm else n("norm.mlp_in", x)))
     if cfg.placement == "pre":
-        h = x + r(attn(n("norm.attn_in", x)))
+        g = get("res.attn")  # Doge: a learned gain on the residual stream (per channel) under each sublayer
+        h = (x if g is None else x * g) + r(attn(n("norm.attn_in", x)))
         y = ff(n("norm.mlp_in", h))
         if get("norm.mlp_out") is not None:  # A.X-K1: a layer storing one norms its MLP's output
             y = n("norm.mlp_out", y)
-        return h + r(y)
+        g = get("res.mlp")
+        return (h if g is None else h * g) + r(y)
     if cfg.placement == "post":
         h = n("norm.attn_in", x + r(attn(x)))
         return n("norm.mlp_in", h + r(ff(h)))
@@ -891,7 +930,7 @@ def cross_entropy(o: ArrayOps, logits, targets):
 
 __all__ = [
     "ACTIVATIONS", "ACT_ALIASES", "ArrayOps", "extras_set", "NumpyOps", "Tables", "activation_key", "attention", "block",
-    "alibi_slopes", "relative_positions", "differential", "diff_lambda_init",
+    "alibi_slopes", "relative_positions", "differential", "diff_lambda_init", "dynamic_key_bias", "head_dim_of",
     "latent_attention", "index_keep",
     "causal_mask", "check_length", "chunk_of", "cross_entropy", "embed", "expert", "forward", "head", "mlp", "moe", "norm",
     "rope_of", "rope_tables", "route", "shared_experts", "sliding_rope", "tables", "window_of",

@@ -39,7 +39,7 @@ DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",
     "experts", "layers", "embed", "moe_ffn", "shared_ffn", "q_lora", "kv_lora", "mla_qk", "mla_kv", "v_dim",
     "index_heads", "index_dim",
-    "block_heads", "kv_half",
+    "block_heads", "kv_half", "full_head_dim",
 )
 """Named sizes.  ``heads`` = kv_heads * q_per_kv is derived; ``embed`` is the token
 embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``).
@@ -309,6 +309,8 @@ class DecoderConfig:
     #                                   dyn_keep keys of largest dynamic bias when the sequence is longer; 0 = every key
     k_eq_v: bool = False              # Gemma 4 attention_k_eq_v: full-attention layers have no v projection, their
     #                                   values are the raw key projection (before qk-norm and RoPE)
+    full_head_dim: int = 0            # Gemma 4 global_head_dim: the full-attention layers' head size (and their RoPE
+    #                                   tables'); 0 = head_dim.  Dim full_head_dim: no growth option names it
 
     first_attn_norm: bool = True      # ModernBERT: False = layer 0 has no attention norm (its input is the normed embedding)
     head_act: str = ""                # ModernBERT: a prediction head before the LM head (head.dense, this activation,
@@ -344,6 +346,8 @@ class DecoderConfig:
                        mla_kv=self.nope_dim + self.v_dim, v_dim=self.v_dim)
         elif self.v_dim:  # values narrower than q and k without MLA (MiMo-V2-Flash): a dim no option grows
             out["v_dim"] = self.v_dim
+        if self.full_head_dim:  # Gemma 4's full layers' head size (keeps its size, as head_dim under RoPE)
+            out["full_head_dim"] = self.full_head_dim
         if self.diff_attn:  # differential attention's half of the kv heads (see DIMS)
             out["kv_half"] = self.kv_heads // 2
         if self.index_topk:  # the sparse-attention indexer's (see DIMS)

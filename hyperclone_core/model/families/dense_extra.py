@@ -1,8 +1,8 @@
 """Dense decoders with their own attention or block layout: diffllama (differential attention),
 gemma4_text and gemma4_unified_text (Gemma 3's sandwich block with plain RMS gains, value norms,
 unit attention scale, a stored per-layer output scalar, full layers reading their keys as values
-under attention_k_eq_v; MoE, per-layer input embeddings, KV sharing and full layers of another
-head size or kv head count refused by key), doge (dynamic-mask attention: a bias per kv
+under attention_k_eq_v; MoE, per-layer input embeddings, KV sharing and layers of another kv head
+count refused by key; full layers may have their own head size, global_head_dim), doge (dynamic-mask attention: a bias per kv
 head on each key from its values, top keep_window_size keys; learned residual gains; its
 cross-domain MoE refused)."""
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from ...errors import ConfigError
 from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out
-from ._common import KV, LLAMA_KEYS, attention, embeddings, gated_mlp, has, norm, read_llama_like
+from ._common import LLAMA_KEYS, attention, embeddings, gated_mlp, has, norm, read_llama_like
 from .patterns import _sliding, _types, per_type_rope
 
 L = "model.layers.{i}"
@@ -67,21 +67,46 @@ def _has_v(cfg: DecoderConfig, i: int) -> bool:
     return not (cfg.k_eq_v and cfg.layer_types and cfg.layer_types[i] == "full_attention")
 
 
+def _g4_attention(hd: str, kind_of, when=None) -> tuple:
+    """q/k/v/o (and biases) and the q/k norms of the layers ``kind_of(cfg, i)`` holds, heads of size
+    ``hd``, in configs ``when`` accepts."""
+    a, q, kv = f"{L}.self_attn", f"kv_heads*q_per_kv*{hd}", f"kv_heads*{hd}"
+
+    def has_v(cfg, i):
+        return kind_of(cfg, i) and _has_v(cfg, i)
+
+    def biased(cfg):
+        return cfg.qkv_bias and (when is None or when(cfg))
+    return (
+        Role(f"{a}.q_proj.weight", "attn.q", (out(q), in_("hidden")), on_layer=kind_of, when=when),
+        Role(f"{a}.k_proj.weight", "attn.k", (out(kv), in_("hidden")), on_layer=kind_of, when=when),
+        Role(f"{a}.v_proj.weight", "attn.v", (out(kv), in_("hidden")), on_layer=has_v, when=when),
+        Role(f"{a}.o_proj.weight", "attn.o", (out("hidden"), in_(q)), writer=True, on_layer=kind_of, when=when),
+        Role(f"{a}.q_proj.bias", "attn.q.bias", (out(q),), when=biased, on_layer=kind_of),
+        Role(f"{a}.k_proj.bias", "attn.k.bias", (out(kv),), when=biased, on_layer=kind_of),
+        Role(f"{a}.v_proj.bias", "attn.v.bias", (out(kv),), when=biased, on_layer=has_v),
+        Role(f"{a}.q_norm.weight", "attn.q_norm", (out(hd),), on_layer=kind_of, when=when),
+        Role(f"{a}.k_norm.weight", "attn.k_norm", (out(hd),), on_layer=kind_of, when=when),
+    )
+
+
+def _full(cfg: DecoderConfig, i: int) -> bool:
+    return cfg.layer_types[i] == "full_attention"
+
+
 GEMMA4_ROLES = (
     embeddings("model.embed_tokens.weight")
-    + tuple(r for r in attention(f"{L}.self_attn", bias=True, o_bias=True) if r.kind not in ("attn.v", "attn.v.bias"))
-    + (
-        Role(f"{L}.self_attn.v_proj.weight", "attn.v", (out(KV), in_("hidden")), on_layer=_has_v),
-        Role(f"{L}.self_attn.v_proj.bias", "attn.v.bias", (out(KV),), when=has("qkv_bias"), on_layer=_has_v),
-    )
+    # one head size everywhere, or full layers of their own (full_head_dim: global_head_dim)
+    + _g4_attention("head_dim", lambda cfg, i: not (cfg.full_head_dim and _full(cfg, i)))
+    + _g4_attention("full_head_dim", lambda cfg, i: bool(cfg.full_head_dim) and _full(cfg, i),
+                    lambda cfg: bool(cfg.full_head_dim))
+    + (Role(f"{L}.self_attn.o_proj.bias", "attn.o.bias", (out("hidden"),), writer=True, when=has("o_bias")),)
     + gated_mlp(f"{L}.mlp", bias=False)
     + norm(f"{L}.input_layernorm", "norm.attn_in")
     + norm(f"{L}.post_attention_layernorm", "norm.attn_out")
     + norm(f"{L}.pre_feedforward_layernorm", "norm.mlp_in")
     + norm(f"{L}.post_feedforward_layernorm", "norm.mlp_out")
     + (
-        Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out("head_dim"),)),
-        Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out("head_dim"),)),
         Role(f"{L}.layer_scalar", "layer.scalar", (out("1"),), unit=True),
     )
 )
@@ -100,7 +125,8 @@ GEMMA4_ROPE = {
 """Gemma4TextConfig's RoPE per layer type where the config has none."""
 
 
-def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) -> None:
+def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) -> int:
+    """Refuses what the decoder lacks; returns the full layers' head size."""
     mt = hf.get("model_type") or "gemma4_text"
     if hf.get("enable_moe_block"):
         raise ConfigError(f"{mt}: enable_moe_block=True is not supported (Gemma 4's MoE block runs beside the dense "
@@ -122,21 +148,28 @@ def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) 
         raise ConfigError(f"{mt}: use_bidirectional_attention={hf['use_bidirectional_attention']!r} is not "
                           "supported (a causal decoder only)")
     overrides = hf.get("per_layer_config")
-    if overrides is None:  # the class puts global_head_dim on its full layers
-        if "full_attention" in types and int(hf.get("global_head_dim") or 512) != head_dim:
-            raise ConfigError(f"{mt}: global_head_dim={hf.get('global_head_dim') or 512} (the full layers' head size) "
-                              f"differs from head_dim={head_dim}; one head size for every layer is supported")
-        return
+    if overrides is None:  # the class puts global_head_dim (default 512) on its full layers
+        return int(hf.get("global_head_dim") or 512)
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{mt}: per_layer_config must be a mapping, not {type(overrides).__name__}")
-    own = {"head_dim": head_dim, "num_key_value_heads": kv}
+    full = set()
     for layer, o in overrides.items():
         if not isinstance(o, Mapping):
             raise ConfigError(f"{mt}: per_layer_config[{layer!r}] must be a mapping")
+        try:
+            kind = types[int(layer)]
+        except (ValueError, IndexError):
+            raise ConfigError(f"{mt}: per_layer_config has no layer {layer!r}") from None
         for key, value in o.items():
-            if key not in own or value != own[key]:
-                raise ConfigError(f"{mt}: per_layer_config[{layer!r}] sets {key}={value!r}; layers of another "
-                                  f"{key} than the config's ({own.get(key)!r}) are not supported")
+            if key == "head_dim" and kind == "full_attention" and isinstance(value, int) and value > 0:
+                full.add(value)
+            elif key != "head_dim" and (key != "num_key_value_heads" or value != kv) or \
+                    key == "head_dim" and value != head_dim:
+                raise ConfigError(f"{mt}: per_layer_config[{layer!r}] sets {key}={value!r}; only the full layers' "
+                                  f"head_dim may differ (num_key_value_heads as the config's {kv})")
+    if len(full) > 1:
+        raise ConfigError(f"{mt}: per_layer_config gives the full layers head sizes {sorted(full)}; one is supported")
+    return full.pop() if full else head_dim
 
 
 def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
@@ -148,26 +181,39 @@ def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
     types = tuple(types)
     hd = implicit_head_dim(hf, int(hf["hidden_size"]), int(hf["num_attention_heads"]))
     kv = int(hf.get("num_key_value_heads") or hf["num_attention_heads"])
-    _gemma4_refuse(hf, hd, kv, types)
+    full_hd = _gemma4_refuse(hf, hd, kv, types) if "full_attention" in types else hd
     positions = int(hf.get("max_position_embeddings") or 131072)
-    rope = per_type_rope(dict(hf, rope_parameters=hf.get("rope_parameters") or GEMMA4_ROPE), hd, positions,
-                         1_000_000.0, 10_000.0)
+    # Gemma 4's default RoPE spans the whole head whatever partial_rotary_factor says (transformers ignores it)
+    rp = hf.get("rope_parameters") or GEMMA4_ROPE
+    if isinstance(rp, Mapping):
+        rp = {t: {k: v for k, v in p.items() if not (k == "partial_rotary_factor" and p.get("rope_type", "default")
+                                                      == "default")} if isinstance(p, Mapping) else p
+              for t, p in rp.items()}
+    rope_hf = dict(hf, rope_parameters=rp)
+    rope = per_type_rope(rope_hf, full_hd, positions, 1_000_000.0, 10_000.0)  # the full layers' fields
+    if full_hd != hd:  # the sliding layers' fields over their own head size
+        own = per_type_rope(rope_hf, hd, positions, 1_000_000.0, 10_000.0)
+        sliding = dict(own["rope_sliding"]) or {k: own[k] for k in ("rope_theta", "rotary_dim", "rope_type",
+                                                                     "rope_scaling")}
+        full = {k: rope[k] for k in sliding}
+        rope = dict(rope, rope_sliding=tuple(sorted(sliding.items())) if sliding != full else ())
     bias = bool(hf.get("attention_bias", False))
     cfg = read_llama_like(
         dict(hf, rope_parameters=None, rope_scaling=None), family, placement="sandwich", qk_norm="head",
         v_norm=True, attn_scale=1.0, embed_scale=True, act=hf.get("hidden_activation") or "gelu_pytorch_tanh",
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)), qkv_bias=bias, o_bias=bias,
-        k_eq_v=bool(hf.get("attention_k_eq_v")),
+        k_eq_v=bool(hf.get("attention_k_eq_v")), full_head_dim=full_hd if full_hd != hd else 0,
         final_softcap=float(hf.get("final_logit_softcapping") or 0.0), **_sliding(hf, types),
     )
     return DecoderConfig(**dict(cfg.to_dict(), **rope))
 
 
 def _gemma4_layers(out_cfg: dict, new: DecoderConfig) -> None:
-    """The grown config's per_layer_config, where the source had one: its overrides are the
-    config's own values (anything else is refused), so none is needed at any depth."""
+    """The grown config's per_layer_config, where the source had one: the full layers' head size
+    on the grown model's full layers (kv heads: the config's own; nothing else is read)."""
     if out_cfg.get("per_layer_config"):
-        out_cfg["per_layer_config"] = {}
+        out_cfg["per_layer_config"] = {str(i): {"head_dim": new.full_head_dim} for i, t in enumerate(new.layer_types)
+                                       if t == "full_attention" and new.full_head_dim}
 
 
 GEMMA4_KEYS = dict(LLAMA_KEYS, num_global_key_value_heads="kv_heads")
@@ -226,7 +272,7 @@ _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_lay
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
 TINY = {
     "diffllama": dict(_DIMS, attention_bias=True),
-    "gemma4_text": dict(_DIMS, num_hidden_layers=3, head_dim=16, global_head_dim=16, sliding_window=4,
+    "gemma4_text": dict(_DIMS, num_hidden_layers=3, head_dim=16, global_head_dim=32, sliding_window=4,
                         layer_types=["sliding_attention", "full_attention", "full_attention"],
                         hidden_size_per_layer_input=0, attention_bias=True, final_logit_softcapping=15.0,
                         tie_word_embeddings=True),
