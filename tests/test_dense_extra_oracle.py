@@ -106,3 +106,10 @@ def test_config_values_checked_by_key(key, value):
 
     with pytest.raises(ConfigError, match=key):
         check_config(dict(dense_extra.TINY["doge"], model_type="doge", **{key: value}))
+
+
+def test_doge_default_expert_count_is_a_valid_config():
+    """DogeConfig writes num_experts 16384 (its product-key MoE's, off by default) into every config.json."""
+    from hyperclone_core.model.validate import check_config
+
+    check_config(dict(dense_extra.TINY["doge"], model_type="doge", num_experts=16384, is_moe=False))

@@ -73,7 +73,9 @@ _SCHEMA: dict = {
     "enable_moe_block": ("bool",), "hidden_size_per_layer_input": ("int", 0, MAX_DIM),
     "num_kv_shared_layers": ("int", 0, MAX_LAYERS), "attention_k_eq_v": ("bool",), "global_head_dim": _SIZE,
     # glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna, jetmoe (families/moe_extra.py)
-    "num_experts": ("int", 0, 4096), "num_shared_experts": ("int", 0, 4096), "route_scale": ("pos", 0.0, 1e6),
+    # num_experts: up to 2**20 -- DogeConfig's default is 16384 (its product-key MoE, off unless is_moe), in
+    # every doge config.json
+    "num_experts": ("int", 0, 2**20), "num_shared_experts": ("int", 0, 4096), "route_scale": ("pos", 0.0, 1e6),
     "num_dense_layers": ("int", 0, MAX_LAYERS), "global_attn_every_n_layers": ("int", 1, MAX_LAYERS),
     "mup_enabled": ("bool",), "router_scaling_factor": ("pos", 0.0, 1e6), "moe_routed_scaling_factor": ("pos", 0.0, 1e6),
     "moe_router_logit_softcapping": ("num", 0.0, 1e6), "moe_apply_router_weight_on_input": ("bool",),
