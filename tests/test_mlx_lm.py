@@ -193,6 +193,8 @@ ADJUST = {
     "qwen3": ({"attention_bias": False}, "mlx-lm's Qwen3 has no attention biases: tested with attention_bias false"),
     "seed_oss": ({"attention_out_bias": False, "mlp_bias": False},
                  "mlx-lm's Seed-OSS has q/k/v biases only: tested without o_proj and MLP biases"),
+    "afmoe": ({"attention_bias": False}, "mlx-lm's AFMoE has no attention biases: tested with attention_bias false"),
+    "laguna": ({"attention_bias": False}, "mlx-lm's Laguna has no attention biases: tested with attention_bias false"),
 }
 """model_type -> (tiny-config changes, why): what mlx-lm's class of the type cannot run, turned
 off so the rest is tested."""
