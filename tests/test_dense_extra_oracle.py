@@ -22,6 +22,7 @@ TOKEN_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 VARIANTS = {
     "diffllama": [{}, dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=3)],
     "gemma4_text": [{}, dict(attention_k_eq_v=True, num_global_key_value_heads=2),
+                    dict(attention_k_eq_v=True, num_global_key_value_heads=1, num_key_value_heads=4),
                     dict(num_hidden_layers=7, layer_types=None, rope_parameters=None, attention_bias=False,
                              final_logit_softcapping=None, sliding_window=3)],
     "gemma4_unified_text": [{}, dict(attention_k_eq_v=False, attention_bias=True, global_head_dim=32,
@@ -85,10 +86,10 @@ REFUSED = [
     ("gemma4_text", dict(enable_moe_block=True), "enable_moe_block"),
     ("gemma4_text", dict(hidden_size_per_layer_input=256), "hidden_size_per_layer_input"),
     ("gemma4_text", dict(num_kv_shared_layers=1), "num_kv_shared_layers"),
-    ("gemma4_text", dict(attention_k_eq_v=True, num_global_key_value_heads=1), "num_global_key_value_heads"),
     ("gemma4_text", dict(use_bidirectional_attention="all"), "use_bidirectional_attention"),
     ("gemma4_text", dict(per_layer_config={"0": {"head_dim": 32}}), "head_dim"),
-    ("gemma4_text", dict(per_layer_config={"2": {"num_key_value_heads": 1}}), "num_key_value_heads"),
+    ("gemma4_text", dict(per_layer_config={"2": {"num_key_value_heads": 1}}), "per_layer_config"),
+    ("gemma4_text", dict(attention_k_eq_v=True, num_global_key_value_heads=3), "kv heads"),
 ]
 
 

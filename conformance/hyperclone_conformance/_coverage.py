@@ -112,7 +112,7 @@ FLAGS = {
     "transposed_linear": (True,), "embed_norm": (True,), "attn_scale_inverse_layer": (True,),
     "moe_bias_on_logits": (True,), "attn_gate_act": ("softplus",), "attn_gate_per_head": (True,),
     "router_softcap": (1.0,),
-    "diff_attn": (True,), "v_norm": (True,), "dyn_keep": (4,), "k_eq_v": (True,), "full_head_dim": (32,),
+    "diff_attn": (True,), "v_norm": (True,), "dyn_keep": (4,), "k_eq_v": (True,), "full_head_dim": (32,), "full_kv_heads": (1,),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case
 (``_suite.CASES`` or ``_suite.FORWARD_CASES``) gives it (a tuple flag: its items;

@@ -358,6 +358,14 @@ def plan(
                             f"{new_sizes['kv_heads']} kv heads is odd; choose an even --kv-heads growth")
         new_sizes["kv_half"] = new_sizes["kv_heads"] // 2
         growth = Growth(dict(growth.sizes, kv_half=new_sizes["kv_half"]), growth.layout)
+    if "full_kv" in old_sizes:  # Gemma 4: the full layers' own kv heads grow by the kv heads' ratio
+        full = old_sizes["full_kv"] * new_sizes["kv_heads"] / old_sizes["kv_heads"]
+        if full != int(full) or new_sizes["heads"] % int(full):
+            raise PlanError(f"{family.name}'s full layers have {old_sizes['full_kv']} kv heads: the kv growth "
+                            f"{old_sizes['kv_heads']} -> {new_sizes['kv_heads']} would give them {full:g}, not a "
+                            f"divisor of {new_sizes['heads']} heads; choose another --kv-heads")
+        new_sizes["full_kv"] = int(full)
+        growth = Growth(dict(growth.sizes, full_kv=new_sizes["full_kv"]), growth.layout)
     if not src_cfg.embed:  # the token embedding is as wide as the hidden state
         new_sizes["embed"] = new_sizes["hidden"]
     maps = {}

@@ -39,7 +39,7 @@ DIMS = (
     "hidden", "ffn", "kv_heads", "q_per_kv", "head_dim", "vocab", "positions",
     "experts", "layers", "embed", "moe_ffn", "shared_ffn", "q_lora", "kv_lora", "mla_qk", "mla_kv", "v_dim",
     "index_heads", "index_dim",
-    "block_heads", "kv_half", "full_head_dim",
+    "block_heads", "kv_half", "full_head_dim", "full_kv",
 )
 """Named sizes.  ``heads`` = kv_heads * q_per_kv is derived; ``embed`` is the token
 embedding width where it differs from ``hidden`` (OPT-350m's ``word_embed_proj_dim``).
@@ -311,6 +311,8 @@ class DecoderConfig:
     #                                   values are the raw key projection (before qk-norm and RoPE)
     full_head_dim: int = 0            # Gemma 4 global_head_dim: the full-attention layers' head size (and their RoPE
     #                                   tables'); 0 = head_dim.  Dim full_head_dim: no growth option names it
+    full_kv_heads: int = 0            # Gemma 4 num_global_key_value_heads: the full-attention layers' kv heads; 0 =
+    #                                   kv_heads.  Dim full_kv: grown by the kv heads' ratio
 
     first_attn_norm: bool = True      # ModernBERT: False = layer 0 has no attention norm (its input is the normed embedding)
     head_act: str = ""                # ModernBERT: a prediction head before the LM head (head.dense, this activation,
@@ -348,6 +350,8 @@ class DecoderConfig:
             out["v_dim"] = self.v_dim
         if self.full_head_dim:  # Gemma 4's full layers' head size (keeps its size, as head_dim under RoPE)
             out["full_head_dim"] = self.full_head_dim
+        if self.full_kv_heads:  # Gemma 4's full layers' kv heads (grown by the kv heads' ratio)
+            out["full_kv"] = self.full_kv_heads
         if self.diff_attn:  # differential attention's half of the kv heads (see DIMS)
             out["kv_half"] = self.kv_heads // 2
         if self.index_topk:  # the sparse-attention indexer's (see DIMS)
@@ -363,6 +367,8 @@ class DecoderConfig:
         )
         if self.embed:
             changes["embed"] = sizes["embed"]
+        if self.full_kv_heads and "full_kv" in sizes:
+            changes["full_kv_heads"] = sizes["full_kv"]
         if self.experts:
             changes["experts"] = sizes["experts"]
         for dim in ("moe_ffn", "shared_ffn"):  # ffn-like: grown with ffn (Growth.of)

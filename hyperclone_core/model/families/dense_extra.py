@@ -67,10 +67,10 @@ def _has_v(cfg: DecoderConfig, i: int) -> bool:
     return not (cfg.k_eq_v and cfg.layer_types and cfg.layer_types[i] == "full_attention")
 
 
-def _g4_attention(hd: str, kind_of, when=None) -> tuple:
+def _g4_attention(hd: str, kind_of, when=None, kv_dim: str = "kv_heads") -> tuple:
     """q/k/v/o (and biases) and the q/k norms of the layers ``kind_of(cfg, i)`` holds, heads of size
-    ``hd``, in configs ``when`` accepts."""
-    a, q, kv = f"{L}.self_attn", f"kv_heads*q_per_kv*{hd}", f"kv_heads*{hd}"
+    ``hd``, ``kv_dim`` kv heads, in configs ``when`` accepts."""
+    a, q, kv = f"{L}.self_attn", f"kv_heads*q_per_kv*{hd}", f"{kv_dim}*{hd}"
 
     def has_v(cfg, i):
         return kind_of(cfg, i) and _has_v(cfg, i)
@@ -94,12 +94,24 @@ def _full(cfg: DecoderConfig, i: int) -> bool:
     return cfg.layer_types[i] == "full_attention"
 
 
+def _own_full(cfg: DecoderConfig) -> bool:
+    """Whether the full layers' heads differ from the sliding layers' (size or kv count)."""
+    return bool(cfg.full_head_dim or cfg.full_kv_heads)
+
+
+def _full_dims(cfg: DecoderConfig) -> tuple:
+    return ("full_head_dim" if cfg.full_head_dim else "head_dim", "full_kv" if cfg.full_kv_heads else "kv_heads")
+
+
 GEMMA4_ROLES = (
     embeddings("model.embed_tokens.weight")
-    # one head size everywhere, or full layers of their own (full_head_dim: global_head_dim)
-    + _g4_attention("head_dim", lambda cfg, i: not (cfg.full_head_dim and _full(cfg, i)))
-    + _g4_attention("full_head_dim", lambda cfg, i: bool(cfg.full_head_dim) and _full(cfg, i),
-                    lambda cfg: bool(cfg.full_head_dim))
+    # one head size and kv head count everywhere, or full layers of their own (full_head_dim: global_head_dim;
+    # full_kv: num_global_key_value_heads)
+    + _g4_attention("head_dim", lambda cfg, i: not (_own_full(cfg) and _full(cfg, i)))
+    + sum((_g4_attention(hd, lambda cfg, i: _own_full(cfg) and _full(cfg, i),
+                         lambda cfg, hd=hd, kv=kv: _full_dims(cfg) == (hd, kv), kv)
+           for hd in ("head_dim", "full_head_dim") for kv in ("kv_heads", "full_kv")
+           if (hd, kv) != ("head_dim", "kv_heads")), ())
     + (Role(f"{L}.self_attn.o_proj.bias", "attn.o.bias", (out("hidden"),), writer=True, when=has("o_bias")),)
     + gated_mlp(f"{L}.mlp", bias=False)
     + norm(f"{L}.input_layernorm", "norm.attn_in")
@@ -125,8 +137,8 @@ GEMMA4_ROPE = {
 """Gemma4TextConfig's RoPE per layer type where the config has none."""
 
 
-def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) -> int:
-    """Refuses what the decoder lacks; returns the full layers' head size."""
+def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) -> tuple:
+    """Refuses what the decoder lacks; returns the full layers' head size and kv heads."""
     mt = hf.get("model_type") or "gemma4_text"
     if hf.get("enable_moe_block"):
         raise ConfigError(f"{mt}: enable_moe_block=True is not supported (Gemma 4's MoE block runs beside the dense "
@@ -139,20 +151,17 @@ def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) 
     if hf.get("num_kv_shared_layers"):
         raise ConfigError(f"{mt}: num_kv_shared_layers={hf['num_kv_shared_layers']!r} is not supported (later "
                           "layers reuse earlier layers' keys and values)")
-    if hf.get("attention_k_eq_v") and hf.get("per_layer_config") is None \
-            and hf.get("num_global_key_value_heads") not in (None, kv):
-        raise ConfigError(f"{mt}: num_global_key_value_heads={hf['num_global_key_value_heads']!r} (the full layers' kv "
-                          f"heads under attention_k_eq_v) differs from num_key_value_heads={kv}; one kv head count "
-                          "for every layer is supported")
     if hf.get("use_bidirectional_attention") not in (None, "vision"):  # "vision": text tokens stay causal
         raise ConfigError(f"{mt}: use_bidirectional_attention={hf['use_bidirectional_attention']!r} is not "
                           "supported (a causal decoder only)")
     overrides = hf.get("per_layer_config")
-    if overrides is None:  # the class puts global_head_dim (default 512) on its full layers
-        return int(hf.get("global_head_dim") or 512)
+    if overrides is None:  # the class puts global_head_dim (default 512) on its full layers, and under
+        # attention_k_eq_v num_global_key_value_heads
+        full_kv = hf.get("num_global_key_value_heads") if hf.get("attention_k_eq_v") else None
+        return int(hf.get("global_head_dim") or 512), int(full_kv or kv)
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{mt}: per_layer_config must be a mapping, not {type(overrides).__name__}")
-    full = set()
+    full, full_kv = set(), set()
     for layer, o in overrides.items():
         if not isinstance(o, Mapping):
             raise ConfigError(f"{mt}: per_layer_config[{layer!r}] must be a mapping")
@@ -161,15 +170,22 @@ def _gemma4_refuse(hf: Mapping[str, Any], head_dim: int, kv: int, types: tuple) 
         except (ValueError, IndexError):
             raise ConfigError(f"{mt}: per_layer_config has no layer {layer!r}") from None
         for key, value in o.items():
-            if key == "head_dim" and kind == "full_attention" and isinstance(value, int) and value > 0:
-                full.add(value)
-            elif key != "head_dim" and (key != "num_key_value_heads" or value != kv) or \
-                    key == "head_dim" and value != head_dim:
+            own = {"head_dim": head_dim, "num_key_value_heads": kv}.get(key)
+            if kind == "full_attention" and own is not None and isinstance(value, int) and value > 0:
+                (full if key == "head_dim" else full_kv).add(value)
+            elif value != own:
                 raise ConfigError(f"{mt}: per_layer_config[{layer!r}] sets {key}={value!r}; only the full layers' "
-                                  f"head_dim may differ (num_key_value_heads as the config's {kv})")
-    if len(full) > 1:
-        raise ConfigError(f"{mt}: per_layer_config gives the full layers head sizes {sorted(full)}; one is supported")
-    return full.pop() if full else head_dim
+                                  f"head_dim and num_key_value_heads may differ from the config's")
+    if len(full) > 1 or len(full_kv) > 1:
+        raise ConfigError(f"{mt}: per_layer_config gives the full layers head sizes {sorted(full)} and kv heads "
+                          f"{sorted(full_kv)}; one of each is supported")
+    full_layers = sum(t == "full_attention" for t in types)
+    counts = [sum(1 for layer, o in overrides.items() if key in o and types[int(layer)] == "full_attention")
+              for key in ("head_dim", "num_key_value_heads")]
+    if any(c not in (0, full_layers) for c in counts):
+        raise ConfigError(f"{mt}: per_layer_config overrides some full layers and not others; one kind of full "
+                          "layer is supported")
+    return (full.pop() if full else head_dim), (full_kv.pop() if full_kv else kv)
 
 
 def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
@@ -181,7 +197,11 @@ def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
     types = tuple(types)
     hd = implicit_head_dim(hf, int(hf["hidden_size"]), int(hf["num_attention_heads"]))
     kv = int(hf.get("num_key_value_heads") or hf["num_attention_heads"])
-    full_hd = _gemma4_refuse(hf, hd, kv, types) if "full_attention" in types else hd
+    heads = int(hf["num_attention_heads"])
+    full_hd, full_kv = _gemma4_refuse(hf, hd, kv, types) if "full_attention" in types else (hd, kv)
+    if heads % full_kv:
+        raise ConfigError(f"{hf.get('model_type')}: the full layers' {full_kv} kv heads do not divide "
+                          f"num_attention_heads={heads}")
     positions = int(hf.get("max_position_embeddings") or 131072)
     # Gemma 4's default RoPE spans the whole head whatever partial_rotary_factor says (transformers ignores it)
     rp = hf.get("rope_parameters") or GEMMA4_ROPE
@@ -203,6 +223,7 @@ def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
         v_norm=True, attn_scale=1.0, embed_scale=True, act=hf.get("hidden_activation") or "gelu_pytorch_tanh",
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)), qkv_bias=bias, o_bias=bias,
         k_eq_v=bool(hf.get("attention_k_eq_v")), full_head_dim=full_hd if full_hd != hd else 0,
+        full_kv_heads=full_kv if full_kv != kv else 0,
         final_softcap=float(hf.get("final_logit_softcapping") or 0.0), **_sliding(hf, types),
     )
     return DecoderConfig(**dict(cfg.to_dict(), **rope))
@@ -211,13 +232,17 @@ def _gemma4(hf, family: str = "gemma4_text") -> DecoderConfig:
 def _gemma4_layers(out_cfg: dict, new: DecoderConfig) -> None:
     """The grown config's per_layer_config, where the source had one: the full layers' head size
     on the grown model's full layers (kv heads: the config's own; nothing else is read)."""
+    full = dict(head_dim=new.full_head_dim, num_key_value_heads=new.full_kv_heads)
+    full = {k: v for k, v in full.items() if v}
     if out_cfg.get("per_layer_config"):
-        out_cfg["per_layer_config"] = {str(i): {"head_dim": new.full_head_dim} for i, t in enumerate(new.layer_types)
-                                       if t == "full_attention" and new.full_head_dim}
+        out_cfg["per_layer_config"] = {str(i): dict(full) for i, t in enumerate(new.layer_types)
+                                       if t == "full_attention" and full}
+    if out_cfg.get("num_global_key_value_heads") is not None:
+        out_cfg["num_global_key_value_heads"] = new.full_kv_heads or new.kv_heads
 
 
-GEMMA4_KEYS = dict(LLAMA_KEYS, num_global_key_value_heads="kv_heads")
-"""num_global_key_value_heads (full layers' kv heads under attention_k_eq_v): the same count, written back."""
+GEMMA4_KEYS = LLAMA_KEYS
+"""num_global_key_value_heads and per_layer_config: written by ``_gemma4_layers``."""
 
 gemma4_text = Family("gemma4_text", ("gemma4_text",), GEMMA4_ROLES, _gemma4, GEMMA4_KEYS,
                      "Gemma4ForCausalLM", rope_keys=(), write_layers=_gemma4_layers)
@@ -280,7 +305,7 @@ TINY = {
     "gemma4_unified_text": dict(_DIMS, num_hidden_layers=3, head_dim=16, global_head_dim=16, sliding_window=4,
                                 layer_types=["sliding_attention", "full_attention", "full_attention"],
                                 final_logit_softcapping=15.0, tie_word_embeddings=True, attention_k_eq_v=True,
-                                num_global_key_value_heads=2),
+                                num_global_key_value_heads=1),
 }
 """Tiny configs of every type these families grow (``families.TINY``)."""
 
