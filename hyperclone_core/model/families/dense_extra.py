@@ -1,10 +1,10 @@
 """Dense decoders with their own attention or block layout: diffllama (differential attention),
 gemma4_text and gemma4_unified_text (Gemma 3's sandwich block with plain RMS gains, value norms,
-unit attention scale, a stored per-layer output scalar, full layers reading their keys as values
-under attention_k_eq_v; MoE, per-layer input embeddings, KV sharing and layers of another kv head
-count refused by key; full layers may have their own head size, global_head_dim), doge (dynamic-mask attention: a bias per kv
-head on each key from its values, top keep_window_size keys; learned residual gains; its
-cross-domain MoE refused)."""
+unit attention scale, a stored per-layer output scalar; full layers with their own head size
+(global_head_dim) and kv heads, reading their keys as values under attention_k_eq_v; the MoE
+block, per-layer input embeddings and KV sharing refused by key), doge (dynamic-mask attention:
+a bias per kv head on each key from its values, top keep_window_size keys; learned residual
+gains; its cross-domain MoE refused)."""
 
 from __future__ import annotations
 
