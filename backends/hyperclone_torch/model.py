@@ -240,7 +240,13 @@ class Decoder(nn.Module):
     @property
     def layers(self) -> nn.ModuleList:
         """The per-layer modules (what FSDP shards and activation checkpointing wraps)."""
-        return self.get_submodule(layer_prefix(self.family).split(".{i}")[0])
+        path = layer_prefix(self.family).split(".{i}")[0]
+        if "." not in path:  # a top-level list named like this property (Ergo's "layers")
+            mods = self.__dict__.get("_modules", {})
+            if path not in mods:
+                raise AttributeError(path)
+            return mods[path]
+        return self.get_submodule(path)
 
     def tables(self, T: int, device, dtype) -> decoder.Tables:
         key = (T, str(device), dtype)

@@ -111,7 +111,8 @@ FLAGS = {
     "moe_topk_groups": (1,), "moe_scale": (2.5,), "clip_after_qk_norm": (True,), "router_jitter": (0.3,), "head_bias": (True,),
     "transposed_linear": (True,), "embed_norm": (True,), "attn_scale_inverse_layer": (True,),
     "moe_bias_on_logits": (True,), "attn_gate_act": ("softplus",), "attn_gate_per_head": (True,),
-    "router_softcap": (1.0,),
+    "router_softcap": (1.0,), "transposed_kinds": ("moe.router", "moe.shared.up", "moe.shared.down"),
+    "full_attn_scale": (2.0,),
     "diff_attn": (True,), "v_norm": (True,), "dyn_keep": (4,), "k_eq_v": (True,), "full_head_dim": (32,), "full_kv_heads": (1,),
 }
 """Every structural ``DecoderConfig`` flag -> the non-default values some forward case

@@ -527,6 +527,8 @@ def attention(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayO
         temp = 1.0 + cfg.q_scale_beta * np.log1p(np.floor(np.arange(T, dtype=np.float64) / cfg.q_scale_period))
         q = q * o.constant(temp[None, :, None, None], q.dtype)
     scale = (cfg.attn_scale or D ** -0.5) / (layer + 1 if cfg.attn_scale_inverse_layer else 1)
+    if cfg.full_attn_scale and not window_of(cfg, layer):  # Ergo's global_attention_scale
+        scale = scale * cfg.full_attn_scale
     kw = dict(scale=scale, window=window_of(cfg, layer), softcap=cfg.attn_softcap, sinks=get("attn.sinks"),
               chunk=chunk_of(cfg, layer), alibi=alibi_slopes(H) if cfg.pos == "alibi" else None)
     if get("attn.dt") is not None:  # Doge's dynamic mask
@@ -750,10 +752,15 @@ def shared_experts(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable):
         h = o.linear(x, gu, get("moe.shared.gate_up.bias"))
         half = h.shape[-1] // 2
         gate, up = h[..., :half], h[..., half:]
+    elif get("moe.shared.gate") is None:  # Ergo: an ungated shared expert
+        gate, up = None, o.linear(x, get("moe.shared.up"), get("moe.shared.up.bias"))
     else:
         gate = o.linear(x, get("moe.shared.gate"), get("moe.shared.gate.bias"))
         up = o.linear(x, get("moe.shared.up"), get("moe.shared.up.bias"))
-    y = o.linear(act(gate) * up, down, get("moe.shared.down.bias"))
+    y = o.linear(act(up) if gate is None else act(gate) * up, down, get("moe.shared.down.bias"))
+    sn = get("moe.shared.norm")  # Ergo: the shared expert's output RMS-normed
+    if sn is not None:
+        y = norm(replace(cfg, norm="rms", norm_unit_offset=False), o, y, sn, None)
     g = get("moe.shared.router")
     return y if g is None else _sigmoid(o, o.linear(x, g)) * y
 
@@ -773,6 +780,12 @@ def expert(cfg: DecoderConfig, get: Get, x, o: ArrayOps, act: Callable, e: int):
                                 for w in (get("moe.experts.gate"), get("moe.experts.up"), get("moe.experts.down")))
         gate, up = o.linear(x, gate_w), o.linear(x, up_w)
         down, down_b = down_w.T, None
+    elif cfg.experts_stacked and get("moe.experts.gate_up") is None:  # Ergo: ungated experts (act(up))
+        w, b = _stacked(cfg, get, "moe.experts.up", e)
+        dw, db = _stacked(cfg, get, "moe.experts.down", e)
+        y = o.linear(act(o.linear(x, w, b)), dw, db)
+        g = get("moe.experts.norm")  # Ergo: each expert's output RMS-normed by its own gain
+        return y if g is None else norm(replace(cfg, norm="rms", norm_unit_offset=False), o, y, g[e], None)
     elif cfg.experts_stacked:
         w, b = _stacked(cfg, get, "moe.experts.gate_up", e)
         h = o.linear(x, w, b)
@@ -812,6 +825,27 @@ def _transposed(get: Get) -> Get:
     return t
 
 
+def _transposed_kinds(get: Get, kinds: frozenset) -> Get:
+    """A getter reading the 2-D tensors of ``kinds`` transposed (stored (in, out))."""
+    def t(kind, *expert):
+        w = get(kind, *expert)
+        return w.T if w is not None and kind in kinds and len(w.shape) == 2 else w
+    return t
+
+
+def _residual_add(o: ArrayOps, w, x, y):
+    """x + y, or under Ergo's learned per-channel gate w: sigmoid(w) y + sqrt(1 + sigmoid(w))
+    exp(-softplus(w) / 2) x."""
+    if w is None:
+        return x + y
+    xp = o.xp
+    w = o.astype(w, o.compute_dtype(x.dtype))
+    s = _sigmoid(o, w)
+    soft = xp.where(w > 20.0, w, xp.log(1.0 + xp.exp(xp.clip(w, None, 20.0))))  # softplus (torch's threshold 20)
+    keep = xp.sqrt(1.0 + s) * xp.exp(-0.5 * soft)
+    return o.astype(s * y + keep * x, x.dtype)
+
+
 def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
     """One decoder layer: its norm placement around attention and MLP (each sublayer's
     output times ``residual_multiplier``).  Conv1D-stored weights (``transposed_linear``)
@@ -823,6 +857,8 @@ def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
         return inner * scalar
     if cfg.transposed_linear:
         get = _transposed(get)
+    if cfg.transposed_kinds:  # Ergo: some tensors stored (in, out)
+        get = _transposed_kinds(get, frozenset(cfg.transposed_kinds))
 
     def n(kind, h):
         if kind == "norm.attn_in" and layer == 0 and not cfg.first_attn_norm:
@@ -853,8 +889,8 @@ def block(cfg: DecoderConfig, get: Get, x, layer: int, tb: Tables, o: ArrayOps):
         h = n("norm.attn_in", x + r(attn(x)))
         return n("norm.mlp_in", h + r(ff(h)))
     if cfg.placement == "sandwich":
-        h = x + r(n("norm.attn_out", attn(n("norm.attn_in", x))))
-        return h + r(n("norm.mlp_out", ff(n("norm.mlp_in", h))))
+        h = _residual_add(o, get("res.attn_gate"), x, r(n("norm.attn_out", attn(n("norm.attn_in", x)))))
+        return _residual_add(o, get("res.mlp_gate"), h, r(n("norm.mlp_out", ff(n("norm.mlp_in", h)))))
     if cfg.placement == "post_sublayer":
         h = x + r(n("norm.attn_out", attn(x)))
         return h + r(n("norm.mlp_out", ff(h)))

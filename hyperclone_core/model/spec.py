@@ -323,6 +323,8 @@ class DecoderConfig:
     attn_gate_act: str = "sigmoid"    # the attention output gate's (attn.gate) function: sigmoid | softplus (Laguna)
     attn_gate_per_head: bool = False  # Laguna: attn.gate gives one gate per head (every feature of the head times it)
     router_softcap: float = 0.0       # Laguna moe_router_logit_softcapping: router logits c tanh(logits / c); 0 = off
+    transposed_kinds: tuple = ()      # Ergo: the kinds whose 2-D tensors are stored (in, out) (read transposed)
+    full_attn_scale: float = 0.0      # Ergo global_attention_scale: full-attention layers' scores times this; 0 = off
 
     @property
     def q_per_kv(self) -> int:

@@ -79,7 +79,8 @@ _SCHEMA: dict = {
     "num_dense_layers": ("int", 0, MAX_LAYERS), "global_attn_every_n_layers": ("int", 1, MAX_LAYERS),
     "mup_enabled": ("bool",), "router_scaling_factor": ("pos", 0.0, 1e6), "moe_routed_scaling_factor": ("pos", 0.0, 1e6),
     "moe_router_logit_softcapping": ("num", 0.0, 1e6), "moe_apply_router_weight_on_input": ("bool",),
-    "kv_channels": _SIZE,
+    "kv_channels": _SIZE, "first_dense_intermediate_size": _SIZE, "num_dense_blocks": ("int", 0, MAX_LAYERS),
+    "global_attention_every_n_layers": ("int", 1, MAX_LAYERS), "global_attention_scale": ("pos", 0.0, 1e6),
 }
 _ROPE_KEYS = ("rope_theta", "partial_rotary_factor")
 LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention")

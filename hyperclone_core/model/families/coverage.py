@@ -164,10 +164,7 @@ COVERAGE: dict = {
     "dots1": supported("dots1"),
     "dots3_note_text": needs("per-layer attention configs", "an output-gated MLA (g_proj) with a normed RoPE key",
                              "MLA latent scales sqrt(hidden / rank), which change with the width"),
-    "ergo": needs("learned per-channel residual gates (sigmoid(w) x branch + sqrt(1 + sigmoid(w)) "
-                  "exp(-softplus(w) / 2) x residual: an inserted layer is the identity only at w = -inf)",
-                  "a per-expert RMS norm on each routed expert's output", "an RMS-normed relu2 shared expert",
-                  "global_attention_scale on the full-attention layers"),
+    "ergo": supported("ergo"),
     "ernie4_5": supported("ernie4_5"),
     "ernie4_5_moe": supported("ernie4_5_moe"),
     "exaone": supported("exaone"),

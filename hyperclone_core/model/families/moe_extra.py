@@ -6,7 +6,9 @@ the attention, RoPE on the sliding layers only, sigmoid routing with an expert b
 sandwich block, EXAONE 4's attention, the correction bias on the router logits) and HY-V3 (Apertus'
 attention over MiniMax-M2's routing with shared experts), Laguna (a softplus output gate per head or
 per feature, RoPE per layer type, soft-capped sigmoid routing), JetMoE (a mixture of attention heads:
-routed query/output projections over shared keys and values; a routed MLP with a bias).
+routed query/output projections over shared keys and values; a routed MLP with a bias), Ergo (gated
+residual adds around sandwich norms, RoPE on sliding layers only, ungated relu2 experts each RMS-normed,
+a normed shared expert; its router and shared expert stored (in, out)).
 
 Each reader reads every key of its config class that changes the maths and refuses the
 values this decoder cannot compute, naming the key.
@@ -19,10 +21,10 @@ from typing import Any, Mapping
 
 from ...errors import ConfigError
 from ..rope import raw_params
-from ..spec import DecoderConfig, Family, Role, in_, out
+from ..spec import DecoderConfig, Family, Role, dense_layer, in_, moe_layer, out
 from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, norm, read_llama_like
 from .moe import (BLOCK_NORMS, DEEPSEEK_EXPERTS, DEEPSEEK_KEYS, QK_FULL, QK_HEAD, L, checked, correction_bias,
-                  deepseek_routing, dense_mlp, experts, first_k_dense, layer_writer, mellum_mlp_types, router, shared_mlp,
+                  deepseek_routing, dense_mlp, experts, first_k_dense, layer_writer, mellum_mlp_types, on, router, shared_mlp,
                   write_first_k)
 
 
@@ -435,9 +437,82 @@ jetmoe = Family(
     "JetMoeForCausalLM", write_layers=_jetmoe_heads,
 )
 
-_ALL = (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna, jetmoe)
+# ---------------------------------------------------------------- Ergo
+
+
+def _ergo(hf):
+    hf = {**dict(rms_norm_eps=1e-12, sliding_window=512, global_attention_every_n_layers=4, num_dense_blocks=1,
+                 num_experts=256, num_experts_per_tok=8, moe_routed_scaling_factor=8 ** 0.5,
+                 first_dense_intermediate_size=32768, moe_intermediate_size=4096, shared_intermediate_size=8192,
+                 num_key_value_heads=8), **hf}
+    layers = int(hf["num_hidden_layers"])
+    types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % int(hf["global_attention_every_n_layers"])
+                                      else "full_attention" for i in range(layers)]
+    types = tuple(types)
+    if not hf.get("mlp_layer_types"):
+        k = int(hf.get("num_dense_blocks") or 0)
+        hf["mlp_layer_types"] = ["dense" if i < k else "sparse" for i in range(layers)]
+    rp = hf.get("rope_parameters") or {}
+    if isinstance(rp, Mapping) and ("sliding_attention" in rp or "full_attention" in rp):
+        if rp.get("full_attention"):  # transformers runs the full layers without positions
+            raise ConfigError("ergo: rope_parameters.full_attention is not supported (full layers have no RoPE)")
+        rp = rp.get("sliding_attention") or {}
+    if int(hf.get("shared_intermediate_size") or 0) < 1:
+        raise ConfigError("ergo: shared_intermediate_size=0 is not supported (a shared expert is)")
+    scale = hf.get("global_attention_scale")
+    n = int(hf["num_experts"])
+    sliding = "sliding_attention" in types
+    flat = dict(hf, intermediate_size=int(hf["first_dense_intermediate_size"]), rope_parameters=dict(rp) or None,
+                hidden_act="relu2", head_dim=None, rope_scaling=None)
+    return read_llama_like(
+        flat, "ergo", mlp="plain", placement="sandwich", qkv_layout="concat", qk_norm="head", rope_interleaved=True,
+        layer_types=types if sliding else (), sliding_window=int(hf.get("sliding_window") or 0) if sliding else 0,
+        nope_layers=tuple(t != "sliding_attention" for t in types), full_attn_scale=float(scale or 0.0),
+        experts=n, experts_per_tok=int(hf["num_experts_per_tok"]), experts_stacked="in_out", moe_scoring="sigmoid",
+        moe_renorm=True, moe_scale=float(hf["moe_routed_scaling_factor"]), moe_ffn=int(hf["moe_intermediate_size"]),
+        shared_ffn=int(hf["shared_intermediate_size"]), mlp_types=mellum_mlp_types(hf, layers, n),
+        transposed_kinds=("moe.router", "moe.shared.up", "moe.shared.down"),
+    )
+
+
+EL = "layers.{i}"
+EF = f"{EL}.feed_forward"
+ergo = Family(
+    "ergo", ("ergo",),
+    embeddings("tok_embeddings.weight", lm_head="output.weight", final_norm="norm.weight") + (
+        Role(f"{EL}.attention.wqkv.weight", "attn.qkv", (out(f"{Q}|{KV}|{KV}"), in_("hidden"))),
+        Role(f"{EL}.attention.wo.weight", "attn.o", (out("hidden"), in_(Q)), writer=True),
+        Role(f"{EL}.attention.q_norm.weight", "attn.q_norm", (out("head_dim"),)),
+        Role(f"{EL}.attention.k_norm.weight", "attn.k_norm", (out("head_dim"),)),
+        Role(f"{EL}.post_attention_residual.scale", "res.attn_gate", (out("hidden"),)),
+        Role(f"{EL}.post_ffn_residual.scale", "res.mlp_gate", (out("hidden"),)),
+    ) + norm(f"{EL}.attention_norm", "norm.attn_in") + norm(f"{EL}.post_attention_norm", "norm.attn_out")
+    + norm(f"{EL}.ffn_norm", "norm.mlp_in") + norm(f"{EL}.post_ffn_norm", "norm.mlp_out")
+    + on(dense_layer, (
+        Role(f"{EF}.up.weight", "mlp.up", (out("ffn"), in_("hidden"))),
+        Role(f"{EF}.down.weight", "mlp.down", (out("hidden"), in_("ffn")), writer=True),
+    )) + on(moe_layer, (
+        Role(f"{EF}.gate_kernel", "moe.router", (in_("hidden"), out("experts")), noiseless=True),
+        Role(f"{EF}.router_bias", "moe.correction.bias", (out("experts"),)),
+        Role(f"{EF}.up_proj", "moe.experts.up", (out("experts"), in_("hidden"), out("moe_ffn"))),
+        Role(f"{EF}.down_proj", "moe.experts.down", (out("experts"), in_("moe_ffn"), out("hidden")), writer=True),
+        Role(f"{EF}.expert_output_norm.scale", "moe.experts.norm", (out("experts"), out("hidden"))),
+        Role(f"{EF}.shared_up_proj", "moe.shared.up", (in_("hidden"), out("shared_ffn"))),
+        Role(f"{EF}.shared_down_proj", "moe.shared.down", (in_("shared_ffn"), out("hidden")), writer=True),
+        Role(f"{EF}.shared_expert_output_norm.scale", "moe.shared.norm", (out("hidden"),)),
+    )),
+    _ergo, {"hidden_size": "hidden", "first_dense_intermediate_size": "ffn", "num_hidden_layers": "layers",
+            "num_attention_heads": "heads", "num_key_value_heads": "kv_heads", "vocab_size": "vocab",
+            "max_position_embeddings": "positions", "num_experts": "experts", "moe_intermediate_size": "moe_ffn",
+            "shared_intermediate_size": "shared_ffn"},
+    "ErgoForCausalLM", rope_keys=(), write_layers=layer_writer(mellum_mlp_types, _exaone_rewrite, "mlp_layer_types"),
+    depth_inexact="Ergo's gated residual adds scale the residual stream by sqrt(1 + sigmoid(w)) exp(-softplus(w) / 2) "
+                  "< 1 for any finite gate w: an inserted layer is not the identity",
+)
+
+_ALL = (glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna, jetmoe, ergo)
 FAMILIES = tuple(replace(f, read=checked(f.read)) for f in _ALL)
-(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna, jetmoe) = FAMILIES
+(glm4_moe, sarvam_moe, param2moe, minimax_m2, exaone_moe, afmoe, kolibri1, hy_v3, laguna, jetmoe, ergo) = FAMILIES
 
 _DIMS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
@@ -469,6 +544,10 @@ TINY = {
     "jetmoe": dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_key_value_heads=2,
                    kv_channels=8, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
                    tie_word_embeddings=False),
+    "ergo": dict(vocab_size=96, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                 first_dense_intermediate_size=48, moe_intermediate_size=16, shared_intermediate_size=24,
+                 num_experts=4, num_experts_per_tok=2, max_position_embeddings=64, sliding_window=4,
+                 global_attention_every_n_layers=2, global_attention_scale=2.0, rms_norm_eps=1e-6),
     "exaone_moe": dict(_DIMS, num_hidden_layers=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                        num_shared_experts=2, sliding_window=4, sliding_window_pattern=2, n_group=2, topk_group=1,
                        mlp_layer_types=["dense", "sparse", "dense", "sparse"]),
