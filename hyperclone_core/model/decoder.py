@@ -840,7 +840,8 @@ def _residual_add(o: ArrayOps, w, x, y):
         return x + y
     xp = o.xp
     w = o.astype(w, o.compute_dtype(x.dtype))
-    s = _sigmoid(o, w)
+    e = xp.exp(-xp.maximum(w, -w))  # sigmoid without overflow (an inserted layer's gate is -1e4: exactly 0)
+    s = xp.where(w >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     soft = xp.where(w > 20.0, w, xp.log(1.0 + xp.exp(xp.clip(w, None, 20.0))))  # softplus (torch's threshold 20)
     keep = xp.sqrt(1.0 + s) * xp.exp(-0.5 * soft)
     return o.astype(s * y + keep * x, x.dtype)
