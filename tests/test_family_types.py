@@ -70,7 +70,7 @@ def source(tmp_path_factory):
             model = transformers.AutoModelForCausalLM.from_config(cfg).float()
             gen = torch.Generator().manual_seed(1)
             with torch.no_grad():
-                for name, p in model.named_parameters():
+                for p in model.parameters():
                     scale = 0.3 if p.ndim == 1 else 0.05
                     p.add_(torch.randn(p.shape, generator=gen) * scale)
             folder = tmp_path_factory.mktemp(model_type.replace("-", "_")) / "src"

@@ -79,8 +79,8 @@ HOOKS = {
 }
 """Every member of the protocol surface -> the tests that fail if a backend gets it wrong."""
 
-DIMS = ("family", "vocab", "hidden", "ffn", "moe_ffn", "shared_ffn", "layers", "heads", "kv_heads", "head_dim", "positions", "embed",
-        "experts", "experts_per_tok")
+DIMS = ("family", "vocab", "hidden", "ffn", "moe_ffn", "shared_ffn", "layers", "heads", "kv_heads", "head_dim",
+        "positions", "embed", "experts", "experts_per_tok")
 """``DecoderConfig`` fields that are sizes (grown by the matrix's growths, not flags)."""
 
 FLAGS = {

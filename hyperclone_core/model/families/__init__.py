@@ -19,9 +19,6 @@ from typing import Any, Mapping
 from ...errors import ConfigError
 from ..spec import Family
 from .coverage import COVERAGE
-from .gpt_neox import gpt_neox
-from .llama import gemma, gemma2, llama, mistral, mixtral, olmo, olmo2, phi3, qwen2, qwen3
-from .opt import opt
 
 
 def _builtin_modules() -> list:
