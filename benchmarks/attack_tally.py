@@ -124,6 +124,9 @@ def _bad_values(rule) -> list:
         return [64.7, "32", True, -1, 2**40, [4], {}, float("nan"), 1e300] + ([0] if rule[1] >= 1 else [])
     if kind == "pos":
         return [-1.0, 0, "x", float("nan"), float("inf"), True, [1.0]]
+    if kind == "num":  # a finite number in [lo, hi]
+        lo, hi = rule[1], rule[2]
+        return ["x", float("nan"), float("inf"), True, [1.0], lo - 1, hi * 2 + 1]
     if kind == "bool":
         return ["yes", 1, 0, [], "false"]
     if kind == "str":
