@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hyperclone_core import AddNoise, Growth, PlanError, Scale, Take, family_for_config, layer_map, parse_strategy, plan
-from hyperclone_core.model import testing
+from hyperclone_core.model import families, testing
 from hyperclone_core.algebra.growth import ReplicationMap, axis_map, copy_ids
 from hyperclone_core.algebra.planner import Plan
 from hyperclone_core.run.reference import execute
@@ -145,3 +145,20 @@ def test_blockwise_noise_keeps_zero_sum_and_snr(axis):
     np.add.at(np.moveaxis(sums, axis, 0), groups, np.moveaxis(n, axis, 0))
     assert np.abs(sums).max() < 1e-5
     assert abs(10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(n ** 2)) - 10.0) < 0.05
+
+
+@pytest.mark.parametrize("model_type", sorted(families.TINY))
+def test_plan_json_round_trip_keeps_every_decoder_field(model_type):
+    """Every DecoderConfig field survives a plan's JSON, for every type a family grows
+    (tuple fields come back as tuples, nested ones all the way down)."""
+    hf = families.TINY[model_type]
+    family = family_for_config(hf)
+    cfg = family.read(hf)
+    depth = cfg.layers + 1 if family.depth_exact(cfg) else None
+    try:
+        p = plan(family, hf, Growth.of(cfg, width=2, layers=depth), "symmetric", seed=7)
+    except PlanError as exc:  # a documented refusal (e.g. a layer pattern the config keys cannot write)
+        pytest.skip(str(exc))
+    q = Plan.from_json(p.to_json())
+    assert q.source_decoder == p.source_decoder and q.decoder == p.decoder
+    assert q.config == p.config and q.tensors == p.tensors

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -150,11 +150,9 @@ class Plan:
 
         def dec(d):
             d = dict(d)
-            d["layer_types"] = tuple(d.get("layer_types") or ())
-            d["mlp_types"] = tuple(d.get("mlp_types") or ())
-            d["rope_scaling"] = freeze(d.get("rope_scaling") or ())
-            d["nope_layers"] = tuple(d.get("nope_layers") or ())
-            d["rope_sliding"] = freeze(d.get("rope_sliding") or ())
+            for f in fields(DecoderConfig):  # JSON gave lists where the config holds (nested) tuples
+                if isinstance(f.default, tuple):
+                    d[f.name] = freeze(d.get(f.name) or ())
             if "qkv_layout" not in d:  # plans written before the layout was a config field
                 from ..model.families import get_family
 
