@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hyperclone_core import ConfigError, family_for_config, io
+from hyperclone_core import ConfigError, PlanError, family_for_config, io
 from hyperclone_core.model.families import latent
 from hyperclone_core.run.reference import forward
 
@@ -115,7 +115,7 @@ def test_grouped_kv_heads_growth_is_refused(tmp_path):
 
     hf = _config("youtu")
     family = family_for_config(hf)
-    with pytest.raises(ConfigError, match="--kv-heads"):
+    with pytest.raises(PlanError, match="--kv-heads"):
         plan(family, hf, Growth.of(family.read(hf), width=2, heads=2, kv_heads=1))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import strategy as strategies
 from .certificate import Certificate, certify_coefficients
-from ..errors import CertificateError, PlanError
+from ..errors import CertificateError, ConfigError, PlanError
 from .growth import AxisMap, ReplicationMap, axis_map
 from .noise import seed_for
 from .program import AddNoise, Cast, Offset, Reshape, Scale, Take, TensorPlan, op_from_dict, op_to_dict
@@ -510,7 +510,10 @@ def plan(
                     max_err = max(max_err, err)
                     checks.append(("coefficients", name, f"max |sum - 1| = {err:.1e}"))
 
-    new_hf = family.write_config(hf_config, new_cfg, [s for s, _ in lmap])
+    try:
+        new_hf = family.write_config(hf_config, new_cfg, [s for s, _ in lmap])
+    except ConfigError as exc:  # the source config was read already: what fails is writing this growth
+        raise PlanError(f"this growth cannot be written as a {family.name} config: {exc}") from None
     cert = Certificate(exact=not inexact, checks=tuple(checks), inexact=tuple(inexact),
                        max_coefficient_error=max_err)
     return Plan(

@@ -9,6 +9,7 @@ Errors name the file, never its content.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -73,7 +74,10 @@ def open_regular(path, what: str = "file") -> BinaryIO:
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
-        os.close(fd)
+        # a signal landing inside fdopen may leave the fd owned (and closed) by a dropped file
+        # object: closing it again must not replace the interrupt with EBADF
+        with contextlib.suppress(OSError):
+            os.close(fd)
         raise
 
 

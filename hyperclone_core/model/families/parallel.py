@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Mapping
 
-from ...errors import ConfigError
+from ...errors import ConfigError, PlanError
 from ..rope import raw_params, rope_fields
 from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out, require
 from ._common import KV, LLAMA_KEYS, Q, has
@@ -588,11 +588,11 @@ def _gpt_neox_japanese(hf) -> DecoderConfig:
 class _JapaneseFamily(Family):
     def write_config(self, hf, new, layer_src):
         if layer_src is not None and len(layer_src) > 1 and layer_src[-1] == layer_src[-2]:
-            raise ConfigError("gpt_neox_japanese: only the last layer has an attention output bias, and this depth "
+            raise PlanError("gpt_neox_japanese: only the last layer has an attention output bias, and this depth "
                               "growth makes a copy the last layer; grow by fewer layers (copies then sit inside)")
         out = super().write_config(hf, new, layer_src)
         if new.ffn % new.hidden:
-            raise ConfigError(f"gpt_neox_japanese stores its MLP width as hidden_size x intermediate_multiple_size (an "
+            raise PlanError(f"gpt_neox_japanese stores its MLP width as hidden_size x intermediate_multiple_size (an "
                               f"integer): {new.ffn} is not a multiple of {new.hidden}; grow --ffn with --width")
         out["intermediate_multiple_size"] = new.ffn // new.hidden
         return out
