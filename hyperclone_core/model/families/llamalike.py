@@ -260,7 +260,7 @@ def _arcee(hf):
 
 arcee = Family("arcee", ("arcee",), ARCEE_ROLES, _completed("arcee", _arcee), LLAMA_KEYS, "ArceeForCausalLM")
 
-JAIS2_ROLES = (
+LAYERNORM_PLAIN_ROLES = (
     embeddings("model.embed_tokens.weight")
     + norm("model.norm", "norm.final", bias=True)[1:]
     + attention(f"{L}.self_attn", bias=True, o_bias=True)
@@ -268,6 +268,8 @@ JAIS2_ROLES = (
     + norm(f"{L}.input_layernorm", "norm.attn_in", bias=True)
     + norm(f"{L}.post_attention_layernorm", "norm.mlp_in", bias=True)
 )
+"""Jais 2 and Nemotron: LayerNorms with biases around a non-gated MLP (they differ only in
+their readers: Nemotron's LayerNorm-1p gain)."""
 
 
 def _jais2(hf):
@@ -277,16 +279,8 @@ def _jais2(hf):
                            mlp_bias=bool(hf.get("mlp_bias", True)))
 
 
-jais2 = Family("jais2", ("jais2",), JAIS2_ROLES, _completed("jais2", _jais2), LLAMA_KEYS, "Jais2ForCausalLM")
+jais2 = Family("jais2", ("jais2",), LAYERNORM_PLAIN_ROLES, _completed("jais2", _jais2), LLAMA_KEYS, "Jais2ForCausalLM")
 
-NEMOTRON_ROLES = (
-    embeddings("model.embed_tokens.weight")
-    + norm("model.norm", "norm.final", bias=True)[1:]
-    + attention(f"{L}.self_attn", bias=True, o_bias=True)
-    + plain_mlp(f"{L}.mlp")
-    + norm(f"{L}.input_layernorm", "norm.attn_in", bias=True)
-    + norm(f"{L}.post_attention_layernorm", "norm.mlp_in", bias=True)
-)
 
 
 def _nemotron(hf):
@@ -296,7 +290,8 @@ def _nemotron(hf):
                            qkv_bias=bias, o_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
-nemotron = Family("nemotron", ("nemotron",), NEMOTRON_ROLES, _completed("nemotron", _nemotron), LLAMA_KEYS, "NemotronForCausalLM")
+nemotron = Family("nemotron", ("nemotron",), LAYERNORM_PLAIN_ROLES, _completed("nemotron", _nemotron), LLAMA_KEYS,
+                  "NemotronForCausalLM")
 
 XIELU = tuple(
     Role(f"{L}.mlp.act_fn.{n}", f"mlp.act.{n}", axes, when=lambda c: c.act == "xielu")

@@ -17,6 +17,7 @@ from ...errors import ConfigError, PlanError
 from ..rope import rope_fields
 from ..spec import DecoderConfig, Family, Role, implicit_head_dim, in_, out, require
 from ._common import KV, LLAMA_KEYS, Q, attention, embeddings, gated_mlp, norm, read_llama_like
+from .llama import OLMO2_ROLES
 
 L = "model.layers.{i}"
 
@@ -237,17 +238,6 @@ vaultgemma = Family("vaultgemma", ("vaultgemma",), VAULT_ROLES, _vaultgemma, LLA
 
 # ---------------------------------------------------------------- OLMo 3
 
-OLMO3_ROLES = (
-    embeddings("model.embed_tokens.weight")
-    + attention(f"{L}.self_attn", bias=True, o_bias=True)
-    + gated_mlp(f"{L}.mlp")
-    + (
-        Role(f"{L}.self_attn.q_norm.weight", "attn.q_norm", (out(Q),)),
-        Role(f"{L}.self_attn.k_norm.weight", "attn.k_norm", (out(KV),)),
-    )
-    + norm(f"{L}.post_attention_layernorm", "norm.attn_out")
-    + norm(f"{L}.post_feedforward_layernorm", "norm.mlp_out")
-)
 
 
 def _olmo3(hf):
@@ -265,7 +255,7 @@ def _olmo3(hf):
     return DecoderConfig(**dict(cfg.to_dict(), **rope))
 
 
-olmo3 = Family("olmo3", ("olmo3",), OLMO3_ROLES, _olmo3, LLAMA_KEYS,
+olmo3 = Family("olmo3", ("olmo3",), OLMO2_ROLES, _olmo3, LLAMA_KEYS,
                "Olmo3ForCausalLM", rope_keys=())
 
 
