@@ -496,6 +496,10 @@ GROWTH_LEVERS: dict = {
     "noisy3_asym": ("noise SNR 3 dB, asymmetric moments", lambda b: dict(strategy="noisy:3", moments="asymmetric")),
     "noisy3_x2": ("noise SNR 3 dB, LR after the last growth x2",
                   lambda b: dict(strategy="noisy:3", clone_lr_scale=2.0)),
+    # at 4x (the default's growths are at 30%, 70%): the last growth moved toward the end of the budget,
+    # where the margin can only shrink toward zero or turn positive
+    "last_85": ("growths at 30%, 85%", lambda b: dict(grow_at="0.3,0.85")),
+    "last_95": ("growths at 30%, 95%", lambda b: dict(grow_at="0.3,0.95")),
 }
 
 GROWTH_GRIDS: dict = {
@@ -503,7 +507,9 @@ GROWTH_GRIDS: dict = {
     "growth_quick": ("quick", [(lever, "embedded", 0) for lever in GROWTH_LEVERS]),
     "growth_demo": ("demo", [(lever, "embedded", 0) for lever in ("base", "reset", "later", "random_split")]),
     "growth_tiny": ("tiny", [("base", "embedded", 0), ("reset", "embedded", 0), ("one_growth", "embedded", 0)]),
-    "growth_4x": ("4x", [("base", "shakespeare", 0)]),
+    # 4x: the moonshot's race (its base is the default recipe) and the levers that could move its margin
+    "growth_4x": ("4x", [(lever, "shakespeare", 0) for lever in (
+        "base", "lr_x0.5", "lr_x2", "last_85", "last_95", "one_growth", "noisy3", "random_split", "reset")]),
 }
 
 GROWTH_COLUMNS = ("lever", "what changes", "corpus", "seed", "growing run", "twin", "small kept training",
