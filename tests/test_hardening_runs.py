@@ -239,10 +239,29 @@ def test_termination_signals_clean_up_like_ctrl_c(tmp_path, sig, capsys):
             signal.pause()  # pragma: no cover - the signal arrives first
         return 0
 
-    assert guarded(run) == 130
-    assert os.listdir(tmp_path) == []
-    assert signal.Signals(sig).name in capsys.readouterr().err
-    assert signal.getsignal(sig) is signal.SIG_DFL  # restored
+    # guarded() turns only a signal at its default into an interrupt (one the caller ignores or
+    # handles is left alone); under nohup SIGHUP starts ignored, so set the default the test needs
+    before = signal.signal(sig, signal.SIG_DFL)
+    try:
+        assert guarded(run) == 130
+        assert os.listdir(tmp_path) == []
+        assert signal.Signals(sig).name in capsys.readouterr().err
+        assert signal.getsignal(sig) is signal.SIG_DFL  # restored
+    finally:
+        signal.signal(sig, before)
+
+
+def test_an_ignored_termination_signal_is_left_alone():
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        def run():
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the command runs on
+            return 0
+
+        assert guarded(run) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_overflowing_noise_is_blamed_on_the_strategy(tmp_path, capsys):
