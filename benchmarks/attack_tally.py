@@ -663,7 +663,18 @@ def _spawn(argv, root: Path, **kw):
     if (root / "shim").is_dir():
         env["PYTHONPATH"] = os.pathsep.join([str(root / "shim"), env.get("PYTHONPATH", "")])
     return subprocess.Popen([sys.executable, "-m", "hyperclone_core.cli", *argv], env=env, cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_default_signals, **kw)
+
+
+def _default_signals() -> None:
+    """The child starts with the termination signals at their defaults, as a command typed at a
+    terminal does: a tally run under nohup (SIGHUP ignored) or as a background job of a
+    non-interactive shell (SIGINT ignored) would pass those on, and the CLI rightly leaves an
+    ignored signal alone, so the signal attacks would read as hangs."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _long(root, out="o", backend="torch"):
