@@ -42,6 +42,7 @@ import numpy as np
 from hyperclone_core import io
 from hyperclone_core.model import testing
 from hyperclone_core.cli import main
+from hyperclone_core.console.boundary import TERMINATING
 
 try:  # absent before issue 9: the script still runs there, to show what it finds
     from hyperclone_core.io import atomic
@@ -671,9 +672,7 @@ def _default_signals() -> None:
     terminal does: a tally run under nohup (SIGHUP ignored) or as a background job of a
     non-interactive shell (SIGINT ignored) would pass those on, and the CLI rightly leaves an
     ignored signal alone, so the signal attacks would read as hangs."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, *TERMINATING):  # the signals the CLI turns into a clean exit 130
         signal.signal(sig, signal.SIG_DFL)
 
 

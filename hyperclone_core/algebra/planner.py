@@ -500,7 +500,7 @@ def plan(
                 tp, err = _plan_tensor(
                     name, source, role, maps, old_sizes, new_sizes, strat, arrays,
                     np.random.default_rng(rng.integers(2**63)), seed_for(seed, name),
-                    zero_writer=inserted and (role.writer or role.unit or role.identity is not None),
+                    zero_writer=inserted and (role.writer or role.identity is not None),
                     head_ratio=head_ratio * layer_ratio, family=family,
                     src_cfg=src_cfg, dtype=dtype, allow_inexact=allow_inexact, inexact=inexact,
                     fold=fold if fold is not None and role.kind in (fold[0], fold[0] + ".bias") else None,
@@ -625,10 +625,7 @@ def _plan_tensor(name, source, role: Role, maps, old_sizes, new_sizes, strat, ar
         ops.insert(0, Scale((), arrays.put("const:0.0", np.asarray(0.0, np.float32))))
         notes.append("depth: inserted layer's residual writer starts at zero")
         used = "zero"
-        if role.unit:  # a multiplier of the residual stream: the identity is 1
-            ops.insert(1, Offset(1.0))
-            notes[-1] = "depth: inserted layer's residual-stream multiplier starts at 1"
-        elif role.identity is not None:  # a value that makes the inserted layer the identity
+        if role.identity is not None:  # a value that makes the inserted layer the identity
             ops.insert(1, Offset(float(role.identity)))
             notes[-1] = f"depth: inserted layer's {role.kind} starts at {role.identity:g}, its identity"
     if fold is not None:

@@ -153,13 +153,11 @@ class Role:
     on_layer: Optional[Callable[["DecoderConfig", int], bool]] = field(default=None, compare=False)
     """A per-layer role held by some layers only: ``on_layer(cfg, i)`` (the dense and the
     MoE layers of a mixed stack: ``moe_layer``/``dense_layer``); None = every layer."""
-    unit: bool = False
-    """A multiplier of the whole residual stream (Gemma 4's ``layer_scalar``): an inserted
-    layer's copy holds 1 (the identity), not its source's value."""
     identity: Optional[float] = None
-    """What an inserted layer's copy holds where it is neither 0 (a writer) nor 1 (``unit``):
-    the value making the layer the identity (Ergo's residual gates: -1e4, whose sigmoid is 0
-    and whose residual factor sqrt(1 + sigmoid) exp(-softplus / 2) is 1, exactly in float)."""
+    """What an inserted layer's copy holds instead of its source's value, where that is not 0
+    (a writer): the value making the layer the identity. 1 for a multiplier of the residual
+    stream (Gemma 4's ``layer_scalar``); -1e4 for Ergo's residual gates, whose sigmoid is 0
+    and whose residual factor sqrt(1 + sigmoid) exp(-softplus / 2) is 1, exactly in float."""
     per_index: str = ""
     """A role stored as one tensor per head (``{h}`` in ``pattern``: stablelm's per-head qk
     LayerNorms): the dims the head index ranges over (``kv_heads*q_per_kv``, ``kv_heads``).

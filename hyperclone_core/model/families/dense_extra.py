@@ -119,7 +119,7 @@ GEMMA4_ROLES = (
     + norm(f"{L}.pre_feedforward_layernorm", "norm.mlp_in")
     + norm(f"{L}.post_feedforward_layernorm", "norm.mlp_out")
     + (
-        Role(f"{L}.layer_scalar", "layer.scalar", (out("1"),), unit=True),
+        Role(f"{L}.layer_scalar", "layer.scalar", (out("1"),), identity=1.0),
     )
 )
 _G4 = {"rms_norm_eps": 1e-6, "num_key_value_heads": 4, "head_dim": 256, "tie_word_embeddings": True,
@@ -266,8 +266,8 @@ DOGE_ROLES = (
         Role(f"{DA}.dt_proj.weight", "attn.dt", (out("kv_heads"), in_("kv_heads*head_dim")), noiseless=True),
         Role(f"{DA}.dt_proj.bias", "attn.dt.bias", (out("kv_heads"),), when=has("qkv_bias"), noiseless=True),
         Role(f"{DA}.A", "attn.dt_a", (out("kv_heads"),)),
-        Role(f"{L}.input_residual", "res.attn", (out("hidden"),), unit=True),
-        Role(f"{L}.post_attention_residual", "res.mlp", (out("hidden"),), unit=True),
+        Role(f"{L}.input_residual", "res.attn", (out("hidden"),), identity=1.0),
+        Role(f"{L}.post_attention_residual", "res.mlp", (out("hidden"),), identity=1.0),
     )
 )
 
